@@ -1,0 +1,103 @@
+//! Fields that parse and are stored but whose behaviour meshgate does not
+//! build. `analyze` reports them (MG0107) so nothing is ignored silently.
+//! When a capability lands, its line leaves this table.
+
+use serde_json::Value;
+
+use crate::kind::Kind;
+
+/// (kind, field pattern, why). Patterns are dotted paths from the document
+/// root; `[*]` walks every element of a list, `*` every key of a map.
+const UNSUPPORTED: &[(Kind, &str, &str)] = &[
+    (Kind::Gateway, "spec.servers[*].tls.caCrl", "certificate revocation lists are not checked"),
+    (Kind::Gateway, "spec.servers[*].tls.verifyCertificateSpki", "SPKI pinning is not built"),
+    (Kind::Gateway, "spec.servers[*].tls.verifyCertificateHash", "certificate hash pinning is not built"),
+    (Kind::Gateway, "spec.servers[*].defaultEndpoint", "sidecar ingress default endpoints are not built"),
+    (Kind::Gateway, "spec.servers[*].bind", "binding a server to a specific IP is not built"),
+    (
+        Kind::VirtualService,
+        "spec.exportTo",
+        "visibility scoping (exportTo) is not built; resources are visible everywhere",
+    ),
+    (Kind::VirtualService, "spec.http[*].delegate", "VirtualService delegation is not built"),
+    (Kind::VirtualService, "spec.http[*].match[*].sourceNamespace", "matching on the source namespace is not built"),
+    (Kind::VirtualService, "spec.http[*].match[*].statPrefix", "per-match stat prefixes are not built"),
+    (Kind::VirtualService, "spec.http[*].fault.abort.grpcStatus", "gRPC status aborts are not built"),
+    (Kind::VirtualService, "spec.http[*].fault.abort.http2Error", "HTTP/2 error aborts are not built"),
+    (Kind::DestinationRule, "spec.exportTo", "visibility scoping (exportTo) is not built"),
+    (Kind::DestinationRule, "spec.workloadSelector", "workload-scoped DestinationRules are not built"),
+    (Kind::DestinationRule, "spec.trafficPolicy.tunnel", "HTTP CONNECT tunnelling is not built"),
+    (Kind::DestinationRule, "spec.trafficPolicy.proxyProtocol", "PROXY protocol to upstreams is not built"),
+    (Kind::DestinationRule, "spec.trafficPolicy.loadBalancer.warmupDurationSecs", "slow-start warmup is not built"),
+    (Kind::DestinationRule, "spec.trafficPolicy.loadBalancer.warmup", "slow-start warmup is not built"),
+    (Kind::DestinationRule, "spec.trafficPolicy.tls.caCrl", "certificate revocation lists are not checked"),
+    (Kind::ServiceEntry, "spec.exportTo", "visibility scoping (exportTo) is not built"),
+    (Kind::ServiceEntry, "spec.addresses", "virtual IPs for ServiceEntries are not allocated"),
+    (Kind::WorkloadEntry, "spec.network", "multi-network gateways are not built"),
+    (Kind::RequestAuthentication, "spec.targetRef", "Gateway API policy attachment is not built; use selector"),
+    (Kind::RequestAuthentication, "spec.targetRefs", "Gateway API policy attachment is not built; use selector"),
+    (Kind::AuthorizationPolicy, "spec.targetRef", "Gateway API policy attachment is not built; use selector"),
+    (Kind::AuthorizationPolicy, "spec.targetRefs", "Gateway API policy attachment is not built; use selector"),
+    (Kind::AuthorizationPolicy, "spec.provider", "external authorization (action CUSTOM) is not built"),
+];
+
+/// Every field of `doc` (a resource in document form) that is accepted but
+/// not acted on: (path, why).
+pub fn unsupported_fields(kind: Kind, doc: &Value) -> Vec<(String, &'static str)> {
+    let mut found = Vec::new();
+    for (k, pattern, why) in UNSUPPORTED {
+        if *k == kind {
+            let segments: Vec<&str> = pattern.split('.').collect();
+            walk(doc, &segments, String::new(), &mut |path| found.push((path, *why)));
+        }
+    }
+    found
+}
+
+fn walk(value: &Value, segments: &[&str], path: String, found: &mut dyn FnMut(String)) {
+    let Some((first, rest)) = segments.split_first() else {
+        if !is_empty(value) {
+            found(path);
+        }
+        return;
+    };
+    let join = |p: &str, s: &str| if p.is_empty() { s.to_string() } else { format!("{p}.{s}") };
+    if let Some(field) = first.strip_suffix("[*]") {
+        if let Some(Value::Array(items)) = value.get(field) {
+            for (i, item) in items.iter().enumerate() {
+                walk(item, rest, format!("{}[{i}]", join(&path, field)), found);
+            }
+        }
+    } else if *first == "*" {
+        if let Value::Object(map) = value {
+            for (k, v) in map {
+                walk(v, rest, join(&path, k), found);
+            }
+        }
+    } else if let Some(v) = value.get(*first) {
+        walk(v, rest, join(&path, first), found);
+    }
+}
+
+fn is_empty(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_fields_inside_lists() {
+        let doc =
+            serde_json::json!({"spec": {"http": [{"route": []}, {"delegate": {"name": "x"}}], "exportTo": ["."]}});
+        let found: Vec<String> = unsupported_fields(Kind::VirtualService, &doc).into_iter().map(|f| f.0).collect();
+        assert_eq!(found, ["spec.exportTo", "spec.http[1].delegate"]);
+        assert!(unsupported_fields(Kind::Gateway, &doc).is_empty());
+    }
+}

@@ -1,0 +1,130 @@
+//! The REST API on the admin address: resources, apply, history, rollback,
+//! analyze, login, plus `/healthz` and `/metrics`. The console and the CLI
+//! use nothing else.
+
+mod auth;
+pub mod error;
+mod openapi;
+mod resources;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+
+use crate::store::Store;
+use crate::telemetry::Metrics;
+pub use error::{ApiError, ApiResult};
+
+/// Request bodies larger than this are refused with 413.
+pub const MAX_BODY: usize = 4 << 20;
+
+/// Settings the API needs from the server configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub cluster_domain: String,
+    pub trust_domain: String,
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    pub settings: Arc<Settings>,
+}
+
+/// The whole admin router. Tests drive it with `oneshot`, no socket needed.
+pub fn router(state: AppState) -> Router {
+    let protected = Router::new()
+        .route("/api/openapi.json", get(openapi::serve))
+        .route("/api/v1/apply", post(resources::apply))
+        .route("/api/v1/analyze", post(resources::analyze))
+        .route("/api/v1/history", get(resources::history))
+        .route("/api/v1/revisions/{revision}", get(resources::revision))
+        .route("/api/v1/revisions/{revision}/rollback", post(resources::rollback))
+        .route("/api/v1/whoami", get(auth::whoami))
+        .route("/api/v1/logout", post(auth::logout))
+        .route("/api/v1/namespaces/{ns}/{plural}", get(resources::list_namespaced).post(resources::create))
+        .route(
+            "/api/v1/namespaces/{ns}/{plural}/{name}",
+            get(resources::get_one).put(resources::replace).delete(resources::delete_one),
+        )
+        .route("/api/v1/{plural}", get(resources::list_all))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/login", post(auth::login))
+        .merge(protected)
+        .fallback(|| async { ApiError::not_found("no such route; see /api/openapi.json") })
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// Counts and times every request by its route template.
+async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let route =
+        req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());
+    let response = next.run(req).await;
+    state.metrics.observe_api(method.as_str(), &route, response.status().as_u16(), started.elapsed());
+    response
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    match state.store.counts().await {
+        Ok(counts) => state.metrics.set_resource_counts(&counts),
+        Err(e) => tracing::warn!(error = %e, "counting resources for /metrics"),
+    }
+    if let Ok(rev) = state.store.current_revision().await {
+        state.metrics.config_revision.set(rev);
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
+}
+
+/// Reads a request body up to [`MAX_BODY`] as UTF-8 text.
+pub async fn read_text(headers: &HeaderMap, body: Body) -> ApiResult<String> {
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(ApiError::too_large(MAX_BODY));
+    }
+    let bytes = axum::body::to_bytes(body, MAX_BODY).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.downcast_ref::<http_body_util::LengthLimitError>().is_some())
+            || e.to_string().contains("length limit");
+        if too_large {
+            ApiError::too_large(MAX_BODY)
+        } else {
+            ApiError::bad_request(format!("reading request body: {e}"))
+        }
+    })?;
+    String::from_utf8(bytes.to_vec()).map_err(|e| {
+        ApiError::bad_request(format!(
+            "request body is not UTF-8: invalid byte at offset {}",
+            e.utf8_error().valid_up_to()
+        ))
+    })
+}
+
+/// 404 for a path segment that names no kind.
+pub fn kind_from_plural(plural: &str) -> ApiResult<meshgate_model::Kind> {
+    meshgate_model::Kind::ALL.into_iter().find(|k| k.plural() == plural).ok_or_else(|| {
+        let all: Vec<&str> = meshgate_model::Kind::ALL.iter().map(|k| k.plural()).collect();
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("unknown resource type {plural:?}; known: {}", all.join(", ")),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests;

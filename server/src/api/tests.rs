@@ -1,0 +1,278 @@
+//! API tests through `oneshot`: the real router and a real SQLite store, no socket.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use http_body_util::BodyExt as _;
+use serde_json::{Value, json};
+use sqlx::SqlitePool;
+use tower::ServiceExt as _;
+
+use super::*;
+use crate::store::{Store, new_token};
+
+const TOKEN_SUBJECT: &str = "tester";
+
+struct Api {
+    router: Router,
+    token: String,
+    store: Store,
+}
+
+async fn api(pool: SqlitePool) -> Api {
+    let store = Store::from_pool(pool);
+    let token = new_token();
+    store.add_token(&token, TOKEN_SUBJECT, "admin", None).await.unwrap();
+    let state = AppState {
+        store: store.clone(),
+        metrics: Arc::new(Metrics::new()),
+        settings: Arc::new(Settings {
+            cluster_domain: "svc.cluster.local".into(),
+            trust_domain: "cluster.local".into(),
+        }),
+    };
+    Api { router: router(state), token, store }
+}
+
+impl Api {
+    async fn call(&self, method: &str, uri: &str, body: impl Into<Body>, token: Option<&str>) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some(t) = token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let resp = self.router.clone().oneshot(req.body(body.into()).unwrap()).await.unwrap();
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let value =
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        (status, value)
+    }
+
+    async fn send(&self, method: &str, uri: &str, body: impl Into<Body>) -> (StatusCode, Value) {
+        self.call(method, uri, body, Some(&self.token.clone())).await
+    }
+}
+
+const CANARY: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: public-gw, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["api.example.com"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: user-service-vs
+  labels: {app: user-service}
+spec:
+  hosts: ["api.example.com"]
+  gateways: [public-gw]
+  http:
+  - match: [{uri: {prefix: /v1/users}}]
+    route:
+    - destination: {host: user-service, subset: v1}
+      weight: 80
+    - destination: {host: user-service, subset: v2}
+      weight: 20
+    timeout: 5s
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: user-service-dr}
+spec:
+  host: user-service
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+"#;
+
+#[sqlx::test(migrations = "../migrations")]
+async fn health_and_metrics_need_no_token_everything_else_does(pool: SqlitePool) {
+    let api = api(pool).await;
+    assert_eq!(api.call("GET", "/healthz", Body::empty(), None).await.0, StatusCode::OK);
+    let (status, metrics) = api.call("GET", "/metrics", Body::empty(), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(metrics.as_str().unwrap().contains("meshgate_config_revision"));
+
+    for uri in ["/api/v1/virtualservices", "/api/openapi.json", "/api/v1/history"] {
+        let (status, body) = api.call("GET", uri, Body::empty(), None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{uri}");
+        assert_eq!(body["error"]["code"], "unauthorized");
+        let (status, _) = api.call("GET", uri, Body::empty(), Some("mg_not_a_token")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{uri}");
+    }
+    let (_, metrics) = api.call("GET", "/metrics", Body::empty(), None).await;
+    assert!(metrics.as_str().unwrap().contains("meshgate_api_auth_failures_total 6"), "{metrics}");
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn apply_reports_per_object_outcomes(pool: SqlitePool) {
+    let api = api(pool).await;
+    let (status, body) = api.send("POST", "/api/v1/apply", CANARY).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let outcomes: Vec<&str> =
+        body["results"].as_array().unwrap().iter().map(|r| r["outcome"].as_str().unwrap()).collect();
+    assert_eq!(outcomes, ["created", "created", "created"]);
+
+    let changed = CANARY.replace("weight: 80", "weight: 90").replace("weight: 20", "weight: 10");
+    let (_, body) = api.send("POST", "/api/v1/apply", changed).await;
+    let outcomes: Vec<&str> =
+        body["results"].as_array().unwrap().iter().map(|r| r["outcome"].as_str().unwrap()).collect();
+    assert_eq!(outcomes, ["unchanged", "configured", "unchanged"]);
+
+    let (status, vs) =
+        api.send("GET", "/api/v1/namespaces/default/virtualservices/user-service-vs", Body::empty()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(vs["spec"]["http"][0]["route"][0]["weight"], 90);
+    assert_eq!(vs["metadata"]["resourceVersion"], "4");
+    assert_eq!(vs["apiVersion"], "networking.istio.io/v1");
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn one_bad_document_rejects_the_whole_apply(pool: SqlitePool) {
+    let api = api(pool).await;
+    let bad = CANARY.replace("timeout: 5s", "retry: {attempts: 3}");
+    let (status, body) = api.send("POST", "/api/v1/apply", bad).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let detail = &body["error"]["details"][0];
+    assert!(detail["path"].as_str().unwrap().contains("document 2"), "{detail}");
+    assert!(detail["path"].as_str().unwrap().ends_with("spec.http[0].retry"), "{detail}");
+    assert_eq!(detail["reason"], "unknown field; did you mean \"retries\"?");
+    let (_, list) = api.send("GET", "/api/v1/gateways", Body::empty()).await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 0, "nothing may be written");
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn bad_bodies_get_clear_errors(pool: SqlitePool) {
+    let api = api(pool).await;
+    let (status, body) = api.send("POST", "/api/v1/apply", vec![0xff, 0xfe, 0x00]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body["error"]["message"].as_str().unwrap().contains("not UTF-8"));
+
+    let big = "#".repeat(MAX_BODY + 1);
+    let (status, body) = api.send("POST", "/api/v1/apply", big).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(body["error"]["code"], "payload_too_large");
+
+    let (status, body) = api.send("POST", "/api/v1/apply", "kind: Nope\napiVersion: v1\nmetadata: {name: x}\n").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(body["error"]["details"][0]["reason"].as_str().unwrap().contains("VirtualService (vs)"), "{body}");
+
+    let (status, body) = api.send("POST", "/api/v1/apply", "a: [1, 2\nb: c\n").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(body["error"]["message"].as_str().unwrap().contains("line"), "{body}");
+
+    let (status, _) = api.send("GET", "/api/v1/widgets", Body::empty()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn put_with_stale_version_gets_409(pool: SqlitePool) {
+    let api = api(pool).await;
+    api.send("POST", "/api/v1/apply", CANARY).await;
+    let uri = "/api/v1/namespaces/default/destinationrules/user-service-dr";
+    let (_, mut dr) = api.send("GET", uri, Body::empty()).await;
+    dr["spec"]["subsets"][1]["labels"]["version"] = json!("v3");
+    let (status, updated) = api.send("PUT", uri, dr.to_string()).await;
+    assert_eq!(status, StatusCode::OK, "{updated}");
+    assert_eq!(updated["metadata"]["generation"], 2);
+    // `dr` still carries the old resourceVersion.
+    dr["spec"]["subsets"][1]["labels"]["version"] = json!("v4");
+    let (status, body) = api.send("PUT", uri, dr.to_string()).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(body["error"]["code"], "conflict");
+
+    let (status, _) =
+        api.send("PUT", "/api/v1/namespaces/default/destinationrules/other-name", updated.to_string()).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "name must match the URL");
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn create_delete_and_list_with_selectors(pool: SqlitePool) {
+    let api = api(pool).await;
+    api.send("POST", "/api/v1/apply", CANARY).await;
+    let (status, _) =
+        api.send("POST", "/api/v1/namespaces/default/gateways", CANARY.split("---").next().unwrap()).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (_, list) = api.send("GET", "/api/v1/virtualservices?labelSelector=app%3Duser-service", Body::empty()).await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+    let (_, list) = api.send("GET", "/api/v1/virtualservices?labelSelector=app%3Dother", Body::empty()).await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 0);
+    let (_, list) = api.send("GET", "/api/v1/namespaces/prod/virtualservices", Body::empty()).await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 0);
+
+    let uri = "/api/v1/namespaces/default/virtualservices/user-service-vs";
+    let (status, body) = api.send("DELETE", uri, Body::empty()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["outcome"], "deleted");
+    assert_eq!(api.send("GET", uri, Body::empty()).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(api.send("DELETE", uri, Body::empty()).await.0, StatusCode::NOT_FOUND);
+
+    let (_, history) = api.send("GET", "/api/v1/history?kind=vs", Body::empty()).await;
+    let ops: Vec<&str> = history["revisions"].as_array().unwrap().iter().map(|r| r["op"].as_str().unwrap()).collect();
+    assert_eq!(ops, ["create", "delete"]);
+    assert_eq!(history["revisions"][1]["actor"], TOKEN_SUBJECT);
+
+    let (status, body) = api.send("POST", "/api/v1/revisions/2/rollback", Body::empty()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(api.send("GET", uri, Body::empty()).await.0, StatusCode::OK);
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn analyze_reports_broken_references(pool: SqlitePool) {
+    let api = api(pool).await;
+    api.send("POST", "/api/v1/apply", CANARY).await;
+    let (status, body) = api.send("POST", "/api/v1/analyze", Body::empty()).await;
+    assert_eq!(status, StatusCode::OK);
+    let codes: Vec<&str> = body["findings"].as_array().unwrap().iter().map(|f| f["code"].as_str().unwrap()).collect();
+    // user-service is not provided by any ServiceEntry yet.
+    assert_eq!(codes, ["MG0104", "MG0104"], "{body}");
+
+    let extra = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: other}\nspec:\n  hosts: [web.example.com]\n  gateways: [missing-gw, public-gw]\n  http:\n  - route:\n    - destination: {host: user-service, subset: v9}\n";
+    let (_, body) = api.send("POST", "/api/v1/analyze", extra).await;
+    let codes: Vec<&str> = body["findings"].as_array().unwrap().iter().map(|f| f["code"].as_str().unwrap()).collect();
+    for code in ["MG0101", "MG0102", "MG0103"] {
+        assert!(codes.contains(&code), "{code} missing from {codes:?}");
+    }
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn openapi_describes_every_kind(pool: SqlitePool) {
+    let api = api(pool).await;
+    let (status, doc) = api.send("GET", "/api/openapi.json", Body::empty()).await;
+    assert_eq!(status, StatusCode::OK);
+    for kind in meshgate_model::Kind::ALL {
+        let path = format!("/api/v1/namespaces/{{namespace}}/{}/{{name}}", kind.plural());
+        for method in ["get", "put", "delete"] {
+            assert!(doc["paths"][&path][method].is_object(), "{path} {method}");
+        }
+    }
+    assert!(doc["paths"]["/api/v1/apply"]["post"].is_object());
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn login_gives_a_session_cookie(pool: SqlitePool) {
+    let api = api(pool).await;
+    api.store.create_user("admin", "pw").await.unwrap();
+    let login = |body: &'static str| {
+        Request::builder()
+            .method("POST")
+            .uri("/api/v1/login")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body))
+            .unwrap()
+    };
+    let resp = api.router.clone().oneshot(login(r#"{"username":"admin","password":"nope"}"#)).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let resp = api.router.clone().oneshot(login(r#"{"username":"admin","password":"pw"}"#)).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let cookie = resp.headers()[header::SET_COOKIE].to_str().unwrap().split(';').next().unwrap().to_string();
+    let req = Request::builder().uri("/api/v1/whoami").header(header::COOKIE, cookie).body(Body::empty()).unwrap();
+    let resp = api.router.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+}

@@ -1,0 +1,105 @@
+//! The `meshgate` command line: `up` runs the server; every other verb is a
+//! client of the REST API.
+
+mod client;
+mod commands;
+mod output;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::UpArgs;
+
+#[derive(Debug, Parser)]
+#[command(name = "meshgate", version, about = "Edge API gateway, service mesh and control plane in one binary")]
+pub struct Cli {
+    /// Admin API of the meshgate server
+    #[arg(long, global = true, env = "MESHGATE_SERVER", default_value = "http://127.0.0.1:15000")]
+    pub server: String,
+    /// API token [default: contents of ./meshgate-data/admin.token]
+    #[arg(long, global = true, env = "MESHGATE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start meshgate: control plane, admin API and console
+    Up(UpArgs),
+    /// Create or update resources from YAML/JSON files, all or nothing
+    Apply {
+        /// A file, a folder of .yaml/.yml/.json files, or - for standard input
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        /// Namespace for documents that name none
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        /// Check everything on the server, write nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Show resources
+    Get {
+        /// Kind: gateway|gw, virtualservice|vs, destinationrule|dr, serviceentry|se, ...
+        kind: String,
+        name: Option<String>,
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+        /// All namespaces
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        /// Label selector, e.g. app=web,version!=v1
+        #[arg(short = 'l', long)]
+        selector: Option<String>,
+        #[arg(short = 'o', long, value_enum, default_value_t = output::Format::Table)]
+        output: output::Format,
+    },
+    /// Delete resources by name or by the files that define them
+    Delete {
+        kind: Option<String>,
+        name: Option<String>,
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+        #[arg(short = 'f', long = "filename")]
+        files: Vec<PathBuf>,
+    },
+    /// Every change: revision, time, who, what
+    History {
+        kind: Option<String>,
+        name: Option<String>,
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        #[arg(short = 'o', long, value_enum, default_value_t = output::Format::Table)]
+        output: output::Format,
+    },
+    /// Put the configuration back as it was right after REVISION (as a new revision)
+    Rollback { revision: i64 },
+    /// Find wrong references and unsupported fields, like istioctl analyze
+    Analyze {
+        /// Check these files as if applied, before applying them
+        #[arg(short = 'f', long = "filename")]
+        files: Vec<PathBuf>,
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        #[arg(short = 'o', long, value_enum, default_value_t = output::Format::Table)]
+        output: output::Format,
+    },
+}
+
+/// Runs the CLI; the return value is the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Up(args) => commands::up(args),
+        command => client::Client::new(&cli.server, cli.token.as_deref()).and_then(|c| commands::run(&c, command)),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! `meshgate up` configuration: embedded defaults, then `--config FILE`,
+//! then flags, each overriding the one before.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Flags of `meshgate up`, as PRODUCT.md lists them.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct UpArgs {
+    /// YAML file with listeners, trust domain and cluster domain
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Where the database, CA and admin token live [default: ./meshgate-data]
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Admin API and console address [default: 127.0.0.1:15000]
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<SocketAddr>,
+    /// Gateway HTTP address (Gateway servers on port 80) [default: 0.0.0.0:8080]
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<SocketAddr>,
+    /// Gateway HTTPS address (Gateway servers on port 443) [default: 0.0.0.0:8443]
+    #[arg(long, value_name = "ADDR")]
+    pub https: Option<SocketAddr>,
+    /// Mesh address where agents join and fetch config [default: 0.0.0.0:15012]
+    #[arg(long, value_name = "ADDR")]
+    pub mesh: Option<SocketAddr>,
+    /// Run a sidecar agent in this process (SPEC as for `meshgate agent`)
+    #[arg(long, value_name = "SPEC")]
+    pub sidecar: Vec<String>,
+}
+
+/// The `--config` file. Every field is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ConfigFile {
+    data_dir: Option<PathBuf>,
+    listeners: Option<Listeners>,
+    trust_domain: Option<String>,
+    cluster_domain: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Listeners {
+    admin: Option<SocketAddr>,
+    http: Option<SocketAddr>,
+    https: Option<SocketAddr>,
+    mesh: Option<SocketAddr>,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub admin: SocketAddr,
+    pub http: SocketAddr,
+    pub https: SocketAddr,
+    pub mesh: SocketAddr,
+    pub trust_domain: String,
+    pub cluster_domain: String,
+    pub sidecars: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            data_dir: PathBuf::from("meshgate-data"),
+            admin: SocketAddr::from(([127, 0, 0, 1], 15000)),
+            http: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            https: SocketAddr::from(([0, 0, 0, 0], 8443)),
+            mesh: SocketAddr::from(([0, 0, 0, 0], 15012)),
+            trust_domain: "cluster.local".into(),
+            cluster_domain: meshgate_model::hosts::DEFAULT_CLUSTER_DOMAIN.into(),
+            sidecars: Vec::new(),
+        }
+    }
+}
+
+impl Config {
+    pub fn resolve(args: &UpArgs) -> anyhow::Result<Config> {
+        let mut c = Config::default();
+        if let Some(path) = &args.config {
+            c.apply_file(path)?;
+        }
+        if let Some(d) = &args.data_dir {
+            c.data_dir = d.clone();
+        }
+        c.admin = args.admin.unwrap_or(c.admin);
+        c.http = args.http.unwrap_or(c.http);
+        c.https = args.https.unwrap_or(c.https);
+        c.mesh = args.mesh.unwrap_or(c.mesh);
+        c.sidecars = args.sidecar.clone();
+        Ok(c)
+    }
+
+    fn apply_file(&mut self, path: &Path) -> anyhow::Result<()> {
+        let name = path.display();
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read config file {name}: {e}"))?;
+        let file: ConfigFile = serde_saphyr::from_str(&text).map_err(|e| {
+            let first = e.to_string().lines().next().unwrap_or_default().to_string();
+            anyhow::anyhow!("config file {name}: {first}")
+        })?;
+        if let Some(d) = file.data_dir {
+            self.data_dir = d;
+        }
+        if let Some(l) = file.listeners {
+            self.admin = l.admin.unwrap_or(self.admin);
+            self.http = l.http.unwrap_or(self.http);
+            self.https = l.https.unwrap_or(self.https);
+            self.mesh = l.mesh.unwrap_or(self.mesh);
+        }
+        let domain = |field: &str, value: String| -> anyhow::Result<String> {
+            let mut errs = meshgate_model::check::Errors::default();
+            errs.hostname(field, &value, false);
+            match errs.items.first() {
+                Some(e) => anyhow::bail!("config file {name}: {e}"),
+                None => Ok(value),
+            }
+        };
+        if let Some(t) = file.trust_domain {
+            self.trust_domain = domain("trustDomain", t)?;
+        }
+        if let Some(cd) = file.cluster_domain {
+            self.cluster_domain = domain("clusterDomain", cd)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_flags_override_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meshgate.yaml");
+        std::fs::write(
+            &path,
+            "listeners:\n  admin: 127.0.0.1:25000\n  http: 127.0.0.1:28080\nclusterDomain: mesh.internal\n",
+        )
+        .unwrap();
+        let args =
+            UpArgs { config: Some(path.clone()), http: Some("127.0.0.1:1".parse().unwrap()), ..Default::default() };
+        let c = Config::resolve(&args).unwrap();
+        assert_eq!(c.admin, "127.0.0.1:25000".parse().unwrap());
+        assert_eq!(c.http, "127.0.0.1:1".parse().unwrap());
+        assert_eq!(c.https, Config::default().https);
+        assert_eq!(c.cluster_domain, "mesh.internal");
+    }
+
+    #[test]
+    fn unknown_config_keys_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meshgate.yaml");
+        std::fs::write(&path, "listners:\n  admin: 127.0.0.1:25000\n").unwrap();
+        let err = Config::resolve(&UpArgs { config: Some(path), ..Default::default() }).unwrap_err().to_string();
+        assert!(err.contains("listners"), "{err}");
+    }
+}

@@ -1,0 +1,145 @@
+//! `meshgate up`: prepare the data dir, open the store, bootstrap the admin
+//! user and token, bind every listener, serve until told to stop.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+
+use crate::api::{self, AppState, Settings};
+use crate::config::Config;
+use crate::store::{self, Store, new_token};
+use crate::telemetry::Metrics;
+
+/// Where the server is listening once it is ready.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    pub admin: std::net::SocketAddr,
+}
+
+/// Runs the server until `shutdown` completes, then drains in-flight
+/// requests and closes the database. `on_ready` is called once every
+/// listener is bound and serving.
+pub async fn run(
+    config: Config,
+    started: Instant,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    on_ready: impl FnOnce(&Ready),
+) -> anyhow::Result<()> {
+    if !config.sidecars.is_empty() {
+        anyhow::bail!(
+            "--sidecar: in-process sidecar agents are not built yet; run `meshgate agent` once the mesh lands"
+        );
+    }
+    prepare_data_dir(&config.data_dir)?;
+    let store = store::open(&config.data_dir.join("meshgate.db")).await?;
+    bootstrap(&store, &config.data_dir).await?;
+
+    let metrics = Arc::new(Metrics::new());
+    let state = AppState {
+        store: store.clone(),
+        metrics: metrics.clone(),
+        settings: Arc::new(Settings {
+            cluster_domain: config.cluster_domain.clone(),
+            trust_domain: config.trust_domain.clone(),
+        }),
+    };
+    let admin = TcpListener::bind(config.admin)
+        .await
+        .with_context(|| format!("cannot listen on the admin address {} (--admin)", config.admin))?;
+    let ready = Ready { admin: admin.local_addr()? };
+    metrics.startup_seconds.observe(started.elapsed().as_secs_f64());
+    let serve = axum::serve(admin, api::router(state)).with_graceful_shutdown(shutdown);
+    on_ready(&ready);
+    let result = serve.await.context("admin server");
+    tracing::info!("stopped accepting; in-flight requests finished; closing the database");
+    store.close().await;
+    result
+}
+
+fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create data dir {}", dir.display()))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("cannot restrict data dir {}", dir.display()))?;
+        }
+    } else if !dir.is_dir() {
+        anyhow::bail!("data dir {} exists and is not a directory", dir.display());
+    }
+    Ok(())
+}
+
+/// First start: user `admin` and an admin API token in `DATA_DIR/admin.token`.
+/// Later starts re-register the token file if the database was replaced.
+async fn bootstrap(store: &Store, data_dir: &Path) -> anyhow::Result<()> {
+    if !store.user_exists("admin").await? {
+        let (password, generated) = match std::env::var("MESHGATE_ADMIN_PASSWORD") {
+            Ok(p) if !p.is_empty() => (p, false),
+            _ => (hex::encode(rand::random::<[u8; 12]>()), true),
+        };
+        store.create_user("admin", &password).await?;
+        if generated {
+            println!(
+                "created user admin with password {password} (shown once; set MESHGATE_ADMIN_PASSWORD to choose it)"
+            );
+        } else {
+            println!("created user admin with the password from MESHGATE_ADMIN_PASSWORD");
+        }
+    }
+    let token_path = data_dir.join("admin.token");
+    let token = match std::fs::read_to_string(&token_path) {
+        Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
+        _ => {
+            let t = new_token();
+            write_private(&token_path, &format!("{t}\n"))?;
+            t
+        }
+    };
+    if store.find_token(&token).await?.is_none() {
+        store.add_token(&token, "admin", "admin", None).await?;
+    }
+    Ok(())
+}
+
+fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path).with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown signal received");
+}

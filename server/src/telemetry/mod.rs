@@ -1,0 +1,84 @@
+//! Control-plane metrics in the Prometheus text format. The data-plane
+//! metrics with Istio's names join this registry when the proxy lands.
+
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    api_requests: IntCounterVec,
+    api_duration: HistogramVec,
+    resources: IntGaugeVec,
+    pub config_revision: IntGauge,
+    pub auth_failures: IntCounter,
+    pub startup_seconds: Histogram,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let api_requests = IntCounterVec::new(
+            Opts::new("meshgate_api_requests_total", "Admin API requests by method, route and status code"),
+            &["method", "route", "code"],
+        )
+        .expect("static metric definition");
+        let api_duration = HistogramVec::new(
+            HistogramOpts::new("meshgate_api_request_duration_seconds", "Admin API request latency by route")
+                .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+            &["route"],
+        )
+        .expect("static metric definition");
+        let resources = IntGaugeVec::new(Opts::new("meshgate_config_resources", "Stored resources by kind"), &["kind"])
+            .expect("static metric definition");
+        let config_revision = IntGauge::new("meshgate_config_revision", "The latest configuration revision")
+            .expect("static metric definition");
+        let auth_failures =
+            IntCounter::new("meshgate_api_auth_failures_total", "Requests refused for missing or bad credentials")
+                .expect("static metric definition");
+        let startup_seconds = Histogram::with_opts(
+            HistogramOpts::new("meshgate_startup_seconds", "Time from process start to ready")
+                .buckets(vec![0.05, 0.1, 0.3, 1.0, 3.0]),
+        )
+        .expect("static metric definition");
+        for c in [
+            Box::new(api_requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(api_duration.clone()),
+            Box::new(resources.clone()),
+            Box::new(config_revision.clone()),
+            Box::new(auth_failures.clone()),
+            Box::new(startup_seconds.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        Metrics { registry, api_requests, api_duration, resources, config_revision, auth_failures, startup_seconds }
+    }
+
+    pub fn observe_api(&self, method: &str, route: &str, code: u16, elapsed: Duration) {
+        self.api_requests.with_label_values(&[method, route, &code.to_string()]).inc();
+        self.api_duration.with_label_values(&[route]).observe(elapsed.as_secs_f64());
+    }
+
+    pub fn set_resource_counts(&self, counts: &[(String, i64)]) {
+        self.resources.reset();
+        for (kind, n) in counts {
+            self.resources.with_label_values(&[kind]).set(*n);
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "encoding metrics");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

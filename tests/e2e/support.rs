@@ -1,0 +1,198 @@
+//! A real `meshgate up` process on port 0 with a temporary data dir, and
+//! the real CLI pointed at it.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_meshgate");
+
+/// Generous bound that only catches a hang; readiness is waited for, not slept on.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub struct Server {
+    pub child: Child,
+    pub admin: String,
+    pub data_dir: PathBuf,
+    pub stdout: Vec<String>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    /// Starts meshgate on a fresh data dir.
+    pub fn start() -> Server {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data_dir = tmp.path().join("data");
+        let mut s = Server::start_in(&data_dir, &[]);
+        s._tmp = Some(tmp);
+        s
+    }
+
+    /// Starts meshgate on `data_dir` (kept by the caller), with extra env.
+    pub fn start_in(data_dir: &Path, env: &[(&str, &str)]) -> Server {
+        let mut cmd = Command::new(BIN);
+        cmd.args([
+            "up",
+            "--admin",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--https",
+            "127.0.0.1:0",
+            "--mesh",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("MESHGATE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn meshgate up");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut lines = Vec::new();
+        let admin = loop {
+            match rx.recv_timeout(READY_TIMEOUT) {
+                Ok(line) => {
+                    let ready = line.strip_prefix("meshgate ready ").map(|rest| {
+                        rest.split_whitespace()
+                            .find_map(|kv| kv.strip_prefix("admin="))
+                            .expect("admin= in ready line")
+                            .to_string()
+                    });
+                    lines.push(line);
+                    if let Some(a) = ready {
+                        break a;
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("meshgate did not print `meshgate ready`; output so far: {lines:?}");
+                }
+            }
+        };
+        Server { child, admin, data_dir: data_dir.to_path_buf(), stdout: lines, _tmp: None }
+    }
+
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("admin.token")).expect("admin.token").trim().to_string()
+    }
+
+    /// Runs the CLI against this server.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_with_stdin(args, None)
+    }
+
+    pub fn cli_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .env("MESHGATE_SERVER", &self.admin)
+            .env("MESHGATE_TOKEN", self.token())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn meshgate cli");
+        if let Some(input) = stdin {
+            child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
+        }
+        drop(child.stdin.take());
+        child.wait_with_output().expect("cli output")
+    }
+
+    /// Runs the CLI and insists it succeeds; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "meshgate {args:?} failed:\nstdout: {}\nstderr: {}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+
+    /// Runs the CLI and insists it fails with exit status 1; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert_eq!(out.status.code(), Some(1), "meshgate {args:?} should fail:\nstdout: {}", text(&out.stdout));
+        text(&out.stderr)
+    }
+
+    pub fn http(&self) -> reqwest::blocking::Client {
+        reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().expect("client")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.admin)
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let status = wait_with_timeout(&mut self.child, Duration::from_secs(30));
+        std::mem::forget(self);
+        status
+    }
+
+    /// SIGKILL: the process gets no chance to clean up.
+    pub fn crash(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_with_timeout(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("meshgate did not exit within {limit:?} of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+pub fn example(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(name).display().to_string()
+}
+
+/// Opens the database read-only and runs `PRAGMA integrity_check`.
+pub fn integrity_check(data_dir: &Path) -> String {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        use sqlx::ConnectOptions as _;
+        let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(data_dir.join("meshgate.db")).read_only(true);
+        let mut conn = opts.connect().await.expect("open db");
+        let result: String =
+            sqlx::query_scalar("PRAGMA integrity_check").fetch_one(&mut conn).await.expect("integrity_check");
+        result
+    })
+}
