@@ -33,6 +33,7 @@ CREATE TABLE revisions (
     reason    TEXT    NOT NULL DEFAULT ''
 );
 CREATE INDEX revisions_by_object ON revisions (kind, namespace, name, revision);
+CREATE INDEX revisions_by_txn ON revisions (txn);
 
 CREATE TABLE users (
     name          TEXT PRIMARY KEY,

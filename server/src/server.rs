@@ -50,6 +50,10 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot listen on the admin address {} (--admin)", config.admin))?;
     let ready = Ready { admin: admin.local_addr()? };
+    tracing::info!(
+        http = %config.http, https = %config.https, mesh = %config.mesh,
+        "the gateway and mesh listeners are not built yet; only the admin API serves"
+    );
     metrics.startup_seconds.observe(started.elapsed().as_secs_f64());
     let serve = axum::serve(admin, api::router(state)).with_graceful_shutdown(shutdown);
     on_ready(&ready);

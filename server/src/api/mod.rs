@@ -58,6 +58,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/{plural}", get(resources::list_all))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
     Router::new()
+        .route("/", get(index))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .route("/api/v1/login", post(auth::login))
@@ -65,6 +66,16 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::not_found("no such route; see /api/openapi.json") })
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
+}
+
+/// Until the console lands, the root page says what is served here.
+async fn index() -> axum::response::Html<&'static str> {
+    axum::response::Html(
+        "<!doctype html><title>meshgate</title><h1>meshgate</h1>\
+         <p>The web console is not built yet. The admin API is at <code>/api/v1</code>, \
+         described by <a href=\"/api/openapi.json\">/api/openapi.json</a> (needs a token); \
+         <a href=\"/healthz\">/healthz</a> and <a href=\"/metrics\">/metrics</a> are open.</p>",
+    )
 }
 
 /// Counts and times every request by its route template.

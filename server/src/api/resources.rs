@@ -99,7 +99,7 @@ pub async fn list_all(
     State(state): State<AppState>,
     Path(plural): Path<String>,
     Query(q): Query<ListQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     list(&state, &plural, None, q).await
 }
 
@@ -107,11 +107,11 @@ pub async fn list_namespaced(
     State(state): State<AppState>,
     Path((ns, plural)): Path<(String, String)>,
     Query(q): Query<ListQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     list(&state, &plural, Some(&ns), q).await
 }
 
-async fn list(state: &AppState, plural: &str, ns: Option<&str>, q: ListQuery) -> ApiResult<Json<Value>> {
+async fn list(state: &AppState, plural: &str, ns: Option<&str>, q: ListQuery) -> ApiResult<Response> {
     let kind = kind_from_plural(plural)?;
     let selector = match q.label_selector.as_deref() {
         Some(s) => Some(Selector::parse(s).map_err(|e| ApiError::bad_request(format!("labelSelector: {e}")))?),
@@ -119,17 +119,22 @@ async fn list(state: &AppState, plural: &str, ns: Option<&str>, q: ListQuery) ->
     };
     let revision = state.store.current_revision().await?;
     let objects = state.store.list(Some(kind), ns).await?;
-    let items: Vec<Value> = objects
-        .iter()
-        .filter(|o| selector.as_ref().is_none_or(|s| s.matches(&o.labels)))
-        .map(Object::to_document)
-        .collect();
-    Ok(Json(json!({
-        "apiVersion": "v1",
-        "kind": "List",
-        "metadata": {"resourceVersion": revision.to_string()},
-        "items": items,
-    })))
+    // Written as text: stored bodies are already JSON, so a list of
+    // thousands is copied, not parsed and re-serialized.
+    let mut out = String::with_capacity(objects.iter().map(|o| o.body.len() + 256).sum::<usize>() + 128);
+    out.push_str(&format!(
+        "{{\"apiVersion\":\"v1\",\"kind\":\"List\",\"metadata\":{{\"resourceVersion\":\"{revision}\"}},\"items\":["
+    ));
+    let mut first = true;
+    for o in objects.iter().filter(|o| selector.as_ref().is_none_or(|s| s.matches(&o.labels))) {
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        o.write_document(&mut out);
+    }
+    out.push_str("]}");
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], out).into_response())
 }
 
 pub async fn get_one(

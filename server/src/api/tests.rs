@@ -276,3 +276,22 @@ async fn login_gives_a_session_cookie(pool: SqlitePool) {
     let resp = api.router.clone().oneshot(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn tls_secrets_fold_string_data_and_round_trip(pool: SqlitePool) {
+    let api = api(pool).await;
+    let secret = "apiVersion: v1\nkind: Secret\nmetadata: {name: api-cert}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: \"-----BEGIN CERTIFICATE-----\\nMIIB\\n-----END CERTIFICATE-----\\n\"\n  tls.key: \"-----BEGIN PRIVATE KEY-----\\nMIIE\\n-----END PRIVATE KEY-----\\n\"\n";
+    let (status, body) = api.send("POST", "/api/v1/apply", secret).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, doc) = api.send("GET", "/api/v1/namespaces/default/secrets/api-cert", Body::empty()).await;
+    assert_eq!(doc["type"], "kubernetes.io/tls");
+    assert!(doc["data"]["tls.crt"].as_str().unwrap().starts_with("LS0tLS1CRUdJTi"), "{doc}");
+    assert!(doc.get("spec").is_none() && doc.get("stringData").is_none(), "{doc}");
+    let (_, again) = api.send("POST", "/api/v1/apply", doc.to_string()).await;
+    assert_eq!(again["results"][0]["outcome"], "unchanged", "{again}");
+
+    let bad = secret.replace("kubernetes.io/tls", "Opaque");
+    let (status, body) = api.send("POST", "/api/v1/apply", bad).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(body["error"]["details"][0]["path"], "document 1 (Secret/default/api-cert): type", "{body}");
+}

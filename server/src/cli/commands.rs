@@ -23,7 +23,10 @@ pub fn up(args: UpArgs) -> anyhow::Result<i32> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     let data_dir = config.data_dir.clone();
     runtime.block_on(crate::server::run(config, started, crate::server::shutdown_signal(), |ready| {
-        println!("console: http://{}/  (user admin)", ready.admin);
+        println!(
+            "admin API: http://{}/api/v1  (OpenAPI: /api/openapi.json; console: http://{}/, user admin)",
+            ready.admin, ready.admin
+        );
         println!("admin token: {}", data_dir.join("admin.token").display());
         println!(
             "meshgate ready admin=http://{} data-dir={} in {} ms",
@@ -148,8 +151,10 @@ fn get(
     } else {
         format!("/api/v1/namespaces/{namespace}/{}", kind.plural())
     };
-    let req = client.request(Method::GET, &base).query(&[("labelSelector", selector.unwrap_or(""))]);
-    let req = if selector.is_some() { req } else { client.request(Method::GET, &base) };
+    let mut req = client.request(Method::GET, &base);
+    if let Some(s) = selector {
+        req = req.query(&[("labelSelector", s)]);
+    }
     let list = client.send(req)?;
     let items = list["items"].as_array().cloned().unwrap_or_default();
     if items.is_empty() && format == Format::Table {

@@ -12,7 +12,7 @@ mod open;
 use std::collections::BTreeMap;
 
 use meshgate_model::{Kind, Resource};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use sqlx::{Row, SqlitePool, sqlite::SqliteRow};
 use tokio::sync::Mutex;
 
@@ -50,7 +50,10 @@ pub enum Outcome {
     Deleted,
 }
 
-/// One object as stored, with its server-managed metadata.
+/// One object as stored, with its server-managed metadata. The body stays
+/// the JSON text the store wrote (canonical: produced from the typed
+/// resource), so listing thousands of objects copies text instead of
+/// parsing and re-serializing every body.
 #[derive(Debug, Clone)]
 pub struct Object {
     pub kind: Kind,
@@ -59,46 +62,68 @@ pub struct Object {
     pub uid: String,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
-    pub body: Value,
+    pub body: String,
     pub resource_version: i64,
     pub generation: i64,
     pub created_at: String,
 }
 
 impl Object {
-    /// The document form users see and apply: apiVersion, kind, metadata, spec.
-    pub fn to_document(&self) -> Value {
-        let mut meta = Map::new();
-        meta.insert("name".into(), self.name.clone().into());
-        meta.insert("namespace".into(), self.namespace.clone().into());
+    /// Writes the document form users see and apply (apiVersion, kind,
+    /// metadata, spec) as JSON to `out`.
+    pub fn write_document(&self, out: &mut String) {
+        let text = |s: &str| serde_json::to_string(s).unwrap_or_default();
+        let map = |m: &BTreeMap<String, String>| serde_json::to_string(m).unwrap_or_default();
+        out.push_str(&format!(
+            "{{\"apiVersion\":{},\"kind\":{},\"metadata\":{{\"name\":{},\"namespace\":{}",
+            text(self.kind.api_version()),
+            text(self.kind.name()),
+            text(&self.name),
+            text(&self.namespace)
+        ));
         if !self.labels.is_empty() {
-            meta.insert("labels".into(), serde_json::to_value(&self.labels).unwrap_or_default());
+            out.push_str(&format!(",\"labels\":{}", map(&self.labels)));
         }
         if !self.annotations.is_empty() {
-            meta.insert("annotations".into(), serde_json::to_value(&self.annotations).unwrap_or_default());
+            out.push_str(&format!(",\"annotations\":{}", map(&self.annotations)));
         }
-        meta.insert("resourceVersion".into(), self.resource_version.to_string().into());
-        meta.insert("generation".into(), self.generation.into());
-        meta.insert("creationTimestamp".into(), self.created_at.clone().into());
-        meta.insert("uid".into(), self.uid.clone().into());
-        let mut doc = Map::new();
-        doc.insert("apiVersion".into(), self.kind.api_version().into());
-        doc.insert("kind".into(), self.kind.name().into());
-        doc.insert("metadata".into(), Value::Object(meta));
-        match &self.body {
-            Value::Object(fields) if self.kind == Kind::Secret => {
-                doc.extend(fields.iter().map(|(k, v)| (k.clone(), v.clone())));
+        out.push_str(&format!(
+            ",\"resourceVersion\":\"{}\",\"generation\":{},\"creationTimestamp\":{},\"uid\":{}}}",
+            self.resource_version,
+            self.generation,
+            text(&self.created_at),
+            text(&self.uid)
+        ));
+        // A Secret has no spec: its stored body holds its top-level fields.
+        match self.body.trim().strip_prefix('{').map(|b| b.trim_start()) {
+            Some(fields) if self.kind == Kind::Secret && fields != "}" => {
+                out.push(',');
+                out.push_str(fields);
             }
-            body => {
-                doc.insert("spec".into(), body.clone());
+            Some(_) if self.kind == Kind::Secret => out.push('}'),
+            _ => {
+                out.push_str(",\"spec\":");
+                out.push_str(&self.body);
+                out.push('}');
             }
         }
-        Value::Object(doc)
+    }
+
+    /// The document form as a JSON value.
+    pub fn to_document(&self) -> Value {
+        let mut out = String::with_capacity(self.body.len() + 256);
+        self.write_document(&mut out);
+        serde_json::from_str(&out).unwrap_or(Value::Null)
+    }
+
+    /// The body parsed: the spec, or a Secret's type and data.
+    pub fn body_value(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
     }
 
     /// Parses the object back into a typed resource.
     pub fn to_resource(&self) -> Result<Resource> {
-        let body = meshgate_model::Body::from_stored(self.kind, self.body.clone()).map_err(|errs| {
+        let body = meshgate_model::Body::from_stored(self.kind, self.body_value()).map_err(|errs| {
             let first = errs.first().map(ToString::to_string).unwrap_or_default();
             StoreError::Corrupt(format!("{} {}/{}: {first}", self.kind, self.namespace, self.name))
         })?;
@@ -119,19 +144,18 @@ impl Object {
     fn from_row(row: &SqliteRow) -> Result<Object> {
         let kind_name: String = row.try_get("kind")?;
         let kind = Kind::lookup(&kind_name).ok_or_else(|| StoreError::Corrupt(format!("unknown kind {kind_name}")))?;
-        let json = |col: &str| -> Result<Value> {
+        let map = |col: &str| -> Result<BTreeMap<String, String>> {
             let text: String = row.try_get(col)?;
             serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("column {col}: {e}")))
         };
-        let map = |v: Value| serde_json::from_value::<BTreeMap<String, String>>(v).unwrap_or_default();
         Ok(Object {
             kind,
             namespace: row.try_get("namespace")?,
             name: row.try_get("name")?,
             uid: row.try_get("uid")?,
-            labels: map(json("labels")?),
-            annotations: map(json("annotations")?),
-            body: json("body")?,
+            labels: map("labels")?,
+            annotations: map("annotations")?,
+            body: row.try_get("body")?,
             resource_version: row.try_get("resource_version")?,
             generation: row.try_get("generation")?,
             created_at: row.try_get("created_at")?,
@@ -434,10 +458,9 @@ async fn write_one(
 ) -> Result<Change> {
     let (kind, namespace, name) = (r.kind, r.namespace().to_string(), r.name().to_string());
     let current = get_in(tx, kind, &namespace, &name).await?;
-    let body = r.body.to_value();
+    let body = r.body.to_value().to_string();
     let labels = serde_json::to_string(&r.metadata.labels).unwrap_or_else(|_| "{}".into());
     let annotations = serde_json::to_string(&r.metadata.annotations).unwrap_or_else(|_| "{}".into());
-    let body_text = body.to_string();
     let at = now();
     match current {
         Some(cur) => {
@@ -473,7 +496,7 @@ async fn write_one(
             )
             .bind(&labels)
             .bind(&annotations)
-            .bind(&body_text)
+            .bind(&updated.body)
             .bind(revision)
             .bind(updated.generation)
             .bind(&at)
@@ -520,7 +543,7 @@ async fn write_one(
             .bind(&created.uid)
             .bind(&labels)
             .bind(&annotations)
-            .bind(&body_text)
+            .bind(&created.body)
             .bind(revision)
             .bind(&at)
             .bind(&at)

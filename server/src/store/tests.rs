@@ -28,7 +28,7 @@ async fn apply_creates_then_configures_then_is_unchanged(pool: SqlitePool) {
     let obj = store.get(Kind::VirtualService, "default", "a").await.unwrap().unwrap();
     assert_eq!(obj.resource_version, 2);
     assert_eq!(obj.generation, 2);
-    assert_eq!(obj.body["http"][0]["route"][0]["weight"], 90);
+    assert_eq!(obj.body_value()["http"][0]["route"][0]["weight"], 90);
 
     let h = store.history(&HistoryFilter { with_objects: true, ..Default::default() }).await.unwrap();
     assert_eq!(h.len(), 2);
@@ -50,7 +50,7 @@ async fn stale_resource_version_conflicts(pool: SqlitePool) {
     let err = store.apply(&[stale], "t", WriteMode::Upsert).await.unwrap_err();
     assert!(matches!(err, StoreError::Conflict { current: 2, .. }), "{err}");
     let obj = store.get(Kind::VirtualService, "default", "a").await.unwrap().unwrap();
-    assert_eq!(obj.body["http"][0]["route"][0]["weight"], 70);
+    assert_eq!(obj.body_value()["http"][0]["route"][0]["weight"], 70);
 }
 
 #[sqlx::test(migrations = "../migrations")]
@@ -85,7 +85,7 @@ async fn rollback_restores_the_whole_configuration(pool: SqlitePool) {
         ]
     );
     let a = store.get(Kind::VirtualService, "default", "a").await.unwrap().unwrap();
-    assert_eq!(a.body["http"][0]["route"][0]["weight"], 80);
+    assert_eq!(a.body_value()["http"][0]["route"][0]["weight"], 80);
     assert!(store.get(Kind::VirtualService, "default", "b").await.unwrap().is_some());
     assert!(store.get(Kind::VirtualService, "default", "c").await.unwrap().is_none());
     // History is appended to, never rewritten.
