@@ -25,8 +25,9 @@ start() { # start DATA_DIR -> sets PID, ADMIN; prints ms to ready
   echo $(( $(now_ms) - t0 ))
   # keep draining stdout so the server never blocks on a full pipe
   cat "$fifo" >/dev/null &
+  DRAIN=$!
 }
-stop() { kill -TERM "$PID"; wait "$PID" 2>/dev/null || true; }
+stop() { kill -TERM "$PID"; wait "$PID" 2>/dev/null || true; wait "$DRAIN" 2>/dev/null || true; }
 
 DATA="$WORK/data"
 start "$DATA" >/dev/null; stop   # first start creates the data dir
@@ -58,6 +59,7 @@ for r in $(seq "$RUNS"); do
     --data-binary @"$WORK/batch.json" "$ADMIN/api/v1/apply"
 done | median | sed 's/^/median: /'
 
+echo "== RSS after the applies: $(awk '/VmRSS/ {print $2/1024 " MiB"}' /proc/$PID/status)"
 echo "== apply of the same 1,000 again (all unchanged) (ms)"
 for _ in $(seq "$RUNS"); do
   curl_ms -X POST -H "Authorization: Bearer $TOKEN" --data-binary @"$WORK/batch.json" "$ADMIN/api/v1/apply"
