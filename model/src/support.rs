@@ -9,9 +9,11 @@ use crate::kind::Kind;
 /// (kind, field pattern, why). Patterns are dotted paths from the document
 /// root; `[*]` walks every element of a list, `*` every key of a map.
 const UNSUPPORTED: &[(Kind, &str, &str)] = &[
-    (Kind::Gateway, "spec.servers[*].tls.caCrl", "certificate revocation lists are not checked"),
-    (Kind::Gateway, "spec.servers[*].tls.verifyCertificateSpki", "SPKI pinning is not built"),
-    (Kind::Gateway, "spec.servers[*].tls.verifyCertificateHash", "certificate hash pinning is not built"),
+    (
+        Kind::Gateway,
+        "spec.servers[*].tls",
+        "TLS on gateway listeners is not built yet; the server is served as plain HTTP on --http only if its port is 80",
+    ),
     (Kind::Gateway, "spec.servers[*].defaultEndpoint", "sidecar ingress default endpoints are not built"),
     (Kind::Gateway, "spec.servers[*].bind", "binding a server to a specific IP is not built"),
     (
@@ -19,7 +21,15 @@ const UNSUPPORTED: &[(Kind, &str, &str)] = &[
         "spec.exportTo",
         "visibility scoping (exportTo) is not built; resources are visible everywhere",
     ),
+    (Kind::VirtualService, "spec.tcp", "TCP routes are not built yet"),
+    (Kind::VirtualService, "spec.tls", "TLS (SNI) routes are not built yet"),
     (Kind::VirtualService, "spec.http[*].delegate", "VirtualService delegation is not built"),
+    (Kind::VirtualService, "spec.http[*].mirror", "traffic mirroring is not built yet"),
+    (Kind::VirtualService, "spec.http[*].mirrors", "traffic mirroring is not built yet"),
+    (Kind::VirtualService, "spec.http[*].corsPolicy", "CORS handling is not built yet"),
+    (Kind::VirtualService, "spec.http[*].redirect.derivePort", "derivePort is not built yet"),
+    (Kind::VirtualService, "spec.http[*].retries.retryRemoteLocalities", "locality-aware retries are not built yet"),
+    (Kind::VirtualService, "spec.http[*].match[*].sourceLabels", "source-label matching needs the mesh (sidecars)"),
     (Kind::VirtualService, "spec.http[*].match[*].sourceNamespace", "matching on the source namespace is not built"),
     (Kind::VirtualService, "spec.http[*].match[*].statPrefix", "per-match stat prefixes are not built"),
     (Kind::VirtualService, "spec.http[*].fault.abort.grpcStatus", "gRPC status aborts are not built"),
@@ -28,14 +38,81 @@ const UNSUPPORTED: &[(Kind, &str, &str)] = &[
     (Kind::DestinationRule, "spec.workloadSelector", "workload-scoped DestinationRules are not built"),
     (Kind::DestinationRule, "spec.trafficPolicy.tunnel", "HTTP CONNECT tunnelling is not built"),
     (Kind::DestinationRule, "spec.trafficPolicy.proxyProtocol", "PROXY protocol to upstreams is not built"),
+    (Kind::DestinationRule, "spec.trafficPolicy.retryBudget", "retry budgets are not built"),
+    (Kind::DestinationRule, "spec.trafficPolicy.tls", "TLS to upstreams is not built yet"),
+    (
+        Kind::DestinationRule,
+        "spec.trafficPolicy.loadBalancer.consistentHash",
+        "consistent hashing is not built yet; requests are balanced by least request",
+    ),
+    (Kind::DestinationRule, "spec.trafficPolicy.loadBalancer.localityLbSetting", "locality failover is not built yet"),
     (Kind::DestinationRule, "spec.trafficPolicy.loadBalancer.warmupDurationSecs", "slow-start warmup is not built"),
     (Kind::DestinationRule, "spec.trafficPolicy.loadBalancer.warmup", "slow-start warmup is not built"),
-    (Kind::DestinationRule, "spec.trafficPolicy.tls.caCrl", "certificate revocation lists are not checked"),
+    (
+        Kind::DestinationRule,
+        "spec.trafficPolicy.connectionPool.tcp.connectTimeout",
+        "per-cluster connect timeouts are not built yet (10 s for all)",
+    ),
+    (
+        Kind::DestinationRule,
+        "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive",
+        "per-cluster TCP keepalive is not built yet",
+    ),
+    (
+        Kind::DestinationRule,
+        "spec.trafficPolicy.connectionPool.tcp.maxConnectionDuration",
+        "connection lifetimes are not built yet",
+    ),
+    (
+        Kind::DestinationRule,
+        "spec.trafficPolicy.connectionPool.http.maxRequestsPerConnection",
+        "per-connection request limits are not built yet",
+    ),
+    (
+        Kind::DestinationRule,
+        "spec.trafficPolicy.connectionPool.http.maxRetries",
+        "the concurrent-retry limit is not built yet",
+    ),
+    (
+        Kind::DestinationRule,
+        "spec.trafficPolicy.connectionPool.http.idleTimeout",
+        "per-cluster idle timeouts are not built yet (90 s for all)",
+    ),
+    (
+        Kind::DestinationRule,
+        "spec.trafficPolicy.connectionPool.http.h2UpgradePolicy",
+        "HTTP/2 to upstreams is not built yet",
+    ),
+    (
+        Kind::DestinationRule,
+        "spec.trafficPolicy.connectionPool.http.useClientProtocol",
+        "HTTP/2 to upstreams is not built yet",
+    ),
+    (
+        Kind::DestinationRule,
+        "spec.trafficPolicy.outlierDetection.minHealthPercent",
+        "the panic threshold is not built yet",
+    ),
+    (
+        Kind::DestinationRule,
+        "spec.trafficPolicy.outlierDetection.splitExternalLocalOriginErrors",
+        "local-origin error tracking is not built yet",
+    ),
+    (
+        Kind::DestinationRule,
+        "spec.trafficPolicy.outlierDetection.consecutiveLocalOriginFailures",
+        "local-origin error tracking is not built yet",
+    ),
     (Kind::ServiceEntry, "spec.exportTo", "visibility scoping (exportTo) is not built"),
     (Kind::ServiceEntry, "spec.addresses", "virtual IPs for ServiceEntries are not allocated"),
     (Kind::WorkloadEntry, "spec.network", "multi-network gateways are not built"),
+    (Kind::PeerAuthentication, "spec.mtls", "mutual TLS arrives with the mesh (sidecar agents)"),
+    (Kind::PeerAuthentication, "spec.portLevelMtls", "mutual TLS arrives with the mesh (sidecar agents)"),
+    (Kind::RequestAuthentication, "spec.jwtRules", "JWT validation is not built yet"),
     (Kind::RequestAuthentication, "spec.targetRef", "Gateway API policy attachment is not built; use selector"),
     (Kind::RequestAuthentication, "spec.targetRefs", "Gateway API policy attachment is not built; use selector"),
+    (Kind::AuthorizationPolicy, "spec.rules", "authorization policies are not enforced yet"),
+    (Kind::AuthorizationPolicy, "spec.action", "authorization policies are not enforced yet"),
     (Kind::AuthorizationPolicy, "spec.targetRef", "Gateway API policy attachment is not built; use selector"),
     (Kind::AuthorizationPolicy, "spec.targetRefs", "Gateway API policy attachment is not built; use selector"),
     (Kind::AuthorizationPolicy, "spec.provider", "external authorization (action CUSTOM) is not built"),
@@ -46,8 +123,18 @@ const UNSUPPORTED: &[(Kind, &str, &str)] = &[
 pub fn unsupported_fields(kind: Kind, doc: &Value) -> Vec<(String, &'static str)> {
     let mut found = Vec::new();
     for (k, pattern, why) in UNSUPPORTED {
-        if *k == kind {
-            let segments: Vec<&str> = pattern.split('.').collect();
+        if *k != kind {
+            continue;
+        }
+        let mut patterns = vec![pattern.to_string()];
+        // A traffic policy can also sit on a subset or on one port.
+        if let Some(rest) = pattern.strip_prefix("spec.trafficPolicy.") {
+            patterns.push(format!("spec.subsets[*].trafficPolicy.{rest}"));
+            patterns.push(format!("spec.subsets[*].trafficPolicy.portLevelSettings[*].{rest}"));
+            patterns.push(format!("spec.trafficPolicy.portLevelSettings[*].{rest}"));
+        }
+        for p in &patterns {
+            let segments: Vec<&str> = p.split('.').collect();
             walk(doc, &segments, String::new(), &mut |path| found.push((path, *why)));
         }
     }
@@ -99,5 +186,21 @@ mod tests {
         let found: Vec<String> = unsupported_fields(Kind::VirtualService, &doc).into_iter().map(|f| f.0).collect();
         assert_eq!(found, ["spec.exportTo", "spec.http[1].delegate"]);
         assert!(unsupported_fields(Kind::Gateway, &doc).is_empty());
+    }
+
+    #[test]
+    fn finds_traffic_policy_fields_on_subsets_and_ports() {
+        let doc = serde_json::json!({"spec": {
+            "trafficPolicy": {"portLevelSettings": [{"port": {"number": 80}, "tls": {"mode": "SIMPLE"}}]},
+            "subsets": [{"name": "v1", "trafficPolicy": {"connectionPool": {"http": {"maxRetries": 3}}}}],
+        }});
+        let found: Vec<String> = unsupported_fields(Kind::DestinationRule, &doc).into_iter().map(|f| f.0).collect();
+        assert_eq!(
+            found,
+            [
+                "spec.trafficPolicy.portLevelSettings[0].tls",
+                "spec.subsets[0].trafficPolicy.connectionPool.http.maxRetries"
+            ]
+        );
     }
 }

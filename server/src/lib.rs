@@ -6,7 +6,9 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod labels;
+pub mod proxy;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -10,6 +10,8 @@ use tokio::net::TcpListener;
 
 use crate::api::{self, AppState, Settings};
 use crate::config::Config;
+use crate::control::{self, Hub};
+use crate::proxy;
 use crate::store::{self, Store, new_token};
 use crate::telemetry::Metrics;
 
@@ -17,6 +19,7 @@ use crate::telemetry::Metrics;
 #[derive(Debug, Clone)]
 pub struct Ready {
     pub admin: std::net::SocketAddr,
+    pub http: std::net::SocketAddr,
 }
 
 /// Runs the server until `shutdown` completes, then drains in-flight
@@ -38,7 +41,10 @@ pub async fn run(
     bootstrap(&store, &config.data_dir).await?;
 
     let metrics = Arc::new(Metrics::new());
+    let hub = Hub::new();
+    tokio::spawn(control::run_compiler(hub.clone(), store.clone(), config.cluster_domain.clone()));
     let state = AppState {
+        hub: hub.clone(),
         store: store.clone(),
         metrics: metrics.clone(),
         settings: Arc::new(Settings {
@@ -49,18 +55,54 @@ pub async fn run(
     let admin = TcpListener::bind(config.admin)
         .await
         .with_context(|| format!("cannot listen on the admin address {} (--admin)", config.admin))?;
-    let ready = Ready { admin: admin.local_addr()? };
+    let http = proxy::bind(config.http, "--http").await?;
+    let ready = Ready { admin: admin.local_addr()?, http: http.local_addr()? };
     tracing::info!(
-        http = %config.http, https = %config.https, mesh = %config.mesh,
-        "the gateway and mesh listeners are not built yet; only the admin API serves"
+        https = %config.https, mesh = %config.mesh,
+        "the HTTPS gateway listener and the mesh listener are not built yet"
     );
+
+    // One shutdown signal, fanned out to every server.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let gateway = Arc::new(proxy::Listener {
+        hub: hub.clone(),
+        gateway_port: 80,
+        scheme: "http",
+        client: proxy::upstream_client(),
+    });
+    let gateway_task = tokio::spawn(proxy::serve(http, gateway, stopped()));
+    let admin_server = axum::serve(admin, api::router(state)).with_graceful_shutdown(stopped());
+    let admin_task = tokio::spawn(async move { admin_server.await });
+
+    // The first snapshot must be live before we say ready.
+    hub.wait_for(0, std::time::Duration::from_secs(10)).await;
     metrics.startup_seconds.observe(started.elapsed().as_secs_f64());
-    let serve = axum::serve(admin, api::router(state)).with_graceful_shutdown(shutdown);
     on_ready(&ready);
-    let result = serve.await.context("admin server");
+
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    // In-flight requests finish; a connection that will not close is cut after the grace period.
+    let drained = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        let _ = gateway_task.await;
+        admin_task.await
+    })
+    .await;
     tracing::info!("stopped accepting; in-flight requests finished; closing the database");
     store.close().await;
-    result
+    match drained {
+        Ok(Ok(result)) => result.context("admin server"),
+        Ok(Err(e)) => Err(anyhow::anyhow!("admin server task: {e}")),
+        Err(_) => {
+            tracing::warn!("connections still open after 30 s; closing anyway");
+            Ok(())
+        }
+    }
 }
 
 fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {

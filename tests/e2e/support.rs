@@ -15,6 +15,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct Server {
     pub child: Child,
     pub admin: String,
+    /// The gateway's `--http` address (Gateway servers on port 80).
+    pub http: String,
     pub data_dir: PathBuf,
     pub stdout: Vec<String>,
     _tmp: Option<tempfile::TempDir>,
@@ -63,15 +65,17 @@ impl Server {
             }
         });
         let mut lines = Vec::new();
-        let admin = loop {
+        let field = |rest: &str, key: &str| {
+            rest.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(key))
+                .unwrap_or_else(|| panic!("{key} in ready line"))
+                .to_string()
+        };
+        let (admin, http) = loop {
             match rx.recv_timeout(READY_TIMEOUT) {
                 Ok(line) => {
-                    let ready = line.strip_prefix("meshgate ready ").map(|rest| {
-                        rest.split_whitespace()
-                            .find_map(|kv| kv.strip_prefix("admin="))
-                            .expect("admin= in ready line")
-                            .to_string()
-                    });
+                    let ready =
+                        line.strip_prefix("meshgate ready ").map(|rest| (field(rest, "admin="), field(rest, "http=")));
                     lines.push(line);
                     if let Some(a) = ready {
                         break a;
@@ -83,7 +87,7 @@ impl Server {
                 }
             }
         };
-        Server { child, admin, data_dir: data_dir.to_path_buf(), stdout: lines, _tmp: None }
+        Server { child, admin, http, data_dir: data_dir.to_path_buf(), stdout: lines, _tmp: None }
     }
 
     pub fn token(&self) -> String {
@@ -136,6 +140,23 @@ impl Server {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.admin)
+    }
+
+    /// Applies YAML through the CLI; panics with the CLI's output on failure.
+    pub fn apply(&self, yaml: &str) -> String {
+        let out = self.cli_with_stdin(&["apply", "-f", "-"], Some(yaml));
+        assert!(out.status.success(), "apply failed:\n{}\n{yaml}", text(&out.stderr));
+        text(&out.stdout)
+    }
+
+    /// A request to the gateway's `--http` listener with a Host header.
+    pub fn gateway(
+        &self,
+        client: &reqwest::blocking::Client,
+        host: &str,
+        path: &str,
+    ) -> reqwest::blocking::RequestBuilder {
+        client.get(format!("http://{}{path}", self.http)).header("host", host)
     }
 
     /// SIGTERM, then wait for a clean exit.

@@ -35,6 +35,7 @@ pub struct Settings {
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
+    pub hub: Arc<crate::control::Hub>,
     pub metrics: Arc<Metrics>,
     pub settings: Arc<Settings>,
 }
@@ -49,6 +50,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/revisions/{revision}", get(resources::revision))
         .route("/api/v1/revisions/{revision}/rollback", post(resources::rollback))
         .route("/api/v1/whoami", get(auth::whoami))
+        .route("/api/v1/proxy-status", get(resources::proxy_status))
         .route("/api/v1/logout", post(auth::logout))
         .route("/api/v1/namespaces/{ns}/{plural}", get(resources::list_namespaced).post(resources::create))
         .route(
@@ -104,25 +106,43 @@ async fn metrics(State(state): State<AppState>) -> Response {
 pub async fn read_text(headers: &HeaderMap, body: Body) -> ApiResult<String> {
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+    let mut stream = body.into_data_stream();
+    let mut buf = Vec::with_capacity(declared.unwrap_or(0).min(MAX_BODY as u64) as usize);
+    let mut too_large = declared.is_some_and(|n| n > MAX_BODY as u64);
+    while !too_large {
+        match futures_util::StreamExt::next(&mut stream).await {
+            None => break,
+            Some(Ok(chunk)) if buf.len() + chunk.len() <= MAX_BODY => buf.extend_from_slice(&chunk),
+            Some(Ok(_)) => too_large = true,
+            Some(Err(e)) => return Err(ApiError::bad_request(format!("reading request body: {e}"))),
+        }
+    }
+    if too_large {
+        drain(stream).await;
         return Err(ApiError::too_large(MAX_BODY));
     }
-    let bytes = axum::body::to_bytes(body, MAX_BODY).await.map_err(|e| {
-        let too_large = std::error::Error::source(&e)
-            .is_some_and(|s| s.downcast_ref::<http_body_util::LengthLimitError>().is_some())
-            || e.to_string().contains("length limit");
-        if too_large {
-            ApiError::too_large(MAX_BODY)
-        } else {
-            ApiError::bad_request(format!("reading request body: {e}"))
-        }
-    })?;
-    String::from_utf8(bytes.to_vec()).map_err(|e| {
+    String::from_utf8(buf).map_err(|e| {
         ApiError::bad_request(format!(
             "request body is not UTF-8: invalid byte at offset {}",
             e.utf8_error().valid_up_to()
         ))
     })
+}
+
+/// Reads and discards the rest of an oversized body (up to 64 MiB, for up
+/// to 10 s) so the client, still sending, gets to read our 413 instead of
+/// a reset connection: nginx's "lingering close".
+async fn drain(mut stream: axum::body::BodyDataStream) {
+    let mut left: usize = 64 << 20;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while let Some(Ok(chunk)) = futures_util::StreamExt::next(&mut stream).await {
+            left = left.saturating_sub(chunk.len());
+            if left == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// 404 for a path segment that names no kind.

@@ -46,6 +46,33 @@ fn problems_error(problems: Vec<Problem>) -> ApiError {
     ApiError::invalid(message, details)
 }
 
+/// Wakes the compiler and waits (briefly) until the data plane serves
+/// `revision`, so that a write the API acknowledged is live when the
+/// caller hears back. Returns whether it got there in time.
+async fn pushed(state: &AppState, revision: i64) -> bool {
+    state.hub.notify();
+    let live = state.hub.wait_for(revision, std::time::Duration::from_secs(2)).await;
+    if !live {
+        tracing::warn!(revision, "configuration not applied to the data plane within 2 s");
+    }
+    live
+}
+
+/// `GET /api/v1/proxy-status`: which revision each proxy runs.
+pub async fn proxy_status(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    let current = state.store.current_revision().await?;
+    let applied = state.hub.applied_revision();
+    Ok(Json(json!({
+        "revision": current,
+        "proxies": [{
+            "name": "gateway",
+            "role": "gateway",
+            "revision": applied,
+            "status": if applied >= current { "SYNCED" } else { "STALE" },
+        }],
+    })))
+}
+
 fn change_json(c: &Change) -> Value {
     json!({
         "kind": c.kind.name(),
@@ -86,7 +113,12 @@ pub async fn apply(
     }
     let changes = state.store.apply(&resources, &actor.0, WriteMode::Upsert).await?;
     let revision = state.store.current_revision().await?;
-    Ok(Json(json!({"results": changes.iter().map(change_json).collect::<Vec<_>>(), "revision": revision})))
+    let pushed = pushed(&state, revision).await;
+    Ok(Json(json!({
+        "results": changes.iter().map(change_json).collect::<Vec<_>>(),
+        "revision": revision,
+        "pushed": pushed,
+    })))
 }
 
 #[derive(Deserialize)]
@@ -189,6 +221,7 @@ pub async fn replace(
     let kind = kind_from_plural(&plural)?;
     let r = single(&headers, body, kind, &ns, Some(&name)).await?;
     let changes = state.store.apply(std::slice::from_ref(&r), &actor.0, WriteMode::Upsert).await?;
+    pushed(&state, changes[0].revision.unwrap_or(0)).await;
     respond_with_object(&changes[0])
 }
 
@@ -203,6 +236,7 @@ pub async fn create(
     let kind = kind_from_plural(&plural)?;
     let r = single(&headers, body, kind, &ns, None).await?;
     let changes = state.store.apply(std::slice::from_ref(&r), &actor.0, WriteMode::Create).await?;
+    pushed(&state, changes[0].revision.unwrap_or(0)).await;
     respond_with_object(&changes[0])
 }
 
@@ -226,6 +260,7 @@ pub async fn delete_one(
 ) -> ApiResult<Json<Value>> {
     let kind = kind_from_plural(&plural)?;
     let change = state.store.delete(kind, &ns, &name, &actor.0, q.resource_version.as_deref()).await?;
+    pushed(&state, change.revision.unwrap_or(0)).await;
     Ok(Json(change_json(&change)))
 }
 
@@ -260,6 +295,7 @@ pub async fn rollback(
 ) -> ApiResult<Json<Value>> {
     let changes = state.store.rollback(revision, &actor.0).await?;
     let current = state.store.current_revision().await?;
+    pushed(&state, current).await;
     Ok(Json(json!({
         "rolledBackTo": revision,
         "results": changes.iter().map(change_json).collect::<Vec<_>>(),

@@ -24,7 +24,10 @@ async fn api(pool: SqlitePool) -> Api {
     let store = Store::from_pool(pool);
     let token = new_token();
     store.add_token(&token, TOKEN_SUBJECT, "admin", None).await.unwrap();
+    let hub = crate::control::Hub::new();
+    tokio::spawn(crate::control::run_compiler(hub.clone(), store.clone(), "svc.cluster.local".into()));
     let state = AppState {
+        hub,
         store: store.clone(),
         metrics: Arc::new(Metrics::new()),
         settings: Arc::new(Settings {

@@ -29,8 +29,9 @@ pub fn up(args: UpArgs) -> anyhow::Result<i32> {
         );
         println!("admin token: {}", data_dir.join("admin.token").display());
         println!(
-            "meshgate ready admin=http://{} data-dir={} in {} ms",
+            "meshgate ready admin=http://{} http={} data-dir={} in {} ms",
             ready.admin,
+            ready.http,
             data_dir.display(),
             started.elapsed().as_millis()
         );

@@ -1,0 +1,486 @@
+//! Resources → the data plane's [`Snapshot`]. Everything that can be
+//! decided at config time is decided here: host tables, regexes, header
+//! names, cluster endpoints and policies.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use http::{HeaderName, HeaderValue, StatusCode};
+use meshgate_model::check::parse_duration;
+use meshgate_model::hosts::{fqdn, host_matches};
+use meshgate_model::networking::{Destination, HeaderOperations, SimpleLb};
+use meshgate_model::networking::{
+    DestinationRuleSpec, GatewaySpec, HttpMatchRequest, HttpRoute, ServiceEntrySpec, StringMatch, TrafficPolicy,
+    VirtualServiceSpec, WorkloadEntrySpec,
+};
+use meshgate_model::{Body, Resource};
+
+use crate::proxy::config::{
+    Action, Fault, HeaderOps, PortRoutes, Redirect, RequestMatch, RetryOn, RetryPolicy, Rewrite, Route, Snapshot,
+    StrMatch, Target, VirtualHost, WeightedClusters,
+};
+use crate::proxy::upstream::{Cluster, Endpoint, HealthRegistry, Lb, OutlierPolicy};
+
+/// Labels of the built-in edge gateway, which `Gateway.spec.selector` picks.
+pub const GATEWAY_LABELS: [(&str, &str); 2] = [("istio", "ingressgateway"), ("app", "istio-ingressgateway")];
+
+pub struct Compiler<'a> {
+    pub cluster_domain: &'a str,
+    pub health: &'a HealthRegistry,
+}
+
+struct Index<'r> {
+    namespaces: BTreeSet<&'r str>,
+    gateways: Vec<(&'r Resource, &'r GatewaySpec)>,
+    virtual_services: Vec<(&'r Resource, &'r VirtualServiceSpec)>,
+    rules: Vec<(&'r Resource, &'r DestinationRuleSpec)>,
+    entries: Vec<(&'r Resource, &'r ServiceEntrySpec)>,
+    workloads: Vec<(&'r Resource, &'r WorkloadEntrySpec)>,
+}
+
+impl Compiler<'_> {
+    pub fn compile(&self, revision: i64, resources: &[Resource]) -> Snapshot {
+        let mut ix = Index {
+            namespaces: resources.iter().map(|r| r.namespace()).collect(),
+            gateways: Vec::new(),
+            virtual_services: Vec::new(),
+            rules: Vec::new(),
+            entries: Vec::new(),
+            workloads: Vec::new(),
+        };
+        for r in resources {
+            match &r.body {
+                Body::Gateway(s) => ix.gateways.push((r, s)),
+                Body::VirtualService(s) => ix.virtual_services.push((r, s)),
+                Body::DestinationRule(s) => ix.rules.push((r, s)),
+                Body::ServiceEntry(s) => ix.entries.push((r, s)),
+                Body::WorkloadEntry(s) => ix.workloads.push((r, s)),
+                _ => {}
+            }
+        }
+        // Istio merges VirtualServices for one host oldest first.
+        ix.virtual_services.sort_by(|a, b| {
+            (a.0.metadata.creation_timestamp.as_deref(), a.0.namespace(), a.0.name()).cmp(&(
+                b.0.metadata.creation_timestamp.as_deref(),
+                b.0.namespace(),
+                b.0.name(),
+            ))
+        });
+
+        let mut clusters: HashMap<(String, String, u32), Arc<Cluster>> = HashMap::new();
+        let mut hosts_by_port: BTreeMap<u32, BTreeMap<String, VirtualHost>> = BTreeMap::new();
+        for (gw, spec) in &ix.gateways {
+            if !selects_builtin_gateway(&spec.selector) {
+                continue;
+            }
+            let gw_ref = format!("{}/{}", gw.namespace(), gw.name());
+            for server in &spec.servers {
+                let Some(port) = server.port.as_ref().and_then(|p| p.number) else { continue };
+                for (vs, vs_spec) in &ix.virtual_services {
+                    if !binds(vs_spec, vs.namespace(), &gw_ref) {
+                        continue;
+                    }
+                    for vs_host in &vs_spec.hosts {
+                        let Some(domain) = effective_host(&server.hosts, gw.namespace(), vs.namespace(), vs_host)
+                        else {
+                            continue;
+                        };
+                        let vhost = hosts_by_port
+                            .entry(port)
+                            .or_default()
+                            .entry(domain.clone())
+                            .or_insert_with(|| VirtualHost { name: domain.clone(), routes: Vec::new() });
+                        for (i, route) in vs_spec.http.iter().enumerate() {
+                            let name = format!(
+                                "{}/{}/{}",
+                                vs.namespace(),
+                                vs.name(),
+                                route.name.clone().unwrap_or_else(|| i.to_string())
+                            );
+                            vhost.routes.extend(self.routes(
+                                &ix,
+                                &mut clusters,
+                                vs.namespace(),
+                                &gw_ref,
+                                port,
+                                &name,
+                                route,
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        let mut snapshot = Snapshot { revision, ports: HashMap::new() };
+        for (port, hosts) in hosts_by_port {
+            let mut table = PortRoutes::default();
+            for (domain, vhost) in hosts {
+                let vhost = Arc::new(vhost);
+                if domain == "*" {
+                    table.catch_all = Some(vhost);
+                } else if let Some(suffix) = domain.strip_prefix('*') {
+                    table.wildcards.push((suffix.to_string(), vhost));
+                } else {
+                    table.exact.insert(domain, vhost);
+                }
+            }
+            table.wildcards.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
+            snapshot.ports.insert(port, Arc::new(table));
+        }
+        self.health.prune();
+        snapshot
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn routes(
+        &self,
+        ix: &Index<'_>,
+        clusters: &mut HashMap<(String, String, u32), Arc<Cluster>>,
+        ns: &str,
+        gateway: &str,
+        port: u32,
+        name: &str,
+        route: &HttpRoute,
+    ) -> Vec<Route> {
+        // One compiled route per `match` entry that applies to this gateway and port.
+        let matchers: Vec<Option<RequestMatch>> = if route.matches.is_empty() {
+            vec![None]
+        } else {
+            route
+                .matches
+                .iter()
+                .filter(|m| m.gateways.is_empty() || m.gateways.iter().any(|g| qualify(g, ns) == gateway))
+                .filter(|m| m.port.is_none_or(|p| p == port))
+                .map(|m| Some(request_match(m)))
+                .collect()
+        };
+        let action = if let Some(redirect) = &route.redirect {
+            Action::Redirect(Redirect {
+                status: redirect
+                    .redirect_code
+                    .and_then(|c| StatusCode::from_u16(c as u16).ok())
+                    .unwrap_or(StatusCode::MOVED_PERMANENTLY),
+                scheme: redirect.scheme.clone(),
+                authority: redirect.authority.clone(),
+                port: redirect.port,
+                path: redirect.uri.clone(),
+            })
+        } else if let Some(direct) = &route.direct_response {
+            let body = direct.body.as_ref().map_or_else(bytes::Bytes::new, |b| match (&b.string, &b.bytes) {
+                (Some(s), _) => bytes::Bytes::from(s.clone()),
+                (None, Some(b64)) => {
+                    bytes::Bytes::from(base64::engine::general_purpose::STANDARD.decode(b64).unwrap_or_default())
+                }
+                (None, None) => bytes::Bytes::new(),
+            });
+            let status = direct.status.and_then(|s| StatusCode::from_u16(s as u16).ok()).unwrap_or(StatusCode::OK);
+            Action::Direct { status, body }
+        } else {
+            let mut upper = 0u32;
+            let single = route.route.len() == 1;
+            let targets = route
+                .route
+                .iter()
+                .filter_map(|d| {
+                    let dest = d.destination.as_ref()?;
+                    let weight = if single {
+                        d.weight.unwrap_or(100).max(0) as u32
+                    } else {
+                        d.weight.unwrap_or(0).max(0) as u32
+                    };
+                    upper += weight;
+                    let (request_headers, response_headers) = header_ops(d.headers.as_ref());
+                    Some(Target {
+                        upper,
+                        cluster: self.cluster(ix, clusters, ns, dest),
+                        request_headers,
+                        response_headers,
+                    })
+                })
+                .collect::<Vec<_>>();
+            if targets.is_empty() {
+                return Vec::new();
+            }
+            Action::Forward(WeightedClusters { total: upper, targets })
+        };
+        let action = Arc::new(action);
+        let (request_headers, response_headers) = header_ops(route.headers.as_ref());
+        let timeout = route.timeout.as_deref().and_then(|t| parse_duration(t).ok()).filter(|d| !d.is_zero());
+        let retry = match &route.retries {
+            None => RetryPolicy::default(),
+            Some(r) => RetryPolicy {
+                attempts: r.attempts.unwrap_or(2).max(0) as u32,
+                per_try_timeout: r.per_try_timeout.as_deref().and_then(|t| parse_duration(t).ok()),
+                on: r.retry_on.as_deref().map(RetryOn::parse).unwrap_or_else(|| RetryPolicy::default().on),
+            },
+        };
+        let fault = route.fault.as_ref().map(|f| Fault {
+            delay: f.delay.as_ref().and_then(|d| {
+                let pct = d.percentage.as_ref().map(|p| p.value).or(d.percent.map(f64::from)).unwrap_or(100.0);
+                Some((pct, parse_duration(d.fixed_delay.as_deref()?).ok()?))
+            }),
+            abort: f.abort.as_ref().and_then(|a| {
+                let pct = a.percentage.as_ref().map(|p| p.value).unwrap_or(100.0);
+                Some((pct, StatusCode::from_u16(a.http_status? as u16).ok()?))
+            }),
+        });
+        matchers
+            .into_iter()
+            .map(|matcher| {
+                let rewrite = route.rewrite.as_ref().map(|rw| Rewrite {
+                    prefix_match: match matcher.as_ref().and_then(|m| m.uri.as_ref()) {
+                        Some(StrMatch::Prefix(p)) => Some(p.clone()),
+                        _ => None,
+                    },
+                    uri: rw.uri.clone(),
+                    regex: rw.uri_regex_rewrite.as_ref().and_then(|r| {
+                        Some((regex::Regex::new(r.pattern.as_deref()?).ok()?, r.rewrite.clone().unwrap_or_default()))
+                    }),
+                    authority: rw.authority.as_deref().and_then(|a| HeaderValue::from_str(a).ok()),
+                });
+                Route {
+                    name: name.to_string(),
+                    matcher,
+                    action: Arc::clone(&action),
+                    timeout,
+                    retry: retry.clone(),
+                    fault: fault.clone(),
+                    request_headers: request_headers.clone(),
+                    response_headers: response_headers.clone(),
+                    rewrite,
+                }
+            })
+            .collect()
+    }
+
+    fn cluster(
+        &self,
+        ix: &Index<'_>,
+        clusters: &mut HashMap<(String, String, u32), Arc<Cluster>>,
+        ns: &str,
+        dest: &Destination,
+    ) -> Arc<Cluster> {
+        let host = fqdn(dest.host.as_deref().unwrap_or(""), ns, self.cluster_domain, |n| ix.namespaces.contains(n));
+        let subset = dest.subset.clone().unwrap_or_default();
+        let wanted_port = dest.port.as_ref().and_then(|p| p.number).unwrap_or(0);
+        let key = (host.clone(), subset.clone(), wanted_port);
+        if let Some(c) = clusters.get(&key) {
+            return Arc::clone(c);
+        }
+        let fq = |h: &str, ns: &str| fqdn(h, ns, self.cluster_domain, |n| ix.namespaces.contains(n));
+        let entry =
+            ix.entries.iter().find(|(r, se)| se.hosts.iter().any(|h| host_matches(&fq(h, r.namespace()), &host)));
+        let mut endpoints: Vec<(String, BTreeMap<String, String>)> = Vec::new();
+        let mut port_number = wanted_port;
+        if let Some((se_res, se)) = entry {
+            let port = se.ports.iter().find(|p| wanted_port == 0 || p.number == Some(wanted_port)).or(se.ports.first());
+            let port_name = port.and_then(|p| p.name.clone()).unwrap_or_default();
+            let default_port = port.and_then(|p| p.target_port.or(p.number)).unwrap_or(80);
+            if port_number == 0 {
+                port_number = port.and_then(|p| p.number).unwrap_or(80);
+            }
+            let mut add = |we: &WorkloadEntrySpec| {
+                let Some(addr) = we.address.as_deref() else { return };
+                let p = we.ports.get(&port_name).copied().unwrap_or(default_port);
+                let addr =
+                    if addr.contains(':') && !addr.starts_with('[') { format!("[{addr}]") } else { addr.to_string() };
+                endpoints.push((format!("{addr}:{p}"), we.labels.clone()));
+            };
+            se.endpoints.iter().for_each(&mut add);
+            if let Some(sel) = &se.workload_selector {
+                for (we_res, we) in &ix.workloads {
+                    if we_res.namespace() == se_res.namespace()
+                        && sel.labels.iter().all(|(k, v)| we.labels.get(k) == Some(v))
+                    {
+                        add(we);
+                    }
+                }
+            }
+            let dns = matches!(
+                se.resolution,
+                Some(
+                    meshgate_model::networking::Resolution::Dns | meshgate_model::networking::Resolution::DnsRoundRobin
+                )
+            );
+            if endpoints.is_empty() && dns && !host.starts_with('*') {
+                endpoints.push((format!("{host}:{default_port}"), BTreeMap::new()));
+            }
+        }
+        // The DestinationRule for this host: subset filter and traffic policy.
+        let rule = ix
+            .rules
+            .iter()
+            .find(|(r, dr)| dr.host.as_deref().is_some_and(|h| host_matches(&fq(h, r.namespace()), &host)));
+        let mut policy: TrafficPolicy = rule.and_then(|(_, dr)| dr.traffic_policy.clone()).unwrap_or_default();
+        if !subset.is_empty() {
+            let found = rule.and_then(|(_, dr)| dr.subsets.iter().find(|s| s.name.as_deref() == Some(subset.as_str())));
+            match found {
+                Some(s) => {
+                    endpoints.retain(|(_, labels)| s.labels.iter().all(|(k, v)| labels.get(k) == Some(v)));
+                    if let Some(sp) = &s.traffic_policy {
+                        overlay(&mut policy, sp);
+                    }
+                }
+                None => endpoints.clear(),
+            }
+        }
+        if let Some(pl) = policy
+            .port_level_settings
+            .iter()
+            .find(|p| p.port.as_ref().and_then(|x| x.number) == Some(port_number))
+            .cloned()
+        {
+            policy.load_balancer = pl.load_balancer.or(policy.load_balancer.take());
+            policy.connection_pool = pl.connection_pool.or(policy.connection_pool.take());
+            policy.outlier_detection = pl.outlier_detection.or(policy.outlier_detection.take());
+            policy.tls = pl.tls.or(policy.tls.take());
+        }
+        let lb = match policy.load_balancer.as_ref().and_then(|l| l.simple) {
+            Some(SimpleLb::RoundRobin) => Lb::RoundRobin,
+            Some(SimpleLb::Random) => Lb::Random,
+            _ => Lb::LeastRequest,
+        };
+        let outlier = policy.outlier_detection.as_ref().map(|o| OutlierPolicy {
+            consecutive_5xx: o.consecutive_5xx_errors.or(o.consecutive_errors.map(|e| e.max(0) as u32)).unwrap_or(5),
+            consecutive_gateway: o.consecutive_gateway_errors.unwrap_or(0),
+            base_ejection: o
+                .base_ejection_time
+                .as_deref()
+                .and_then(|t| parse_duration(t).ok())
+                .unwrap_or(Duration::from_secs(30)),
+            max_ejection_percent: o.max_ejection_percent.unwrap_or(10).clamp(0, 100) as u32,
+        });
+        // HTTP/1.1 upstream connections carry one request at a time, so the
+        // requests in flight are the busy connections plus those waiting for
+        // one; HTTP/2 caps requests directly. Unset means unlimited, as in Istio.
+        let pool = policy.connection_pool.as_ref();
+        let conns = pool.and_then(|p| p.tcp.as_ref()).and_then(|t| t.max_connections).map(|n| n.max(0) as u64);
+        let http = pool.and_then(|p| p.http.as_ref());
+        let pending = http.and_then(|h| h.http1_max_pending_requests).map(|n| n.max(0) as u64);
+        let h2 = http.and_then(|h| h.http2_max_requests).map(|n| n.max(0) as u64);
+        let h1 = match (conns, pending) {
+            (Some(c), Some(p)) => Some(c + p),
+            (Some(c), None) => Some(c + u32::MAX as u64),
+            (None, _) => None,
+        };
+        let max_in_flight = [h1, h2].into_iter().flatten().min().map(|n| n.min(u32::MAX as u64) as u32);
+        let name = format!("outbound|{port_number}|{subset}|{host}");
+        let endpoints = endpoints
+            .into_iter()
+            .map(|(address, labels)| Endpoint { health: self.health.get(&name, &address), address, labels })
+            .collect();
+        let cluster = Arc::new(Cluster::new(name, endpoints, lb, outlier, max_in_flight));
+        clusters.insert(key, Arc::clone(&cluster));
+        cluster
+    }
+}
+
+/// A subset's policy replaces the host's policy field by field.
+fn overlay(base: &mut TrafficPolicy, over: &TrafficPolicy) {
+    if over.load_balancer.is_some() {
+        base.load_balancer = over.load_balancer.clone();
+    }
+    if over.connection_pool.is_some() {
+        base.connection_pool = over.connection_pool.clone();
+    }
+    if over.outlier_detection.is_some() {
+        base.outlier_detection = over.outlier_detection.clone();
+    }
+    if over.tls.is_some() {
+        base.tls = over.tls.clone();
+    }
+    if !over.port_level_settings.is_empty() {
+        base.port_level_settings = over.port_level_settings.clone();
+    }
+}
+
+fn selects_builtin_gateway(selector: &BTreeMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| GATEWAY_LABELS.iter().any(|(gk, gv)| gk == k && gv == v))
+}
+
+/// `name` or `ns/name` as written in a VirtualService of namespace `ns`.
+fn qualify(gateway: &str, ns: &str) -> String {
+    if gateway.contains('/') { gateway.to_string() } else { format!("{ns}/{gateway}") }
+}
+
+fn binds(vs: &VirtualServiceSpec, ns: &str, gateway: &str) -> bool {
+    vs.gateways.iter().any(|g| qualify(g, ns) == gateway)
+}
+
+/// The host a VirtualService host serves on a Gateway server: the more
+/// specific of the two when one covers the other, honouring `ns/host`.
+fn effective_host(server_hosts: &[String], gw_ns: &str, vs_ns: &str, vs_host: &str) -> Option<String> {
+    let vs_host = vs_host.to_ascii_lowercase();
+    server_hosts.iter().find_map(|h| {
+        let (ns, pattern) = h.split_once('/').unwrap_or(("*", h));
+        if !(ns == "*" || ns == vs_ns || (ns == "." && gw_ns == vs_ns)) {
+            return None;
+        }
+        let pattern = pattern.to_ascii_lowercase();
+        if host_matches(&pattern, &vs_host) {
+            Some(vs_host.clone())
+        } else if host_matches(&vs_host, &pattern) {
+            Some(pattern)
+        } else {
+            None
+        }
+    })
+}
+
+fn str_match(m: &StringMatch, lower: bool) -> Option<StrMatch> {
+    let case = |s: &str| if lower { s.to_ascii_lowercase() } else { s.to_string() };
+    if let Some(e) = &m.exact {
+        Some(StrMatch::Exact(case(e)))
+    } else if let Some(p) = &m.prefix {
+        Some(StrMatch::Prefix(case(p)))
+    } else {
+        m.regex.as_ref().and_then(|r| regex::Regex::new(&format!("^(?:{r})$")).ok()).map(StrMatch::Regex)
+    }
+}
+
+fn request_match(m: &HttpMatchRequest) -> RequestMatch {
+    let ignore_case = m.ignore_uri_case.unwrap_or(false);
+    let headers = |map: &BTreeMap<String, StringMatch>| {
+        map.iter()
+            .filter_map(|(k, v)| {
+                Some((HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()).ok()?, str_match(v, false)))
+            })
+            .collect()
+    };
+    RequestMatch {
+        uri: m.uri.as_ref().and_then(|u| str_match(u, ignore_case)),
+        ignore_uri_case: ignore_case,
+        scheme: m.scheme.as_ref().and_then(|s| str_match(s, false)),
+        method: m.method.as_ref().and_then(|s| str_match(s, false)),
+        authority: m.authority.as_ref().and_then(|s| str_match(s, false)),
+        headers: headers(&m.headers),
+        without_headers: headers(&m.without_headers),
+        query: m.query_params.iter().map(|(k, v)| (k.clone(), str_match(v, false))).collect(),
+    }
+}
+
+fn ops(o: Option<&HeaderOperations>) -> HeaderOps {
+    let Some(o) = o else { return HeaderOps::default() };
+    let pairs = |m: &BTreeMap<String, String>| {
+        m.iter()
+            .filter_map(|(k, v)| {
+                Some((HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()).ok()?, HeaderValue::from_str(v).ok()?))
+            })
+            .collect()
+    };
+    HeaderOps {
+        set: pairs(&o.set),
+        add: pairs(&o.add),
+        remove: o
+            .remove
+            .iter()
+            .filter_map(|k| HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()).ok())
+            .collect(),
+    }
+}
+
+fn header_ops(h: Option<&meshgate_model::networking::Headers>) -> (HeaderOps, HeaderOps) {
+    (ops(h.and_then(|h| h.request.as_ref())), ops(h.and_then(|h| h.response.as_ref())))
+}

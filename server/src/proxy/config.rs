@@ -1,0 +1,239 @@
+//! The compiled configuration the data plane runs: immutable, built by
+//! `control::compile` at config time so a request only does lookups and
+//! comparisons. Swapped whole; requests in flight keep the one they started on.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, StatusCode};
+use regex::Regex;
+
+use super::upstream::Cluster;
+
+/// Everything one gateway needs, keyed by the Gateway server port number.
+#[derive(Default)]
+pub struct Snapshot {
+    /// The configuration revision this snapshot was compiled from.
+    pub revision: i64,
+    pub ports: HashMap<u32, Arc<PortRoutes>>,
+}
+
+/// The virtual hosts served on one Gateway port.
+#[derive(Default)]
+pub struct PortRoutes {
+    pub exact: HashMap<String, Arc<VirtualHost>>,
+    /// `(suffix, host)`: `*.example.com` is stored as `.example.com`;
+    /// longest suffix first, so the most specific wildcard wins.
+    pub wildcards: Vec<(String, Arc<VirtualHost>)>,
+    pub catch_all: Option<Arc<VirtualHost>>,
+}
+
+impl PortRoutes {
+    /// Istio's host matching: exact, then the longest wildcard, then `*`.
+    pub fn find(&self, host: &str) -> Option<&VirtualHost> {
+        if let Some(v) = self.exact.get(host) {
+            return Some(v);
+        }
+        self.wildcards
+            .iter()
+            .find(|(suffix, _)| host.len() > suffix.len() && host.ends_with(suffix.as_str()))
+            .map(|(_, v)| v.as_ref())
+            .or(self.catch_all.as_deref())
+    }
+}
+
+#[derive(Default)]
+pub struct VirtualHost {
+    pub name: String,
+    pub routes: Vec<Route>,
+}
+
+pub struct Route {
+    /// `namespace/virtualservice/route-name-or-index`, for logs and metrics.
+    pub name: String,
+    /// `None` matches every request. Istio's routes with several `match`
+    /// entries become one route per entry, as in Envoy.
+    pub matcher: Option<RequestMatch>,
+    pub action: Arc<Action>,
+    pub timeout: Option<Duration>,
+    pub retry: RetryPolicy,
+    pub fault: Option<Fault>,
+    pub request_headers: HeaderOps,
+    pub response_headers: HeaderOps,
+    pub rewrite: Option<Rewrite>,
+}
+
+#[derive(Default)]
+pub struct RequestMatch {
+    pub uri: Option<StrMatch>,
+    pub ignore_uri_case: bool,
+    pub scheme: Option<StrMatch>,
+    pub method: Option<StrMatch>,
+    pub authority: Option<StrMatch>,
+    pub headers: Vec<(HeaderName, Option<StrMatch>)>,
+    pub without_headers: Vec<(HeaderName, Option<StrMatch>)>,
+    pub query: Vec<(String, Option<StrMatch>)>,
+}
+
+pub enum StrMatch {
+    Exact(String),
+    Prefix(String),
+    /// Anchored: RE2 semantics as Envoy uses them (the whole value must match).
+    Regex(Regex),
+}
+
+impl StrMatch {
+    pub fn matches(&self, value: &str) -> bool {
+        match self {
+            StrMatch::Exact(e) => value == e,
+            StrMatch::Prefix(p) => value.starts_with(p.as_str()),
+            StrMatch::Regex(r) => r.is_match(value),
+        }
+    }
+}
+
+pub enum Action {
+    Forward(WeightedClusters),
+    Redirect(Redirect),
+    Direct { status: StatusCode, body: bytes::Bytes },
+}
+
+pub struct WeightedClusters {
+    pub total: u32,
+    /// Cumulative weight bounds, so a pick is one random number and a scan.
+    pub targets: Vec<Target>,
+}
+
+pub struct Target {
+    pub upper: u32,
+    pub cluster: Arc<Cluster>,
+    pub request_headers: HeaderOps,
+    pub response_headers: HeaderOps,
+}
+
+impl WeightedClusters {
+    pub fn pick(&self) -> &Target {
+        if self.targets.len() == 1 || self.total == 0 {
+            return &self.targets[0];
+        }
+        let r = rand::random_range(0..self.total);
+        self.targets.iter().find(|t| r < t.upper).unwrap_or(&self.targets[self.targets.len() - 1])
+    }
+}
+
+pub struct Redirect {
+    pub status: StatusCode,
+    pub scheme: Option<String>,
+    pub authority: Option<String>,
+    pub port: Option<u32>,
+    pub path: Option<String>,
+}
+
+pub struct Rewrite {
+    pub prefix_match: Option<String>,
+    pub uri: Option<String>,
+    pub regex: Option<(Regex, String)>,
+    pub authority: Option<HeaderValue>,
+}
+
+#[derive(Default, Clone)]
+pub struct HeaderOps {
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    pub add: Vec<(HeaderName, HeaderValue)>,
+    pub remove: Vec<HeaderName>,
+}
+
+impl HeaderOps {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+
+    pub fn apply(&self, headers: &mut http::HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for (name, value) in &self.set {
+            headers.insert(name.clone(), value.clone());
+        }
+        for (name, value) in &self.add {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt.
+    pub attempts: u32,
+    pub per_try_timeout: Option<Duration>,
+    pub on: RetryOn,
+}
+
+#[derive(Clone, Default)]
+pub struct RetryOn {
+    pub five_xx: bool,
+    pub gateway_error: bool,
+    pub connect_failure: bool,
+    pub reset: bool,
+    pub refused_stream: bool,
+    pub retriable_4xx: bool,
+    pub status_codes: Vec<u16>,
+    /// gRPC status codes, read from a `grpc-status` response header.
+    pub grpc_codes: Vec<u32>,
+}
+
+impl RetryOn {
+    pub fn parse(spec: &str) -> RetryOn {
+        let mut on = RetryOn::default();
+        for part in spec.split(',').map(str::trim) {
+            match part {
+                "5xx" => on.five_xx = true,
+                "gateway-error" => on.gateway_error = true,
+                "connect-failure" => on.connect_failure = true,
+                "reset" | "reset-before-request" => on.reset = true,
+                "refused-stream" => on.refused_stream = true,
+                "retriable-4xx" => on.retriable_4xx = true,
+                "cancelled" => on.grpc_codes.push(1),
+                "deadline-exceeded" => on.grpc_codes.push(4),
+                "resource-exhausted" => on.grpc_codes.push(8),
+                "internal" => on.grpc_codes.push(13),
+                "unavailable" => on.grpc_codes.push(14),
+                code => {
+                    if let Ok(c) = code.parse::<u16>() {
+                        on.status_codes.push(c);
+                    }
+                }
+            }
+        }
+        on
+    }
+
+    /// Whether a response with these status and headers should be retried.
+    pub fn response(&self, status: StatusCode, headers: &http::HeaderMap) -> bool {
+        let code = status.as_u16();
+        let grpc = || headers.get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u32>().ok());
+        (self.five_xx && status.is_server_error())
+            || (self.gateway_error && matches!(code, 502..=504))
+            || (self.retriable_4xx && code == 409)
+            || self.status_codes.contains(&code)
+            || (!self.grpc_codes.is_empty() && grpc().is_some_and(|g| self.grpc_codes.contains(&g)))
+    }
+}
+
+impl Default for RetryPolicy {
+    /// Istio's default when a route sets no `retries`: 2 retries.
+    fn default() -> RetryPolicy {
+        RetryPolicy {
+            attempts: 2,
+            per_try_timeout: None,
+            on: RetryOn::parse("connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Fault {
+    pub delay: Option<(f64, Duration)>,
+    pub abort: Option<(f64, StatusCode)>,
+}

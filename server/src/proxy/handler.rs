@@ -1,0 +1,372 @@
+//! One request through the gateway, in fixed phases: find the route, inject
+//! faults, act (respond, redirect or forward with retries and timeouts),
+//! then rewrite the response. Errors answer like Envoy: a status, a short
+//! body and a response flag (`NR`, `UH`, `UF`, `UT`, `URX`, `FI`, `DI`).
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt as _, Either, Full};
+use hyper::body::Incoming;
+
+use super::config::{Action, Redirect, RequestMatch, Rewrite, Route, WeightedClusters};
+use super::{Listener, ProxyBody};
+
+/// The header carrying Envoy-style response flags on locally made errors.
+pub const RESPONSE_FLAGS: &str = "x-meshgate-response-flags";
+
+/// Request bodies up to this size are kept so that retries can resend them.
+const REPLAYABLE_BODY: u64 = 64 * 1024;
+
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+];
+
+fn local(status: StatusCode, flag: &'static str, body: &'static str) -> Response<ProxyBody> {
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::from_static(body.as_bytes()))));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    h.insert(RESPONSE_FLAGS, HeaderValue::from_static(flag));
+    resp
+}
+
+pub async fn handle(l: &Listener, peer: SocketAddr, req: Request<Incoming>) -> Response<ProxyBody> {
+    let snapshot = l.hub.snapshot();
+    let Some(port) = snapshot.ports.get(&l.gateway_port) else {
+        return local(StatusCode::NOT_FOUND, "NR", "no route: no Gateway serves this port\n");
+    };
+    let host = request_host(&req);
+    let Some(vhost) = port.find(&host) else {
+        return local(StatusCode::NOT_FOUND, "NR", "no route: no VirtualService serves this host\n");
+    };
+    let Some(route) = vhost.routes.iter().find(|r| r.matcher.as_ref().is_none_or(|m| matches(m, &req, l.scheme)))
+    else {
+        return local(StatusCode::NOT_FOUND, "NR", "no route matched\n");
+    };
+
+    if let Some(fault) = &route.fault {
+        if let Some((pct, status)) = fault.abort
+            && chance(pct)
+        {
+            let mut resp = local(status, "FI", "fault filter abort\n");
+            route.response_headers.apply(resp.headers_mut());
+            return resp;
+        }
+        if let Some((pct, delay)) = fault.delay
+            && chance(pct)
+        {
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    let mut resp = match route.action.as_ref() {
+        Action::Direct { status, body } => {
+            let mut r = Response::new(Either::Right(Full::new(body.clone())));
+            *r.status_mut() = *status;
+            r
+        }
+        Action::Redirect(redirect) => redirect_response(redirect, &req, l.scheme, &host),
+        Action::Forward(targets) => forward(l, peer, route, targets, req).await,
+    };
+    route.response_headers.apply(resp.headers_mut());
+    resp
+}
+
+fn chance(pct: f64) -> bool {
+    pct >= 100.0 || (pct > 0.0 && rand::random::<f64>() * 100.0 < pct)
+}
+
+fn request_host<B>(req: &Request<B>) -> String {
+    let raw = req
+        .uri()
+        .authority()
+        .map(|a| a.host().to_string())
+        .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(|h| strip_port(h).to_string()))
+        .unwrap_or_default();
+    raw.to_ascii_lowercase()
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.split_once(']').map_or(host, |(h, _)| &h[1..]);
+    }
+    host.rsplit_once(':').filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit())).map_or(host, |(h, _)| h)
+}
+
+fn matches<B>(m: &RequestMatch, req: &Request<B>, scheme: &str) -> bool {
+    if let Some(u) = &m.uri {
+        let path = req.uri().path();
+        let ok = if m.ignore_uri_case { u.matches(&path.to_ascii_lowercase()) } else { u.matches(path) };
+        if !ok {
+            return false;
+        }
+    }
+    if m.method.as_ref().is_some_and(|x| !x.matches(req.method().as_str())) {
+        return false;
+    }
+    if m.scheme.as_ref().is_some_and(|x| !x.matches(scheme)) {
+        return false;
+    }
+    if let Some(a) = &m.authority {
+        let authority = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()))
+            .unwrap_or("");
+        if !a.matches(authority) {
+            return false;
+        }
+    }
+    let header_ok = |name: &HeaderName, want: &Option<super::config::StrMatch>| match req.headers().get(name) {
+        None => false,
+        Some(v) => want.as_ref().is_none_or(|w| v.to_str().is_ok_and(|v| w.matches(v))),
+    };
+    if !m.headers.iter().all(|(n, w)| header_ok(n, w)) {
+        return false;
+    }
+    if m.without_headers.iter().any(|(n, w)| header_ok(n, w)) {
+        return false;
+    }
+    if !m.query.is_empty() {
+        let query = req.uri().query().unwrap_or("");
+        let value = |key: &str| {
+            query.split('&').find_map(|pair| {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                (k == key).then_some(v)
+            })
+        };
+        if !m.query.iter().all(|(k, w)| value(k).is_some_and(|v| w.as_ref().is_none_or(|w| w.matches(v)))) {
+            return false;
+        }
+    }
+    true
+}
+
+fn redirect_response<B>(r: &Redirect, req: &Request<B>, scheme: &str, host: &str) -> Response<ProxyBody> {
+    let scheme = r.scheme.as_deref().unwrap_or(scheme);
+    let authority = match (&r.authority, r.port) {
+        (Some(a), Some(p)) => format!("{}:{p}", strip_port(a)),
+        (Some(a), None) => a.clone(),
+        (None, Some(p)) => format!("{host}:{p}"),
+        (None, None) => req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or(host).to_string(),
+    };
+    let path = match &r.path {
+        Some(p) => p.clone(),
+        None => req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into()),
+    };
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::new())));
+    *resp.status_mut() = r.status;
+    if let Ok(v) = HeaderValue::from_str(&format!("{scheme}://{authority}{path}")) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+fn rewrite_path(rw: &Rewrite, path_and_query: &str) -> String {
+    let (path, query) = path_and_query.split_once('?').map_or((path_and_query, None), |(p, q)| (p, Some(q)));
+    let new_path = if let Some((re, with)) = &rw.regex {
+        re.replace_all(path, with.as_str()).into_owned()
+    } else if let Some(uri) = &rw.uri {
+        match &rw.prefix_match {
+            Some(prefix) if path.starts_with(prefix.as_str()) => format!("{uri}{}", &path[prefix.len()..]),
+            _ => uri.clone(),
+        }
+    } else {
+        path.to_string()
+    };
+    match query {
+        Some(q) => format!("{new_path}?{q}"),
+        None => new_path,
+    }
+}
+
+/// Why an attempt failed, for the retry decision and the response flag.
+enum Failure {
+    Connect,
+    Reset,
+    Timeout,
+}
+
+async fn forward(
+    l: &Listener,
+    peer: SocketAddr,
+    route: &Route,
+    targets: &WeightedClusters,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let target = targets.pick();
+    let cluster = &target.cluster;
+    if cluster.endpoints.is_empty() {
+        return local(StatusCode::SERVICE_UNAVAILABLE, "UH", "no healthy upstream\n");
+    }
+    let Some(_admitted) = cluster.admit() else {
+        return local(StatusCode::SERVICE_UNAVAILABLE, "UO", "upstream overflow: connection pool limit reached\n");
+    };
+    let (mut parts, body) = req.into_parts();
+    prepare_headers(&mut parts.headers, peer, l.scheme);
+    route.request_headers.apply(&mut parts.headers);
+    target.request_headers.apply(&mut parts.headers);
+    let mut path = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
+    if let Some(rw) = &route.rewrite {
+        path = rewrite_path(rw, &path);
+        if let Some(a) = &rw.authority {
+            parts.headers.insert(header::HOST, a.clone());
+        }
+    }
+    if parts.headers.get(header::HOST).is_none()
+        && let Some(a) = parts.uri.authority()
+        && let Ok(v) = HeaderValue::from_str(a.as_str())
+    {
+        parts.headers.insert(header::HOST, v);
+    }
+
+    // Keep small bodies so retries can resend them; stream large ones once.
+    let length = body_length(&parts.headers);
+    let mut streamed = None;
+    let replay: Option<Bytes> = match length {
+        Some(0) => Some(Bytes::new()),
+        Some(n) if n <= REPLAYABLE_BODY && route.retry.attempts > 0 => match body.collect().await {
+            Ok(b) => Some(b.to_bytes()),
+            Err(_) => return local(StatusCode::BAD_REQUEST, "DPE", "request body could not be read\n"),
+        },
+        _ => {
+            streamed = Some(body);
+            None
+        }
+    };
+    let max_attempts = if replay.is_some() { 1 + route.retry.attempts } else { 1 };
+
+    let attempts = async {
+        let mut last: Option<usize> = None;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let Some(index) = cluster.pick(last) else {
+                return local(StatusCode::SERVICE_UNAVAILABLE, "UH", "no healthy upstream\n");
+            };
+            last = Some(index);
+            let endpoint = &cluster.endpoints[index];
+            let uri = match Uri::try_from(format!("http://{}{path}", endpoint.address)) {
+                Ok(u) => u,
+                Err(_) => return local(StatusCode::BAD_REQUEST, "DPE", "bad request path\n"),
+            };
+            let body: ProxyBody = match (&replay, streamed.take()) {
+                (Some(bytes), _) => Either::Right(Full::new(bytes.clone())),
+                (None, Some(incoming)) => Either::Left(incoming),
+                (None, None) => Either::Right(Full::new(Bytes::new())),
+            };
+            let mut up = Request::new(body);
+            *up.method_mut() = parts.method.clone();
+            *up.uri_mut() = uri;
+            *up.headers_mut() = parts.headers.clone();
+            if attempt > 1 {
+                up.headers_mut().insert("x-envoy-attempt-count", HeaderValue::from(attempt));
+            }
+            endpoint.health.active.fetch_add(1, Ordering::Relaxed);
+            let sent = l.client.request(up);
+            let outcome = match route.retry.per_try_timeout {
+                Some(t) => tokio::time::timeout(t, sent).await.map_err(|_| Failure::Timeout),
+                None => Ok(sent.await),
+            };
+            endpoint.health.active.fetch_sub(1, Ordering::Relaxed);
+            let outcome = match outcome {
+                Ok(Ok(resp)) => Ok(resp),
+                Ok(Err(e)) if e.is_connect() => Err(Failure::Connect),
+                Ok(Err(_)) => Err(Failure::Reset),
+                Err(t) => Err(t),
+            };
+            cluster.record(index, outcome.as_ref().ok().map(|r| r.status().as_u16()));
+            let retry_on = &route.retry.on;
+            let retriable = match &outcome {
+                Ok(resp) => retry_on.response(resp.status(), resp.headers()),
+                Err(Failure::Connect) => retry_on.connect_failure || retry_on.reset,
+                Err(Failure::Reset) => retry_on.reset || retry_on.five_xx,
+                Err(Failure::Timeout) => retry_on.five_xx || retry_on.gateway_error || retry_on.reset,
+            };
+            if !retriable || attempt >= max_attempts {
+                return match outcome {
+                    Ok(resp) => {
+                        let mut resp = resp.map(Either::Left);
+                        strip_hop_by_hop(resp.headers_mut());
+                        target.response_headers.apply(resp.headers_mut());
+                        if attempt > 1 && retriable {
+                            resp.headers_mut().insert(RESPONSE_FLAGS, HeaderValue::from_static("URX"));
+                        }
+                        resp
+                    }
+                    Err(Failure::Connect) => local(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        if attempt > 1 { "URX,UF" } else { "UF" },
+                        "upstream connect error\n",
+                    ),
+                    Err(Failure::Reset) => local(StatusCode::SERVICE_UNAVAILABLE, "UR", "upstream reset\n"),
+                    Err(Failure::Timeout) => local(StatusCode::GATEWAY_TIMEOUT, "UT", "upstream request timeout\n"),
+                };
+            }
+            // Jittered exponential backoff, as Envoy: base 25 ms, at most 250 ms.
+            let cap = (25u64 << (attempt - 1).min(4)).min(250);
+            tokio::time::sleep(Duration::from_millis(rand::random_range(0..=cap))).await;
+        }
+    };
+    match route.timeout {
+        Some(t) => match tokio::time::timeout(t, attempts).await {
+            Ok(resp) => resp,
+            Err(_) => local(StatusCode::GATEWAY_TIMEOUT, "UT", "upstream request timeout\n"),
+        },
+        None => attempts.await,
+    }
+}
+
+fn body_length(headers: &HeaderMap) -> Option<u64> {
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        return None;
+    }
+    match headers.get(header::CONTENT_LENGTH) {
+        Some(v) => v.to_str().ok().and_then(|v| v.parse().ok()),
+        None => Some(0),
+    }
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if let Some(named) = headers.get(header::CONNECTION).and_then(|v| v.to_str().ok()).map(str::to_owned) {
+        for name in named.split(',').map(str::trim) {
+            if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
+                headers.remove(n);
+            }
+        }
+    }
+    for h in &HOP_BY_HOP {
+        headers.remove(h);
+    }
+}
+
+fn prepare_headers(headers: &mut HeaderMap, peer: SocketAddr, scheme: &'static str) {
+    strip_hop_by_hop(headers);
+    let ip = peer.ip().to_string();
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert("x-forwarded-for", v);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
+    if !headers.contains_key("x-request-id") {
+        let id: [u8; 16] = rand::random();
+        if let Ok(v) = HeaderValue::from_str(&hex::encode(id)) {
+            headers.insert("x-request-id", v);
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! The data plane: one engine for the edge gateway (and, with the mesh,
+//! sidecar inbound and outbound). It runs from the immutable [`Snapshot`]
+//! the control plane swaps in, never from the database.
+
+pub mod config;
+mod handler;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+
+use crate::control::Hub;
+
+/// Bodies the proxy sends either way: streamed from the peer, or made here.
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// What every connection of one listener shares.
+pub struct Listener {
+    pub hub: Arc<Hub>,
+    /// The Gateway server port this listener serves (80 for `--http`).
+    pub gateway_port: u32,
+    pub scheme: &'static str,
+    pub client: Client<HttpConnector, ProxyBody>,
+}
+
+/// The upstream HTTP/1.1 client with its keep-alive pool, shared by all
+/// listeners so pools survive configuration changes.
+pub fn upstream_client() -> Client<HttpConnector, ProxyBody> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(std::time::Duration::from_secs(10)));
+    connector.set_keepalive(Some(std::time::Duration::from_secs(60)));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(std::time::Duration::from_secs(90))
+        .pool_max_idle_per_host(1024)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .build(connector)
+}
+
+/// Serves `listener` until `shutdown` completes, then lets open
+/// connections finish their requests.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<Listener>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let state = Arc::clone(&state);
+        let service = hyper::service::service_fn(move |req| {
+            let state = Arc::clone(&state);
+            async move { Ok::<_, std::convert::Infallible>(handler::handle(&state, peer, req).await) }
+        });
+        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn.into_owned());
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+/// Binds a gateway listener with a message that names the flag.
+pub async fn bind(addr: SocketAddr, flag: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr} ({flag}): {e}"))
+}

@@ -1,0 +1,192 @@
+//! Upstream clusters: endpoints, load balancing and outlier detection.
+//! Endpoint health lives in [`Health`] objects shared across snapshots, so
+//! an ejection survives a configuration change.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+/// One upstream cluster: a service host, subset and port.
+pub struct Cluster {
+    /// Istio's naming: `outbound|PORT|SUBSET|HOST`.
+    pub name: String,
+    pub endpoints: Vec<Endpoint>,
+    pub lb: Lb,
+    pub outlier: Option<OutlierPolicy>,
+    /// Most requests in flight at once (`connectionPool`); more get 503 UO.
+    pub max_in_flight: Option<u32>,
+    in_flight: AtomicU32,
+    rr: AtomicUsize,
+}
+
+/// A request admitted past the connection-pool limit; leaving frees its place.
+pub struct Admitted<'a>(&'a AtomicU32);
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pub struct Endpoint {
+    /// `host:port` to connect to.
+    pub address: String,
+    pub labels: BTreeMap<String, String>,
+    pub health: Arc<Health>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lb {
+    RoundRobin,
+    LeastRequest,
+    Random,
+}
+
+#[derive(Debug, Clone)]
+pub struct OutlierPolicy {
+    pub consecutive_5xx: u32,
+    pub consecutive_gateway: u32,
+    pub base_ejection: Duration,
+    pub max_ejection_percent: u32,
+}
+
+/// Per-endpoint state shared by every snapshot that has this endpoint.
+#[derive(Default)]
+pub struct Health {
+    pub active: AtomicU32,
+    consecutive_5xx: AtomicU32,
+    consecutive_gateway: AtomicU32,
+    /// Milliseconds since [`epoch`] until which the endpoint is ejected.
+    ejected_until: AtomicU64,
+    times_ejected: AtomicU32,
+}
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_ms() -> u64 {
+    epoch().elapsed().as_millis() as u64
+}
+
+impl Health {
+    pub fn is_ejected(&self) -> bool {
+        self.ejected_until.load(Ordering::Relaxed) > now_ms()
+    }
+}
+
+/// Where [`Health`] objects are kept between snapshots, keyed by cluster
+/// name and endpoint address. Entries die with the last snapshot using them.
+#[derive(Default)]
+pub struct HealthRegistry {
+    map: Mutex<HashMap<(String, String), Weak<Health>>>,
+}
+
+impl HealthRegistry {
+    pub fn get(&self, cluster: &str, address: &str) -> Arc<Health> {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (cluster.to_string(), address.to_string());
+        if let Some(h) = map.get(&key).and_then(Weak::upgrade) {
+            return h;
+        }
+        let h = Arc::new(Health::default());
+        map.insert(key, Arc::downgrade(&h));
+        h
+    }
+
+    /// Drops entries whose endpoints are gone.
+    pub fn prune(&self) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, w| w.strong_count() > 0);
+    }
+}
+
+impl Cluster {
+    pub fn new(
+        name: String,
+        endpoints: Vec<Endpoint>,
+        lb: Lb,
+        outlier: Option<OutlierPolicy>,
+        max_in_flight: Option<u32>,
+    ) -> Cluster {
+        Cluster { name, endpoints, lb, outlier, max_in_flight, in_flight: AtomicU32::new(0), rr: AtomicUsize::new(0) }
+    }
+
+    /// Admits a request unless the cluster is at its limit (overflow).
+    pub fn admit(&self) -> Option<Admitted<'_>> {
+        let now = self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let admitted = Admitted(&self.in_flight);
+        match self.max_in_flight {
+            Some(max) if now >= max => None,
+            _ => Some(admitted),
+        }
+    }
+
+    /// Picks an endpoint that is not ejected, skipping `avoid` (the one a
+    /// retry just failed on) when another is available.
+    pub fn pick(&self, avoid: Option<usize>) -> Option<usize> {
+        let n = self.endpoints.len();
+        let usable = |i: usize| !self.endpoints[i].health.is_ejected();
+        let candidates: Vec<usize> = (0..n).filter(|&i| usable(i) && Some(i) != avoid).collect();
+        let candidates = if candidates.is_empty() { (0..n).filter(|&i| usable(i)).collect() } else { candidates };
+        match candidates.len() {
+            0 => None,
+            1 => Some(candidates[0]),
+            len => Some(match self.lb {
+                Lb::RoundRobin => candidates[self.rr.fetch_add(1, Ordering::Relaxed) % len],
+                Lb::Random => candidates[rand::random_range(0..len)],
+                Lb::LeastRequest => {
+                    // Power of two choices.
+                    let a = candidates[rand::random_range(0..len)];
+                    let b = candidates[rand::random_range(0..len)];
+                    let load = |i: usize| self.endpoints[i].health.active.load(Ordering::Relaxed);
+                    if load(b) < load(a) { b } else { a }
+                }
+            }),
+        }
+    }
+
+    /// Records an attempt's outcome for outlier detection: `status` is the
+    /// upstream's answer, `None` for a connect failure or reset.
+    pub fn record(&self, index: usize, status: Option<u16>) {
+        let Some(policy) = &self.outlier else { return };
+        let h = &self.endpoints[index].health;
+        let gateway_error = status.is_none_or(|s| matches!(s, 502..=504));
+        let five_xx = status.is_none_or(|s| s >= 500);
+        let c5 = if five_xx {
+            h.consecutive_5xx.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            h.consecutive_5xx.store(0, Ordering::Relaxed);
+            0
+        };
+        let cg = if gateway_error {
+            h.consecutive_gateway.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            h.consecutive_gateway.store(0, Ordering::Relaxed);
+            0
+        };
+        let trip = (policy.consecutive_5xx > 0 && c5 >= policy.consecutive_5xx)
+            || (policy.consecutive_gateway > 0 && cg >= policy.consecutive_gateway);
+        if trip && !h.is_ejected() {
+            self.try_eject(index, policy);
+        }
+    }
+
+    fn try_eject(&self, index: usize, policy: &OutlierPolicy) {
+        let total = self.endpoints.len() as u32;
+        let ejected = self.endpoints.iter().filter(|e| e.health.is_ejected()).count() as u32;
+        // Like Envoy: the percentage caps ejections, but one host may always go.
+        if ejected > 0 && (ejected + 1) * 100 > policy.max_ejection_percent * total {
+            return;
+        }
+        let h = &self.endpoints[index].health;
+        let times = h.times_ejected.fetch_add(1, Ordering::Relaxed) + 1;
+        let duration = (policy.base_ejection * times).min(Duration::from_secs(300).max(policy.base_ejection));
+        h.ejected_until.store(now_ms() + duration.as_millis() as u64, Ordering::Relaxed);
+        h.consecutive_5xx.store(0, Ordering::Relaxed);
+        h.consecutive_gateway.store(0, Ordering::Relaxed);
+        tracing::warn!(cluster = %self.name, endpoint = %self.endpoints[index].address, ?duration, "outlier ejected");
+    }
+}

@@ -1,0 +1,232 @@
+//! The edge gateway routing real traffic by Gateway, VirtualService,
+//! DestinationRule, ServiceEntry and WorkloadEntry.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crate::support::Server;
+use crate::upstream::Upstream;
+
+const HOST: &str = "api.example.com";
+
+/// Gateway + ServiceEntry + WorkloadEntries (one per upstream, labelled
+/// version=NAME) + a DestinationRule with one subset per version.
+fn service(name: &str, upstreams: &[&Upstream], dr_policy: &str) -> String {
+    let mut y = format!(
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: public-gateway}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: 80, name: http, protocol: HTTP}}\n    hosts: [\"*.example.com\"]\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}}}\nspec:\n  hosts: [{name}]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports: [{{number: 8080, name: http, protocol: HTTP}}]\n  workloadSelector: {{labels: {{app: {name}}}}}\n"
+    );
+    for u in upstreams {
+        y.push_str(&format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: {name}-{v}}}\nspec:\n  address: 127.0.0.1\n  ports: {{http: {p}}}\n  labels: {{app: {name}, version: {v}}}\n",
+            v = u.name,
+            p = u.port()
+        ));
+    }
+    y.push_str(&format!(
+        "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}}}\nspec:\n  host: {name}\n{dr_policy}  subsets:\n"
+    ));
+    for u in upstreams {
+        y.push_str(&format!("  - {{name: {v}, labels: {{version: {v}}}}}\n", v = u.name));
+    }
+    y
+}
+
+fn vs(http: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: users}}\nspec:\n  hosts: [{HOST}]\n  gateways: [public-gateway]\n  http:\n{http}"
+    )
+}
+
+fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+fn body_of(r: reqwest::blocking::Response) -> (u16, String) {
+    (r.status().as_u16(), r.text().unwrap())
+}
+
+#[test]
+fn canary_split_follows_the_weights_and_shifts_on_apply() {
+    let (v1, v2) = (Upstream::start("v1"), Upstream::start("v2"));
+    let server = Server::start();
+    server.apply(&service("user-service", &[&v1, &v2], ""));
+    let split = |w1: u32| {
+        vs(&format!(
+            "  - match: [{{uri: {{prefix: /v1/users}}}}]\n    route:\n    - destination: {{host: user-service, subset: v1}}\n      weight: {w1}\n    - destination: {{host: user-service, subset: v2}}\n      weight: {}\n",
+            100 - w1
+        ))
+    };
+    server.apply(&split(80));
+    let c = client();
+    let n = 10_000;
+    for _ in 0..n {
+        let (status, _) = body_of(server.gateway(&c, HOST, "/v1/users/42").send().unwrap());
+        assert_eq!(status, 200);
+    }
+    let share = v2.hits() as f64 / n as f64 * 100.0;
+    assert!((18.0..=22.0).contains(&share), "v2 got {share:.1}% of {n}, want 20 ± 2");
+
+    // 90/10 is live as soon as apply returns.
+    server.apply(&split(100));
+    let before = v2.hits();
+    for _ in 0..200 {
+        assert_eq!(server.gateway(&c, HOST, "/v1/users").send().unwrap().text().unwrap(), "v1");
+    }
+    assert_eq!(v2.hits(), before);
+
+    let (status, body) = body_of(server.gateway(&c, HOST, "/v2/other").send().unwrap());
+    assert_eq!(status, 404, "{body}");
+    let r = server.gateway(&c, "unknown.test", "/v1/users").send().unwrap();
+    assert_eq!(r.headers()["x-meshgate-response-flags"], "NR");
+}
+
+#[test]
+fn header_routing_and_request_headers() {
+    let (v1, v2) = (Upstream::start("v1"), Upstream::start("v2"));
+    let server = Server::start();
+    server.apply(&service("user-service", &[&v1, &v2], ""));
+    server.apply(&vs(
+        "  - match: [{headers: {end-user: {exact: jason}}}, {queryParams: {canary: {exact: \"1\"}}}]\n    route: [{destination: {host: user-service, subset: v2}}]\n    headers: {request: {set: {x-route: canary}}, response: {add: {x-served-by: canary}}}\n  - match: [{uri: {regex: \"/v1/users/[0-9]+\"}, method: {exact: GET}}]\n    route: [{destination: {host: user-service, subset: v1}}]\n  - route: [{destination: {host: user-service, subset: v1}}]\n    headers: {request: {remove: [x-secret]}}\n",
+    ));
+    let c = client();
+    let r = server.gateway(&c, HOST, "/v1/users").header("end-user", "jason").send().unwrap();
+    assert_eq!(r.headers()["x-served-by"], "canary");
+    assert_eq!(r.text().unwrap(), "v2");
+    assert_eq!(v2.last().headers["x-route"], "canary");
+    assert_eq!(server.gateway(&c, HOST, "/v1/users?canary=1").send().unwrap().text().unwrap(), "v2");
+    assert_eq!(server.gateway(&c, HOST, "/v1/users").header("end-user", "bob").send().unwrap().text().unwrap(), "v1");
+    server.gateway(&c, HOST, "/v1/users/7").header("x-secret", "s").send().unwrap();
+    let seen = v1.last();
+    assert_eq!(seen.path, "/v1/users/7");
+    assert!(seen.headers.contains_key("x-secret"), "the regex route does not remove it");
+    server.gateway(&c, HOST, "/other").header("x-secret", "s").send().unwrap();
+    let seen = v1.last();
+    assert!(!seen.headers.contains_key("x-secret"));
+    assert_eq!(seen.headers["host"], HOST, "the Host header is passed through");
+    assert!(seen.headers.contains_key("x-request-id"));
+    assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(seen.headers["x-forwarded-proto"], "http");
+}
+
+#[test]
+fn faults_timeouts_and_retries() {
+    let (v1, slow) = (Upstream::start("v1"), Upstream::start("slow"));
+    let server = Server::start();
+    server.apply(&service("user-service", &[&v1, &slow], ""));
+    slow.state.delay_ms.store(3_000, Ordering::SeqCst);
+    server.apply(&vs(
+        "  - match: [{uri: {prefix: /abort}}]\n    fault: {abort: {httpStatus: 418, percentage: {value: 100}}}\n    route: [{destination: {host: user-service, subset: v1}}]\n  - match: [{uri: {prefix: /delay}}]\n    fault: {delay: {fixedDelay: 300ms, percentage: {value: 100}}}\n    route: [{destination: {host: user-service, subset: v1}}]\n  - match: [{uri: {prefix: /slow}}]\n    timeout: 500ms\n    route: [{destination: {host: user-service, subset: slow}}]\n  - match: [{uri: {prefix: /flaky}}]\n    retries: {attempts: 3, perTryTimeout: 2s, retryOn: 5xx}\n    route: [{destination: {host: user-service, subset: v1}}]\n  - match: [{uri: {prefix: /noretry}}]\n    retries: {attempts: 0}\n    route: [{destination: {host: user-service, subset: v1}}]\n",
+    ));
+    let c = client();
+    let r = server.gateway(&c, HOST, "/abort").send().unwrap();
+    assert_eq!(r.status(), 418);
+    assert_eq!(r.headers()["x-meshgate-response-flags"], "FI");
+
+    let t = Instant::now();
+    assert_eq!(server.gateway(&c, HOST, "/delay").send().unwrap().status(), 200);
+    assert!(t.elapsed() >= Duration::from_millis(300), "delay not injected: {:?}", t.elapsed());
+
+    let t = Instant::now();
+    let r = server.gateway(&c, HOST, "/slow").send().unwrap();
+    let took = t.elapsed();
+    assert_eq!(r.status(), 504);
+    assert_eq!(r.headers()["x-meshgate-response-flags"], "UT");
+    assert!(took >= Duration::from_millis(500) && took < Duration::from_millis(2_500), "timeout after {took:?}");
+
+    // One failure, then success: the retry hides it.
+    let before = v1.hits();
+    v1.state.fail_next.store(1, Ordering::SeqCst);
+    let (status, body) = body_of(server.gateway(&c, HOST, "/flaky").send().unwrap());
+    assert_eq!((status, body.as_str()), (200, "v1"));
+    assert_eq!(v1.hits() - before, 2);
+    v1.state.fail_next.store(1, Ordering::SeqCst);
+    assert_eq!(server.gateway(&c, HOST, "/noretry").send().unwrap().status(), 500);
+}
+
+#[test]
+fn outlier_detection_ejects_and_restores() {
+    let (good, bad) = (Upstream::start("good"), Upstream::start("bad"));
+    let server = Server::start();
+    let policy = "  trafficPolicy:\n    loadBalancer: {simple: ROUND_ROBIN}\n    outlierDetection: {consecutive5xxErrors: 5, interval: 1s, baseEjectionTime: 2s, maxEjectionPercent: 50}\n";
+    server.apply(&service("user-service", &[&good, &bad], policy));
+    server.apply(&vs("  - retries: {attempts: 0}\n    route: [{destination: {host: user-service}}]\n"));
+    bad.state.always_status.store(500, Ordering::SeqCst);
+    let c = client();
+    for _ in 0..20 {
+        server.gateway(&c, HOST, "/").send().unwrap();
+    }
+    assert_eq!(bad.hits(), 5, "ejected after exactly 5 consecutive 5xx");
+    for _ in 0..20 {
+        assert_eq!(server.gateway(&c, HOST, "/").send().unwrap().text().unwrap(), "good");
+    }
+    // Restored once the ejection time has passed.
+    bad.state.always_status.store(0, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while bad.hits() == 5 {
+        assert!(Instant::now() < deadline, "the ejected endpoint never came back");
+        server.gateway(&c, HOST, "/").send().unwrap();
+    }
+}
+
+#[test]
+fn redirect_direct_response_rewrite_and_errors() {
+    let v1 = Upstream::start("v1");
+    let server = Server::start();
+    server.apply(&service("user-service", &[&v1], ""));
+    server.apply(&vs(
+        "  - match: [{uri: {exact: /old}}]\n    redirect: {uri: /new, redirectCode: 308}\n  - match: [{uri: {prefix: /health}}]\n    directResponse: {status: 200, body: {string: \"all good\"}}\n  - match: [{uri: {prefix: /api/v1/}}]\n    rewrite: {uri: /internal/}\n    route: [{destination: {host: user-service, subset: v1}}]\n  - match: [{uri: {prefix: /gone}}]\n    route: [{destination: {host: user-service, subset: v9}}]\n  - match: [{uri: {prefix: /down}}]\n    route: [{destination: {host: nothing-here}}]\n",
+    ));
+    let c = client();
+    let r = server.gateway(&c, HOST, "/old").send().unwrap();
+    assert_eq!(r.status(), 308);
+    assert_eq!(r.headers()["location"], format!("http://{HOST}/new"));
+    assert_eq!(body_of(server.gateway(&c, HOST, "/health").send().unwrap()), (200, "all good".to_string()));
+    server.gateway(&c, HOST, "/api/v1/users?x=1").send().unwrap();
+    assert_eq!(v1.last().path, "/internal/users?x=1");
+    let r = server.gateway(&c, HOST, "/gone").send().unwrap();
+    assert_eq!((r.status().as_u16(), r.headers()["x-meshgate-response-flags"].to_str().unwrap()), (503, "UH"));
+    let r = server.gateway(&c, HOST, "/down").send().unwrap();
+    assert_eq!(r.status(), 503);
+
+    // An endpoint that refuses connections: 503 with UF after the default retries.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    server.apply(&format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: dead}}\nspec:\n  hosts: [dead]\n  resolution: STATIC\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  endpoints: [{{address: 127.0.0.1, ports: {{http: {closed}}}}}]\n"
+    ));
+    server.apply(&vs("  - route: [{destination: {host: dead}}]\n"));
+    let r = server.gateway(&c, HOST, "/").send().unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers()["x-meshgate-response-flags"].to_str().unwrap().contains("UF"));
+}
+
+#[test]
+fn connection_pool_overflow_answers_503_at_once() {
+    let slow = Upstream::start("slow");
+    slow.state.delay_ms.store(1_500, Ordering::SeqCst);
+    let server = Server::start();
+    let policy =
+        "  trafficPolicy:\n    connectionPool: {tcp: {maxConnections: 1}, http: {http1MaxPendingRequests: 1}}\n";
+    server.apply(&service("user-service", &[&slow], policy));
+    server.apply(&vs("  - route: [{destination: {host: user-service}}]\n"));
+    let results: Vec<(u16, String, Duration)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    let t = Instant::now();
+                    let r = server.gateway(&client(), HOST, "/").send().unwrap();
+                    let flags = r.headers().get("x-meshgate-response-flags").map(|v| v.to_str().unwrap().to_string());
+                    (r.status().as_u16(), flags.unwrap_or_default(), t.elapsed())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let ok = results.iter().filter(|r| r.0 == 200).count();
+    let overflow: Vec<_> = results.iter().filter(|r| r.0 == 503 && r.1 == "UO").collect();
+    assert_eq!((ok, overflow.len()), (2, 2), "{results:?}");
+    assert!(overflow.iter().all(|r| r.2 < Duration::from_millis(1_000)), "overflow must not wait: {results:?}");
+}

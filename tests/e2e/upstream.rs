@@ -1,0 +1,105 @@
+//! A small HTTP/1.1 service for the gateway to route to: answers with its
+//! name, records what it saw, and can be told to fail or to be slow.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+#[derive(Default)]
+pub struct State {
+    pub hits: AtomicUsize,
+    /// Answer this many requests with `fail_status` before answering normally.
+    pub fail_next: AtomicUsize,
+    /// When non-zero, every request gets this status.
+    pub always_status: AtomicU16,
+    pub delay_ms: AtomicU64,
+    pub seen: Mutex<VecDeque<Seen>>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub path: String,
+    pub headers: http::HeaderMap,
+}
+
+pub struct Upstream {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub state: Arc<State>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl Upstream {
+    pub fn start(name: &str) -> Upstream {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(State::default());
+        let (st, label) = (state.clone(), name.to_string());
+        runtime.spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let (st, label) = (st.clone(), label.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let (st, label) = (st.clone(), label.clone());
+                        async move { Ok::<_, std::convert::Infallible>(answer(&st, &label, req).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Upstream { name: name.to_string(), addr, state, _runtime: runtime }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn hits(&self) -> usize {
+        self.state.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn last(&self) -> Seen {
+        self.state.seen.lock().unwrap().back().cloned().expect("no request seen")
+    }
+}
+
+async fn answer(st: &State, name: &str, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    st.hits.fetch_add(1, Ordering::SeqCst);
+    let (parts, body) = req.into_parts();
+    // Read the whole body, as a real service would, before answering.
+    let _ = body.collect().await;
+    {
+        let mut seen = st.seen.lock().unwrap();
+        if seen.len() >= 100 {
+            seen.pop_front();
+        }
+        seen.push_back(Seen {
+            path: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+            headers: parts.headers.clone(),
+        });
+    }
+    let delay = st.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let status = match st.always_status.load(Ordering::SeqCst) {
+        0 if st.fail_next.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() => 500,
+        0 => 200,
+        s => s,
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(name.to_string())));
+    *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
+    resp.headers_mut().insert("x-upstream", http::HeaderValue::from_str(name).unwrap());
+    resp
+}
