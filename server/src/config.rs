@@ -30,6 +30,9 @@ pub struct UpArgs {
     /// Run a sidecar agent in this process (SPEC as for `meshgate agent`)
     #[arg(long, value_name = "SPEC")]
     pub sidecar: Vec<String>,
+    /// Worker threads for the proxy and API [default: one per CPU core]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: Option<u16>,
 }
 
 /// The `--config` file. Every field is optional.

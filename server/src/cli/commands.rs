@@ -20,7 +20,11 @@ pub fn up(args: UpArgs) -> anyhow::Result<i32> {
     let started = Instant::now();
     crate::telemetry_init();
     let config = Config::resolve(&args)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = args.workers {
+        runtime.worker_threads(n.into());
+    }
+    let runtime = runtime.enable_all().build().context("starting the runtime")?;
     let data_dir = config.data_dir.clone();
     runtime.block_on(crate::server::run(config, started, crate::server::shutdown_signal(), |ready| {
         println!(

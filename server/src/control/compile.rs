@@ -369,7 +369,10 @@ impl Compiler<'_> {
         let name = format!("outbound|{port_number}|{subset}|{host}");
         let endpoints = endpoints
             .into_iter()
-            .map(|(address, labels)| Endpoint { health: self.health.get(&name, &address), address, labels })
+            .filter_map(|(address, labels)| {
+                let authority = address.parse().ok()?;
+                Some(Endpoint { health: self.health.get(&name, &address), address, authority, labels })
+            })
             .collect();
         let cluster = Arc::new(Cluster::new(name, endpoints, lb, outlier, max_in_flight));
         clusters.insert(key, Arc::clone(&cluster));

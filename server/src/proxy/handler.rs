@@ -218,9 +218,12 @@ async fn forward(
     prepare_headers(&mut parts.headers, peer, l.scheme);
     route.request_headers.apply(&mut parts.headers);
     target.request_headers.apply(&mut parts.headers);
-    let mut path = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
+    let mut path = parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     if let Some(rw) = &route.rewrite {
-        path = rewrite_path(rw, &path);
+        match rewrite_path(rw, path.as_str()).parse() {
+            Ok(p) => path = p,
+            Err(_) => return local(StatusCode::BAD_REQUEST, "DPE", "the rewritten path is not a valid URI path\n"),
+        }
         if let Some(a) = &rw.authority {
             parts.headers.insert(header::HOST, a.clone());
         }
@@ -258,9 +261,12 @@ async fn forward(
             };
             last = Some(index);
             let endpoint = &cluster.endpoints[index];
-            let uri = match Uri::try_from(format!("http://{}{path}", endpoint.address)) {
-                Ok(u) => u,
-                Err(_) => return local(StatusCode::BAD_REQUEST, "DPE", "bad request path\n"),
+            let mut uri = http::uri::Parts::default();
+            uri.scheme = Some(http::uri::Scheme::HTTP);
+            uri.authority = Some(endpoint.authority.clone());
+            uri.path_and_query = Some(path.clone());
+            let Ok(uri) = Uri::from_parts(uri) else {
+                return local(StatusCode::BAD_REQUEST, "DPE", "bad request path\n");
             };
             let body: ProxyBody = match (&replay, streamed.take()) {
                 (Some(bytes), _) => Either::Right(Full::new(bytes.clone())),
@@ -270,7 +276,9 @@ async fn forward(
             let mut up = Request::new(body);
             *up.method_mut() = parts.method.clone();
             *up.uri_mut() = uri;
-            *up.headers_mut() = parts.headers.clone();
+            // The last possible attempt takes the headers; earlier ones copy them.
+            *up.headers_mut() =
+                if attempt >= max_attempts { std::mem::take(&mut parts.headers) } else { parts.headers.clone() };
             if attempt > 1 {
                 up.headers_mut().insert("x-envoy-attempt-count", HeaderValue::from(attempt));
             }

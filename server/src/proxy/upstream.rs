@@ -32,6 +32,8 @@ impl Drop for Admitted<'_> {
 pub struct Endpoint {
     /// `host:port` to connect to.
     pub address: String,
+    /// The same, parsed once for building request URIs.
+    pub authority: http::uri::Authority,
     pub labels: BTreeMap<String, String>,
     pub health: Arc<Health>,
 }
@@ -125,27 +127,31 @@ impl Cluster {
     }
 
     /// Picks an endpoint that is not ejected, skipping `avoid` (the one a
-    /// retry just failed on) when another is available.
+    /// retry just failed on) when another is available. No allocation: this
+    /// runs on every request.
     pub fn pick(&self, avoid: Option<usize>) -> Option<usize> {
         let n = self.endpoints.len();
         let usable = |i: usize| !self.endpoints[i].health.is_ejected();
-        let candidates: Vec<usize> = (0..n).filter(|&i| usable(i) && Some(i) != avoid).collect();
-        let candidates = if candidates.is_empty() { (0..n).filter(|&i| usable(i)).collect() } else { candidates };
-        match candidates.len() {
-            0 => None,
-            1 => Some(candidates[0]),
-            len => Some(match self.lb {
-                Lb::RoundRobin => candidates[self.rr.fetch_add(1, Ordering::Relaxed) % len],
-                Lb::Random => candidates[rand::random_range(0..len)],
-                Lb::LeastRequest => {
-                    // Power of two choices.
-                    let a = candidates[rand::random_range(0..len)];
-                    let b = candidates[rand::random_range(0..len)];
-                    let load = |i: usize| self.endpoints[i].health.active.load(Ordering::Relaxed);
-                    if load(b) < load(a) { b } else { a }
-                }
-            }),
+        let preferred = |i: usize| usable(i) && Some(i) != avoid;
+        match n {
+            0 => return None,
+            1 => return usable(0).then_some(0),
+            _ => {}
         }
+        let start = match self.lb {
+            Lb::RoundRobin => self.rr.fetch_add(1, Ordering::Relaxed) % n,
+            Lb::Random | Lb::LeastRequest => rand::random_range(0..n),
+        };
+        // The first preferred endpoint from `start` on, else any usable one.
+        let scan = |ok: &dyn Fn(usize) -> bool| (0..n).map(|k| (start + k) % n).find(|&i| ok(i));
+        let first = scan(&preferred).or_else(|| scan(&usable))?;
+        if self.lb != Lb::LeastRequest {
+            return Some(first);
+        }
+        // Power of two choices: compare with a second random pick.
+        let other = rand::random_range(0..n);
+        let load = |i: usize| self.endpoints[i].health.active.load(Ordering::Relaxed);
+        Some(if other != first && preferred(other) && load(other) < load(first) { other } else { first })
     }
 
     /// Records an attempt's outcome for outlier detection: `status` is the

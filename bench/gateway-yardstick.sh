@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The gateway against nginx and HAProxy, in one run, with the shared
+# yardstick (run by hand; not part of the tests):
+#   bench/gateway-yardstick.sh [YARDSTICK] [extra yardstick args...]
+# YARDSTICK defaults to ../shared/bench/proxy-yardstick.sh.
+# meshgate (release) serves a Gateway and one VirtualService of 100 routes
+# where the matched route is the last, to the yardstick's upstream
+# 127.0.0.1:18080. Needs: apt-get install -y nginx haproxy wrk
+set -euo pipefail
+cd "$(dirname "$0")/.."
+YARDSTICK=${1:-../shared/bench/proxy-yardstick.sh}
+shift || true
+BIN=target/release/meshgate
+[ -x "$BIN" ] || cargo build --release -p meshgate
+WORK=$(mktemp -d)
+trap 'kill "$PID" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
+
+GW_PORT=${GW_PORT:-18090}
+mkfifo "$WORK/out"
+MESHGATE_LOG=warn "$BIN" up --data-dir "$WORK/data" --admin 127.0.0.1:0 --http 127.0.0.1:$GW_PORT ${GW_ARGS:-} >"$WORK/out" &
+PID=$!
+while read -r line; do
+  case "$line" in "meshgate ready "*) ADMIN=$(sed -E 's/.*admin=([^ ]+).*/\1/' <<<"$line"); break;; esac
+done <"$WORK/out"
+cat "$WORK/out" >/dev/null &
+
+{
+  cat <<'YAML'
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: bench}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: upstream}
+spec:
+  hosts: [upstream]
+  resolution: STATIC
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  endpoints: [{address: 127.0.0.1, ports: {http: 18080}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: bench}
+spec:
+  hosts: ["*"]
+  gateways: [bench]
+  http:
+YAML
+  for i in $(seq 1 99); do
+    printf '  - match: [{uri: {prefix: /route-%03d/}}]\n    route: [{destination: {host: upstream}}]\n' "$i"
+  done
+  printf '  - match: [{uri: {prefix: /}}]\n    route: [{destination: {host: upstream}}]\n'
+} >"$WORK/bench.yaml"
+MESHGATE_SERVER="$ADMIN" MESHGATE_TOKEN=$(cat "$WORK/data/admin.token") "$BIN" apply -f "$WORK/bench.yaml" >/dev/null
+
+echo "meshgate $(git rev-parse --short HEAD) pid $PID on 127.0.0.1:$GW_PORT, 100 routes (last one matches)"
+"$YARDSTICK" --gateway "http://127.0.0.1:$GW_PORT/" --gateway-pid "$PID" "$@"
