@@ -234,6 +234,23 @@ impl Analyzer<'_> {
     fn gateway(&self, d: &Doc<'_>, find: &mut Find<'_>) {
         for (i, server) in items(&d.value["spec"]["servers"]).iter().enumerate() {
             let tls = &server["tls"];
+            if let Some(mode) = tls["mode"].as_str().filter(|m| *m != "SIMPLE") {
+                find(
+                    codes::NOT_SUPPORTED,
+                    Severity::Warning,
+                    format!("spec.servers[{i}].tls.mode"),
+                    format!("not supported yet: TLS mode {mode} (only SIMPLE is served)"),
+                );
+            }
+            let port = server["port"]["number"].as_u64();
+            if port.is_some_and(|p| p != 80 && p != 443) {
+                find(
+                    codes::NOT_SUPPORTED,
+                    Severity::Warning,
+                    format!("spec.servers[{i}].port.number"),
+                    "not supported yet: only Gateway ports 80 (--http) and 443 (--https) are served".to_string(),
+                );
+            }
             let mut names: Vec<(String, &str)> = Vec::new();
             if let Some(c) = tls["credentialName"].as_str() {
                 names.push((format!("spec.servers[{i}].tls.credentialName"), c));

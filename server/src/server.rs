@@ -20,6 +20,7 @@ use crate::telemetry::Metrics;
 pub struct Ready {
     pub admin: std::net::SocketAddr,
     pub http: std::net::SocketAddr,
+    pub https: std::net::SocketAddr,
 }
 
 /// Runs the server until `shutdown` completes, then drains in-flight
@@ -56,11 +57,9 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot listen on the admin address {} (--admin)", config.admin))?;
     let http = proxy::bind(config.http, "--http").await?;
-    let ready = Ready { admin: admin.local_addr()?, http: http.local_addr()? };
-    tracing::info!(
-        https = %config.https, mesh = %config.mesh,
-        "the HTTPS gateway listener and the mesh listener are not built yet"
-    );
+    let https = proxy::bind(config.https, "--https").await?;
+    let ready = Ready { admin: admin.local_addr()?, http: http.local_addr()?, https: https.local_addr()? };
+    tracing::info!(mesh = %config.mesh, "the mesh listener is not built yet");
 
     // One shutdown signal, fanned out to every server.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -70,13 +69,12 @@ pub async fn run(
             let _ = rx.wait_for(|s| *s).await;
         }
     };
-    let gateway = Arc::new(proxy::Listener {
-        hub: hub.clone(),
-        gateway_port: 80,
-        scheme: "http",
-        client: proxy::upstream_client(),
-    });
-    let gateway_task = tokio::spawn(proxy::serve(http, gateway, stopped()));
+    let client = proxy::upstream_client();
+    let plain =
+        Arc::new(proxy::Listener { hub: hub.clone(), gateway_port: 80, scheme: "http", client: client.clone() });
+    let secure = Arc::new(proxy::Listener { hub: hub.clone(), gateway_port: 443, scheme: "https", client });
+    let http_task = tokio::spawn(proxy::serve(http, plain, None, stopped()));
+    let https_task = tokio::spawn(proxy::serve(https, secure, Some(proxy::tls::acceptor(hub.clone(), 443)), stopped()));
     let admin_server = axum::serve(admin, api::router(state)).with_graceful_shutdown(stopped());
     let admin_task = tokio::spawn(async move { admin_server.await });
 
@@ -89,7 +87,8 @@ pub async fn run(
     let _ = stop_tx.send(true);
     // In-flight requests finish; a connection that will not close is cut after the grace period.
     let drained = tokio::time::timeout(std::time::Duration::from_secs(30), async {
-        let _ = gateway_task.await;
+        let _ = http_task.await;
+        let _ = https_task.await;
         admin_task.await
     })
     .await;

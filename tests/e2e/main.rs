@@ -3,6 +3,7 @@
 
 mod gateway;
 mod support;
+mod tls;
 mod upstream;
 
 use std::os::unix::fs::PermissionsExt;

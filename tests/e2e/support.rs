@@ -17,6 +17,8 @@ pub struct Server {
     pub admin: String,
     /// The gateway's `--http` address (Gateway servers on port 80).
     pub http: String,
+    /// The gateway's `--https` address (Gateway servers on port 443).
+    pub https: String,
     pub data_dir: PathBuf,
     pub stdout: Vec<String>,
     _tmp: Option<tempfile::TempDir>,
@@ -71,11 +73,12 @@ impl Server {
                 .unwrap_or_else(|| panic!("{key} in ready line"))
                 .to_string()
         };
-        let (admin, http) = loop {
+        let (admin, http, https) = loop {
             match rx.recv_timeout(READY_TIMEOUT) {
                 Ok(line) => {
-                    let ready =
-                        line.strip_prefix("meshgate ready ").map(|rest| (field(rest, "admin="), field(rest, "http=")));
+                    let ready = line
+                        .strip_prefix("meshgate ready ")
+                        .map(|rest| (field(rest, "admin="), field(rest, "http="), field(rest, "https=")));
                     lines.push(line);
                     if let Some(a) = ready {
                         break a;
@@ -87,7 +90,7 @@ impl Server {
                 }
             }
         };
-        Server { child, admin, http, data_dir: data_dir.to_path_buf(), stdout: lines, _tmp: None }
+        Server { child, admin, http, https, data_dir: data_dir.to_path_buf(), stdout: lines, _tmp: None }
     }
 
     pub fn token(&self) -> String {

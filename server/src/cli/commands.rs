@@ -33,9 +33,10 @@ pub fn up(args: UpArgs) -> anyhow::Result<i32> {
         );
         println!("admin token: {}", data_dir.join("admin.token").display());
         println!(
-            "meshgate ready admin=http://{} http={} data-dir={} in {} ms",
+            "meshgate ready admin=http://{} http={} https={} data-dir={} in {} ms",
             ready.admin,
             ready.http,
+            ready.https,
             data_dir.display(),
             started.elapsed().as_millis()
         );

@@ -21,6 +21,7 @@ use crate::proxy::config::{
     Action, Fault, HeaderOps, PortRoutes, Redirect, RequestMatch, RetryOn, RetryPolicy, Rewrite, Route, Snapshot,
     StrMatch, Target, VirtualHost, WeightedClusters,
 };
+use crate::proxy::tls::{Certificates, certified_key};
 use crate::proxy::upstream::{Cluster, Endpoint, HealthRegistry, Lb, OutlierPolicy};
 
 /// Labels of the built-in edge gateway, which `Gateway.spec.selector` picks.
@@ -38,6 +39,7 @@ struct Index<'r> {
     rules: Vec<(&'r Resource, &'r DestinationRuleSpec)>,
     entries: Vec<(&'r Resource, &'r ServiceEntrySpec)>,
     workloads: Vec<(&'r Resource, &'r WorkloadEntrySpec)>,
+    secrets: HashMap<(&'r str, &'r str), &'r meshgate_model::resource::SecretBody>,
 }
 
 impl Compiler<'_> {
@@ -49,6 +51,7 @@ impl Compiler<'_> {
             rules: Vec::new(),
             entries: Vec::new(),
             workloads: Vec::new(),
+            secrets: HashMap::new(),
         };
         for r in resources {
             match &r.body {
@@ -57,6 +60,9 @@ impl Compiler<'_> {
                 Body::DestinationRule(s) => ix.rules.push((r, s)),
                 Body::ServiceEntry(s) => ix.entries.push((r, s)),
                 Body::WorkloadEntry(s) => ix.workloads.push((r, s)),
+                Body::Secret(s) => {
+                    ix.secrets.insert((r.namespace(), r.name()), s);
+                }
                 _ => {}
             }
         }
@@ -113,7 +119,72 @@ impl Compiler<'_> {
                 }
             }
         }
-        let mut snapshot = Snapshot { revision, ports: HashMap::new() };
+        let mut certificates: BTreeMap<u32, Certificates> = BTreeMap::new();
+        for (gw, spec) in &ix.gateways {
+            if !selects_builtin_gateway(&spec.selector) {
+                continue;
+            }
+            for server in &spec.servers {
+                let Some(port) = server.port.as_ref().and_then(|p| p.number) else { continue };
+                let Some(tls) = &server.tls else { continue };
+                if tls.https_redirect == Some(true) {
+                    // Istio answers every request on such a server with a redirect to https.
+                    for host in &server.hosts {
+                        let domain = host.split_once('/').map_or(host.as_str(), |(_, h)| h).to_ascii_lowercase();
+                        let redirect =
+                            Route::https_redirect(format!("{}/{}/https-redirect", gw.namespace(), gw.name()));
+                        let vhost = VirtualHost { name: domain.clone(), routes: vec![redirect] };
+                        hosts_by_port.entry(port).or_default().insert(domain, vhost);
+                    }
+                }
+                let simple = matches!(tls.mode, None | Some(meshgate_model::networking::ServerTlsMode::Simple));
+                let names = tls.credential_name.iter().chain(tls.credential_names.iter());
+                for credential in names.filter(|_| simple) {
+                    let Some(secret) = ix.secrets.get(&(gw.namespace(), credential.as_str())) else {
+                        tracing::warn!(gateway = %gw.name(), %credential, "credentialName names no Secret; the server gets no certificate");
+                        continue;
+                    };
+                    let decode = |k: &str| {
+                        secret.data.get(k).and_then(|v| base64::engine::general_purpose::STANDARD.decode(v.trim()).ok())
+                    };
+                    let cert = match (decode("tls.crt"), decode("tls.key")) {
+                        (Some(crt), Some(key)) => certified_key(&crt, &key),
+                        _ => Err("tls.crt or tls.key is missing".to_string()),
+                    };
+                    let cert = match cert {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::warn!(secret = %credential, error = %e, "unusable TLS secret");
+                            continue;
+                        }
+                    };
+                    let table = certificates.entry(port).or_default();
+                    for host in &server.hosts {
+                        let domain = host.split_once('/').map_or(host.as_str(), |(_, h)| h).to_ascii_lowercase();
+                        if domain == "*" {
+                            table.fallback.get_or_insert_with(|| cert.clone());
+                        } else if let Some(suffix) = domain.strip_prefix('*') {
+                            table.wildcards.push((suffix.to_string(), cert.clone()));
+                        } else {
+                            table.exact.entry(domain).or_insert_with(|| cert.clone());
+                        }
+                        // A client without SNI gets the first certificate of the port.
+                        table.fallback.get_or_insert_with(|| cert.clone());
+                    }
+                }
+            }
+        }
+        let mut snapshot = Snapshot {
+            revision,
+            ports: HashMap::new(),
+            certificates: certificates
+                .into_iter()
+                .map(|(port, mut c)| {
+                    c.wildcards.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
+                    (port, Arc::new(c))
+                })
+                .collect(),
+        };
         for (port, hosts) in hosts_by_port {
             let mut table = PortRoutes::default();
             for (domain, vhost) in hosts {

@@ -17,6 +17,8 @@ pub struct Snapshot {
     /// The configuration revision this snapshot was compiled from.
     pub revision: i64,
     pub ports: HashMap<u32, Arc<PortRoutes>>,
+    /// TLS certificates by Gateway port, chosen by SNI.
+    pub certificates: HashMap<u32, Arc<super::tls::Certificates>>,
 }
 
 /// The virtual hosts served on one Gateway port.
@@ -62,6 +64,29 @@ pub struct Route {
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
     pub rewrite: Option<Rewrite>,
+}
+
+impl Route {
+    /// The route Istio gives a server with `tls.httpsRedirect`: 301 to https.
+    pub fn https_redirect(name: String) -> Route {
+        Route {
+            name,
+            matcher: None,
+            action: Arc::new(Action::Redirect(Redirect {
+                status: StatusCode::MOVED_PERMANENTLY,
+                scheme: Some("https".into()),
+                authority: None,
+                port: None,
+                path: None,
+            })),
+            timeout: None,
+            retry: RetryPolicy::default(),
+            fault: None,
+            request_headers: HeaderOps::default(),
+            response_headers: HeaderOps::default(),
+            rewrite: None,
+        }
+    }
 }
 
 #[derive(Default)]

@@ -4,6 +4,7 @@
 
 pub mod config;
 mod handler;
+pub mod tls;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -18,6 +19,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::control::Hub;
+
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Bodies the proxy sends either way: streamed from the peer, or made here.
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
@@ -51,6 +54,7 @@ pub fn upstream_client() -> Client<HttpConnector, ProxyBody> {
 pub async fn serve(
     listener: TcpListener,
     state: Arc<Listener>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -75,13 +79,35 @@ pub async fn serve(
             async move { Ok::<_, std::convert::Infallible>(handler::handle(&state, peer, req).await) }
         });
         let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn.into_owned());
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, %peer, "connection ended with an error");
+        match &tls {
+            None => {
+                let conn =
+                    graceful.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned());
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, %peer, "connection ended with an error");
+                    }
+                });
             }
-        });
+            Some(acceptor) => {
+                // The handshake runs in the connection's task, never in the accept loop.
+                let acceptor = acceptor.clone();
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
+                    let stream = match handshake {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => return tracing::debug!(error = %e, %peer, "TLS handshake failed"),
+                        Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                    };
+                    let conn = watcher
+                        .watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned());
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, %peer, "connection ended with an error");
+                    }
+                });
+            }
+        }
     }
     drop(listener);
     graceful.shutdown().await;
