@@ -230,3 +230,50 @@ fn connection_pool_overflow_answers_503_at_once() {
     assert_eq!((ok, overflow.len()), (2, 2), "{results:?}");
     assert!(overflow.iter().all(|r| r.2 < Duration::from_millis(1_000)), "overflow must not wait: {results:?}");
 }
+
+#[test]
+fn websocket_upgrade_is_spliced_through() {
+    use std::io::{Read as _, Write as _};
+    let ws = Upstream::start("ws");
+    let server = Server::start();
+    server.apply(&service("user-service", &[&ws], ""));
+    server.apply(&vs("  - route: [{destination: {host: user-service}}]\n"));
+    let mut s = std::net::TcpStream::connect(&server.http).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /chat HTTP/1.1\r\nHost: {HOST}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("upgrade: websocket"), "{head}");
+    for msg in ["hello", "über", "a longer message to echo back"] {
+        s.write_all(msg.as_bytes()).unwrap();
+        let mut back = vec![0u8; msg.len()];
+        s.read_exact(&mut back).unwrap();
+        assert_eq!(back, msg.as_bytes());
+    }
+}
+
+#[test]
+fn traffic_split_divides_a_service_by_subset() {
+    let (v1, v2) = (Upstream::start("v1"), Upstream::start("v2"));
+    let server = Server::start();
+    server.apply(&service("user-service", &[&v1, &v2], ""));
+    server.apply(&vs("  - route: [{destination: {host: user-service}}]\n"));
+    server.apply("apiVersion: meshgate.io/v1\nkind: TrafficSplit\nmetadata: {name: user-split}\nspec:\n  service: user-service\n  subsets: [{name: v1, weight: 75}, {name: v2, weight: 25}]\n");
+    let c = client();
+    let n = 2_000;
+    for _ in 0..n {
+        server.gateway(&c, HOST, "/").send().unwrap();
+    }
+    let share = v2.hits() as f64 / n as f64 * 100.0;
+    assert!((21.0..=29.0).contains(&share), "v2 got {share:.1}%, want 25 ± 4");
+}

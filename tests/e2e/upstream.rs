@@ -53,7 +53,7 @@ impl Upstream {
                         async move { Ok::<_, std::convert::Infallible>(answer(&st, &label, req).await) }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                         .await;
                 });
             }
@@ -74,8 +74,23 @@ impl Upstream {
     }
 }
 
-async fn answer(st: &State, name: &str, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+async fn answer(st: &State, name: &str, mut req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
     st.hits.fetch_add(1, Ordering::SeqCst);
+    if req.headers().contains_key("upgrade") {
+        // Switch protocols, then echo every byte back: a stand-in for a WebSocket echo.
+        let on = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(io) = on.await {
+                let (mut r, mut w) = tokio::io::split(TokioIo::new(io));
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            }
+        });
+        let mut resp = Response::new(Full::new(Bytes::new()));
+        *resp.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+        resp.headers_mut().insert("upgrade", req.headers()["upgrade"].clone());
+        resp.headers_mut().insert("connection", http::HeaderValue::from_static("upgrade"));
+        return resp;
+    }
     let (parts, body) = req.into_parts();
     // Read the whole body, as a real service would, before answering.
     let _ = body.collect().await;

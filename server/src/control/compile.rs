@@ -40,6 +40,7 @@ struct Index<'r> {
     entries: Vec<(&'r Resource, &'r ServiceEntrySpec)>,
     workloads: Vec<(&'r Resource, &'r WorkloadEntrySpec)>,
     secrets: HashMap<(&'r str, &'r str), &'r meshgate_model::resource::SecretBody>,
+    splits: Vec<(&'r Resource, &'r meshgate_model::resource::TrafficSplitSpec)>,
 }
 
 impl Compiler<'_> {
@@ -52,6 +53,7 @@ impl Compiler<'_> {
             entries: Vec::new(),
             workloads: Vec::new(),
             secrets: HashMap::new(),
+            splits: Vec::new(),
         };
         for r in resources {
             match &r.body {
@@ -60,6 +62,7 @@ impl Compiler<'_> {
                 Body::DestinationRule(s) => ix.rules.push((r, s)),
                 Body::ServiceEntry(s) => ix.entries.push((r, s)),
                 Body::WorkloadEntry(s) => ix.workloads.push((r, s)),
+                Body::TrafficSplit(s) => ix.splits.push((r, s)),
                 Body::Secret(s) => {
                     ix.secrets.insert((r.namespace(), r.name()), s);
                 }
@@ -251,26 +254,32 @@ impl Compiler<'_> {
         } else {
             let mut upper = 0u32;
             let single = route.route.len() == 1;
-            let targets = route
-                .route
-                .iter()
-                .filter_map(|d| {
-                    let dest = d.destination.as_ref()?;
-                    let weight = if single {
-                        d.weight.unwrap_or(100).max(0) as u32
-                    } else {
-                        d.weight.unwrap_or(0).max(0) as u32
-                    };
-                    upper += weight;
-                    let (request_headers, response_headers) = header_ops(d.headers.as_ref());
-                    Some(Target {
+            let mut targets = Vec::new();
+            for d in &route.route {
+                let Some(dest) = d.destination.as_ref() else { continue };
+                let weight =
+                    if single { d.weight.unwrap_or(100).max(0) as u32 } else { d.weight.unwrap_or(0).max(0) as u32 };
+                let (request_headers, response_headers) = header_ops(d.headers.as_ref());
+                // A destination without a subset is split by the service's TrafficSplit, if any:
+                // weights multiply, in hundredths so that 20% of 50% stays exact.
+                let split = if dest.subset.is_none() { self.split_for(ix, ns, dest) } else { None };
+                let parts: Vec<(u32, Destination)> = match split {
+                    Some(subsets) => subsets
+                        .iter()
+                        .map(|(subset, w)| (weight * w, Destination { subset: Some(subset.clone()), ..dest.clone() }))
+                        .collect(),
+                    None => vec![(weight * 100, dest.clone())],
+                };
+                for (w, dest) in parts {
+                    upper += w;
+                    targets.push(Target {
                         upper,
-                        cluster: self.cluster(ix, clusters, ns, dest),
-                        request_headers,
-                        response_headers,
-                    })
-                })
-                .collect::<Vec<_>>();
+                        cluster: self.cluster(ix, clusters, ns, &dest),
+                        request_headers: request_headers.clone(),
+                        response_headers: response_headers.clone(),
+                    });
+                }
+            }
             if targets.is_empty() {
                 return Vec::new();
             }
@@ -324,6 +333,14 @@ impl Compiler<'_> {
                 }
             })
             .collect()
+    }
+
+    /// The `(subset, weight)` list of the TrafficSplit for `dest`'s service.
+    fn split_for(&self, ix: &Index<'_>, ns: &str, dest: &Destination) -> Option<Vec<(String, u32)>> {
+        let fq = |h: &str, ns: &str| fqdn(h, ns, self.cluster_domain, |n| ix.namespaces.contains(n));
+        let host = fq(dest.host.as_deref()?, ns);
+        let (_, split) = ix.splits.iter().find(|(r, ts)| fq(&ts.service, r.namespace()) == host)?;
+        Some(split.subsets.iter().map(|s| (s.name.clone(), s.weight.max(0) as u32)).collect())
     }
 
     fn cluster(

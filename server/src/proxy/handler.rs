@@ -204,9 +204,12 @@ async fn forward(
     peer: SocketAddr,
     route: &Route,
     targets: &WeightedClusters,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let target = targets.pick();
+    // WebSocket and other upgrades: after a 101 the two connections are spliced.
+    let upgrade = req.headers().get(header::UPGRADE).cloned().filter(|_| wants_upgrade(req.headers()));
+    let downstream_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     let cluster = &target.cluster;
     if cluster.endpoints.is_empty() {
         return local(StatusCode::SERVICE_UNAVAILABLE, "UH", "no healthy upstream\n");
@@ -216,6 +219,10 @@ async fn forward(
     };
     let (mut parts, body) = req.into_parts();
     prepare_headers(&mut parts.headers, peer, l.scheme);
+    if let Some(protocol) = &upgrade {
+        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, protocol.clone());
+    }
     route.request_headers.apply(&mut parts.headers);
     target.request_headers.apply(&mut parts.headers);
     let mut path = parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
@@ -251,6 +258,7 @@ async fn forward(
     };
     let max_attempts = if replay.is_some() { 1 + route.retry.attempts } else { 1 };
 
+    let mut downstream_upgrade = downstream_upgrade;
     let attempts = async {
         let mut last: Option<usize> = None;
         let mut attempt = 0;
@@ -305,6 +313,15 @@ async fn forward(
             };
             if !retriable || attempt >= max_attempts {
                 return match outcome {
+                    Ok(mut resp) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                        match downstream_upgrade.take() {
+                            Some(downstream) => splice(downstream, hyper::upgrade::on(&mut resp)),
+                            None => {
+                                return local(StatusCode::BAD_GATEWAY, "UPE", "upstream switched protocols unasked\n");
+                            }
+                        }
+                        resp.map(Either::Left)
+                    }
                     Ok(resp) => {
                         let mut resp = resp.map(Either::Left);
                         strip_hop_by_hop(resp.headers_mut());
@@ -335,6 +352,29 @@ async fn forward(
         },
         None => attempts.await,
     }
+}
+
+fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+}
+
+/// Copies bytes both ways between the client's and the upstream's upgraded
+/// connections until either side closes.
+fn splice(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    tokio::spawn(async move {
+        let (Ok(down), Ok(up)) = tokio::join!(downstream, upstream) else {
+            return tracing::debug!("upgrade failed on one side");
+        };
+        let mut down = hyper_util::rt::TokioIo::new(down);
+        let mut up = hyper_util::rt::TokioIo::new(up);
+        if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+            tracing::debug!(error = %e, "upgraded connection ended with an error");
+        }
+    });
 }
 
 fn body_length(headers: &HeaderMap) -> Option<u64> {
