@@ -26,7 +26,6 @@ const UNSUPPORTED: &[(Kind, &str, &str)] = &[
     (Kind::VirtualService, "spec.http[*].delegate", "VirtualService delegation is not built"),
     (Kind::VirtualService, "spec.http[*].mirror", "traffic mirroring is not built yet"),
     (Kind::VirtualService, "spec.http[*].mirrors", "traffic mirroring is not built yet"),
-    (Kind::VirtualService, "spec.http[*].corsPolicy", "CORS handling is not built yet"),
     (Kind::VirtualService, "spec.http[*].redirect.derivePort", "derivePort is not built yet"),
     (Kind::VirtualService, "spec.http[*].retries.retryRemoteLocalities", "locality-aware retries are not built yet"),
     (Kind::VirtualService, "spec.http[*].match[*].sourceLabels", "source-label matching needs the mesh (sidecars)"),

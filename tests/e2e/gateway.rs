@@ -277,3 +277,84 @@ fn traffic_split_divides_a_service_by_subset() {
     let share = v2.hits() as f64 / n as f64 * 100.0;
     assert!((21.0..=29.0).contains(&share), "v2 got {share:.1}%, want 25 ± 4");
 }
+
+#[test]
+fn cors_preflight_and_actual_requests() {
+    let v1 = Upstream::start("v1");
+    let server = Server::start();
+    server.apply(&service("user-service", &[&v1], ""));
+    server.apply(&vs(
+        "  - corsPolicy:\n      allowOrigins: [{exact: \"https://app.example.com\"}, {regex: \"https://.*\\\\.partner\\\\.com\"}]\n      allowMethods: [GET, POST]\n      allowHeaders: [authorization, content-type]\n      exposeHeaders: [x-upstream]\n      maxAge: 24h\n      allowCredentials: true\n    route: [{destination: {host: user-service}}]\n",
+    ));
+    let c = client();
+    let hits = v1.hits();
+    let r = c
+        .request(reqwest::Method::OPTIONS, format!("http://{}/api", server.http))
+        .header("host", HOST)
+        .header("origin", "https://app.example.com")
+        .header("access-control-request-method", "POST")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let h = r.headers();
+    assert_eq!(h["access-control-allow-origin"], "https://app.example.com");
+    assert_eq!(h["access-control-allow-methods"], "GET,POST");
+    assert_eq!(h["access-control-allow-headers"], "authorization,content-type");
+    assert_eq!(h["access-control-max-age"], "86400");
+    assert_eq!(h["access-control-allow-credentials"], "true");
+    assert_eq!(v1.hits(), hits, "an allowed preflight is answered by the gateway");
+
+    let r = server.gateway(&c, HOST, "/api").header("origin", "https://shop.partner.com").send().unwrap();
+    assert_eq!(r.headers()["access-control-allow-origin"], "https://shop.partner.com");
+    assert_eq!(r.headers()["access-control-expose-headers"], "x-upstream");
+    let r = server.gateway(&c, HOST, "/api").header("origin", "https://evil.example").send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(!r.headers().contains_key("access-control-allow-origin"));
+}
+
+#[test]
+fn hardening_normalizes_paths_and_refuses_smuggling() {
+    use std::io::{Read as _, Write as _};
+    let (public, admin) = (Upstream::start("public"), Upstream::start("admin"));
+    let server = Server::start();
+    server.apply(&service("user-service", &[&public, &admin], ""));
+    server.apply(&vs(
+        "  - match: [{uri: {prefix: /admin}}]\n    route: [{destination: {host: user-service, subset: admin}}]\n  - route: [{destination: {host: user-service, subset: public}}]\n",
+    ));
+    let raw = |request: String| -> String {
+        let mut s = std::net::TcpStream::connect(&server.http).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    for path in ["/public/../admin/x", "//admin/x", "/%2e%2e/admin/x", "/./admin/x"] {
+        let answer = raw(format!("GET {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n"));
+        assert!(answer.starts_with("HTTP/1.1 200"), "{path}: {answer}");
+        assert!(answer.ends_with("admin"), "{path} must reach the /admin route: {answer}");
+        assert_eq!(admin.last().path, "/admin/x", "{path} is forwarded normalized");
+    }
+    // CL + TE: framed by Transfer-Encoding, then the connection is closed, so
+    // the request hidden after the chunked body is never routed.
+    let hidden = format!("GET /admin/smuggled HTTP/1.1\r\nHost: {HOST}\r\n\r\n");
+    let smuggle = raw(format!(
+        "POST / HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: {}\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{hidden}",
+        5 + hidden.len()
+    ));
+    assert!(smuggle.starts_with("HTTP/1.1 200"), "{smuggle}");
+    assert!(smuggle.contains("connection: close"), "{smuggle}");
+    assert!(!public.last().headers.contains_key("content-length"), "only one framing reaches the upstream");
+    assert!(
+        admin.state.seen.lock().unwrap().iter().all(|s| s.path != "/admin/smuggled"),
+        "the smuggled request was routed"
+    );
+    let twice = raw(format!("POST / HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"));
+    assert!(twice.starts_with("HTTP/1.1 400"), "{twice}");
+    let many: String = (0..150).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let answer = raw(format!("GET / HTTP/1.1\r\nHost: {HOST}\r\n{many}\r\n"));
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    let huge = "a".repeat(70 * 1024);
+    let answer = raw(format!("GET / HTTP/1.1\r\nHost: {HOST}\r\nx-big: {huge}\r\n\r\n"));
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+}

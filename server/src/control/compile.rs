@@ -18,7 +18,7 @@ use meshgate_model::networking::{
 use meshgate_model::{Body, Resource};
 
 use crate::proxy::config::{
-    Action, Fault, HeaderOps, PortRoutes, Redirect, RequestMatch, RetryOn, RetryPolicy, Rewrite, Route, Snapshot,
+    Action, Cors, Fault, HeaderOps, PortRoutes, Redirect, RequestMatch, RetryOn, RetryPolicy, Rewrite, Route, Snapshot,
     StrMatch, Target, VirtualHost, WeightedClusters,
 };
 use crate::proxy::tls::{Certificates, certified_key};
@@ -306,6 +306,7 @@ impl Compiler<'_> {
                 Some((pct, StatusCode::from_u16(a.http_status? as u16).ok()?))
             }),
         });
+        let cors = route.cors_policy.as_ref().map(|c| Arc::new(cors(c)));
         matchers
             .into_iter()
             .map(|matcher| {
@@ -330,6 +331,7 @@ impl Compiler<'_> {
                     request_headers: request_headers.clone(),
                     response_headers: response_headers.clone(),
                     rewrite,
+                    cors: cors.clone(),
                 }
             })
             .collect()
@@ -518,6 +520,31 @@ fn effective_host(server_hosts: &[String], gw_ns: &str, vs_ns: &str, vs_host: &s
             None
         }
     })
+}
+
+fn cors(c: &meshgate_model::networking::CorsPolicy) -> Cors {
+    let joined = |v: &[String]| (!v.is_empty()).then(|| HeaderValue::from_str(&v.join(",")).ok()).flatten();
+    let any_origin = c.allow_origin.iter().any(|o| o == "*")
+        || c.allow_origins.iter().any(|m| m.exact.as_deref() == Some("*") || m.regex.as_deref() == Some(".*"));
+    let mut origins: Vec<StrMatch> = c.allow_origins.iter().filter_map(|m| str_match(m, false)).collect();
+    origins.extend(c.allow_origin.iter().map(|o| StrMatch::Exact(o.clone())));
+    Cors {
+        origins,
+        any_origin,
+        allow_methods: joined(&c.allow_methods),
+        allow_headers: joined(&c.allow_headers),
+        expose_headers: joined(&c.expose_headers),
+        max_age: c
+            .max_age
+            .as_deref()
+            .and_then(|a| parse_duration(a).ok())
+            .and_then(|d| HeaderValue::from_str(&d.as_secs().to_string()).ok()),
+        allow_credentials: c.allow_credentials == Some(true),
+        ignore_unmatched_preflights: matches!(
+            c.unmatched_preflights,
+            Some(meshgate_model::networking::UnmatchedPreflights::Ignore)
+        ),
+    }
 }
 
 fn str_match(m: &StringMatch, lower: bool) -> Option<StrMatch> {

@@ -64,6 +64,27 @@ pub struct Route {
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
     pub rewrite: Option<Rewrite>,
+    pub cors: Option<Arc<Cors>>,
+}
+
+/// A route's `corsPolicy`, with its response header values built once.
+pub struct Cors {
+    /// `None` in the list means any origin (`*`).
+    pub origins: Vec<StrMatch>,
+    pub any_origin: bool,
+    pub allow_methods: Option<HeaderValue>,
+    pub allow_headers: Option<HeaderValue>,
+    pub expose_headers: Option<HeaderValue>,
+    pub max_age: Option<HeaderValue>,
+    pub allow_credentials: bool,
+    /// `unmatchedPreflights: IGNORE` answers such preflights here; FORWARD (the default) sends them on.
+    pub ignore_unmatched_preflights: bool,
+}
+
+impl Cors {
+    pub fn allows(&self, origin: &str) -> bool {
+        self.any_origin || self.origins.iter().any(|m| m.matches(origin))
+    }
 }
 
 impl Route {
@@ -85,6 +106,7 @@ impl Route {
             request_headers: HeaderOps::default(),
             response_headers: HeaderOps::default(),
             rewrite: None,
+            cors: None,
         }
     }
 }

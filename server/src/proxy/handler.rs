@@ -41,7 +41,24 @@ fn local(status: StatusCode, flag: &'static str, body: &'static str) -> Response
     resp
 }
 
-pub async fn handle(l: &Listener, peer: SocketAddr, req: Request<Incoming>) -> Response<ProxyBody> {
+pub async fn handle(l: &Listener, peer: SocketAddr, mut req: Request<Incoming>) -> Response<ProxyBody> {
+    // Request smuggling is handled by hyper's parser: differing Content-Length
+    // headers get 400; Content-Length with Transfer-Encoding is framed by the
+    // latter alone and the connection is closed after the response (RFC 9112
+    // section 6.1), so no bytes can be read as a second request.
+    // Match and forward the normalized path, so `/a/../admin` cannot dodge a `/admin` rule.
+    if let Some(normalized) = normalize_path(req.uri().path()) {
+        let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+        let mut parts = req.uri().clone().into_parts();
+        match format!("{normalized}{query}").parse() {
+            Ok(pq) => parts.path_and_query = Some(pq),
+            Err(_) => return local(StatusCode::BAD_REQUEST, "DPE", "invalid path\n"),
+        }
+        match Uri::from_parts(parts) {
+            Ok(uri) => *req.uri_mut() = uri,
+            Err(_) => return local(StatusCode::BAD_REQUEST, "DPE", "invalid path\n"),
+        }
+    }
     let snapshot = l.hub.snapshot();
     let Some(port) = snapshot.ports.get(&l.gateway_port) else {
         return local(StatusCode::NOT_FOUND, "NR", "no route: no Gateway serves this port\n");
@@ -70,6 +87,20 @@ pub async fn handle(l: &Listener, peer: SocketAddr, req: Request<Incoming>) -> R
         }
     }
 
+    let origin = route.cors.as_ref().and_then(|_| req.headers().get(header::ORIGIN).cloned());
+    if let (Some(cors), Some(origin)) = (&route.cors, &origin)
+        && req.method() == http::Method::OPTIONS
+        && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+    {
+        let allowed = origin.to_str().is_ok_and(|o| cors.allows(o));
+        if allowed || cors.ignore_unmatched_preflights {
+            let mut resp = Response::new(Either::Right(Full::new(Bytes::new())));
+            if allowed {
+                preflight_headers(cors, origin, resp.headers_mut());
+            }
+            return resp;
+        }
+    }
     let mut resp = match route.action.as_ref() {
         Action::Direct { status, body } => {
             let mut r = Response::new(Either::Right(Full::new(body.clone())));
@@ -79,8 +110,68 @@ pub async fn handle(l: &Listener, peer: SocketAddr, req: Request<Incoming>) -> R
         Action::Redirect(redirect) => redirect_response(redirect, &req, l.scheme, &host),
         Action::Forward(targets) => forward(l, peer, route, targets, req).await,
     };
+    if let (Some(cors), Some(origin)) = (&route.cors, origin)
+        && origin.to_str().is_ok_and(|o| cors.allows(o))
+    {
+        let h = resp.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        if cors.allow_credentials {
+            h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+        }
+        if let Some(v) = &cors.expose_headers {
+            h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, v.clone());
+        }
+    }
     route.response_headers.apply(resp.headers_mut());
     resp
+}
+
+fn preflight_headers(cors: &super::config::Cors, origin: &HeaderValue, h: &mut HeaderMap) {
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+    if let Some(v) = &cors.allow_methods {
+        h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, v.clone());
+    }
+    if let Some(v) = &cors.allow_headers {
+        h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, v.clone());
+    }
+    if let Some(v) = &cors.max_age {
+        h.insert(header::ACCESS_CONTROL_MAX_AGE, v.clone());
+    }
+    if cors.allow_credentials {
+        h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+    }
+}
+
+/// RFC 3986 dot-segment removal, with `%2e` read as `.` and repeated
+/// slashes merged. `None` when the path is already normal (the common
+/// case, which then costs one scan and no allocation). Escaped slashes
+/// (`%2F`) are left as they are, as Envoy does by default.
+pub fn normalize_path(path: &str) -> Option<String> {
+    let suspicious = path.contains("//")
+        || path.contains("/.")
+        || path.contains("%2e")
+        || path.contains("%2E")
+        || !path.starts_with('/');
+    if !suspicious {
+        return None;
+    }
+    let decoded = path.replace("%2e", ".").replace("%2E", ".");
+    let mut out: Vec<&str> = Vec::new();
+    for seg in decoded.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+    }
+    let trailing = decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
+    let mut normal = format!("/{}", out.join("/"));
+    if trailing && normal != "/" {
+        normal.push('/');
+    }
+    (normal != path).then_some(normal)
 }
 
 fn chance(pct: f64) -> bool {
@@ -416,5 +507,22 @@ fn prepare_headers(headers: &mut HeaderMap, peer: SocketAddr, scheme: &'static s
         if let Ok(v) = HeaderValue::from_str(&hex::encode(id)) {
             headers.insert("x-request-id", v);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize_path;
+
+    #[test]
+    fn paths_are_normalized_like_envoy() {
+        assert_eq!(normalize_path("/v1/users"), None);
+        assert_eq!(normalize_path("/a/../admin").as_deref(), Some("/admin"));
+        assert_eq!(normalize_path("/a/./b").as_deref(), Some("/a/b"));
+        assert_eq!(normalize_path("//admin//x").as_deref(), Some("/admin/x"));
+        assert_eq!(normalize_path("/%2e%2e/%2E%2E/etc").as_deref(), Some("/etc"));
+        assert_eq!(normalize_path("/../../..").as_deref(), Some("/"));
+        assert_eq!(normalize_path("/a/b/..").as_deref(), Some("/a/"));
+        assert_eq!(normalize_path("/a%2Fb"), None, "escaped slashes are kept");
     }
 }

@@ -78,7 +78,15 @@ pub async fn serve(
             let state = Arc::clone(&state);
             async move { Ok::<_, std::convert::Infallible>(handler::handle(&state, peer, req).await) }
         });
-        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        // Slow or oversized request heads: 408 after 10 s, 431 past 64 KiB or 100 headers.
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(std::time::Duration::from_secs(10))
+            .max_buf_size(64 * 1024)
+            .max_headers(100);
+        builder.http2().timer(TokioTimer::new()).max_header_list_size(64 * 1024);
         match &tls {
             None => {
                 let conn =
