@@ -358,3 +358,49 @@ fn hardening_normalizes_paths_and_refuses_smuggling() {
     let answer = raw(format!("GET / HTTP/1.1\r\nHost: {HOST}\r\nx-big: {huge}\r\n\r\n"));
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
 }
+
+#[test]
+fn mirror_gets_a_copy_without_slowing_the_request() {
+    let (v1, shadow) = (Upstream::start("v1"), Upstream::start("shadow"));
+    shadow.state.delay_ms.store(2_000, Ordering::SeqCst);
+    let server = Server::start();
+    server.apply(&service("user-service", &[&v1, &shadow], ""));
+    server.apply(&vs(
+        "  - route: [{destination: {host: user-service, subset: v1}}]\n    mirror: {host: user-service, subset: shadow}\n    mirrorPercentage: {value: 100}\n",
+    ));
+    let c = client();
+    let t = Instant::now();
+    let r = c.post(format!("http://{}/orders", server.http)).header("host", HOST).body("{\"id\": 1}").send().unwrap();
+    assert_eq!(r.text().unwrap(), "v1");
+    assert!(t.elapsed() < Duration::from_millis(1_500), "the mirror must not slow the request: {:?}", t.elapsed());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while shadow.hits() == 0 {
+        assert!(Instant::now() < deadline, "the mirror never got its copy");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let copy = shadow.last();
+    assert_eq!(copy.path, "/orders");
+    assert_eq!(copy.headers["host"], format!("{HOST}-shadow"));
+}
+
+#[test]
+fn consistent_hash_keeps_a_user_on_one_endpoint() {
+    let ups: Vec<Upstream> = ["a", "b", "c"].iter().map(|n| Upstream::start(n)).collect();
+    let server = Server::start();
+    let policy = "  trafficPolicy:\n    loadBalancer: {consistentHash: {httpHeaderName: x-user}}\n";
+    server.apply(&service("user-service", &ups.iter().collect::<Vec<_>>(), policy));
+    server.apply(&vs("  - route: [{destination: {host: user-service}}]\n"));
+    let c = client();
+    let mut homes = std::collections::BTreeSet::new();
+    for user in 0..20 {
+        let first =
+            server.gateway(&c, HOST, "/").header("x-user", format!("user-{user}")).send().unwrap().text().unwrap();
+        for _ in 0..10 {
+            let again =
+                server.gateway(&c, HOST, "/").header("x-user", format!("user-{user}")).send().unwrap().text().unwrap();
+            assert_eq!(again, first, "user-{user} moved");
+        }
+        homes.insert(first);
+    }
+    assert!(homes.len() >= 2, "20 users all landed on {homes:?}");
+}

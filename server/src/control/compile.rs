@@ -22,7 +22,7 @@ use crate::proxy::config::{
     StrMatch, Target, VirtualHost, WeightedClusters,
 };
 use crate::proxy::tls::{Certificates, certified_key};
-use crate::proxy::upstream::{Cluster, Endpoint, HealthRegistry, Lb, OutlierPolicy};
+use crate::proxy::upstream::{Cluster, Endpoint, HashKey, HealthRegistry, Lb, OutlierPolicy, stable_hash};
 
 /// Labels of the built-in edge gateway, which `Gateway.spec.selector` picks.
 pub const GATEWAY_LABELS: [(&str, &str); 2] = [("istio", "ingressgateway"), ("app", "istio-ingressgateway")];
@@ -307,6 +307,17 @@ impl Compiler<'_> {
             }),
         });
         let cors = route.cors_policy.as_ref().map(|c| Arc::new(cors(c)));
+        let mut mirrors = Vec::new();
+        if let Some(m) = &route.mirror {
+            let pct = route.mirror_percentage.as_ref().map(|p| p.value).or(route.mirror_percent.map(f64::from));
+            mirrors.push((self.cluster(ix, clusters, ns, m), pct.unwrap_or(100.0)));
+        }
+        for m in &route.mirrors {
+            if let Some(dest) = &m.destination {
+                let pct = m.percentage.as_ref().map(|p| p.value).unwrap_or(100.0);
+                mirrors.push((self.cluster(ix, clusters, ns, dest), pct));
+            }
+        }
         matchers
             .into_iter()
             .map(|matcher| {
@@ -332,6 +343,7 @@ impl Compiler<'_> {
                     response_headers: response_headers.clone(),
                     rewrite,
                     cors: cors.clone(),
+                    mirrors: mirrors.clone(),
                 }
             })
             .collect()
@@ -427,9 +439,21 @@ impl Compiler<'_> {
             policy.outlier_detection = pl.outlier_detection.or(policy.outlier_detection.take());
             policy.tls = pl.tls.or(policy.tls.take());
         }
-        let lb = match policy.load_balancer.as_ref().and_then(|l| l.simple) {
-            Some(SimpleLb::RoundRobin) => Lb::RoundRobin,
-            Some(SimpleLb::Random) => Lb::Random,
+        let hash_key = policy.load_balancer.as_ref().and_then(|l| l.consistent_hash.as_ref()).and_then(|h| {
+            if let Some(name) = &h.http_header_name {
+                HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).ok().map(HashKey::Header)
+            } else if let Some(c) = &h.http_cookie {
+                c.name.clone().map(HashKey::Cookie)
+            } else if h.use_source_ip == Some(true) {
+                Some(HashKey::SourceIp)
+            } else {
+                h.http_query_parameter_name.clone().map(HashKey::Query)
+            }
+        });
+        let lb = match (hash_key, policy.load_balancer.as_ref().and_then(|l| l.simple)) {
+            (Some(key), _) => Lb::Hash(key),
+            (None, Some(SimpleLb::RoundRobin)) => Lb::RoundRobin,
+            (None, Some(SimpleLb::Random)) => Lb::Random,
             _ => Lb::LeastRequest,
         };
         let outlier = policy.outlier_detection.as_ref().map(|o| OutlierPolicy {
@@ -461,7 +485,8 @@ impl Compiler<'_> {
             .into_iter()
             .filter_map(|(address, labels)| {
                 let authority = address.parse().ok()?;
-                Some(Endpoint { health: self.health.get(&name, &address), address, authority, labels })
+                let seed = stable_hash(address.as_bytes());
+                Some(Endpoint { health: self.health.get(&name, &address), address, authority, labels, seed })
             })
             .collect();
         let cluster = Arc::new(Cluster::new(name, endpoints, lb, outlier, max_in_flight));

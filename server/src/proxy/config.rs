@@ -65,6 +65,8 @@ pub struct Route {
     pub response_headers: HeaderOps,
     pub rewrite: Option<Rewrite>,
     pub cors: Option<Arc<Cors>>,
+    /// Where copies go (`mirror`/`mirrors`), with the percentage of requests copied.
+    pub mirrors: Vec<(Arc<Cluster>, f64)>,
 }
 
 /// A route's `corsPolicy`, with its response header values built once.
@@ -107,6 +109,7 @@ impl Route {
             response_headers: HeaderOps::default(),
             rewrite: None,
             cors: None,
+            mirrors: Vec::new(),
         }
     }
 }

@@ -308,6 +308,10 @@ async fn forward(
     let Some(_admitted) = cluster.admit() else {
         return local(StatusCode::SERVICE_UNAVAILABLE, "UO", "upstream overflow: connection pool limit reached\n");
     };
+    let hash = match &cluster.lb {
+        super::upstream::Lb::Hash(key) => hash_of(key, &req, peer),
+        _ => None,
+    };
     let (mut parts, body) = req.into_parts();
     prepare_headers(&mut parts.headers, peer, l.scheme);
     if let Some(protocol) = &upgrade {
@@ -338,16 +342,25 @@ async fn forward(
     let mut streamed = None;
     let replay: Option<Bytes> = match length {
         Some(0) => Some(Bytes::new()),
-        Some(n) if n <= REPLAYABLE_BODY && route.retry.attempts > 0 => match body.collect().await {
-            Ok(b) => Some(b.to_bytes()),
-            Err(_) => return local(StatusCode::BAD_REQUEST, "DPE", "request body could not be read\n"),
-        },
+        Some(n) if n <= REPLAYABLE_BODY && (route.retry.attempts > 0 || !route.mirrors.is_empty()) => {
+            match body.collect().await {
+                Ok(b) => Some(b.to_bytes()),
+                Err(_) => return local(StatusCode::BAD_REQUEST, "DPE", "request body could not be read\n"),
+            }
+        }
         _ => {
             streamed = Some(body);
             None
         }
     };
     let max_attempts = if replay.is_some() { 1 + route.retry.attempts } else { 1 };
+    if let Some(body) = &replay {
+        for (mirror, pct) in &route.mirrors {
+            if chance(*pct) {
+                send_mirror(l, mirror.clone(), &parts, &path, body.clone(), hash);
+            }
+        }
+    }
 
     let mut downstream_upgrade = downstream_upgrade;
     let attempts = async {
@@ -355,7 +368,7 @@ async fn forward(
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let Some(index) = cluster.pick(last) else {
+            let Some(index) = cluster.pick(last, hash) else {
                 return local(StatusCode::SERVICE_UNAVAILABLE, "UH", "no healthy upstream\n");
             };
             last = Some(index);
@@ -442,6 +455,72 @@ async fn forward(
             Err(_) => local(StatusCode::GATEWAY_TIMEOUT, "UT", "upstream request timeout\n"),
         },
         None => attempts.await,
+    }
+}
+
+/// Sends a copy of the request to a mirror cluster and forgets it: the
+/// answer is dropped and the main request never waits for it. The copy's
+/// Host gets Istio's `-shadow` suffix.
+fn send_mirror(
+    l: &Listener,
+    cluster: std::sync::Arc<super::upstream::Cluster>,
+    parts: &http::request::Parts,
+    path: &http::uri::PathAndQuery,
+    body: Bytes,
+    hash: Option<u64>,
+) {
+    let Some(index) = cluster.pick(None, hash) else { return };
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(http::uri::Scheme::HTTP);
+    uri.authority = Some(cluster.endpoints[index].authority.clone());
+    uri.path_and_query = Some(path.clone());
+    let Ok(uri) = Uri::from_parts(uri) else { return };
+    let mut copy = Request::new(Either::Right(Full::new(body)));
+    *copy.method_mut() = parts.method.clone();
+    *copy.uri_mut() = uri;
+    *copy.headers_mut() = parts.headers.clone();
+    if let Some(host) = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
+        let shadow = match host.rsplit_once(':') {
+            Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => format!("{h}-shadow:{port}"),
+            _ => format!("{host}-shadow"),
+        };
+        if let Ok(v) = HeaderValue::from_str(&shadow) {
+            copy.headers_mut().insert(header::HOST, v);
+        }
+    }
+    let client = l.client.clone();
+    tokio::spawn(async move {
+        match tokio::time::timeout(Duration::from_secs(30), client.request(copy)).await {
+            Ok(Ok(resp)) => {
+                let _ = resp.into_body().collect().await;
+            }
+            Ok(Err(e)) => tracing::debug!(error = %e, cluster = %cluster.name, "mirror request failed"),
+            Err(_) => tracing::debug!(cluster = %cluster.name, "mirror request timed out"),
+        }
+    });
+}
+
+/// The consistent-hash key of a request; `None` (no key present) falls
+/// back to an ordinary pick, as in Envoy.
+fn hash_of<B>(key: &super::upstream::HashKey, req: &Request<B>, peer: SocketAddr) -> Option<u64> {
+    use super::upstream::{HashKey, stable_hash};
+    match key {
+        HashKey::Header(name) => req.headers().get(name).map(|v| stable_hash(v.as_bytes())),
+        HashKey::SourceIp => Some(stable_hash(peer.ip().to_string().as_bytes())),
+        HashKey::Query(name) => req.uri().query().and_then(|q| {
+            q.split('&').find_map(|pair| {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                (k == name).then(|| stable_hash(v.as_bytes()))
+            })
+        }),
+        HashKey::Cookie(name) => {
+            req.headers().get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).find_map(|v| {
+                v.split(';').find_map(|c| {
+                    let (k, val) = c.trim().split_once('=')?;
+                    (k == name).then(|| stable_hash(val.as_bytes()))
+                })
+            })
+        }
     }
 }
 

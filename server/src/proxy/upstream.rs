@@ -36,13 +36,39 @@ pub struct Endpoint {
     pub authority: http::uri::Authority,
     pub labels: BTreeMap<String, String>,
     pub health: Arc<Health>,
+    /// A stable per-endpoint number for rendezvous hashing.
+    pub seed: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A 64-bit finalizer (SplitMix64): spreads keys so rendezvous scores are uniform.
+pub fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// FNV-1a: a fixed hash (the same in every process and release) of a key or address.
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lb {
     RoundRobin,
     LeastRequest,
     Random,
+    /// `consistentHash`: the same key goes to the same endpoint while it is
+    /// healthy. Rendezvous hashing: when an endpoint leaves, only its keys move.
+    Hash(HashKey),
+}
+
+/// What a consistent hash is computed from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    Header(http::HeaderName),
+    Cookie(String),
+    SourceIp,
+    Query(String),
 }
 
 #[derive(Debug, Clone)]
@@ -129,7 +155,7 @@ impl Cluster {
     /// Picks an endpoint that is not ejected, skipping `avoid` (the one a
     /// retry just failed on) when another is available. No allocation: this
     /// runs on every request.
-    pub fn pick(&self, avoid: Option<usize>) -> Option<usize> {
+    pub fn pick(&self, avoid: Option<usize>, hash: Option<u64>) -> Option<usize> {
         let n = self.endpoints.len();
         let usable = |i: usize| !self.endpoints[i].health.is_ejected();
         let preferred = |i: usize| usable(i) && Some(i) != avoid;
@@ -138,9 +164,14 @@ impl Cluster {
             1 => return usable(0).then_some(0),
             _ => {}
         }
+        if let (Lb::Hash(_), Some(key)) = (&self.lb, hash) {
+            let score = |i: usize| mix(key ^ self.endpoints[i].seed);
+            let best = |ok: &dyn Fn(usize) -> bool| (0..n).filter(|&i| ok(i)).max_by_key(|&i| score(i));
+            return best(&preferred).or_else(|| best(&usable));
+        }
         let start = match self.lb {
             Lb::RoundRobin => self.rr.fetch_add(1, Ordering::Relaxed) % n,
-            Lb::Random | Lb::LeastRequest => rand::random_range(0..n),
+            _ => rand::random_range(0..n),
         };
         // The first preferred endpoint from `start` on, else any usable one.
         let scan = |ok: &dyn Fn(usize) -> bool| (0..n).map(|k| (start + k) % n).find(|&i| ok(i));
@@ -148,6 +179,7 @@ impl Cluster {
         if self.lb != Lb::LeastRequest {
             return Some(first);
         }
+
         // Power of two choices: compare with a second random pick.
         let other = rand::random_range(0..n);
         let load = |i: usize| self.endpoints[i].health.active.load(Ordering::Relaxed);
