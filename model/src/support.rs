@@ -42,7 +42,16 @@ const UNSUPPORTED: &[(Kind, &str, &str)] = &[
         "spec.trafficPolicy.loadBalancer.consistentHash.httpCookie.ttl",
         "generating the hash cookie is not built; a request without the cookie is balanced normally",
     ),
-    (Kind::DestinationRule, "spec.trafficPolicy.loadBalancer.localityLbSetting", "locality failover is not built yet"),
+    (
+        Kind::DestinationRule,
+        "spec.trafficPolicy.loadBalancer.localityLbSetting.distribute",
+        "weighted locality distribution is not built yet; failover is",
+    ),
+    (
+        Kind::DestinationRule,
+        "spec.trafficPolicy.loadBalancer.localityLbSetting.failoverPriority",
+        "label-based failover priority is not built yet",
+    ),
     (Kind::DestinationRule, "spec.trafficPolicy.loadBalancer.warmupDurationSecs", "slow-start warmup is not built"),
     (Kind::DestinationRule, "spec.trafficPolicy.loadBalancer.warmup", "slow-start warmup is not built"),
     (

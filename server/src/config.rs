@@ -30,6 +30,9 @@ pub struct UpArgs {
     /// Run a sidecar agent in this process (SPEC as for `meshgate agent`)
     #[arg(long, value_name = "SPEC")]
     pub sidecar: Vec<String>,
+    /// This host's locality, region/zone/subzone (e.g. us-east/zone-a), for locality failover
+    #[arg(long, value_name = "LOCALITY")]
+    pub locality: Option<String>,
     /// Worker threads for the proxy and API [default: one per CPU core]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: Option<u16>,
@@ -43,6 +46,7 @@ struct ConfigFile {
     listeners: Option<Listeners>,
     trust_domain: Option<String>,
     cluster_domain: Option<String>,
+    locality: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -65,6 +69,8 @@ pub struct Config {
     pub trust_domain: String,
     pub cluster_domain: String,
     pub sidecars: Vec<String>,
+    /// Where this host runs, `region/zone/subzone`, for locality-aware load balancing.
+    pub locality: String,
 }
 
 impl Default for Config {
@@ -78,6 +84,7 @@ impl Default for Config {
             trust_domain: "cluster.local".into(),
             cluster_domain: meshgate_model::hosts::DEFAULT_CLUSTER_DOMAIN.into(),
             sidecars: Vec::new(),
+            locality: String::new(),
         }
     }
 }
@@ -96,6 +103,9 @@ impl Config {
         c.https = args.https.unwrap_or(c.https);
         c.mesh = args.mesh.unwrap_or(c.mesh);
         c.sidecars = args.sidecar.clone();
+        if let Some(l) = &args.locality {
+            c.locality = l.clone();
+        }
         Ok(c)
     }
 
@@ -128,6 +138,9 @@ impl Config {
         }
         if let Some(cd) = file.cluster_domain {
             self.cluster_domain = domain("clusterDomain", cd)?;
+        }
+        if let Some(l) = file.locality {
+            self.locality = l;
         }
         Ok(())
     }

@@ -43,7 +43,12 @@ pub async fn run(
 
     let metrics = Arc::new(Metrics::new());
     let hub = Hub::new();
-    tokio::spawn(control::run_compiler(hub.clone(), store.clone(), config.cluster_domain.clone()));
+    tokio::spawn(control::run_compiler(
+        hub.clone(),
+        store.clone(),
+        config.cluster_domain.clone(),
+        config.locality.clone(),
+    ));
     let state = AppState {
         hub: hub.clone(),
         store: store.clone(),

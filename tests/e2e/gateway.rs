@@ -404,3 +404,85 @@ fn consistent_hash_keeps_a_user_on_one_endpoint() {
     }
     assert!(homes.len() >= 2, "20 users all landed on {homes:?}");
 }
+
+#[test]
+fn config_swaps_under_load_lose_no_request() {
+    let (v1, v2) = (Upstream::start("v1"), Upstream::start("v2"));
+    let server = Server::start();
+    server.apply(&service("user-service", &[&v1, &v2], ""));
+    let split = |w1: u32| {
+        vs(&format!(
+            "  - route:\n    - destination: {{host: user-service, subset: v1}}\n      weight: {w1}\n    - destination: {{host: user-service, subset: v2}}\n      weight: {}\n",
+            100 - w1
+        ))
+    };
+    server.apply(&split(50));
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (sent, failures) = std::thread::scope(|s| {
+        let load: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    let c = client();
+                    let (mut sent, mut failures) = (0, Vec::new());
+                    while !stop.load(Ordering::Relaxed) {
+                        match server.gateway(&c, HOST, "/").send() {
+                            Ok(r) if r.status() == 200 => {}
+                            Ok(r) => failures.push(format!("status {}", r.status())),
+                            Err(e) => failures.push(e.to_string()),
+                        }
+                        sent += 1;
+                    }
+                    (sent, failures)
+                })
+            })
+            .collect();
+        for i in 0..20 {
+            server.apply(&split(if i % 2 == 0 { 100 } else { 0 }));
+        }
+        stop.store(true, Ordering::Relaxed);
+        load.into_iter().map(|h| h.join().unwrap()).fold((0, Vec::new()), |(n, mut f), (s, e)| {
+            f.extend(e);
+            (n + s, f)
+        })
+    });
+    assert!(sent > 100, "only {sent} requests were sent during 20 applies");
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} requests failed during config swaps: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+}
+
+#[test]
+fn locality_failover_to_the_other_region() {
+    let (east, west) = (Upstream::start("east"), Upstream::start("west"));
+    let server = Server::start_with(&["--locality", "us-east/zone-a"]);
+    let mut yaml = service(
+        "user-service",
+        &[&east, &west],
+        "  trafficPolicy:\n    outlierDetection: {consecutive5xxErrors: 5, interval: 10s, baseEjectionTime: 30s, maxEjectionPercent: 100}\n    loadBalancer:\n      localityLbSetting: {enabled: true, failover: [{from: us-east, to: us-west}]}\n",
+    );
+    yaml = yaml
+        .replace("version: east}", "version: east, region: us-east}")
+        .replace("version: west}", "version: west, region: us-west}");
+    server.apply(&yaml);
+    server.apply(&vs("  - retries: {attempts: 3, perTryTimeout: 2s, retryOn: 5xx}\n    route: [{destination: {host: user-service}}]\n"));
+    let c = client();
+    for _ in 0..20 {
+        assert_eq!(
+            server.gateway(&c, HOST, "/").send().unwrap().text().unwrap(),
+            "east",
+            "the local region serves while healthy"
+        );
+    }
+    assert_eq!(west.hits(), 0);
+    // The local region fails: it is ejected, and the other region takes over.
+    east.state.always_status.store(500, Ordering::SeqCst);
+    let mut answers = Vec::new();
+    for _ in 0..10 {
+        answers.push(server.gateway(&c, HOST, "/").send().unwrap().text().unwrap());
+    }
+    assert!(answers[2..].iter().all(|a| a == "west"), "{answers:?}");
+    assert_eq!(east.hits(), 20 + 5, "east was tried exactly until ejected");
+}

@@ -34,8 +34,20 @@ impl Server {
         s
     }
 
+    /// Starts meshgate on a fresh data dir with extra `up` flags.
+    pub fn start_with(args: &[&str]) -> Server {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut s = Server::start_full(&tmp.path().join("data"), &[], args);
+        s._tmp = Some(tmp);
+        s
+    }
+
     /// Starts meshgate on `data_dir` (kept by the caller), with extra env.
     pub fn start_in(data_dir: &Path, env: &[(&str, &str)]) -> Server {
+        Server::start_full(data_dir, env, &[])
+    }
+
+    fn start_full(data_dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Server {
         let mut cmd = Command::new(BIN);
         cmd.args([
             "up",
@@ -50,6 +62,7 @@ impl Server {
         ])
         .arg("--data-dir")
         .arg(data_dir)
+        .args(args)
         .env("MESHGATE_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());

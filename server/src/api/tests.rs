@@ -25,7 +25,7 @@ async fn api(pool: SqlitePool) -> Api {
     let token = new_token();
     store.add_token(&token, TOKEN_SUBJECT, "admin", None).await.unwrap();
     let hub = crate::control::Hub::new();
-    tokio::spawn(crate::control::run_compiler(hub.clone(), store.clone(), "svc.cluster.local".into()));
+    tokio::spawn(crate::control::run_compiler(hub.clone(), store.clone(), "svc.cluster.local".into(), String::new()));
     let state = AppState {
         hub,
         store: store.clone(),

@@ -29,6 +29,8 @@ pub const GATEWAY_LABELS: [(&str, &str); 2] = [("istio", "ingressgateway"), ("ap
 
 pub struct Compiler<'a> {
     pub cluster_domain: &'a str,
+    /// This proxy's `region/zone/subzone`; empty turns locality preference off.
+    pub locality: &'a str,
     pub health: &'a HealthRegistry,
 }
 
@@ -374,7 +376,7 @@ impl Compiler<'_> {
         let fq = |h: &str, ns: &str| fqdn(h, ns, self.cluster_domain, |n| ix.namespaces.contains(n));
         let entry =
             ix.entries.iter().find(|(r, se)| se.hosts.iter().any(|h| host_matches(&fq(h, r.namespace()), &host)));
-        let mut endpoints: Vec<(String, BTreeMap<String, String>)> = Vec::new();
+        let mut endpoints: Vec<(String, BTreeMap<String, String>, String)> = Vec::new();
         let mut port_number = wanted_port;
         if let Some((se_res, se)) = entry {
             let port = se.ports.iter().find(|p| wanted_port == 0 || p.number == Some(wanted_port)).or(se.ports.first());
@@ -388,7 +390,7 @@ impl Compiler<'_> {
                 let p = we.ports.get(&port_name).copied().unwrap_or(default_port);
                 let addr =
                     if addr.contains(':') && !addr.starts_with('[') { format!("[{addr}]") } else { addr.to_string() };
-                endpoints.push((format!("{addr}:{p}"), we.labels.clone()));
+                endpoints.push((format!("{addr}:{p}"), we.labels.clone(), endpoint_locality(we)));
             };
             se.endpoints.iter().for_each(&mut add);
             if let Some(sel) = &se.workload_selector {
@@ -407,7 +409,7 @@ impl Compiler<'_> {
                 )
             );
             if endpoints.is_empty() && dns && !host.starts_with('*') {
-                endpoints.push((format!("{host}:{default_port}"), BTreeMap::new()));
+                endpoints.push((format!("{host}:{default_port}"), BTreeMap::new(), String::new()));
             }
         }
         // The DestinationRule for this host: subset filter and traffic policy.
@@ -420,7 +422,7 @@ impl Compiler<'_> {
             let found = rule.and_then(|(_, dr)| dr.subsets.iter().find(|s| s.name.as_deref() == Some(subset.as_str())));
             match found {
                 Some(s) => {
-                    endpoints.retain(|(_, labels)| s.labels.iter().all(|(k, v)| labels.get(k) == Some(v)));
+                    endpoints.retain(|(_, labels, _)| s.labels.iter().all(|(k, v)| labels.get(k) == Some(v)));
                     if let Some(sp) = &s.traffic_policy {
                         overlay(&mut policy, sp);
                     }
@@ -480,19 +482,59 @@ impl Compiler<'_> {
             (None, _) => None,
         };
         let max_in_flight = [h1, h2].into_iter().flatten().min().map(|n| n.min(u32::MAX as u64) as u32);
+        // Istio applies locality preference when outlier detection can notice a
+        // failing locality (or when localityLbSetting asks for it explicitly).
+        let explicit = policy.load_balancer.as_ref().and_then(|l| l.locality_lb_setting.clone());
+        let locality_setting = match explicit {
+            Some(l) if l.enabled == Some(false) => None,
+            Some(l) => Some(l),
+            None if policy.outlier_detection.is_some() => Some(Default::default()),
+            None => None,
+        };
         let name = format!("outbound|{port_number}|{subset}|{host}");
         let endpoints = endpoints
             .into_iter()
-            .filter_map(|(address, labels)| {
+            .filter_map(|(address, labels, locality)| {
                 let authority = address.parse().ok()?;
                 let seed = stable_hash(address.as_bytes());
-                Some(Endpoint { health: self.health.get(&name, &address), address, authority, labels, seed })
+                let priority = locality_priority(self.locality, &locality, locality_setting.as_ref());
+                Some(Endpoint { health: self.health.get(&name, &address), address, authority, labels, seed, priority })
             })
             .collect();
         let cluster = Arc::new(Cluster::new(name, endpoints, lb, outlier, max_in_flight));
         clusters.insert(key, Arc::clone(&cluster));
         cluster
     }
+}
+
+/// `region/zone/subzone` of a workload: its `locality` field, else the
+/// Kubernetes topology labels, else plain `region`/`zone` labels.
+fn endpoint_locality(we: &WorkloadEntrySpec) -> String {
+    if let Some(l) = we.locality.as_deref().filter(|l| !l.is_empty()) {
+        return l.to_string();
+    }
+    let label = |keys: &[&str]| keys.iter().find_map(|k| we.labels.get(*k)).cloned().unwrap_or_default();
+    let region = label(&["topology.kubernetes.io/region", "region"]);
+    let zone = label(&["topology.kubernetes.io/zone", "zone"]);
+    if zone.is_empty() { region } else { format!("{region}/{zone}") }
+}
+
+/// 0: same region and zone; 1: same region; 2: a failover target named by
+/// `failover` (or any other region when there is no rule); 3: the rest.
+fn locality_priority(own: &str, theirs: &str, setting: Option<&meshgate_model::networking::LocalityLbSetting>) -> u8 {
+    let Some(setting) = setting else { return 0 };
+    if own.is_empty() {
+        return 0;
+    }
+    let mut own_parts = own.split('/');
+    let (own_region, own_zone) = (own_parts.next().unwrap_or(""), own_parts.next().unwrap_or(""));
+    let mut parts = theirs.split('/');
+    let (region, zone) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    if region == own_region {
+        return if zone == own_zone || own_zone.is_empty() { 0 } else { 1 };
+    }
+    let rules: Vec<_> = setting.failover.iter().filter(|f| f.from.as_deref() == Some(own_region)).collect();
+    if rules.is_empty() || rules.iter().any(|f| f.to.as_deref() == Some(region)) { 2 } else { 3 }
 }
 
 /// A subset's policy replaces the host's policy field by field.
@@ -626,4 +668,27 @@ fn ops(o: Option<&HeaderOperations>) -> HeaderOps {
 
 fn header_ops(h: Option<&meshgate_model::networking::Headers>) -> (HeaderOps, HeaderOps) {
     (ops(h.and_then(|h| h.request.as_ref())), ops(h.and_then(|h| h.response.as_ref())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locality_levels() {
+        let setting = meshgate_model::networking::LocalityLbSetting {
+            failover: vec![meshgate_model::networking::LocalityFailover {
+                from: Some("us-east".into()),
+                to: Some("us-west".into()),
+            }],
+            ..Default::default()
+        };
+        let s = Some(&setting);
+        assert_eq!(locality_priority("us-east/zone-a", "us-east/zone-a", s), 0);
+        assert_eq!(locality_priority("us-east/zone-a", "us-east", s), 1);
+        assert_eq!(locality_priority("us-east/zone-a", "us-west", s), 2);
+        assert_eq!(locality_priority("us-east/zone-a", "eu-west", s), 3);
+        assert_eq!(locality_priority("", "us-west", s), 0);
+        assert_eq!(locality_priority("us-east", "us-west", None), 0);
+    }
 }

@@ -56,9 +56,9 @@ impl Hub {
 
 /// Compiles once now, then again after every notification, until the
 /// process ends. Notifications that arrive during a compile coalesce.
-pub async fn run_compiler(hub: Arc<Hub>, store: Store, cluster_domain: String) {
+pub async fn run_compiler(hub: Arc<Hub>, store: Store, cluster_domain: String, locality: String) {
     loop {
-        match compile_once(&hub, &store, &cluster_domain).await {
+        match compile_once(&hub, &store, &cluster_domain, &locality).await {
             Ok(rev) => tracing::debug!(revision = rev, "configuration applied"),
             Err(e) => tracing::error!(error = %e, "compiling configuration failed; keeping the previous one"),
         }
@@ -66,11 +66,11 @@ pub async fn run_compiler(hub: Arc<Hub>, store: Store, cluster_domain: String) {
     }
 }
 
-async fn compile_once(hub: &Hub, store: &Store, cluster_domain: &str) -> anyhow::Result<i64> {
+async fn compile_once(hub: &Hub, store: &Store, cluster_domain: &str, locality: &str) -> anyhow::Result<i64> {
     // Read the revision first: the resources read after it are at least that new.
     let revision = store.current_revision().await?;
     let resources = store.all_resources().await?;
-    let compiler = compile::Compiler { cluster_domain, health: &hub.health };
+    let compiler = compile::Compiler { cluster_domain, locality, health: &hub.health };
     let snapshot = compiler.compile(revision, &resources);
     hub.snapshot.store(Arc::new(snapshot));
     hub.applied.send_replace(revision);

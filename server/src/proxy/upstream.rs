@@ -38,6 +38,9 @@ pub struct Endpoint {
     pub health: Arc<Health>,
     /// A stable per-endpoint number for rendezvous hashing.
     pub seed: u64,
+    /// Locality priority relative to this proxy: 0 is nearest. Requests go
+    /// to the nearest level that has a usable endpoint (failover).
+    pub priority: u8,
 }
 
 /// A 64-bit finalizer (SplitMix64): spreads keys so rendezvous scores are uniform.
@@ -157,13 +160,16 @@ impl Cluster {
     /// runs on every request.
     pub fn pick(&self, avoid: Option<usize>, hash: Option<u64>) -> Option<usize> {
         let n = self.endpoints.len();
-        let usable = |i: usize| !self.endpoints[i].health.is_ejected();
-        let preferred = |i: usize| usable(i) && Some(i) != avoid;
+        let healthy = |i: usize| !self.endpoints[i].health.is_ejected();
         match n {
             0 => return None,
-            1 => return usable(0).then_some(0),
+            1 => return healthy(0).then_some(0),
             _ => {}
         }
+        // Only the nearest locality level with a healthy endpoint takes traffic.
+        let level = (0..n).filter(|&i| healthy(i)).map(|i| self.endpoints[i].priority).min()?;
+        let usable = |i: usize| healthy(i) && self.endpoints[i].priority == level;
+        let preferred = |i: usize| usable(i) && Some(i) != avoid;
         if let (Lb::Hash(_), Some(key)) = (&self.lb, hash) {
             let score = |i: usize| mix(key ^ self.endpoints[i].seed);
             let best = |ok: &dyn Fn(usize) -> bool| (0..n).filter(|&i| ok(i)).max_by_key(|&i| score(i));
