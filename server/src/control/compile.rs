@@ -102,7 +102,7 @@ impl Compiler<'_> {
                             .entry(port)
                             .or_default()
                             .entry(domain.clone())
-                            .or_insert_with(|| VirtualHost { name: domain.clone(), routes: Vec::new() });
+                            .or_insert_with(|| VirtualHost { name: domain.clone(), ..Default::default() });
                         for (i, route) in vs_spec.http.iter().enumerate() {
                             let name = format!(
                                 "{}/{}/{}",
@@ -138,7 +138,7 @@ impl Compiler<'_> {
                         let domain = host.split_once('/').map_or(host.as_str(), |(_, h)| h).to_ascii_lowercase();
                         let redirect =
                             Route::https_redirect(format!("{}/{}/https-redirect", gw.namespace(), gw.name()));
-                        let vhost = VirtualHost { name: domain.clone(), routes: vec![redirect] };
+                        let vhost = VirtualHost { name: domain.clone(), routes: vec![redirect], ..Default::default() };
                         hosts_by_port.entry(port).or_default().insert(domain, vhost);
                     }
                 }
@@ -192,7 +192,8 @@ impl Compiler<'_> {
         };
         for (port, hosts) in hosts_by_port {
             let mut table = PortRoutes::default();
-            for (domain, vhost) in hosts {
+            for (domain, mut vhost) in hosts {
+                vhost.index = crate::proxy::route_index::RouteIndex::build(&vhost.routes);
                 let vhost = Arc::new(vhost);
                 if domain == "*" {
                     table.catch_all = Some(vhost);

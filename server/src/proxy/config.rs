@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderName, HeaderValue, StatusCode};
+use http::StatusCode;
+use http::header::{self, HeaderName, HeaderValue};
 use regex::Regex;
 
 use super::upstream::Cluster;
@@ -45,10 +46,18 @@ impl PortRoutes {
     }
 }
 
+impl VirtualHost {
+    /// The first route, in order, that matches the request.
+    pub fn route_for<B>(&self, req: &http::Request<B>, scheme: &str) -> Option<&Route> {
+        self.index.find(&self.routes, req.uri().path(), |r| r.matcher.as_ref().is_none_or(|m| m.matches(req, scheme)))
+    }
+}
+
 #[derive(Default)]
 pub struct VirtualHost {
     pub name: String,
     pub routes: Vec<Route>,
+    pub index: super::route_index::RouteIndex,
 }
 
 pub struct Route {
@@ -131,6 +140,71 @@ pub enum StrMatch {
     Prefix(String),
     /// Anchored: RE2 semantics as Envoy uses them (the whole value must match).
     Regex(Regex),
+}
+
+impl RequestMatch {
+    /// Whether a request satisfies every condition.
+    pub fn matches<B>(&self, req: &http::Request<B>, scheme: &str) -> bool {
+        let m = self;
+        if let Some(u) = &m.uri {
+            let path = req.uri().path();
+            let ok = if m.ignore_uri_case { u.matches(&path.to_ascii_lowercase()) } else { u.matches(path) };
+            if !ok {
+                return false;
+            }
+        }
+        if m.method.as_ref().is_some_and(|x| !x.matches(req.method().as_str())) {
+            return false;
+        }
+        if m.scheme.as_ref().is_some_and(|x| !x.matches(scheme)) {
+            return false;
+        }
+        if let Some(a) = &m.authority {
+            let authority = req
+                .uri()
+                .authority()
+                .map(|a| a.as_str())
+                .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()))
+                .unwrap_or("");
+            if !a.matches(authority) {
+                return false;
+            }
+        }
+        let header_ok = |name: &HeaderName, want: &Option<StrMatch>| match req.headers().get(name) {
+            None => false,
+            Some(v) => want.as_ref().is_none_or(|w| v.to_str().is_ok_and(|v| w.matches(v))),
+        };
+        if !m.headers.iter().all(|(n, w)| header_ok(n, w)) {
+            return false;
+        }
+        if m.without_headers.iter().any(|(n, w)| header_ok(n, w)) {
+            return false;
+        }
+        if !m.query.is_empty() {
+            let query = req.uri().query().unwrap_or("");
+            let value = |key: &str| {
+                query.split('&').find_map(|pair| {
+                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                    (k == key).then_some(v)
+                })
+            };
+            if !m.query.iter().all(|(k, w)| value(k).is_some_and(|v| w.as_ref().is_none_or(|w| w.matches(v)))) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Whether the URI (case-sensitive) is the only condition.
+    pub fn is_uri_only(&self) -> bool {
+        !self.ignore_uri_case
+            && self.scheme.is_none()
+            && self.method.is_none()
+            && self.authority.is_none()
+            && self.headers.is_empty()
+            && self.without_headers.is_empty()
+            && self.query.is_empty()
+    }
 }
 
 impl StrMatch {

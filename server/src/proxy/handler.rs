@@ -13,7 +13,7 @@ use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt as _, Either, Full};
 use hyper::body::Incoming;
 
-use super::config::{Action, Redirect, RequestMatch, Rewrite, Route, WeightedClusters};
+use super::config::{Action, Redirect, Rewrite, Route, WeightedClusters};
 use super::{Listener, ProxyBody};
 
 /// The header carrying Envoy-style response flags on locally made errors.
@@ -67,8 +67,7 @@ pub async fn handle(l: &Listener, peer: SocketAddr, mut req: Request<Incoming>) 
     let Some(vhost) = port.find(&host) else {
         return local(StatusCode::NOT_FOUND, "NR", "no route: no VirtualService serves this host\n");
     };
-    let Some(route) = vhost.routes.iter().find(|r| r.matcher.as_ref().is_none_or(|m| matches(m, &req, l.scheme)))
-    else {
+    let Some(route) = vhost.route_for(&req, l.scheme) else {
         return local(StatusCode::NOT_FOUND, "NR", "no route matched\n");
     };
 
@@ -193,56 +192,6 @@ fn strip_port(host: &str) -> &str {
         return host.split_once(']').map_or(host, |(h, _)| &h[1..]);
     }
     host.rsplit_once(':').filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit())).map_or(host, |(h, _)| h)
-}
-
-fn matches<B>(m: &RequestMatch, req: &Request<B>, scheme: &str) -> bool {
-    if let Some(u) = &m.uri {
-        let path = req.uri().path();
-        let ok = if m.ignore_uri_case { u.matches(&path.to_ascii_lowercase()) } else { u.matches(path) };
-        if !ok {
-            return false;
-        }
-    }
-    if m.method.as_ref().is_some_and(|x| !x.matches(req.method().as_str())) {
-        return false;
-    }
-    if m.scheme.as_ref().is_some_and(|x| !x.matches(scheme)) {
-        return false;
-    }
-    if let Some(a) = &m.authority {
-        let authority = req
-            .uri()
-            .authority()
-            .map(|a| a.as_str())
-            .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()))
-            .unwrap_or("");
-        if !a.matches(authority) {
-            return false;
-        }
-    }
-    let header_ok = |name: &HeaderName, want: &Option<super::config::StrMatch>| match req.headers().get(name) {
-        None => false,
-        Some(v) => want.as_ref().is_none_or(|w| v.to_str().is_ok_and(|v| w.matches(v))),
-    };
-    if !m.headers.iter().all(|(n, w)| header_ok(n, w)) {
-        return false;
-    }
-    if m.without_headers.iter().any(|(n, w)| header_ok(n, w)) {
-        return false;
-    }
-    if !m.query.is_empty() {
-        let query = req.uri().query().unwrap_or("");
-        let value = |key: &str| {
-            query.split('&').find_map(|pair| {
-                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                (k == key).then_some(v)
-            })
-        };
-        if !m.query.iter().all(|(k, w)| value(k).is_some_and(|v| w.as_ref().is_none_or(|w| w.matches(v)))) {
-            return false;
-        }
-    }
-    true
 }
 
 fn redirect_response<B>(r: &Redirect, req: &Request<B>, scheme: &str, host: &str) -> Response<ProxyBody> {
