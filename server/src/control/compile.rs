@@ -676,6 +676,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn first_match_wins_in_declaration_order() {
+        let yaml = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: [\"*\"]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: vs}\nspec:\n  hosts: [h.example.com]\n  gateways: [gw]\n  http:\n  - name: header\n    match: [{uri: {prefix: /a}, headers: {x-canary: {exact: \"1\"}}}]\n    route: [{destination: {host: s0}}]\n  - name: prefix-ab\n    match: [{uri: {prefix: /a/b}}]\n    route: [{destination: {host: s1}}]\n  - name: exact-abc\n    match: [{uri: {exact: /a/b/c}}]\n    route: [{destination: {host: s2}}]\n  - name: regex\n    match: [{uri: {regex: \"/z/[0-9]+\"}}]\n    route: [{destination: {host: s3}}]\n  - name: rest\n    route: [{destination: {host: s4}}]\n";
+        let resources = meshgate_model::decode("t", yaml, "default").unwrap();
+        let health = HealthRegistry::default();
+        let snap = Compiler { cluster_domain: "svc.cluster.local", locality: "", health: &health }.compile(1, &resources);
+        let vhost = snap.ports[&80].find("h.example.com").unwrap();
+        let route = |path: &str, canary: bool| {
+            let mut req = http::Request::get(path);
+            if canary {
+                req = req.header("x-canary", "1");
+            }
+            let req = req.body(()).unwrap();
+            vhost.route_for(&req, "http").map(|r| r.name.rsplit('/').next().unwrap().to_string())
+        };
+        assert_eq!(route("/a/b/c", true).as_deref(), Some("header"));
+        assert_eq!(route("/a/b/c", false).as_deref(), Some("prefix-ab"), "an earlier prefix beats a later exact");
+        assert_eq!(route("/a/x", false).as_deref(), Some("rest"));
+        assert_eq!(route("/z/42", false).as_deref(), Some("regex"));
+        assert_eq!(route("/z/x", false).as_deref(), Some("rest"));
+        assert!(snap.ports[&80].find("other.example.com").is_none());
+    }
+
+    #[test]
     fn locality_levels() {
         let setting = meshgate_model::networking::LocalityLbSetting {
             failover: vec![meshgate_model::networking::LocalityFailover {
