@@ -74,10 +74,10 @@ pub async fn run(
             let _ = rx.wait_for(|s| *s).await;
         }
     };
-    let client = proxy::upstream_client();
+    let clients = proxy::Clients::new();
     let plain =
-        Arc::new(proxy::Listener { hub: hub.clone(), gateway_port: 80, scheme: "http", client: client.clone() });
-    let secure = Arc::new(proxy::Listener { hub: hub.clone(), gateway_port: 443, scheme: "https", client });
+        Arc::new(proxy::Listener { hub: hub.clone(), gateway_port: 80, scheme: "http", clients: clients.clone() });
+    let secure = Arc::new(proxy::Listener { hub: hub.clone(), gateway_port: 443, scheme: "https", clients });
     let http_task = tokio::spawn(proxy::serve(http, plain, None, stopped()));
     let https_task = tokio::spawn(proxy::serve(https, secure, Some(proxy::tls::acceptor(hub.clone(), 443)), stopped()));
     let admin_server = axum::serve(admin, api::router(state)).with_graceful_shutdown(stopped());

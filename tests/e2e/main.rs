@@ -2,6 +2,7 @@
 //! real SQLite file in a temporary data dir, driven through the CLI.
 
 mod gateway;
+mod grpc;
 mod support;
 mod tls;
 mod upstream;

@@ -379,9 +379,12 @@ impl Compiler<'_> {
             ix.entries.iter().find(|(r, se)| se.hosts.iter().any(|h| host_matches(&fq(h, r.namespace()), &host)));
         let mut endpoints: Vec<(String, BTreeMap<String, String>, String)> = Vec::new();
         let mut port_number = wanted_port;
+        let mut port_http2 = false;
         if let Some((se_res, se)) = entry {
             let port = se.ports.iter().find(|p| wanted_port == 0 || p.number == Some(wanted_port)).or(se.ports.first());
             let port_name = port.and_then(|p| p.name.clone()).unwrap_or_default();
+            let protocol = port.and_then(|p| p.protocol.clone()).unwrap_or_default().to_ascii_uppercase();
+            port_http2 = matches!(protocol.as_str(), "GRPC" | "GRPC-WEB" | "HTTP2");
             let default_port = port.and_then(|p| p.target_port.or(p.number)).unwrap_or(80);
             if port_number == 0 {
                 port_number = port.and_then(|p| p.number).unwrap_or(80);
@@ -502,7 +505,11 @@ impl Compiler<'_> {
                 Some(Endpoint { health: self.health.get(&name, &address), address, authority, labels, seed, priority })
             })
             .collect();
-        let cluster = Arc::new(Cluster::new(name, endpoints, lb, outlier, max_in_flight));
+        let upgrade =
+            http.and_then(|h| h.h2_upgrade_policy) == Some(meshgate_model::networking::H2UpgradePolicy::Upgrade);
+        let mut cluster = Cluster::new(name, endpoints, lb, outlier, max_in_flight);
+        cluster.http2 = port_http2 || upgrade;
+        let cluster = Arc::new(cluster);
         clusters.insert(key, Arc::clone(&cluster));
         cluster
     }
@@ -680,7 +687,8 @@ mod tests {
         let yaml = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: [\"*\"]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: vs}\nspec:\n  hosts: [h.example.com]\n  gateways: [gw]\n  http:\n  - name: header\n    match: [{uri: {prefix: /a}, headers: {x-canary: {exact: \"1\"}}}]\n    route: [{destination: {host: s0}}]\n  - name: prefix-ab\n    match: [{uri: {prefix: /a/b}}]\n    route: [{destination: {host: s1}}]\n  - name: exact-abc\n    match: [{uri: {exact: /a/b/c}}]\n    route: [{destination: {host: s2}}]\n  - name: regex\n    match: [{uri: {regex: \"/z/[0-9]+\"}}]\n    route: [{destination: {host: s3}}]\n  - name: rest\n    route: [{destination: {host: s4}}]\n";
         let resources = meshgate_model::decode("t", yaml, "default").unwrap();
         let health = HealthRegistry::default();
-        let snap = Compiler { cluster_domain: "svc.cluster.local", locality: "", health: &health }.compile(1, &resources);
+        let snap =
+            Compiler { cluster_domain: "svc.cluster.local", locality: "", health: &health }.compile(1, &resources);
         let vhost = snap.ports[&80].find("h.example.com").unwrap();
         let route = |path: &str, canary: bool| {
             let mut req = http::Request::get(path);

@@ -41,7 +41,50 @@ fn local(status: StatusCode, flag: &'static str, body: &'static str) -> Response
     resp
 }
 
-pub async fn handle(l: &Listener, peer: SocketAddr, mut req: Request<Incoming>) -> Response<ProxyBody> {
+pub async fn handle(l: &Listener, peer: SocketAddr, req: Request<Incoming>) -> Response<ProxyBody> {
+    let grpc = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"));
+    let resp = route(l, peer, req).await;
+    if grpc && resp.status() != StatusCode::OK && resp.headers().contains_key(RESPONSE_FLAGS) {
+        return grpc_error(resp);
+    }
+    resp
+}
+
+/// A gRPC client expects errors as a trailers-only response with a
+/// `grpc-status`, not as an HTTP status; Envoy's mapping.
+fn grpc_error(resp: Response<ProxyBody>) -> Response<ProxyBody> {
+    let code = match resp.status().as_u16() {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502 | 503 => 14,
+        504 => 4,
+        _ => 2,
+    };
+    let message = format!(
+        "meshgate: HTTP {} ({})",
+        resp.status().as_u16(),
+        resp.headers()[RESPONSE_FLAGS].to_str().unwrap_or("")
+    );
+    let mut out = Response::new(Either::Right(Full::new(Bytes::new())));
+    let h = out.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    h.insert("grpc-status", HeaderValue::from(code));
+    if let Ok(v) = HeaderValue::from_str(&message) {
+        h.insert("grpc-message", v);
+    }
+    if let Some(flags) = resp.headers().get(RESPONSE_FLAGS) {
+        h.insert(RESPONSE_FLAGS, flags.clone());
+    }
+    out
+}
+
+async fn route(l: &Listener, peer: SocketAddr, mut req: Request<Incoming>) -> Response<ProxyBody> {
     // Request smuggling is handled by hyper's parser: differing Content-Length
     // headers get 400; Content-Length with Transfer-Encoding is framed by the
     // latter alone and the connection is closed after the response (RFC 9112
@@ -344,7 +387,8 @@ async fn forward(
                 up.headers_mut().insert("x-envoy-attempt-count", HeaderValue::from(attempt));
             }
             endpoint.health.active.fetch_add(1, Ordering::Relaxed);
-            let sent = l.client.request(up);
+            *up.version_mut() = if cluster.http2 { http::Version::HTTP_2 } else { http::Version::HTTP_11 };
+            let sent = l.clients.for_protocol(cluster.http2).request(up);
             let outcome = match route.retry.per_try_timeout {
                 Some(t) => tokio::time::timeout(t, sent).await.map_err(|_| Failure::Timeout),
                 None => Ok(sent.await),
@@ -437,7 +481,8 @@ fn send_mirror(
             copy.headers_mut().insert(header::HOST, v);
         }
     }
-    let client = l.client.clone();
+    *copy.version_mut() = if cluster.http2 { http::Version::HTTP_2 } else { http::Version::HTTP_11 };
+    let client = l.clients.for_protocol(cluster.http2).clone();
     tokio::spawn(async move {
         match tokio::time::timeout(Duration::from_secs(30), client.request(copy)).await {
             Ok(Ok(resp)) => {

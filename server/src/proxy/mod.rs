@@ -32,12 +32,35 @@ pub struct Listener {
     /// The Gateway server port this listener serves (80 for `--http`).
     pub gateway_port: u32,
     pub scheme: &'static str,
-    pub client: Client<HttpConnector, ProxyBody>,
+    pub clients: Clients,
 }
 
-/// The upstream HTTP/1.1 client with its keep-alive pool, shared by all
-/// listeners so pools survive configuration changes.
-pub fn upstream_client() -> Client<HttpConnector, ProxyBody> {
+/// Upstream clients by protocol, shared by all listeners so keep-alive
+/// pools survive configuration changes.
+#[derive(Clone)]
+pub struct Clients {
+    pub http1: Client<HttpConnector, ProxyBody>,
+    /// HTTP/2 with prior knowledge (h2c): gRPC and `HTTP2` ports.
+    pub http2: Client<HttpConnector, ProxyBody>,
+}
+
+impl Clients {
+    pub fn new() -> Clients {
+        Clients { http1: upstream_client(false), http2: upstream_client(true) }
+    }
+
+    pub fn for_protocol(&self, http2: bool) -> &Client<HttpConnector, ProxyBody> {
+        if http2 { &self.http2 } else { &self.http1 }
+    }
+}
+
+impl Default for Clients {
+    fn default() -> Clients {
+        Clients::new()
+    }
+}
+
+fn upstream_client(http2: bool) -> Client<HttpConnector, ProxyBody> {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(std::time::Duration::from_secs(10)));
@@ -47,6 +70,7 @@ pub fn upstream_client() -> Client<HttpConnector, ProxyBody> {
         .pool_max_idle_per_host(1024)
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
+        .http2_only(http2)
         .build(connector)
 }
 

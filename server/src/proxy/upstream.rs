@@ -16,6 +16,8 @@ pub struct Cluster {
     pub outlier: Option<OutlierPolicy>,
     /// Most requests in flight at once (`connectionPool`); more get 503 UO.
     pub max_in_flight: Option<u32>,
+    /// Speak HTTP/2 (h2c) to the endpoints: gRPC and HTTP2 ports, or `h2UpgradePolicy: UPGRADE`.
+    pub http2: bool,
     in_flight: AtomicU32,
     rr: AtomicUsize,
 }
@@ -142,7 +144,16 @@ impl Cluster {
         outlier: Option<OutlierPolicy>,
         max_in_flight: Option<u32>,
     ) -> Cluster {
-        Cluster { name, endpoints, lb, outlier, max_in_flight, in_flight: AtomicU32::new(0), rr: AtomicUsize::new(0) }
+        Cluster {
+            name,
+            endpoints,
+            lb,
+            outlier,
+            max_in_flight,
+            http2: false,
+            in_flight: AtomicU32::new(0),
+            rr: AtomicUsize::new(0),
+        }
     }
 
     /// Admits a request unless the cluster is at its limit (overflow).
