@@ -86,13 +86,8 @@ const UNSUPPORTED: &[(Kind, &str, &str)] = &[
     ),
     (
         Kind::DestinationRule,
-        "spec.trafficPolicy.connectionPool.http.h2UpgradePolicy",
-        "HTTP/2 to upstreams is not built yet",
-    ),
-    (
-        Kind::DestinationRule,
         "spec.trafficPolicy.connectionPool.http.useClientProtocol",
-        "HTTP/2 to upstreams is not built yet",
+        "following the client's protocol is not built yet; GRPC/HTTP2 ports and h2UpgradePolicy choose HTTP/2",
     ),
     (
         Kind::DestinationRule,
