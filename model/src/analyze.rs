@@ -242,13 +242,13 @@ impl Analyzer<'_> {
                     format!("not supported yet: TLS mode {mode} (only SIMPLE is served)"),
                 );
             }
-            let port = server["port"]["number"].as_u64();
-            if port.is_some_and(|p| p != 80 && p != 443) {
+            let protocol = server["port"]["protocol"].as_str().unwrap_or("HTTP").to_ascii_uppercase();
+            if matches!(protocol.as_str(), "TCP" | "TLS" | "MONGO") {
                 find(
                     codes::NOT_SUPPORTED,
                     Severity::Warning,
-                    format!("spec.servers[{i}].port.number"),
-                    "not supported yet: only Gateway ports 80 (--http) and 443 (--https) are served".to_string(),
+                    format!("spec.servers[{i}].port.protocol"),
+                    format!("not supported yet: {protocol} servers (only HTTP, HTTPS, HTTP2 and GRPC are served)"),
                 );
             }
             let mut names: Vec<(String, &str)> = Vec::new();

@@ -33,6 +33,9 @@ pub struct UpArgs {
     /// This host's locality, region/zone/subzone (e.g. us-east/zone-a), for locality failover
     #[arg(long, value_name = "LOCALITY")]
     pub locality: Option<String>,
+    /// Serve Gateway port PORT on HOSTPORT instead (0: any free port), e.g. 9443=19443,8081=0
+    #[arg(long, value_name = "PORT=HOSTPORT", value_delimiter = ',', value_parser = parse_port_map)]
+    pub port_map: Vec<(u32, u16)>,
     /// Worker threads for the proxy and API [default: one per CPU core]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: Option<u16>,
@@ -71,6 +74,18 @@ pub struct Config {
     pub sidecars: Vec<String>,
     /// Where this host runs, `region/zone/subzone`, for locality-aware load balancing.
     pub locality: String,
+    /// Gateway port → host port, for ports other than 80 and 443.
+    pub port_map: std::collections::BTreeMap<u32, u16>,
+}
+
+fn parse_port_map(s: &str) -> Result<(u32, u16), String> {
+    let (from, to) = s.split_once('=').ok_or_else(|| format!("{s:?}: expected PORT=HOSTPORT, like 9443=19443"))?;
+    let from: u32 = from.trim().parse().map_err(|_| format!("{s:?}: {from:?} is not a port number"))?;
+    let to: u16 = to.trim().parse().map_err(|_| format!("{s:?}: {to:?} is not a port number"))?;
+    if !(1..=65535).contains(&from) {
+        return Err(format!("{s:?}: Gateway port {from} is out of range"));
+    }
+    Ok((from, to))
 }
 
 impl Default for Config {
@@ -85,6 +100,7 @@ impl Default for Config {
             cluster_domain: meshgate_model::hosts::DEFAULT_CLUSTER_DOMAIN.into(),
             sidecars: Vec::new(),
             locality: String::new(),
+            port_map: Default::default(),
         }
     }
 }
@@ -106,6 +122,7 @@ impl Config {
         if let Some(l) = &args.locality {
             c.locality = l.clone();
         }
+        c.port_map.extend(args.port_map.iter().copied());
         Ok(c)
     }
 

@@ -43,12 +43,7 @@ pub async fn run(
 
     let metrics = Arc::new(Metrics::new());
     let hub = Hub::new();
-    tokio::spawn(control::run_compiler(
-        hub.clone(),
-        store.clone(),
-        config.cluster_domain.clone(),
-        config.locality.clone(),
-    ));
+
     let state = AppState {
         hub: hub.clone(),
         store: store.clone(),
@@ -64,10 +59,16 @@ pub async fn run(
     let http = proxy::bind(config.http, "--http").await?;
     let https = proxy::bind(config.https, "--https").await?;
     let ready = Ready { admin: admin.local_addr()?, http: http.local_addr()?, https: https.local_addr()? };
+    {
+        let mut listening = hub.listening.lock().unwrap_or_else(|e| e.into_inner());
+        listening.insert(80, (ready.http, false));
+        listening.insert(443, (ready.https, true));
+    }
     tracing::info!(mesh = %config.mesh, "the mesh listener is not built yet");
 
     // One shutdown signal, fanned out to every server.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let manager_stop = stop_rx.clone();
     let stopped = move || {
         let mut rx = stop_rx.clone();
         async move {
@@ -78,6 +79,21 @@ pub async fn run(
     let plain =
         Arc::new(proxy::Listener { hub: hub.clone(), gateway_port: 80, scheme: "http", clients: clients.clone() });
     let secure = Arc::new(proxy::Listener { hub: hub.clone(), gateway_port: 443, scheme: "https", clients });
+    let more_ports = tokio::spawn(proxy::listeners::manage(
+        hub.clone(),
+        hub.take_over_applied(),
+        plain.clients.clone(),
+        config.http.ip(),
+        config.port_map.clone(),
+        manager_stop,
+    ));
+    // The compiler starts after the manager has taken over `applied`.
+    tokio::spawn(control::run_compiler(
+        hub.clone(),
+        store.clone(),
+        config.cluster_domain.clone(),
+        config.locality.clone(),
+    ));
     let http_task = tokio::spawn(proxy::serve(http, plain, None, stopped()));
     let https_task = tokio::spawn(proxy::serve(https, secure, Some(proxy::tls::acceptor(hub.clone(), 443)), stopped()));
     let admin_server = axum::serve(admin, api::router(state)).with_graceful_shutdown(stopped());
@@ -92,6 +108,7 @@ pub async fn run(
     let _ = stop_tx.send(true);
     // In-flight requests finish; a connection that will not close is cut after the grace period.
     let drained = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        let _ = more_ports.await;
         let _ = http_task.await;
         let _ = https_task.await;
         admin_task.await

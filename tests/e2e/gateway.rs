@@ -486,3 +486,41 @@ fn locality_failover_to_the_other_region() {
     assert!(answers[2..].iter().all(|a| a == "west"), "{answers:?}");
     assert_eq!(east.hits(), 20 + 5, "east was tried exactly until ejected");
 }
+
+#[test]
+fn other_gateway_ports_open_and_close_with_the_config() {
+    let v1 = Upstream::start("v1");
+    let server = Server::start_with(&["--port-map", "9080=0"]);
+    server.apply(&service("user-service", &[&v1], ""));
+    let gateway = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: admin-gateway}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 9080, name: http-admin, protocol: HTTP}\n    hosts: [\"*\"]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: admin}\nspec:\n  hosts: [admin.example.com]\n  gateways: [admin-gateway]\n  http:\n  - route: [{destination: {host: user-service}}]\n";
+    server.apply(gateway);
+    let listeners = || -> serde_json::Value {
+        let status: serde_json::Value = server
+            .http()
+            .get(server.url("/api/v1/proxy-status"))
+            .bearer_auth(server.token())
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        status["listeners"].clone()
+    };
+    let address = |port: u64| {
+        listeners()
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["port"] == port)
+            .map(|l| l["address"].as_str().unwrap().to_string())
+    };
+    let addr = address(9080).expect("port 9080 is served once a Gateway asks for it");
+    assert_ne!(addr, server.http, "a port of its own, not --http");
+    let r = client().get(format!("http://{addr}/")).header("host", "admin.example.com").send().unwrap();
+    assert_eq!(r.text().unwrap(), "v1");
+    // The same host on port 80 is not routed: that VirtualService is bound to the 9080 server only.
+    assert_eq!(server.gateway(&client(), "admin.example.com", "/").send().unwrap().status(), 404);
+
+    server.ok(&["delete", "gw", "admin-gateway"]);
+    assert!(address(9080).is_none(), "the listener closes with its Gateway");
+    assert!(address(80).is_some() && address(443).is_some());
+}

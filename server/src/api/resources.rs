@@ -62,7 +62,16 @@ async fn pushed(state: &AppState, revision: i64) -> bool {
 pub async fn proxy_status(State(state): State<AppState>) -> ApiResult<Json<Value>> {
     let current = state.store.current_revision().await?;
     let applied = state.hub.applied_revision();
+    let listeners: Vec<Value> = state
+        .hub
+        .listening
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|(port, (addr, tls))| json!({"port": port, "address": addr.to_string(), "tls": tls}))
+        .collect();
     Ok(Json(json!({
+        "listeners": listeners,
         "revision": current,
         "proxies": [{
             "name": "gateway",

@@ -18,8 +18,8 @@ use meshgate_model::networking::{
 use meshgate_model::{Body, Resource};
 
 use crate::proxy::config::{
-    Action, Cors, Fault, HeaderOps, PortRoutes, Redirect, RequestMatch, RetryOn, RetryPolicy, Rewrite, Route, Snapshot,
-    StrMatch, Target, VirtualHost, WeightedClusters,
+    Action, Cors, Fault, HeaderOps, ListenerKind, PortRoutes, Redirect, RequestMatch, RetryOn, RetryPolicy, Rewrite,
+    Route, Snapshot, StrMatch, Target, VirtualHost, WeightedClusters,
 };
 use crate::proxy::tls::{Certificates, certified_key};
 use crate::proxy::upstream::{Cluster, Endpoint, HashKey, HealthRegistry, Lb, OutlierPolicy, stable_hash};
@@ -125,12 +125,22 @@ impl Compiler<'_> {
             }
         }
         let mut certificates: BTreeMap<u32, Certificates> = BTreeMap::new();
+        let mut listeners = BTreeMap::new();
         for (gw, spec) in &ix.gateways {
             if !selects_builtin_gateway(&spec.selector) {
                 continue;
             }
             for server in &spec.servers {
                 let Some(port) = server.port.as_ref().and_then(|p| p.number) else { continue };
+                let protocol =
+                    server.port.as_ref().and_then(|p| p.protocol.as_deref()).unwrap_or("HTTP").to_ascii_uppercase();
+                let terminates = protocol == "HTTPS"
+                    && server
+                        .tls
+                        .as_ref()
+                        .is_some_and(|t| t.https_redirect != Some(true) || t.credential_name.is_some());
+                let kind = if terminates { ListenerKind::Https } else { ListenerKind::Http };
+                listeners.entry(port).or_insert(kind);
                 let Some(tls) = &server.tls else { continue };
                 if tls.https_redirect == Some(true) {
                     // Istio answers every request on such a server with a redirect to https.
@@ -181,6 +191,7 @@ impl Compiler<'_> {
         }
         let mut snapshot = Snapshot {
             revision,
+            listeners,
             ports: HashMap::new(),
             certificates: certificates
                 .into_iter()

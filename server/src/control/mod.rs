@@ -18,7 +18,13 @@ pub struct Hub {
     snapshot: ArcSwap<Snapshot>,
     changed: Notify,
     applied: watch::Sender<i64>,
+    /// The newest compiled revision, for the listener manager, which then
+    /// reports it `applied` once its listeners match.
+    compiled: watch::Sender<i64>,
+    has_listener_manager: std::sync::atomic::AtomicBool,
     pub health: HealthRegistry,
+    /// Where each Gateway port is being served: port → (address, TLS?).
+    pub listening: std::sync::Mutex<std::collections::BTreeMap<u32, (std::net::SocketAddr, bool)>>,
 }
 
 impl Hub {
@@ -27,7 +33,10 @@ impl Hub {
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             changed: Notify::new(),
             applied: watch::channel(-1).0,
+            compiled: watch::channel(-1).0,
+            has_listener_manager: Default::default(),
             health: HealthRegistry::default(),
+            listening: Default::default(),
         })
     }
 
@@ -44,6 +53,18 @@ impl Hub {
     /// The revision the data plane is serving.
     pub fn applied_revision(&self) -> i64 {
         *self.applied.borrow()
+    }
+
+    /// For the listener manager: wakes on every new snapshot, and from now
+    /// on a revision counts as applied only when the manager says so.
+    pub fn take_over_applied(&self) -> watch::Receiver<i64> {
+        self.has_listener_manager.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.compiled.subscribe()
+    }
+
+    /// Marks `revision` as served by every proxy and listener.
+    pub fn mark_applied(&self, revision: i64) {
+        self.applied.send_replace(revision);
     }
 
     /// Waits until the data plane serves `revision` or later, up to `limit`.
@@ -73,6 +94,10 @@ async fn compile_once(hub: &Hub, store: &Store, cluster_domain: &str, locality: 
     let compiler = compile::Compiler { cluster_domain, locality, health: &hub.health };
     let snapshot = compiler.compile(revision, &resources);
     hub.snapshot.store(Arc::new(snapshot));
-    hub.applied.send_replace(revision);
+    if hub.has_listener_manager.load(std::sync::atomic::Ordering::SeqCst) {
+        hub.compiled.send_replace(revision);
+    } else {
+        hub.applied.send_replace(revision);
+    }
     Ok(revision)
 }

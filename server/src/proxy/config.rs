@@ -20,6 +20,14 @@ pub struct Snapshot {
     pub ports: HashMap<u32, Arc<PortRoutes>>,
     /// TLS certificates by Gateway port, chosen by SNI.
     pub certificates: HashMap<u32, Arc<super::tls::Certificates>>,
+    /// Every Gateway server port and whether it terminates TLS.
+    pub listeners: std::collections::BTreeMap<u32, ListenerKind>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerKind {
+    Http,
+    Https,
 }
 
 /// The virtual hosts served on one Gateway port.

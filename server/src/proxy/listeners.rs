@@ -1,0 +1,88 @@
+//! Gateway ports beyond 80 and 443: a Gateway server on any other port
+//! number opens a listener on that port at the `--http` address's IP
+//! (`--port-map PORT=HOSTPORT` moves it; `=0` picks a free one), and closes
+//! it when no Gateway uses the port any more. No restart needed.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use super::config::ListenerKind;
+use super::{Clients, Listener};
+use crate::control::Hub;
+
+struct Running {
+    kind: ListenerKind,
+    stop: watch::Sender<bool>,
+}
+
+/// Keeps the set of open listeners equal to the Gateway ports in the
+/// current snapshot, then marks the snapshot's revision applied. `changes`
+/// comes from [`Hub::take_over_applied`]. Returns when `shutdown` fires,
+/// closing every listener it opened.
+pub async fn manage(
+    hub: Arc<Hub>,
+    mut changes: watch::Receiver<i64>,
+    clients: Clients,
+    ip: IpAddr,
+    port_map: BTreeMap<u32, u16>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut running: BTreeMap<u32, Running> = BTreeMap::new();
+    loop {
+        let revision = *changes.borrow_and_update();
+        let wanted: BTreeMap<u32, ListenerKind> =
+            hub.snapshot().listeners.iter().filter(|(p, _)| **p != 80 && **p != 443).map(|(p, k)| (*p, *k)).collect();
+        running.retain(|port, r| {
+            let keep = wanted.get(port) == Some(&r.kind);
+            if !keep {
+                let _ = r.stop.send(true);
+                hub.listening.lock().unwrap_or_else(|e| e.into_inner()).remove(port);
+                tracing::info!(port, "gateway listener closed");
+            }
+            keep
+        });
+        for (port, kind) in wanted {
+            if running.contains_key(&port) {
+                continue;
+            }
+            let host_port = port_map.get(&port).copied().unwrap_or(port as u16);
+            let addr = SocketAddr::new(ip, host_port);
+            let listener = match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(port, %addr, error = %e, "cannot open the listener for a Gateway port");
+                    continue;
+                }
+            };
+            let bound = listener.local_addr().unwrap_or(addr);
+            let tls = kind == ListenerKind::Https;
+            let state = Arc::new(Listener {
+                hub: hub.clone(),
+                gateway_port: port,
+                scheme: if tls { "https" } else { "http" },
+                clients: clients.clone(),
+            });
+            let acceptor = tls.then(|| super::tls::acceptor(hub.clone(), port));
+            let (stop, mut stopped) = watch::channel(false);
+            tokio::spawn(super::serve(listener, state, acceptor, async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            }));
+            hub.listening.lock().unwrap_or_else(|e| e.into_inner()).insert(port, (bound, tls));
+            tracing::info!(port, address = %bound, tls, "gateway listener opened");
+            running.insert(port, Running { kind, stop });
+        }
+        if revision >= 0 {
+            hub.mark_applied(revision);
+        }
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { break },
+            _ = shutdown.wait_for(|s| *s) => break,
+        }
+    }
+    for r in running.values() {
+        let _ = r.stop.send(true);
+    }
+}
