@@ -234,21 +234,24 @@ impl Analyzer<'_> {
     fn gateway(&self, d: &Doc<'_>, find: &mut Find<'_>) {
         for (i, server) in items(&d.value["spec"]["servers"]).iter().enumerate() {
             let tls = &server["tls"];
-            if let Some(mode) = tls["mode"].as_str().filter(|m| *m != "SIMPLE") {
+            let protocol = server["port"]["protocol"].as_str().unwrap_or("HTTP").to_ascii_uppercase();
+            let mode = tls["mode"].as_str();
+            let unsupported = match (protocol.as_str(), mode) {
+                (_, Some(m)) if !matches!(m, "SIMPLE" | "PASSTHROUGH") => Some(format!("TLS mode {m}")),
+                ("TLS", m) if m != Some("PASSTHROUGH") => {
+                    Some("TLS servers that terminate TLS (use PASSTHROUGH or HTTPS)".into())
+                }
+                (p, Some("PASSTHROUGH")) if p != "TLS" => {
+                    Some(format!("PASSTHROUGH on a {p} server (use protocol TLS)"))
+                }
+                _ => None,
+            };
+            if let Some(what) = unsupported {
                 find(
                     codes::NOT_SUPPORTED,
                     Severity::Warning,
                     format!("spec.servers[{i}].tls.mode"),
-                    format!("not supported yet: TLS mode {mode} (only SIMPLE is served)"),
-                );
-            }
-            let protocol = server["port"]["protocol"].as_str().unwrap_or("HTTP").to_ascii_uppercase();
-            if matches!(protocol.as_str(), "TCP" | "TLS" | "MONGO") {
-                find(
-                    codes::NOT_SUPPORTED,
-                    Severity::Warning,
-                    format!("spec.servers[{i}].port.protocol"),
-                    format!("not supported yet: {protocol} servers (only HTTP, HTTPS, HTTP2 and GRPC are served)"),
+                    format!("not supported yet: {what}"),
                 );
             }
             let mut names: Vec<(String, &str)> = Vec::new();

@@ -3,6 +3,7 @@
 
 mod gateway;
 mod grpc;
+mod l4;
 mod support;
 mod tls;
 mod upstream;

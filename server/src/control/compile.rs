@@ -18,8 +18,8 @@ use meshgate_model::networking::{
 use meshgate_model::{Body, Resource};
 
 use crate::proxy::config::{
-    Action, Cors, Fault, HeaderOps, ListenerKind, PortRoutes, Redirect, RequestMatch, RetryOn, RetryPolicy, Rewrite,
-    Route, Snapshot, StrMatch, Target, VirtualHost, WeightedClusters,
+    Action, Cors, Fault, HeaderOps, L4Route, ListenerKind, PortRoutes, Redirect, RequestMatch, RetryOn, RetryPolicy,
+    Rewrite, Route, Snapshot, StrMatch, Target, VirtualHost, WeightedClusters,
 };
 use crate::proxy::tls::{Certificates, certified_key};
 use crate::proxy::upstream::{Cluster, Endpoint, HashKey, HealthRegistry, Lb, OutlierPolicy, stable_hash};
@@ -126,6 +126,7 @@ impl Compiler<'_> {
         }
         let mut certificates: BTreeMap<u32, Certificates> = BTreeMap::new();
         let mut listeners = BTreeMap::new();
+        let mut l4: HashMap<u32, Vec<L4Route>> = HashMap::new();
         for (gw, spec) in &ix.gateways {
             if !selects_builtin_gateway(&spec.selector) {
                 continue;
@@ -139,8 +140,54 @@ impl Compiler<'_> {
                         .tls
                         .as_ref()
                         .is_some_and(|t| t.https_redirect != Some(true) || t.credential_name.is_some());
-                let kind = if terminates { ListenerKind::Https } else { ListenerKind::Http };
+                let passthrough = server.tls.as_ref().and_then(|t| t.mode)
+                    == Some(meshgate_model::networking::ServerTlsMode::Passthrough);
+                let kind = match protocol.as_str() {
+                    "TLS" if passthrough => ListenerKind::TlsPassthrough,
+                    "TCP" | "MONGO" => ListenerKind::Tcp,
+                    _ if terminates => ListenerKind::Https,
+                    _ => ListenerKind::Http,
+                };
                 listeners.entry(port).or_insert(kind);
+                if matches!(kind, ListenerKind::Tcp | ListenerKind::TlsPassthrough) {
+                    let gw_ref = format!("{}/{}", gw.namespace(), gw.name());
+                    let routes = l4.entry(port).or_default();
+                    for (vs, vs_spec) in &ix.virtual_services {
+                        if !binds(vs_spec, vs.namespace(), &gw_ref) {
+                            continue;
+                        }
+                        let applies = |gateways: &[String], p: Option<u32>| {
+                            (gateways.is_empty() || gateways.iter().any(|g| qualify(g, vs.namespace()) == gw_ref))
+                                && p.is_none_or(|p| p == port)
+                        };
+                        if kind == ListenerKind::Tcp {
+                            for r in &vs_spec.tcp {
+                                let here =
+                                    r.matches.is_empty() || r.matches.iter().any(|m| applies(&m.gateways, m.port));
+                                if here
+                                    && let Some(targets) = self.l4_targets(&ix, &mut clusters, vs.namespace(), &r.route)
+                                {
+                                    routes.push(L4Route { sni: Vec::new(), targets });
+                                }
+                            }
+                        } else {
+                            for r in &vs_spec.tls {
+                                let sni: Vec<String> = r
+                                    .matches
+                                    .iter()
+                                    .filter(|m| applies(&m.gateways, m.port))
+                                    .flat_map(|m| m.sni_hosts.iter().map(|h| h.to_ascii_lowercase()))
+                                    .collect();
+                                if sni.is_empty() {
+                                    continue;
+                                }
+                                if let Some(targets) = self.l4_targets(&ix, &mut clusters, vs.namespace(), &r.route) {
+                                    routes.push(L4Route { sni, targets });
+                                }
+                            }
+                        }
+                    }
+                }
                 let Some(tls) = &server.tls else { continue };
                 if tls.https_redirect == Some(true) {
                     // Istio answers every request on such a server with a redirect to https.
@@ -192,6 +239,7 @@ impl Compiler<'_> {
         let mut snapshot = Snapshot {
             revision,
             listeners,
+            l4: l4.into_iter().map(|(p, r)| (p, Arc::new(r))).collect(),
             ports: HashMap::new(),
             certificates: certificates
                 .into_iter()
@@ -361,6 +409,30 @@ impl Compiler<'_> {
                 }
             })
             .collect()
+    }
+
+    /// Weighted clusters of a `tcp`/`tls` route.
+    fn l4_targets(
+        &self,
+        ix: &Index<'_>,
+        clusters: &mut HashMap<(String, String, u32), Arc<Cluster>>,
+        ns: &str,
+        route: &[meshgate_model::networking::RouteDestination],
+    ) -> Option<WeightedClusters> {
+        let single = route.len() == 1;
+        let mut upper = 0;
+        let mut targets = Vec::new();
+        for d in route {
+            let Some(dest) = &d.destination else { continue };
+            upper += if single { d.weight.unwrap_or(100).max(0) as u32 } else { d.weight.unwrap_or(0).max(0) as u32 };
+            targets.push(Target {
+                upper,
+                cluster: self.cluster(ix, clusters, ns, dest),
+                request_headers: HeaderOps::default(),
+                response_headers: HeaderOps::default(),
+            });
+        }
+        (!targets.is_empty()).then_some(WeightedClusters { total: upper, targets })
     }
 
     /// The `(subset, weight)` list of the TrafficSplit for `dest`'s service.

@@ -20,14 +20,34 @@ pub struct Snapshot {
     pub ports: HashMap<u32, Arc<PortRoutes>>,
     /// TLS certificates by Gateway port, chosen by SNI.
     pub certificates: HashMap<u32, Arc<super::tls::Certificates>>,
-    /// Every Gateway server port and whether it terminates TLS.
+    /// Every Gateway server port and how it is served.
     pub listeners: std::collections::BTreeMap<u32, ListenerKind>,
+    /// TCP and TLS-passthrough routes by Gateway port, first match wins.
+    pub l4: HashMap<u32, Arc<Vec<L4Route>>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ListenerKind {
     Http,
     Https,
+    /// Plain TCP, routed by the VirtualService's `tcp` routes.
+    Tcp,
+    /// TLS passed through untouched, routed by SNI (`tls` routes).
+    TlsPassthrough,
+}
+
+/// A `tcp` or `tls` route on one Gateway port.
+pub struct L4Route {
+    /// SNI patterns (`tls` routes); empty matches any connection (`tcp` routes).
+    pub sni: Vec<String>,
+    pub targets: WeightedClusters,
+}
+
+impl L4Route {
+    pub fn matches_sni(&self, sni: Option<&str>) -> bool {
+        self.sni.is_empty()
+            || sni.is_some_and(|name| self.sni.iter().any(|p| meshgate_model::hosts::host_matches(p, name)))
+    }
 }
 
 /// The virtual hosts served on one Gateway port.

@@ -58,18 +58,26 @@ pub async fn manage(
                 }
             };
             let bound = listener.local_addr().unwrap_or(addr);
-            let tls = kind == ListenerKind::Https;
-            let state = Arc::new(Listener {
-                hub: hub.clone(),
-                gateway_port: port,
-                scheme: if tls { "https" } else { "http" },
-                clients: clients.clone(),
-            });
-            let acceptor = tls.then(|| super::tls::acceptor(hub.clone(), port));
+            let tls = matches!(kind, ListenerKind::Https | ListenerKind::TlsPassthrough);
             let (stop, mut stopped) = watch::channel(false);
-            tokio::spawn(super::serve(listener, state, acceptor, async move {
+            let stopped = async move {
                 let _ = stopped.wait_for(|s| *s).await;
-            }));
+            };
+            match kind {
+                ListenerKind::Http | ListenerKind::Https => {
+                    let state = Arc::new(Listener {
+                        hub: hub.clone(),
+                        gateway_port: port,
+                        scheme: if tls { "https" } else { "http" },
+                        clients: clients.clone(),
+                    });
+                    let acceptor = tls.then(|| super::tls::acceptor(hub.clone(), port));
+                    tokio::spawn(super::serve(listener, state, acceptor, stopped));
+                }
+                ListenerKind::Tcp | ListenerKind::TlsPassthrough => {
+                    tokio::spawn(super::l4::serve(listener, hub.clone(), port, kind, stopped));
+                }
+            }
             hub.listening.lock().unwrap_or_else(|e| e.into_inner()).insert(port, (bound, tls));
             tracing::info!(port, address = %bound, tls, "gateway listener opened");
             running.insert(port, Running { kind, stop });

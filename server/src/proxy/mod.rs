@@ -4,6 +4,7 @@
 
 pub mod config;
 mod handler;
+pub mod l4;
 pub mod listeners;
 pub mod route_index;
 pub mod tls;

@@ -1,0 +1,185 @@
+//! TCP proxying for Gateway servers of protocol TCP (VirtualService `tcp`
+//! routes) and TLS with `mode: PASSTHROUGH` (`tls` routes chosen by the SNI
+//! of the ClientHello, which is read but never decrypted).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::config::{L4Route, ListenerKind};
+use crate::control::Hub;
+
+/// A ClientHello larger than this is refused (real ones are a few hundred bytes).
+const MAX_HELLO: usize = 16 * 1024;
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub async fn serve(
+    listener: TcpListener,
+    hub: Arc<Hub>,
+    port: u32,
+    kind: ListenerKind,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection(stream, peer, &hub, port, kind).await {
+                tracing::debug!(%peer, port, error = %e, "tcp connection ended");
+            }
+        });
+    }
+}
+
+async fn connection(
+    mut down: TcpStream,
+    peer: SocketAddr,
+    hub: &Hub,
+    port: u32,
+    kind: ListenerKind,
+) -> std::io::Result<()> {
+    let _ = down.set_nodelay(true);
+    let mut hello = Vec::new();
+    let sni = if kind == ListenerKind::TlsPassthrough {
+        match tokio::time::timeout(HELLO_TIMEOUT, read_client_hello(&mut down, &mut hello)).await {
+            Ok(Ok(sni)) => sni,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no ClientHello")),
+        }
+    } else {
+        None
+    };
+    let snapshot = hub.snapshot();
+    let route = snapshot.l4.get(&port).and_then(|routes| routes.iter().find(|r| r.matches_sni(sni.as_deref())));
+    let Some(route) = route else {
+        tracing::debug!(%peer, port, ?sni, "no tcp/tls route; closing");
+        return Ok(());
+    };
+    let mut up = connect(route).await?;
+    if !hello.is_empty() {
+        up.write_all(&hello).await?;
+    }
+    tokio::io::copy_bidirectional(&mut down, &mut up).await.map(|_| ())
+}
+
+async fn connect(route: &L4Route) -> std::io::Result<TcpStream> {
+    let cluster = &route.targets.pick().cluster;
+    let mut last = None;
+    // Try each healthy endpoint at most once, like Envoy's connect retries.
+    for _ in 0..cluster.endpoints.len().max(1) {
+        let Some(i) = cluster.pick(last, None) else { break };
+        last = Some(i);
+        let address = &cluster.endpoints[i].address;
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address.as_str())).await {
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay(true);
+                cluster.record(i, Some(200));
+                return Ok(s);
+            }
+            _ => cluster.record(i, None),
+        }
+    }
+    Err(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, format!("no endpoint of {} accepted", cluster.name)))
+}
+
+/// Reads the first TLS record (the ClientHello) into `buf` and returns the
+/// SNI host name, if the client sent one.
+async fn read_client_hello(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Option<String>> {
+    let mut header = [0u8; 5];
+    stream.read_exact(&mut header).await?;
+    buf.extend_from_slice(&header);
+    if header[0] != 0x16 {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "not a TLS handshake"));
+    }
+    let len = u16::from_be_bytes([header[3], header[4]]) as usize;
+    if len > MAX_HELLO {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "ClientHello too large"));
+    }
+    let mut record = vec![0u8; len];
+    stream.read_exact(&mut record).await?;
+    buf.extend_from_slice(&record);
+    Ok(sni(&record))
+}
+
+/// The server_name extension of a ClientHello handshake message.
+pub fn sni(record: &[u8]) -> Option<String> {
+    let mut r = Reader(record);
+    if r.u8()? != 1 {
+        return None; // not a ClientHello
+    }
+    r.skip(3)?; // handshake length
+    r.skip(2 + 32)?; // client_version, random
+    let sid = r.u8()? as usize;
+    r.skip(sid)?;
+    let suites = r.u16()? as usize;
+    r.skip(suites)?;
+    let compression = r.u8()? as usize;
+    r.skip(compression)?;
+    let ext_len = r.u16()? as usize;
+    let mut ext = Reader(r.take(ext_len)?);
+    while !ext.0.is_empty() {
+        let (kind, len) = (ext.u16()?, ext.u16()? as usize);
+        let mut data = Reader(ext.take(len)?);
+        if kind == 0 {
+            let _list = data.u16()?;
+            if data.u8()? != 0 {
+                return None;
+            }
+            let n = data.u16()? as usize;
+            return std::str::from_utf8(data.take(n)?).ok().map(|s| s.to_ascii_lowercase());
+        }
+    }
+    None
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+    fn skip(&mut self, n: usize) -> Option<()> {
+        self.take(n).map(|_| ())
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+    fn u16(&mut self) -> Option<u16> {
+        self.take(2).map(|b| u16::from_be_bytes([b[0], b[1]]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sni_parser_refuses_garbage_without_panicking() {
+        assert_eq!(super::sni(&[]), None);
+        assert_eq!(super::sni(&[1, 0, 0]), None);
+        assert_eq!(super::sni(&[2; 100]), None);
+        let mut truncated = vec![1u8, 0, 0, 50];
+        truncated.extend([3, 3]);
+        truncated.extend([0u8; 32]);
+        truncated.push(32); // session id claims 32 bytes that are not there
+        assert_eq!(super::sni(&truncated), None);
+    }
+}
