@@ -27,7 +27,6 @@ const UNSUPPORTED: &[(Kind, &str, &str)] = &[
     (Kind::VirtualService, "spec.tls[*].match[*].destinationSubnets", "destination-subnet matching is not built yet"),
     (Kind::VirtualService, "spec.tls[*].match[*].sourceLabels", "source-label matching needs the mesh (sidecars)"),
     (Kind::VirtualService, "spec.http[*].delegate", "VirtualService delegation is not built"),
-    (Kind::VirtualService, "spec.http[*].redirect.derivePort", "derivePort is not built yet"),
     (Kind::VirtualService, "spec.http[*].retries.retryRemoteLocalities", "locality-aware retries are not built yet"),
     (Kind::VirtualService, "spec.http[*].match[*].sourceLabels", "source-label matching needs the mesh (sidecars)"),
     (Kind::VirtualService, "spec.http[*].match[*].sourceNamespace", "matching on the source namespace is not built"),
@@ -79,11 +78,6 @@ const UNSUPPORTED: &[(Kind, &str, &str)] = &[
     ),
     (
         Kind::DestinationRule,
-        "spec.trafficPolicy.connectionPool.http.maxRetries",
-        "the concurrent-retry limit is not built yet",
-    ),
-    (
-        Kind::DestinationRule,
         "spec.trafficPolicy.connectionPool.http.idleTimeout",
         "per-cluster idle timeouts are not built yet (90 s for all)",
     ),
@@ -91,11 +85,6 @@ const UNSUPPORTED: &[(Kind, &str, &str)] = &[
         Kind::DestinationRule,
         "spec.trafficPolicy.connectionPool.http.useClientProtocol",
         "following the client's protocol is not built yet; GRPC/HTTP2 ports and h2UpgradePolicy choose HTTP/2",
-    ),
-    (
-        Kind::DestinationRule,
-        "spec.trafficPolicy.outlierDetection.minHealthPercent",
-        "the panic threshold is not built yet",
     ),
     (
         Kind::DestinationRule,
@@ -196,14 +185,14 @@ mod tests {
     fn finds_traffic_policy_fields_on_subsets_and_ports() {
         let doc = serde_json::json!({"spec": {
             "trafficPolicy": {"portLevelSettings": [{"port": {"number": 80}, "tls": {"mode": "SIMPLE"}}]},
-            "subsets": [{"name": "v1", "trafficPolicy": {"connectionPool": {"http": {"maxRetries": 3}}}}],
+            "subsets": [{"name": "v1", "trafficPolicy": {"connectionPool": {"http": {"idleTimeout": "1s"}}}}],
         }});
         let found: Vec<String> = unsupported_fields(Kind::DestinationRule, &doc).into_iter().map(|f| f.0).collect();
         assert_eq!(
             found,
             [
                 "spec.trafficPolicy.portLevelSettings[0].tls",
-                "spec.subsets[0].trafficPolicy.connectionPool.http.maxRetries"
+                "spec.subsets[0].trafficPolicy.connectionPool.http.idleTimeout"
             ]
         );
     }

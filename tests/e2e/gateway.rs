@@ -110,6 +110,7 @@ fn header_routing_and_request_headers() {
     assert!(seen.headers.contains_key("x-request-id"));
     assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
     assert_eq!(seen.headers["x-forwarded-proto"], "http");
+    assert_eq!(seen.headers["x-forwarded-host"], HOST);
 }
 
 #[test]
@@ -178,12 +179,17 @@ fn redirect_direct_response_rewrite_and_errors() {
     let server = Server::start();
     server.apply(&service("user-service", &[&v1], ""));
     server.apply(&vs(
-        "  - match: [{uri: {exact: /old}}]\n    redirect: {uri: /new, redirectCode: 308}\n  - match: [{uri: {prefix: /health}}]\n    directResponse: {status: 200, body: {string: \"all good\"}}\n  - match: [{uri: {prefix: /api/v1/}}]\n    rewrite: {uri: /internal/}\n    route: [{destination: {host: user-service, subset: v1}}]\n  - match: [{uri: {prefix: /gone}}]\n    route: [{destination: {host: user-service, subset: v9}}]\n  - match: [{uri: {prefix: /down}}]\n    route: [{destination: {host: nothing-here}}]\n",
+        "  - match: [{uri: {exact: /old}}]\n    redirect: {uri: /new, redirectCode: 308}\n  - match: [{uri: {exact: /keep}}]\n    redirect: {scheme: https, derivePort: FROM_REQUEST_PORT}\n  - match: [{uri: {exact: /drop}}]\n    redirect: {scheme: https, derivePort: FROM_PROTOCOL_DEFAULT}\n  - match: [{uri: {prefix: /health}}]\n    directResponse: {status: 200, body: {string: \"all good\"}}\n  - match: [{uri: {prefix: /api/v1/}}]\n    rewrite: {uri: /internal/}\n    route: [{destination: {host: user-service, subset: v1}}]\n  - match: [{uri: {prefix: /gone}}]\n    route: [{destination: {host: user-service, subset: v9}}]\n  - match: [{uri: {prefix: /down}}]\n    route: [{destination: {host: nothing-here}}]\n",
     ));
     let c = client();
     let r = server.gateway(&c, HOST, "/old").send().unwrap();
     assert_eq!(r.status(), 308);
     assert_eq!(r.headers()["location"], format!("http://{HOST}/new"));
+    let with_port = format!("{HOST}:8080");
+    let r = server.gateway(&c, &with_port, "/keep").send().unwrap();
+    assert_eq!(r.headers()["location"], format!("https://{HOST}:8080/keep"));
+    let r = server.gateway(&c, &with_port, "/drop").send().unwrap();
+    assert_eq!(r.headers()["location"], format!("https://{HOST}/drop"));
     assert_eq!(body_of(server.gateway(&c, HOST, "/health").send().unwrap()), (200, "all good".to_string()));
     server.gateway(&c, HOST, "/api/v1/users?x=1").send().unwrap();
     assert_eq!(v1.last().path, "/internal/users?x=1");

@@ -301,6 +301,9 @@ impl Compiler<'_> {
                 scheme: redirect.scheme.clone(),
                 authority: redirect.authority.clone(),
                 port: redirect.port,
+                keep_request_port: redirect
+                    .derive_port
+                    .map(|d| matches!(d, meshgate_model::networking::RedirectPortSelection::FromRequestPort)),
                 path: redirect.uri.clone(),
             })
         } else if let Some(direct) = &route.direct_response {
@@ -554,6 +557,7 @@ impl Compiler<'_> {
                 .and_then(|t| parse_duration(t).ok())
                 .unwrap_or(Duration::from_secs(30)),
             max_ejection_percent: o.max_ejection_percent.unwrap_or(10).clamp(0, 100) as u32,
+            min_health_percent: o.min_health_percent.unwrap_or(0).clamp(0, 100) as u32,
         });
         // HTTP/1.1 upstream connections carry one request at a time, so the
         // requests in flight are the busy connections plus those waiting for
@@ -592,6 +596,7 @@ impl Compiler<'_> {
             http.and_then(|h| h.h2_upgrade_policy) == Some(meshgate_model::networking::H2UpgradePolicy::Upgrade);
         let mut cluster = Cluster::new(name, endpoints, lb, outlier, max_in_flight);
         cluster.http2 = port_http2 || upgrade;
+        cluster.max_retries = http.and_then(|h| h.max_retries).map(|n| n.max(0) as u32);
         let cluster = Arc::new(cluster);
         clusters.insert(key, Arc::clone(&cluster));
         cluster

@@ -137,6 +137,7 @@ impl Route {
                 scheme: Some("https".into()),
                 authority: None,
                 port: None,
+                keep_request_port: None,
                 path: None,
             })),
             timeout: None,
@@ -279,6 +280,9 @@ pub struct Redirect {
     pub scheme: Option<String>,
     pub authority: Option<String>,
     pub port: Option<u32>,
+    /// `derivePort`: Some(true) keeps the request's port, Some(false) drops it
+    /// (the scheme's default).
+    pub keep_request_port: Option<bool>,
     pub path: Option<String>,
 }
 

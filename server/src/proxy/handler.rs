@@ -239,11 +239,19 @@ fn strip_port(host: &str) -> &str {
 
 fn redirect_response<B>(r: &Redirect, req: &Request<B>, scheme: &str, host: &str) -> Response<ProxyBody> {
     let scheme = r.scheme.as_deref().unwrap_or(scheme);
-    let authority = match (&r.authority, r.port) {
+    let request_authority = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or(host);
+    let request_port = request_authority.strip_prefix(strip_port(request_authority)).and_then(|p| p.strip_prefix(':'));
+    let port = match (r.port, r.keep_request_port) {
+        (Some(p), _) => Some(p.to_string()),
+        (None, Some(true)) => request_port.map(str::to_string),
+        _ => None,
+    };
+    let authority = match (&r.authority, port) {
         (Some(a), Some(p)) => format!("{}:{p}", strip_port(a)),
         (Some(a), None) => a.clone(),
         (None, Some(p)) => format!("{host}:{p}"),
-        (None, None) => req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or(host).to_string(),
+        (None, None) if r.keep_request_port == Some(false) => host.to_string(),
+        (None, None) => request_authority.to_string(),
     };
     let path = match &r.path {
         Some(p) => p.clone(),
@@ -305,6 +313,13 @@ async fn forward(
         _ => None,
     };
     let (mut parts, body) = req.into_parts();
+    // HTTP/2 carries the host in :authority; upstreams and X-Forwarded-Host want a Host header.
+    if !parts.headers.contains_key(header::HOST)
+        && let Some(a) = parts.uri.authority()
+        && let Ok(v) = HeaderValue::from_str(a.as_str())
+    {
+        parts.headers.insert(header::HOST, v);
+    }
     prepare_headers(&mut parts.headers, peer, l.scheme);
     if let Some(protocol) = &upgrade {
         parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -321,12 +336,6 @@ async fn forward(
         if let Some(a) = &rw.authority {
             parts.headers.insert(header::HOST, a.clone());
         }
-    }
-    if parts.headers.get(header::HOST).is_none()
-        && let Some(a) = parts.uri.authority()
-        && let Ok(v) = HeaderValue::from_str(a.as_str())
-    {
-        parts.headers.insert(header::HOST, v);
     }
 
     // Keep small bodies so retries can resend them; stream large ones once.
@@ -358,6 +367,8 @@ async fn forward(
     let attempts = async {
         let mut last: Option<usize> = None;
         let mut attempt = 0;
+        // A retry's place under `maxRetries`, held until that retry's outcome is known.
+        let mut _retry_budget = None;
         loop {
             attempt += 1;
             let Some(index) = cluster.pick(last, hash) else {
@@ -408,7 +419,9 @@ async fn forward(
                 Err(Failure::Reset) => retry_on.reset || retry_on.five_xx,
                 Err(Failure::Timeout) => retry_on.five_xx || retry_on.gateway_error || retry_on.reset,
             };
-            if !retriable || attempt >= max_attempts {
+            _retry_budget = None;
+            let retry_slot = if retriable && attempt < max_attempts { cluster.admit_retry() } else { None };
+            if retry_slot.is_none() {
                 return match outcome {
                     Ok(mut resp) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
                         match downstream_upgrade.take() {
@@ -440,6 +453,7 @@ async fn forward(
             // Jittered exponential backoff, as Envoy: base 25 ms, at most 250 ms.
             let cap = (25u64 << (attempt - 1).min(4)).min(250);
             tokio::time::sleep(Duration::from_millis(rand::random_range(0..=cap))).await;
+            _retry_budget = retry_slot;
         }
     };
     match route.timeout {
@@ -575,6 +589,11 @@ fn prepare_headers(headers: &mut HeaderMap, peer: SocketAddr, scheme: &'static s
         headers.insert("x-forwarded-for", v);
     }
     headers.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
+    if !headers.contains_key("x-forwarded-host")
+        && let Some(host) = headers.get(header::HOST).cloned()
+    {
+        headers.insert("x-forwarded-host", host);
+    }
     if !headers.contains_key("x-request-id") {
         let id: [u8; 16] = rand::random();
         if let Ok(v) = HeaderValue::from_str(&hex::encode(id)) {

@@ -18,6 +18,9 @@ pub struct Cluster {
     pub max_in_flight: Option<u32>,
     /// Speak HTTP/2 (h2c) to the endpoints: gRPC and HTTP2 ports, or `h2UpgradePolicy: UPGRADE`.
     pub http2: bool,
+    /// Most retries in flight at once (`connectionPool.http.maxRetries`).
+    pub max_retries: Option<u32>,
+    retries: AtomicU32,
     in_flight: AtomicU32,
     rr: AtomicUsize,
 }
@@ -82,6 +85,8 @@ pub struct OutlierPolicy {
     pub consecutive_gateway: u32,
     pub base_ejection: Duration,
     pub max_ejection_percent: u32,
+    /// Below this share of healthy endpoints, ejections are ignored (panic mode).
+    pub min_health_percent: u32,
 }
 
 /// Per-endpoint state shared by every snapshot that has this endpoint.
@@ -151,8 +156,20 @@ impl Cluster {
             outlier,
             max_in_flight,
             http2: false,
+            max_retries: None,
+            retries: AtomicU32::new(0),
             in_flight: AtomicU32::new(0),
             rr: AtomicUsize::new(0),
+        }
+    }
+
+    /// Admits one retry unless `maxRetries` retries are already in flight.
+    pub fn admit_retry(&self) -> Option<Admitted<'_>> {
+        let now = self.retries.fetch_add(1, Ordering::Relaxed);
+        let admitted = Admitted(&self.retries);
+        match self.max_retries {
+            Some(max) if now >= max => None,
+            _ => Some(admitted),
         }
     }
 
@@ -171,7 +188,14 @@ impl Cluster {
     /// runs on every request.
     pub fn pick(&self, avoid: Option<usize>, hash: Option<u64>) -> Option<usize> {
         let n = self.endpoints.len();
-        let healthy = |i: usize| !self.endpoints[i].health.is_ejected();
+        // Panic mode (`minHealthPercent`): too few healthy endpoints, so use them all.
+        let panic = self.outlier.as_ref().is_some_and(|o| {
+            o.min_health_percent > 0 && {
+                let up = self.endpoints.iter().filter(|e| !e.health.is_ejected()).count() as u32;
+                up * 100 < o.min_health_percent * n as u32
+            }
+        });
+        let healthy = |i: usize| panic || !self.endpoints[i].health.is_ejected();
         match n {
             0 => return None,
             1 => return healthy(0).then_some(0),
@@ -243,5 +267,72 @@ impl Cluster {
         h.consecutive_5xx.store(0, Ordering::Relaxed);
         h.consecutive_gateway.store(0, Ordering::Relaxed);
         tracing::warn!(cluster = %self.name, endpoint = %self.endpoints[index].address, ?duration, "outlier ejected");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(n: usize, outlier: Option<OutlierPolicy>) -> Cluster {
+        let endpoints = (0..n)
+            .map(|i| {
+                let address = format!("127.0.0.1:{}", 1000 + i);
+                Endpoint {
+                    authority: address.parse().unwrap(),
+                    seed: stable_hash(address.as_bytes()),
+                    address,
+                    labels: BTreeMap::new(),
+                    health: Arc::new(Health::default()),
+                    priority: 0,
+                }
+            })
+            .collect();
+        Cluster::new("c".into(), endpoints, Lb::RoundRobin, outlier, None)
+    }
+
+    #[test]
+    fn max_retries_caps_retries_in_flight() {
+        let mut c = cluster(1, None);
+        c.max_retries = Some(1);
+        let first = c.admit_retry();
+        assert!(first.is_some());
+        assert!(c.admit_retry().is_none(), "a second concurrent retry exceeds maxRetries: 1");
+        drop(first);
+        assert!(c.admit_retry().is_some(), "the place frees when the retry ends");
+    }
+
+    #[test]
+    fn panic_mode_below_min_health_percent() {
+        let policy = OutlierPolicy {
+            consecutive_5xx: 1,
+            consecutive_gateway: 0,
+            base_ejection: Duration::from_secs(60),
+            max_ejection_percent: 100,
+            min_health_percent: 60,
+        };
+        let c = cluster(2, Some(policy));
+        c.record(1, Some(500));
+        assert!(c.endpoints[1].health.is_ejected());
+        // 1 of 2 healthy is 50% < 60%: ejections are ignored, both endpoints serve.
+        let picks: std::collections::BTreeSet<usize> = (0..10).filter_map(|_| c.pick(None, None)).collect();
+        assert_eq!(picks.len(), 2);
+    }
+
+    #[test]
+    fn ejection_respects_max_percent_but_always_allows_one() {
+        let policy = OutlierPolicy {
+            consecutive_5xx: 1,
+            consecutive_gateway: 0,
+            base_ejection: Duration::from_secs(60),
+            max_ejection_percent: 10,
+            min_health_percent: 0,
+        };
+        let c = cluster(3, Some(policy));
+        c.record(0, Some(503));
+        c.record(1, None);
+        assert!(c.endpoints[0].health.is_ejected(), "one host may always be ejected");
+        assert!(!c.endpoints[1].health.is_ejected(), "a second would exceed 10%");
+        assert_eq!(c.pick(None, None).map(|i| i != 0), Some(true));
     }
 }
