@@ -36,6 +36,9 @@ pub struct UpArgs {
     /// Serve Gateway port PORT on HOSTPORT instead (0: any free port), e.g. 9443=19443,8081=0
     #[arg(long, value_name = "PORT=HOSTPORT", value_delimiter = ',', value_parser = parse_port_map)]
     pub port_map: Vec<(u32, u16)>,
+    /// Most client connections the gateway holds open at once, over all its ports [default: 50000]
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
     /// Worker threads for the proxy and API [default: one per CPU core]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: Option<u16>,
@@ -76,6 +79,8 @@ pub struct Config {
     pub locality: String,
     /// Gateway port → host port, for ports other than 80 and 443.
     pub port_map: std::collections::BTreeMap<u32, u16>,
+    /// Client connections the gateway holds open at once, over all ports.
+    pub max_connections: usize,
 }
 
 fn parse_port_map(s: &str) -> Result<(u32, u16), String> {
@@ -101,6 +106,7 @@ impl Default for Config {
             sidecars: Vec::new(),
             locality: String::new(),
             port_map: Default::default(),
+            max_connections: 50_000,
         }
     }
 }
@@ -123,6 +129,9 @@ impl Config {
             c.locality = l.clone();
         }
         c.port_map.extend(args.port_map.iter().copied());
+        if let Some(n) = args.max_connections {
+            c.max_connections = n.max(1);
+        }
         Ok(c)
     }
 

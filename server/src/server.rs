@@ -76,13 +76,26 @@ pub async fn run(
         }
     };
     let clients = proxy::Clients::new();
-    let plain =
-        Arc::new(proxy::Listener { hub: hub.clone(), gateway_port: 80, scheme: "http", clients: clients.clone() });
-    let secure = Arc::new(proxy::Listener { hub: hub.clone(), gateway_port: 443, scheme: "https", clients });
+    let connection_limit = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
+    let plain = Arc::new(proxy::Listener {
+        hub: hub.clone(),
+        gateway_port: 80,
+        scheme: "http",
+        clients: clients.clone(),
+        connection_limit: connection_limit.clone(),
+    });
+    let secure = Arc::new(proxy::Listener {
+        hub: hub.clone(),
+        gateway_port: 443,
+        scheme: "https",
+        clients,
+        connection_limit: connection_limit.clone(),
+    });
     let more_ports = tokio::spawn(proxy::listeners::manage(
         hub.clone(),
         hub.take_over_applied(),
         plain.clients.clone(),
+        connection_limit,
         config.http.ip(),
         config.port_map.clone(),
         manager_stop,

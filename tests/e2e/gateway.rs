@@ -530,3 +530,29 @@ fn other_gateway_ports_open_and_close_with_the_config() {
     assert!(address(9080).is_none(), "the listener closes with its Gateway");
     assert!(address(80).is_some() && address(443).is_some());
 }
+
+#[test]
+fn global_connection_limit_holds_new_connections_until_one_closes() {
+    use std::io::{Read as _, Write as _};
+    let v1 = Upstream::start("v1");
+    let server = Server::start_with(&["--max-connections", "2"]);
+    server.apply(&service("user-service", &[&v1], ""));
+    server.apply(&vs("  - route: [{destination: {host: user-service}}]\n"));
+    let request = format!("GET / HTTP/1.1\r\nHost: {HOST}\r\n\r\n");
+    let open = || {
+        let mut s = std::net::TcpStream::connect(&server.http).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        s
+    };
+    let answered = |s: &mut std::net::TcpStream, within: Duration| {
+        s.set_read_timeout(Some(within)).unwrap();
+        let mut buf = [0u8; 512];
+        matches!(s.read(&mut buf), Ok(n) if n > 0 && buf.starts_with(b"HTTP/1.1 200"))
+    };
+    let (mut a, mut b) = (open(), open());
+    assert!(answered(&mut a, Duration::from_secs(10)) && answered(&mut b, Duration::from_secs(10)));
+    let mut c = open();
+    assert!(!answered(&mut c, Duration::from_millis(500)), "a third connection must wait at a limit of 2");
+    drop(a);
+    assert!(answered(&mut c, Duration::from_secs(10)), "served once a connection closed");
+}

@@ -22,6 +22,7 @@ pub async fn serve(
     hub: Arc<Hub>,
     port: u32,
     kind: ListenerKind,
+    connection_limit: Arc<tokio::sync::Semaphore>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let mut shutdown = std::pin::pin!(shutdown);
@@ -37,8 +38,18 @@ pub async fn serve(
             },
             _ = &mut shutdown => break,
         };
+        // At the global connection limit, this connection waits, and so does
+        // the accept loop, until another connection closes.
+        let permit = tokio::select! {
+            p = connection_limit.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = &mut shutdown => break,
+        };
         let hub = hub.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             if let Err(e) = connection(stream, peer, &hub, port, kind).await {
                 tracing::debug!(%peer, port, error = %e, "tcp connection ended");
             }

@@ -26,6 +26,7 @@ pub async fn manage(
     hub: Arc<Hub>,
     mut changes: watch::Receiver<i64>,
     clients: Clients,
+    connection_limit: Arc<tokio::sync::Semaphore>,
     ip: IpAddr,
     port_map: BTreeMap<u32, u16>,
     mut shutdown: watch::Receiver<bool>,
@@ -70,12 +71,20 @@ pub async fn manage(
                         gateway_port: port,
                         scheme: if tls { "https" } else { "http" },
                         clients: clients.clone(),
+                        connection_limit: connection_limit.clone(),
                     });
                     let acceptor = tls.then(|| super::tls::acceptor(hub.clone(), port));
                     tokio::spawn(super::serve(listener, state, acceptor, stopped));
                 }
                 ListenerKind::Tcp | ListenerKind::TlsPassthrough => {
-                    tokio::spawn(super::l4::serve(listener, hub.clone(), port, kind, stopped));
+                    tokio::spawn(super::l4::serve(
+                        listener,
+                        hub.clone(),
+                        port,
+                        kind,
+                        connection_limit.clone(),
+                        stopped,
+                    ));
                 }
             }
             hub.listening.lock().unwrap_or_else(|e| e.into_inner()).insert(port, (bound, tls));

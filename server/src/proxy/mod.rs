@@ -25,6 +25,11 @@ use crate::control::Hub;
 
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How long a client may take to send a request head, and how long an idle
+/// keep-alive connection may wait for its next request (hyper runs one
+/// timer for both). Slow-loris clients are cut off after this.
+const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Bodies the proxy sends either way: streamed from the peer, or made here.
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 
@@ -35,6 +40,8 @@ pub struct Listener {
     pub gateway_port: u32,
     pub scheme: &'static str,
     pub clients: Clients,
+    /// Shared by every gateway listener: client connections open at once.
+    pub connection_limit: Arc<tokio::sync::Semaphore>,
 }
 
 /// Upstream clients by protocol, shared by all listeners so keep-alive
@@ -101,6 +108,15 @@ pub async fn serve(
             },
             _ = &mut shutdown => break,
         };
+        // At the global connection limit, this connection waits, and so does
+        // the accept loop, until another connection closes.
+        let permit = tokio::select! {
+            p = state.connection_limit.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = &mut shutdown => break,
+        };
         let _ = stream.set_nodelay(true);
         let state = Arc::clone(&state);
         let service = hyper::service::service_fn(move |req| {
@@ -108,11 +124,11 @@ pub async fn serve(
             async move { Ok::<_, std::convert::Infallible>(handler::handle(&state, peer, req).await) }
         });
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        // Slow or oversized request heads: 408 after 10 s, 431 past 64 KiB or 100 headers.
+        // Slow or oversized request heads: cut off after HEAD_TIMEOUT; 431 past 64 KiB or 100 headers.
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(std::time::Duration::from_secs(10))
+            .header_read_timeout(HEAD_TIMEOUT)
             .max_buf_size(64 * 1024)
             .max_headers(100)
             .writev(false);
@@ -122,6 +138,7 @@ pub async fn serve(
                 let conn =
                     graceful.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned());
                 tokio::spawn(async move {
+                    let _permit = permit;
                     if let Err(e) = conn.await {
                         tracing::debug!(error = %e, %peer, "connection ended with an error");
                     }
@@ -132,6 +149,7 @@ pub async fn serve(
                 let acceptor = acceptor.clone();
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
+                    let _permit = permit;
                     let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
                     let stream = match handshake {
                         Ok(Ok(s)) => s,
