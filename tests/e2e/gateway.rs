@@ -556,3 +556,22 @@ fn global_connection_limit_holds_new_connections_until_one_closes() {
     drop(a);
     assert!(answered(&mut c, Duration::from_secs(10)), "served once a connection closed");
 }
+
+#[test]
+fn one_virtual_service_serves_every_gateway_host_it_covers() {
+    let v1 = Upstream::start("v1");
+    let server = Server::start();
+    server.apply(
+        &service("user-service", &[&v1], "")
+            .replace("hosts: [\"*.example.com\"]", "hosts: [a.example.com, b.example.com]"),
+    );
+    server.apply(
+        &vs("  - route: [{destination: {host: user-service}}]\n")
+            .replace(&format!("hosts: [{HOST}]"), "hosts: [\"*.example.com\"]"),
+    );
+    let c = client();
+    for host in ["a.example.com", "b.example.com"] {
+        assert_eq!(server.gateway(&c, host, "/").send().unwrap().text().unwrap(), "v1", "{host}");
+    }
+    assert_eq!(server.gateway(&c, "c.example.com", "/").send().unwrap().status(), 404);
+}

@@ -102,10 +102,13 @@ fn call(addr: &str, method: &str, request: &str) -> Call {
         let (mut send, conn) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await.unwrap();
         tokio::spawn(conn);
+        // A streamed body, so no content-length is sent: as grpc-go and tonic do.
+        let body =
+            StreamBody::new(futures_util::stream::iter([Ok::<_, Infallible>(Frame::data(frame(request.as_bytes())))]));
         let req = http::Request::post(format!("http://grpc.example.com/echo.Echo/{method}"))
             .header("content-type", "application/grpc")
             .header("te", "trailers")
-            .body(Full::new(frame(request.as_bytes())))
+            .body(body)
             .unwrap();
         let resp = send.send_request(req).await.unwrap();
         let headers = resp.headers().clone();

@@ -93,11 +93,12 @@ impl Compiler<'_> {
                     if !binds(vs_spec, vs.namespace(), &gw_ref) {
                         continue;
                     }
-                    for vs_host in &vs_spec.hosts {
-                        let Some(domain) = effective_host(&server.hosts, gw.namespace(), vs.namespace(), vs_host)
-                        else {
-                            continue;
-                        };
+                    let domains: BTreeSet<String> = vs_spec
+                        .hosts
+                        .iter()
+                        .flat_map(|h| effective_hosts(&server.hosts, gw.namespace(), vs.namespace(), h))
+                        .collect();
+                    for domain in domains {
                         let vhost = hosts_by_port
                             .entry(port)
                             .or_default()
@@ -224,14 +225,13 @@ impl Compiler<'_> {
                     for host in &server.hosts {
                         let domain = host.split_once('/').map_or(host.as_str(), |(_, h)| h).to_ascii_lowercase();
                         if domain == "*" {
-                            table.fallback.get_or_insert_with(|| cert.clone());
+                            table.star.get_or_insert_with(|| cert.clone());
                         } else if let Some(suffix) = domain.strip_prefix('*') {
                             table.wildcards.push((suffix.to_string(), cert.clone()));
                         } else {
                             table.exact.entry(domain).or_insert_with(|| cert.clone());
                         }
-                        // A client without SNI gets the first certificate of the port.
-                        table.fallback.get_or_insert_with(|| cert.clone());
+                        table.first.get_or_insert_with(|| cert.clone());
                     }
                 }
             }
@@ -393,7 +393,10 @@ impl Compiler<'_> {
                     },
                     uri: rw.uri.clone(),
                     regex: rw.uri_regex_rewrite.as_ref().and_then(|r| {
-                        Some((regex::Regex::new(r.pattern.as_deref()?).ok()?, r.rewrite.clone().unwrap_or_default()))
+                        let with = r.rewrite.clone().unwrap_or_default();
+                        // Istio (RE2) writes groups as \1; the regex crate as ${1}.
+                        let with = regex::Regex::new(r"\\(\d)").ok()?.replace_all(&with, "$${$1}").into_owned();
+                        Some((regex::Regex::new(r.pattern.as_deref()?).ok()?, with))
                     }),
                     authority: rw.authority.as_deref().and_then(|a| HeaderValue::from_str(a).ok()),
                 });
@@ -665,24 +668,28 @@ fn binds(vs: &VirtualServiceSpec, ns: &str, gateway: &str) -> bool {
     vs.gateways.iter().any(|g| qualify(g, ns) == gateway)
 }
 
-/// The host a VirtualService host serves on a Gateway server: the more
-/// specific of the two when one covers the other, honouring `ns/host`.
-fn effective_host(server_hosts: &[String], gw_ns: &str, vs_ns: &str, vs_host: &str) -> Option<String> {
+/// The hosts a VirtualService host serves on a Gateway server: for each
+/// server host, the more specific of the two when one covers the other,
+/// honouring `ns/host`.
+fn effective_hosts(server_hosts: &[String], gw_ns: &str, vs_ns: &str, vs_host: &str) -> Vec<String> {
     let vs_host = vs_host.to_ascii_lowercase();
-    server_hosts.iter().find_map(|h| {
-        let (ns, pattern) = h.split_once('/').unwrap_or(("*", h));
-        if !(ns == "*" || ns == vs_ns || (ns == "." && gw_ns == vs_ns)) {
-            return None;
-        }
-        let pattern = pattern.to_ascii_lowercase();
-        if host_matches(&pattern, &vs_host) {
-            Some(vs_host.clone())
-        } else if host_matches(&vs_host, &pattern) {
-            Some(pattern)
-        } else {
-            None
-        }
-    })
+    server_hosts
+        .iter()
+        .filter_map(|h| {
+            let (ns, pattern) = h.split_once('/').unwrap_or(("*", h));
+            if !(ns == "*" || ns == vs_ns || (ns == "." && gw_ns == vs_ns)) {
+                return None;
+            }
+            let pattern = pattern.to_ascii_lowercase();
+            if host_matches(&pattern, &vs_host) {
+                Some(vs_host.clone())
+            } else if host_matches(&vs_host, &pattern) {
+                Some(pattern)
+            } else {
+                None
+            }
+        })
+        .collect()
 }
 
 fn cors(c: &meshgate_model::networking::CorsPolicy) -> Cors {
@@ -717,7 +724,9 @@ fn str_match(m: &StringMatch, lower: bool) -> Option<StrMatch> {
     } else if let Some(p) = &m.prefix {
         Some(StrMatch::Prefix(case(p)))
     } else {
-        m.regex.as_ref().and_then(|r| regex::Regex::new(&format!("^(?:{r})$")).ok()).map(StrMatch::Regex)
+        // A pattern that does not compile once anchored (a `(?x)` comment can swallow
+        // the anchor) matches nothing rather than everything.
+        m.regex.as_ref().map(|r| regex::Regex::new(&format!("^(?:{r})$")).map_or(StrMatch::Never, StrMatch::Regex))
     }
 }
 

@@ -169,6 +169,8 @@ pub enum StrMatch {
     Prefix(String),
     /// Anchored: RE2 semantics as Envoy uses them (the whole value must match).
     Regex(Regex),
+    /// A condition that could not be compiled: fails closed, never matches.
+    Never,
 }
 
 impl RequestMatch {
@@ -177,7 +179,9 @@ impl RequestMatch {
         let m = self;
         if let Some(u) = &m.uri {
             let path = req.uri().path();
-            let ok = if m.ignore_uri_case { u.matches(&path.to_ascii_lowercase()) } else { u.matches(path) };
+            // Istio applies ignoreUriCase to exact and prefix matches only.
+            let fold = m.ignore_uri_case && !matches!(u, StrMatch::Regex(_));
+            let ok = if fold { u.matches(&path.to_ascii_lowercase()) } else { u.matches(path) };
             if !ok {
                 return false;
             }
@@ -242,6 +246,7 @@ impl StrMatch {
             StrMatch::Exact(e) => value == e,
             StrMatch::Prefix(p) => value.starts_with(p.as_str()),
             StrMatch::Regex(r) => r.is_match(value),
+            StrMatch::Never => false,
         }
     }
 }
@@ -378,12 +383,14 @@ impl RetryOn {
 }
 
 impl Default for RetryPolicy {
-    /// Istio's default when a route sets no `retries`: 2 retries.
+    /// Istio's default when a route sets no `retries`: 2 retries on
+    /// connect failures, refused streams, gRPC unavailable/cancelled and
+    /// HTTP 503 (its one retriable status code).
     fn default() -> RetryPolicy {
         RetryPolicy {
             attempts: 2,
             per_try_timeout: None,
-            on: RetryOn::parse("connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"),
+            on: RetryOn::parse("connect-failure,refused-stream,unavailable,cancelled,503"),
         }
     }
 }

@@ -4,7 +4,6 @@
 //! body and a response flag (`NR`, `UH`, `UF`, `UT`, `URX`, `FI`, `DI`).
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,6 +17,9 @@ use super::{Listener, ProxyBody};
 
 /// The header carrying Envoy-style response flags on locally made errors.
 pub const RESPONSE_FLAGS: &str = "x-meshgate-response-flags";
+
+/// The longest a buffered request body may take to arrive.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Request bodies up to this size are kept so that retries can resend them.
 const REPLAYABLE_BODY: u64 = 64 * 1024;
@@ -189,18 +191,17 @@ fn preflight_headers(cors: &super::config::Cors, origin: &HeaderValue, h: &mut H
 /// case, which then costs one scan and no allocation). Escaped slashes
 /// (`%2F`) are left as they are, as Envoy does by default.
 pub fn normalize_path(path: &str) -> Option<String> {
-    let suspicious = path.contains("//")
-        || path.contains("/.")
-        || path.contains("%2e")
-        || path.contains("%2E")
-        || !path.starts_with('/');
+    let suspicious =
+        path.contains("//") || path.contains("/.") || path.contains(['%', '\\', ';']) || !path.starts_with('/');
     if !suspicious {
         return None;
     }
-    let decoded = path.replace("%2e", ".").replace("%2E", ".");
+    let decoded = decode_unreserved(&path.replace('\\', "/"));
     let mut out: Vec<&str> = Vec::new();
     for seg in decoded.split('/') {
-        match seg {
+        // `..;x` is `..` to Tomcat and Spring: treat path parameters on dot segments as dots.
+        let dots = seg.split(';').next().unwrap_or(seg);
+        match if dots == "." || dots == ".." { dots } else { seg } {
             "" | "." => {}
             ".." => {
                 out.pop();
@@ -214,6 +215,29 @@ pub fn normalize_path(path: &str) -> Option<String> {
         normal.push('/');
     }
     (normal != path).then_some(normal)
+}
+
+/// Decodes percent-escapes of unreserved characters (letters, digits,
+/// `-._~`), which mean the same decoded or not; `%2F`, `%5C` and the rest
+/// stay escaped.
+fn decode_unreserved(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(hex) = path.get(i + 1..i + 3)
+            && let Ok(b) = u8::from_str_radix(hex, 16)
+            && (b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8(out).unwrap_or_else(|_| path.to_string())
 }
 
 fn chance(pct: f64) -> bool {
@@ -271,7 +295,9 @@ fn rewrite_path(rw: &Rewrite, path_and_query: &str) -> String {
         re.replace_all(path, with.as_str()).into_owned()
     } else if let Some(uri) = &rw.uri {
         match &rw.prefix_match {
-            Some(prefix) if path.starts_with(prefix.as_str()) => format!("{uri}{}", &path[prefix.len()..]),
+            Some(prefix) if path.get(..prefix.len()).is_some_and(|p| p.eq_ignore_ascii_case(prefix)) => {
+                format!("{uri}{}", &path[prefix.len()..])
+            }
             _ => uri.clone(),
         }
     } else {
@@ -287,6 +313,7 @@ fn rewrite_path(rw: &Rewrite, path_and_query: &str) -> String {
 enum Failure {
     Connect,
     Reset,
+    Refused,
     Timeout,
 }
 
@@ -305,9 +332,6 @@ async fn forward(
     if cluster.endpoints.is_empty() {
         return local(StatusCode::SERVICE_UNAVAILABLE, "UH", "no healthy upstream\n");
     }
-    let Some(_admitted) = cluster.admit() else {
-        return local(StatusCode::SERVICE_UNAVAILABLE, "UO", "upstream overflow: connection pool limit reached\n");
-    };
     let hash = match &cluster.lb {
         super::upstream::Lb::Hash(key) => hash_of(key, &req, peer),
         _ => None,
@@ -339,20 +363,29 @@ async fn forward(
     }
 
     // Keep small bodies so retries can resend them; stream large ones once.
-    let length = body_length(&parts.headers);
+    // From the body, not the headers: HTTP/2 bodies often carry no Content-Length.
+    let length =
+        if hyper::body::Body::is_end_stream(&body) { Some(0) } else { hyper::body::Body::size_hint(&body).exact() };
     let mut streamed = None;
     let replay: Option<Bytes> = match length {
         Some(0) => Some(Bytes::new()),
         Some(n) if n <= REPLAYABLE_BODY && (route.retry.attempts > 0 || !route.mirrors.is_empty()) => {
-            match body.collect().await {
-                Ok(b) => Some(b.to_bytes()),
-                Err(_) => return local(StatusCode::BAD_REQUEST, "DPE", "request body could not be read\n"),
+            // A client that announces a body and never sends it is cut off, not waited for.
+            let limit = route.timeout.unwrap_or(BODY_READ_TIMEOUT).min(BODY_READ_TIMEOUT);
+            match tokio::time::timeout(limit, body.collect()).await {
+                Ok(Ok(b)) => Some(b.to_bytes()),
+                Ok(Err(_)) => return local(StatusCode::BAD_REQUEST, "DPE", "request body could not be read\n"),
+                Err(_) => return local(StatusCode::REQUEST_TIMEOUT, "DPE", "request body not received in time\n"),
             }
         }
         _ => {
             streamed = Some(body);
             None
         }
+    };
+    // Admitted only now, so a slow request body does not hold a place in the pool.
+    let Some(_admitted) = cluster.admit() else {
+        return local(StatusCode::SERVICE_UNAVAILABLE, "UO", "upstream overflow: connection pool limit reached\n");
     };
     let max_attempts = if replay.is_some() { 1 + route.retry.attempts } else { 1 };
     if let Some(body) = &replay {
@@ -397,17 +430,20 @@ async fn forward(
             if attempt > 1 {
                 up.headers_mut().insert("x-envoy-attempt-count", HeaderValue::from(attempt));
             }
-            endpoint.health.active.fetch_add(1, Ordering::Relaxed);
+            // Counted down on drop, also when a timeout or the client cancels the attempt.
+            let active = super::upstream::Active::enter(&endpoint.health);
             *up.version_mut() = if cluster.http2 { http::Version::HTTP_2 } else { http::Version::HTTP_11 };
             let sent = l.clients.for_protocol(cluster.http2).request(up);
             let outcome = match route.retry.per_try_timeout {
                 Some(t) => tokio::time::timeout(t, sent).await.map_err(|_| Failure::Timeout),
                 None => Ok(sent.await),
             };
-            endpoint.health.active.fetch_sub(1, Ordering::Relaxed);
+            drop(active);
             let outcome = match outcome {
                 Ok(Ok(resp)) => Ok(resp),
                 Ok(Err(e)) if e.is_connect() => Err(Failure::Connect),
+                // An HTTP/2 REFUSED_STREAM: the upstream did not process it, always safe to retry.
+                Ok(Err(e)) if format!("{e:?}").contains("REFUSED_STREAM") => Err(Failure::Refused),
                 Ok(Err(_)) => Err(Failure::Reset),
                 Err(t) => Err(t),
             };
@@ -415,8 +451,12 @@ async fn forward(
             let retry_on = &route.retry.on;
             let retriable = match &outcome {
                 Ok(resp) => retry_on.response(resp.status(), resp.headers()),
-                Err(Failure::Connect) => retry_on.connect_failure || retry_on.reset,
-                Err(Failure::Reset) => retry_on.reset || retry_on.five_xx,
+                // As Envoy: 5xx and gateway-error also cover connect failures and resets.
+                Err(Failure::Connect) => {
+                    retry_on.connect_failure || retry_on.reset || retry_on.five_xx || retry_on.gateway_error
+                }
+                Err(Failure::Reset) => retry_on.reset || retry_on.five_xx || retry_on.gateway_error,
+                Err(Failure::Refused) => retry_on.refused_stream || retry_on.reset,
                 Err(Failure::Timeout) => retry_on.five_xx || retry_on.gateway_error || retry_on.reset,
             };
             _retry_budget = None;
@@ -446,7 +486,9 @@ async fn forward(
                         if attempt > 1 { "URX,UF" } else { "UF" },
                         "upstream connect error\n",
                     ),
-                    Err(Failure::Reset) => local(StatusCode::SERVICE_UNAVAILABLE, "UR", "upstream reset\n"),
+                    Err(Failure::Reset | Failure::Refused) => {
+                        local(StatusCode::SERVICE_UNAVAILABLE, "UR", "upstream reset\n")
+                    }
                     Err(Failure::Timeout) => local(StatusCode::GATEWAY_TIMEOUT, "UT", "upstream request timeout\n"),
                 };
             }
@@ -555,16 +597,6 @@ fn splice(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpg
     });
 }
 
-fn body_length(headers: &HeaderMap) -> Option<u64> {
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        return None;
-    }
-    match headers.get(header::CONTENT_LENGTH) {
-        Some(v) => v.to_str().ok().and_then(|v| v.parse().ok()),
-        None => Some(0),
-    }
-}
-
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if let Some(named) = headers.get(header::CONNECTION).and_then(|v| v.to_str().ok()).map(str::to_owned) {
         for name in named.split(',').map(str::trim) {
@@ -579,7 +611,12 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 fn prepare_headers(headers: &mut HeaderMap, peer: SocketAddr, scheme: &'static str) {
+    // `te: trailers` is hop-by-hop but gRPC needs it end to end, as Envoy keeps it.
+    let trailers = headers.get(header::TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     strip_hop_by_hop(headers);
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     let ip = peer.ip().to_string();
     let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(prev) => format!("{prev}, {ip}"),
@@ -616,5 +653,10 @@ mod tests {
         assert_eq!(normalize_path("/../../..").as_deref(), Some("/"));
         assert_eq!(normalize_path("/a/b/..").as_deref(), Some("/a/"));
         assert_eq!(normalize_path("/a%2Fb"), None, "escaped slashes are kept");
+        assert_eq!(normalize_path("/%61dmin/x").as_deref(), Some("/admin/x"));
+        assert_eq!(normalize_path("/x\\..\\admin").as_deref(), Some("/admin"));
+        assert_eq!(normalize_path("/x/..;/admin").as_deref(), Some("/admin"));
+        assert_eq!(normalize_path("/a;v=1/b"), None, "ordinary path parameters are kept");
+        assert_eq!(normalize_path("/caf%C3%A9").as_deref(), None, "other escapes stay as sent");
     }
 }

@@ -51,7 +51,7 @@ pub async fn manage(
             }
             let host_port = port_map.get(&port).copied().unwrap_or(port as u16);
             let addr = SocketAddr::new(ip, host_port);
-            let listener = match tokio::net::TcpListener::bind(addr).await {
+            let listener = match bind_retrying(addr).await {
                 Ok(l) => l,
                 Err(e) => {
                     tracing::error!(port, %addr, error = %e, "cannot open the listener for a Gateway port");
@@ -101,5 +101,20 @@ pub async fn manage(
     }
     for r in running.values() {
         let _ = r.stop.send(true);
+    }
+}
+
+/// Binds, retrying briefly: a listener just told to stop (the port changed
+/// protocol) may not have released the port yet.
+async fn bind_retrying(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let mut tries = 0;
+    loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 50 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            other => return other,
+        }
     }
 }

@@ -19,13 +19,16 @@ pub struct Certificates {
     pub exact: HashMap<String, Arc<CertifiedKey>>,
     /// `(suffix, cert)` for `*.example.com` (stored as `.example.com`), longest first.
     pub wildcards: Vec<(String, Arc<CertifiedKey>)>,
-    /// For `*` hosts, and clients that send no SNI.
-    pub fallback: Option<Arc<CertifiedKey>>,
+    /// The certificate of a `*` server host: for names nothing else covers.
+    pub star: Option<Arc<CertifiedKey>>,
+    /// The port's first certificate, for clients that send no SNI when there is no `*` host.
+    pub first: Option<Arc<CertifiedKey>>,
 }
 
 impl Certificates {
     pub fn find(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
-        let Some(name) = sni.map(str::to_ascii_lowercase) else { return self.fallback.clone() };
+        let fallback = || self.star.clone().or_else(|| self.first.clone());
+        let Some(name) = sni.map(str::to_ascii_lowercase) else { return fallback() };
         if let Some(c) = self.exact.get(&name) {
             return Some(c.clone());
         }
@@ -33,7 +36,7 @@ impl Certificates {
             .iter()
             .find(|(suffix, _)| name.len() > suffix.len() && name.ends_with(suffix.as_str()))
             .map(|(_, c)| c.clone())
-            .or_else(|| self.fallback.clone())
+            .or_else(fallback)
     }
 }
 

@@ -109,6 +109,22 @@ fn now_ms() -> u64 {
     epoch().elapsed().as_millis() as u64
 }
 
+/// An attempt in flight to one endpoint, for least-request balancing.
+pub struct Active<'a>(&'a Health);
+
+impl<'a> Active<'a> {
+    pub fn enter(h: &'a Health) -> Active<'a> {
+        h.active.fetch_add(1, Ordering::Relaxed);
+        Active(h)
+    }
+}
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Health {
     pub fn is_ejected(&self) -> bool {
         self.ejected_until.load(Ordering::Relaxed) > now_ms()

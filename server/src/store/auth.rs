@@ -34,6 +34,7 @@ impl Store {
     }
 
     pub async fn create_user(&self, name: &str, password: &str) -> Result<()> {
+        let _turn = self.writer.lock().await;
         let salt = SaltString::from_b64(&base64_salt()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let hash = Argon2::default()
             .hash_password(password.as_bytes(), &salt)
@@ -68,6 +69,8 @@ impl Store {
         purpose: &str,
         expires_at: Option<&str>,
     ) -> Result<String> {
+        // Writes take turns with resource writes (see `Store`), so none fails with SQLITE_BUSY.
+        let _turn = self.writer.lock().await;
         let id = hex::encode(rand::random::<[u8; 8]>());
         sqlx::query(
             "INSERT INTO tokens (id, hash, subject, purpose, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?) \
@@ -100,6 +103,7 @@ impl Store {
     }
 
     pub async fn revoke_token(&self, token: &str) -> Result<()> {
+        let _turn = self.writer.lock().await;
         sqlx::query("DELETE FROM tokens WHERE hash = ?").bind(hash_token(token)).execute(self.pool()).await?;
         Ok(())
     }

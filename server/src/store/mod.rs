@@ -211,6 +211,9 @@ pub enum WriteMode {
     Upsert,
     /// Must not exist yet (POST).
     Create,
+    /// Rollback: like upsert, and an object brought back keeps its old
+    /// `uid` and `creationTimestamp` (so VirtualService merge order is as it was).
+    Restore,
 }
 
 #[derive(Clone)]
@@ -384,7 +387,7 @@ impl Store {
                         StoreError::Corrupt(format!("{kind} {namespace}/{name} at revision {revision}: {:?}", errs))
                     })?;
                     resource.metadata.resource_version = None;
-                    let change = write_one(&mut tx, &resource, actor, txn, WriteMode::Upsert, &reason).await?;
+                    let change = write_one(&mut tx, &resource, actor, txn, WriteMode::Restore, &reason).await?;
                     if change.outcome != Outcome::Unchanged {
                         changes.push(change);
                     }
@@ -521,17 +524,19 @@ async fn write_one(
                 return Err(StoreError::Conflict { kind, namespace, name, given: given.clone(), current: 0 });
             }
             let revision = append_revision(tx, txn, &at, actor, "create", r, None, reason).await?;
+            let restore = mode == WriteMode::Restore;
+            let created_at = r.metadata.creation_timestamp.clone().filter(|_| restore).unwrap_or_else(|| at.clone());
             let created = Object {
                 kind,
                 namespace: namespace.clone(),
                 name: name.clone(),
-                uid: new_uid(),
+                uid: r.metadata.uid.clone().filter(|_| restore).unwrap_or_else(new_uid),
                 labels: r.metadata.labels.clone(),
                 annotations: r.metadata.annotations.clone(),
                 body,
                 resource_version: revision,
                 generation: 1,
-                created_at: at.clone(),
+                created_at,
             };
             sqlx::query(
                 "INSERT INTO resources (kind, namespace, name, uid, labels, annotations, body, resource_version, generation, created_at, updated_at) \
@@ -545,7 +550,7 @@ async fn write_one(
             .bind(&annotations)
             .bind(&created.body)
             .bind(revision)
-            .bind(&at)
+            .bind(&created.created_at)
             .bind(&at)
             .execute(&mut **tx)
             .await?;

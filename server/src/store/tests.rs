@@ -86,7 +86,10 @@ async fn rollback_restores_the_whole_configuration(pool: SqlitePool) {
     );
     let a = store.get(Kind::VirtualService, "default", "a").await.unwrap().unwrap();
     assert_eq!(a.body_value()["http"][0]["route"][0]["weight"], 80);
-    assert!(store.get(Kind::VirtualService, "default", "b").await.unwrap().is_some());
+    let b = store.get(Kind::VirtualService, "default", "b").await.unwrap().unwrap();
+    let b_at_2 = &store.revision(2).await.unwrap().after.unwrap()["metadata"];
+    assert_eq!(b.uid, b_at_2["uid"].as_str().unwrap(), "a restored object keeps its identity");
+    assert_eq!(b.created_at, b_at_2["creationTimestamp"].as_str().unwrap());
     assert!(store.get(Kind::VirtualService, "default", "c").await.unwrap().is_none());
     // History is appended to, never rewritten.
     let h = store.history(&HistoryFilter::default()).await.unwrap();
