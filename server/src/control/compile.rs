@@ -597,7 +597,8 @@ impl Compiler<'_> {
             .collect();
         let upgrade =
             http.and_then(|h| h.h2_upgrade_policy) == Some(meshgate_model::networking::H2UpgradePolicy::Upgrade);
-        let mut cluster = Cluster::new(name, endpoints, lb, outlier, max_in_flight);
+        let counters = self.health.counters(&name);
+        let mut cluster = Cluster::new(name, endpoints, lb, outlier, max_in_flight, counters);
         cluster.http2 = port_http2 || upgrade;
         cluster.max_retries = http.and_then(|h| h.max_retries).map(|n| n.max(0) as u32);
         let cluster = Arc::new(cluster);

@@ -538,8 +538,15 @@ fn send_mirror(
         }
     }
     *copy.version_mut() = if cluster.http2 { http::Version::HTTP_2 } else { http::Version::HTTP_11 };
+    // Mirrors are best effort: past this many copies in flight, new ones are dropped.
+    static MIRRORS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1024);
+    let Ok(slot) = MIRRORS.try_acquire() else {
+        tracing::debug!(cluster = %cluster.name, "mirror dropped: too many copies in flight");
+        return;
+    };
     let client = l.clients.for_protocol(cluster.http2).clone();
     tokio::spawn(async move {
+        let _slot = slot;
         match tokio::time::timeout(Duration::from_secs(30), client.request(copy)).await {
             Ok(Ok(resp)) => {
                 let _ = resp.into_body().collect().await;

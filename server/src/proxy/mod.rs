@@ -132,13 +132,25 @@ pub async fn serve(
             .max_buf_size(64 * 1024)
             .max_headers(100)
             .writev(false);
-        builder.http2().timer(TokioTimer::new()).max_header_list_size(64 * 1024);
+        // HTTP/2 peers that vanish are found by pings and closed.
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(64 * 1024)
+            .keep_alive_interval(Some(HEAD_TIMEOUT))
+            .keep_alive_timeout(std::time::Duration::from_secs(10));
         match &tls {
             None => {
-                let conn =
-                    graceful.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned());
+                let watcher = graceful.watcher();
                 tokio::spawn(async move {
                     let _permit = permit;
+                    // A client that connects and sends nothing is closed: hyper's
+                    // protocol sniffing, before HTTP/1's head timer, has no timeout.
+                    if !matches!(tokio::time::timeout(HEAD_TIMEOUT, stream.readable()).await, Ok(Ok(()))) {
+                        return;
+                    }
+                    let conn = watcher
+                        .watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned());
                     if let Err(e) = conn.await {
                         tracing::debug!(error = %e, %peer, "connection ended with an error");
                     }

@@ -20,8 +20,19 @@ pub struct Cluster {
     pub http2: bool,
     /// Most retries in flight at once (`connectionPool.http.maxRetries`).
     pub max_retries: Option<u32>,
-    retries: AtomicU32,
+    /// Counters that must outlive a configuration change (shared by name).
+    counters: Arc<ClusterCounters>,
+    /// Ejection decisions take turns, so two failing endpoints cannot both
+    /// pass the `maxEjectionPercent` check at once.
+    ejecting: std::sync::Mutex<()>,
+}
+
+/// Requests and retries in flight and the round-robin cursor of a cluster,
+/// kept across snapshots so a config write does not reset pool limits.
+#[derive(Default)]
+pub struct ClusterCounters {
     in_flight: AtomicU32,
+    retries: AtomicU32,
     rr: AtomicUsize,
 }
 
@@ -136,6 +147,7 @@ impl Health {
 #[derive(Default)]
 pub struct HealthRegistry {
     map: Mutex<HashMap<(String, String), Weak<Health>>>,
+    clusters: Mutex<HashMap<String, Weak<ClusterCounters>>>,
 }
 
 impl HealthRegistry {
@@ -150,10 +162,20 @@ impl HealthRegistry {
         h
     }
 
-    /// Drops entries whose endpoints are gone.
+    pub fn counters(&self, cluster: &str) -> Arc<ClusterCounters> {
+        let mut map = self.clusters.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = map.get(cluster).and_then(Weak::upgrade) {
+            return c;
+        }
+        let c = Arc::new(ClusterCounters::default());
+        map.insert(cluster.to_string(), Arc::downgrade(&c));
+        c
+    }
+
+    /// Drops entries whose endpoints or clusters are gone.
     pub fn prune(&self) {
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        map.retain(|_, w| w.strong_count() > 0);
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, w| w.strong_count() > 0);
+        self.clusters.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, w| w.strong_count() > 0);
     }
 }
 
@@ -164,6 +186,7 @@ impl Cluster {
         lb: Lb,
         outlier: Option<OutlierPolicy>,
         max_in_flight: Option<u32>,
+        counters: Arc<ClusterCounters>,
     ) -> Cluster {
         Cluster {
             name,
@@ -173,16 +196,15 @@ impl Cluster {
             max_in_flight,
             http2: false,
             max_retries: None,
-            retries: AtomicU32::new(0),
-            in_flight: AtomicU32::new(0),
-            rr: AtomicUsize::new(0),
+            counters,
+            ejecting: std::sync::Mutex::new(()),
         }
     }
 
     /// Admits one retry unless `maxRetries` retries are already in flight.
     pub fn admit_retry(&self) -> Option<Admitted<'_>> {
-        let now = self.retries.fetch_add(1, Ordering::Relaxed);
-        let admitted = Admitted(&self.retries);
+        let now = self.counters.retries.fetch_add(1, Ordering::Relaxed);
+        let admitted = Admitted(&self.counters.retries);
         match self.max_retries {
             Some(max) if now >= max => None,
             _ => Some(admitted),
@@ -191,8 +213,8 @@ impl Cluster {
 
     /// Admits a request unless the cluster is at its limit (overflow).
     pub fn admit(&self) -> Option<Admitted<'_>> {
-        let now = self.in_flight.fetch_add(1, Ordering::Relaxed);
-        let admitted = Admitted(&self.in_flight);
+        let now = self.counters.in_flight.fetch_add(1, Ordering::Relaxed);
+        let admitted = Admitted(&self.counters.in_flight);
         match self.max_in_flight {
             Some(max) if now >= max => None,
             _ => Some(admitted),
@@ -227,7 +249,7 @@ impl Cluster {
             return best(&preferred).or_else(|| best(&usable));
         }
         let start = match self.lb {
-            Lb::RoundRobin => self.rr.fetch_add(1, Ordering::Relaxed) % n,
+            Lb::RoundRobin => self.counters.rr.fetch_add(1, Ordering::Relaxed) % n,
             _ => rand::random_range(0..n),
         };
         // The first preferred endpoint from `start` on, else any usable one.
@@ -270,6 +292,10 @@ impl Cluster {
     }
 
     fn try_eject(&self, index: usize, policy: &OutlierPolicy) {
+        let _turn = self.ejecting.lock().unwrap_or_else(|e| e.into_inner());
+        if self.endpoints[index].health.is_ejected() {
+            return; // another failure of the same endpoint got here first
+        }
         let total = self.endpoints.len() as u32;
         let ejected = self.endpoints.iter().filter(|e| e.health.is_ejected()).count() as u32;
         // Like Envoy: the percentage caps ejections, but one host may always go.
@@ -304,7 +330,7 @@ mod tests {
                 }
             })
             .collect();
-        Cluster::new("c".into(), endpoints, Lb::RoundRobin, outlier, None)
+        Cluster::new("c".into(), endpoints, Lb::RoundRobin, outlier, None, Arc::default())
     }
 
     #[test]
