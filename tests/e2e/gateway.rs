@@ -500,25 +500,7 @@ fn other_gateway_ports_open_and_close_with_the_config() {
     server.apply(&service("user-service", &[&v1], ""));
     let gateway = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: admin-gateway}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 9080, name: http-admin, protocol: HTTP}\n    hosts: [\"*\"]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: admin}\nspec:\n  hosts: [admin.example.com]\n  gateways: [admin-gateway]\n  http:\n  - route: [{destination: {host: user-service}}]\n";
     server.apply(gateway);
-    let listeners = || -> serde_json::Value {
-        let status: serde_json::Value = server
-            .http()
-            .get(server.url("/api/v1/proxy-status"))
-            .bearer_auth(server.token())
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
-        status["listeners"].clone()
-    };
-    let address = |port: u64| {
-        listeners()
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|l| l["port"] == port)
-            .map(|l| l["address"].as_str().unwrap().to_string())
-    };
+    let address = |port: u64| server.listener(port);
     let addr = address(9080).expect("port 9080 is served once a Gateway asks for it");
     assert_ne!(addr, server.http, "a port of its own, not --http");
     let r = client().get(format!("http://{addr}/")).header("host", "admin.example.com").send().unwrap();

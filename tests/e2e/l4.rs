@@ -89,21 +89,6 @@ fn tls_client_hello(rt: &tokio::runtime::Runtime, addr: &str, sni: &str, root_pe
     })
 }
 
-fn listener(server: &Server, port: u64) -> String {
-    let status: serde_json::Value = server
-        .http()
-        .get(server.url("/api/v1/proxy-status"))
-        .bearer_auth(server.token())
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
-    status["listeners"].as_array().unwrap().iter().find(|l| l["port"] == port).expect("listener")["address"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
 #[test]
 fn tcp_routes_and_tls_passthrough_by_sni() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
@@ -124,7 +109,7 @@ fn tcp_routes_and_tls_passthrough_by_sni() {
     yaml.push_str(&entry("svc-b", b_port));
     server.apply(&yaml);
 
-    let mut s = std::net::TcpStream::connect(listener(&server, 9000)).unwrap();
+    let mut s = std::net::TcpStream::connect(server.listener(9000).expect("port 9000")).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     for msg in ["ping", "a second message"] {
         s.write_all(msg.as_bytes()).unwrap();
@@ -133,7 +118,7 @@ fn tcp_routes_and_tls_passthrough_by_sni() {
         assert_eq!(back, msg.as_bytes());
     }
 
-    let tls_addr = listener(&server, 9443);
+    let tls_addr = server.listener(9443).expect("port 9443");
     assert_eq!(tls_client_hello(&rt, &tls_addr, "a.internal.example", &a_cert), "hello from a.internal.example\n");
     assert_eq!(tls_client_hello(&rt, &tls_addr, "b.internal.example", &b_cert), "hello from b.internal.example\n");
 }

@@ -175,6 +175,23 @@ impl Server {
         client.get(format!("http://{}{path}", self.http)).header("host", host)
     }
 
+    /// Where the gateway serves Gateway port `port`, from `proxy-status`.
+    pub fn listener(&self, port: u64) -> Option<String> {
+        let status: serde_json::Value = self
+            .http()
+            .get(self.url("/api/v1/proxy-status"))
+            .bearer_auth(self.token())
+            .send()
+            .expect("proxy-status")
+            .json()
+            .expect("proxy-status JSON");
+        status["listeners"]
+            .as_array()?
+            .iter()
+            .find(|l| l["port"] == port)
+            .map(|l| l["address"].as_str().unwrap_or("").to_string())
+    }
+
     /// SIGTERM, then wait for a clean exit.
     pub fn stop(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();

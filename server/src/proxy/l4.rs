@@ -27,25 +27,8 @@ pub async fn serve(
 ) {
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = &mut shutdown => break,
-        };
-        // At the global connection limit, this connection waits, and so does
-        // the accept loop, until another connection closes.
-        let permit = tokio::select! {
-            p = connection_limit.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            _ = &mut shutdown => break,
+        let Some((stream, peer, permit)) = super::accept(&listener, &connection_limit, &mut shutdown).await else {
+            break;
         };
         let hub = hub.clone();
         tokio::spawn(async move {

@@ -96,26 +96,8 @@ pub async fn serve(
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off briefly.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = &mut shutdown => break,
-        };
-        // At the global connection limit, this connection waits, and so does
-        // the accept loop, until another connection closes.
-        let permit = tokio::select! {
-            p = state.connection_limit.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            _ = &mut shutdown => break,
+        let Some((stream, peer, permit)) = accept(&listener, &state.connection_limit, &mut shutdown).await else {
+            break;
         };
         let _ = stream.set_nodelay(true);
         let state = Arc::clone(&state);
@@ -187,6 +169,35 @@ pub async fn serve(
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// The next connection, with its place under the global connection limit;
+/// `None` once `shutdown` fires. At the limit, this waits (and so the
+/// listener stops accepting) until another connection closes.
+pub(crate) async fn accept(
+    listener: &TcpListener,
+    limit: &Arc<tokio::sync::Semaphore>,
+    shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> Option<(tokio::net::TcpStream, SocketAddr, tokio::sync::OwnedSemaphorePermit)> {
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.as_mut() => return None,
+        };
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => p.ok()?,
+            _ = shutdown.as_mut() => return None,
+        };
+        return Some((stream, peer, permit));
+    }
 }
 
 /// Binds a gateway listener with a message that names the flag.
