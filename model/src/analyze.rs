@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-use crate::hosts::{fqdn, host_matches};
+use crate::hosts::{fqdn, host_matches, namespace_admits, split_server_host};
 use crate::kind::Kind;
 use crate::resource::Resource;
 
@@ -298,9 +298,8 @@ impl Analyzer<'_> {
 /// VirtualService in namespace `vs_ns` (`ns/host`, `*/host`, `./host`).
 fn gateway_serves(g: &Doc<'_>, vs_ns: &str, host: &str) -> bool {
     items(&g.value["spec"]["servers"]).iter().flat_map(|s| strings(&s["hosts"])).any(|h| {
-        let (ns, pattern) = h.split_once('/').unwrap_or(("*", h));
-        let ns_ok = ns == "*" || ns == vs_ns || (ns == "." && g.ns == vs_ns);
-        ns_ok && host_matches(pattern, host)
+        let (ns, pattern) = split_server_host(h);
+        namespace_admits(ns, g.ns, vs_ns) && host_matches(pattern, host)
     })
 }
 

@@ -22,6 +22,18 @@ pub fn fqdn(host: &str, namespace: &str, cluster_domain: &str, is_namespace: imp
     }
 }
 
+/// Splits a Gateway server host into its namespace part and host: `ns/host`,
+/// `*/host`, `./host`, or a bare host (any namespace, `*`).
+pub fn split_server_host(server_host: &str) -> (&str, &str) {
+    server_host.split_once('/').unwrap_or(("*", server_host))
+}
+
+/// Whether a server host's namespace part admits VirtualServices of
+/// namespace `vs_ns`, for a Gateway in namespace `gateway_ns`.
+pub fn namespace_admits(ns_part: &str, gateway_ns: &str, vs_ns: &str) -> bool {
+    ns_part == "*" || ns_part == vs_ns || (ns_part == "." && gateway_ns == vs_ns)
+}
+
 /// Whether host pattern `pattern` (exact, `*`, or `*.suffix` / `*suffix`)
 /// covers `host`. A wildcard host is covered by a pattern whose suffix
 /// contains it (`*.example.com` covers `*.api.example.com`).

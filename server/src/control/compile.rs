@@ -9,7 +9,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use http::{HeaderName, HeaderValue, StatusCode};
 use meshgate_model::check::parse_duration;
-use meshgate_model::hosts::{fqdn, host_matches};
+use meshgate_model::hosts::{fqdn, host_matches, namespace_admits, split_server_host};
 use meshgate_model::networking::{Destination, HeaderOperations, SimpleLb};
 use meshgate_model::networking::{
     DestinationRuleSpec, GatewaySpec, HttpMatchRequest, HttpRoute, ServiceEntrySpec, StringMatch, TrafficPolicy,
@@ -193,7 +193,7 @@ impl Compiler<'_> {
                 if tls.https_redirect == Some(true) {
                     // Istio answers every request on such a server with a redirect to https.
                     for host in &server.hosts {
-                        let domain = host.split_once('/').map_or(host.as_str(), |(_, h)| h).to_ascii_lowercase();
+                        let domain = split_server_host(host).1.to_ascii_lowercase();
                         let redirect =
                             Route::https_redirect(format!("{}/{}/https-redirect", gw.namespace(), gw.name()));
                         let vhost = VirtualHost { name: domain.clone(), routes: vec![redirect], ..Default::default() };
@@ -223,7 +223,7 @@ impl Compiler<'_> {
                     };
                     let table = certificates.entry(port).or_default();
                     for host in &server.hosts {
-                        let domain = host.split_once('/').map_or(host.as_str(), |(_, h)| h).to_ascii_lowercase();
+                        let domain = split_server_host(host).1.to_ascii_lowercase();
                         if domain == "*" {
                             table.star.get_or_insert_with(|| cert.clone());
                         } else if let Some(suffix) = domain.strip_prefix('*') {
@@ -322,8 +322,7 @@ impl Compiler<'_> {
             let mut targets = Vec::new();
             for d in &route.route {
                 let Some(dest) = d.destination.as_ref() else { continue };
-                let weight =
-                    if single { d.weight.unwrap_or(100).max(0) as u32 } else { d.weight.unwrap_or(0).max(0) as u32 };
+                let weight = route_weight(d.weight, single);
                 let (request_headers, response_headers) = header_ops(d.headers.as_ref());
                 // A destination without a subset is split by the service's TrafficSplit, if any:
                 // weights multiply, in hundredths so that 20% of 50% stays exact.
@@ -430,7 +429,7 @@ impl Compiler<'_> {
         let mut targets = Vec::new();
         for d in route {
             let Some(dest) = &d.destination else { continue };
-            upper += if single { d.weight.unwrap_or(100).max(0) as u32 } else { d.weight.unwrap_or(0).max(0) as u32 };
+            upper += route_weight(d.weight, single);
             targets.push(Target {
                 upper,
                 cluster: self.cluster(ix, clusters, ns, dest),
@@ -637,6 +636,12 @@ fn locality_priority(own: &str, theirs: &str, setting: Option<&meshgate_model::n
     if rules.is_empty() || rules.iter().any(|f| f.to.as_deref() == Some(region)) { 2 } else { 3 }
 }
 
+/// A destination's weight as Istio reads it: a lone destination without a
+/// weight takes all traffic; among several, a missing weight is 0.
+fn route_weight(weight: Option<i32>, single: bool) -> u32 {
+    weight.unwrap_or(if single { 100 } else { 0 }).max(0) as u32
+}
+
 /// A subset's policy replaces the host's policy field by field.
 fn overlay(base: &mut TrafficPolicy, over: &TrafficPolicy) {
     if over.load_balancer.is_some() {
@@ -677,8 +682,8 @@ fn effective_hosts(server_hosts: &[String], gw_ns: &str, vs_ns: &str, vs_host: &
     server_hosts
         .iter()
         .filter_map(|h| {
-            let (ns, pattern) = h.split_once('/').unwrap_or(("*", h));
-            if !(ns == "*" || ns == vs_ns || (ns == "." && gw_ns == vs_ns)) {
+            let (ns, pattern) = split_server_host(h);
+            if !namespace_admits(ns, gw_ns, vs_ns) {
                 return None;
             }
             let pattern = pattern.to_ascii_lowercase();

@@ -108,8 +108,8 @@ pub struct Route {
 
 /// A route's `corsPolicy`, with its response header values built once.
 pub struct Cors {
-    /// `None` in the list means any origin (`*`).
     pub origins: Vec<StrMatch>,
+    /// `*` among the allowed origins: every origin passes.
     pub any_origin: bool,
     pub allow_methods: Option<HeaderValue>,
     pub allow_headers: Option<HeaderValue>,
@@ -176,23 +176,22 @@ pub enum StrMatch {
 impl RequestMatch {
     /// Whether a request satisfies every condition.
     pub fn matches<B>(&self, req: &http::Request<B>, scheme: &str) -> bool {
-        let m = self;
-        if let Some(u) = &m.uri {
+        if let Some(u) = &self.uri {
             let path = req.uri().path();
             // Istio applies ignoreUriCase to exact and prefix matches only.
-            let fold = m.ignore_uri_case && !matches!(u, StrMatch::Regex(_));
+            let fold = self.ignore_uri_case && !matches!(u, StrMatch::Regex(_));
             let ok = if fold { u.matches(&path.to_ascii_lowercase()) } else { u.matches(path) };
             if !ok {
                 return false;
             }
         }
-        if m.method.as_ref().is_some_and(|x| !x.matches(req.method().as_str())) {
+        if self.method.as_ref().is_some_and(|x| !x.matches(req.method().as_str())) {
             return false;
         }
-        if m.scheme.as_ref().is_some_and(|x| !x.matches(scheme)) {
+        if self.scheme.as_ref().is_some_and(|x| !x.matches(scheme)) {
             return false;
         }
-        if let Some(a) = &m.authority {
+        if let Some(a) = &self.authority {
             let authority = req
                 .uri()
                 .authority()
@@ -207,13 +206,13 @@ impl RequestMatch {
             None => false,
             Some(v) => want.as_ref().is_none_or(|w| v.to_str().is_ok_and(|v| w.matches(v))),
         };
-        if !m.headers.iter().all(|(n, w)| header_ok(n, w)) {
+        if !self.headers.iter().all(|(n, w)| header_ok(n, w)) {
             return false;
         }
-        if m.without_headers.iter().any(|(n, w)| header_ok(n, w)) {
+        if self.without_headers.iter().any(|(n, w)| header_ok(n, w)) {
             return false;
         }
-        if !m.query.is_empty() {
+        if !self.query.is_empty() {
             let query = req.uri().query().unwrap_or("");
             let value = |key: &str| {
                 query.split('&').find_map(|pair| {
@@ -221,7 +220,7 @@ impl RequestMatch {
                     (k == key).then_some(v)
                 })
             };
-            if !m.query.iter().all(|(k, w)| value(k).is_some_and(|v| w.as_ref().is_none_or(|w| w.matches(v)))) {
+            if !self.query.iter().all(|(k, w)| value(k).is_some_and(|v| w.as_ref().is_none_or(|w| w.matches(v)))) {
                 return false;
             }
         }
