@@ -138,7 +138,12 @@ impl Drop for Active<'_> {
 
 impl Health {
     pub fn is_ejected(&self) -> bool {
-        self.ejected_until.load(Ordering::Relaxed) > now_ms()
+        self.ejected_at(now_ms())
+    }
+
+    /// Like [`Health::is_ejected`] with the clock read once by the caller.
+    fn ejected_at(&self, now: u64) -> bool {
+        self.ejected_until.load(Ordering::Relaxed) > now
     }
 }
 
@@ -226,14 +231,16 @@ impl Cluster {
     /// runs on every request.
     pub fn pick(&self, avoid: Option<usize>, hash: Option<u64>) -> Option<usize> {
         let n = self.endpoints.len();
+        // One clock read per pick, not one per endpoint and pass.
+        let now = now_ms();
         // Panic mode (`minHealthPercent`): too few healthy endpoints, so use them all.
         let panic = self.outlier.as_ref().is_some_and(|o| {
             o.min_health_percent > 0 && {
-                let up = self.endpoints.iter().filter(|e| !e.health.is_ejected()).count() as u32;
+                let up = self.endpoints.iter().filter(|e| !e.health.ejected_at(now)).count() as u32;
                 up * 100 < o.min_health_percent * n as u32
             }
         });
-        let healthy = |i: usize| panic || !self.endpoints[i].health.is_ejected();
+        let healthy = |i: usize| panic || !self.endpoints[i].health.ejected_at(now);
         match n {
             0 => return None,
             1 => return healthy(0).then_some(0),
