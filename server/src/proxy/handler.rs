@@ -9,11 +9,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt as _, Either, Full};
-use hyper::body::Incoming;
+use http_body_util::BodyExt as _;
 
 use super::config::{Action, Redirect, Rewrite, Route, WeightedClusters};
-use super::{Listener, ProxyBody};
+use super::upstream::Cluster;
+use super::{Clients, Listener, ProxyBody};
 
 /// The header carrying Envoy-style response flags on locally made errors.
 pub const RESPONSE_FLAGS: &str = "x-meshgate-response-flags";
@@ -35,7 +35,7 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 ];
 
 fn local(status: StatusCode, flag: &'static str, body: &'static str) -> Response<ProxyBody> {
-    let mut resp = Response::new(Either::Right(Full::new(Bytes::from_static(body.as_bytes()))));
+    let mut resp = Response::new(ProxyBody::from_static(body));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
@@ -43,7 +43,7 @@ fn local(status: StatusCode, flag: &'static str, body: &'static str) -> Response
     resp
 }
 
-pub async fn handle(l: &Listener, peer: SocketAddr, req: Request<Incoming>) -> Response<ProxyBody> {
+pub async fn handle(l: &Listener, peer: SocketAddr, req: Request<ProxyBody>) -> Response<ProxyBody> {
     let grpc = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -73,7 +73,7 @@ fn grpc_error(resp: Response<ProxyBody>) -> Response<ProxyBody> {
         resp.status().as_u16(),
         resp.headers()[RESPONSE_FLAGS].to_str().unwrap_or("")
     );
-    let mut out = Response::new(Either::Right(Full::new(Bytes::new())));
+    let mut out = Response::new(ProxyBody::empty());
     let h = out.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
     h.insert("grpc-status", HeaderValue::from(code));
@@ -86,11 +86,9 @@ fn grpc_error(resp: Response<ProxyBody>) -> Response<ProxyBody> {
     out
 }
 
-async fn route(l: &Listener, peer: SocketAddr, mut req: Request<Incoming>) -> Response<ProxyBody> {
-    // Request smuggling is handled by hyper's parser: differing Content-Length
-    // headers get 400; Content-Length with Transfer-Encoding is framed by the
-    // latter alone and the connection is closed after the response (RFC 9112
-    // section 6.1), so no bytes can be read as a second request.
+async fn route(l: &Listener, peer: SocketAddr, mut req: Request<ProxyBody>) -> Response<ProxyBody> {
+    // Request smuggling is refused by the HTTP/1 server before this point
+    // (see `h1::server`).
     // Match and forward the normalized path, so `/a/../admin` cannot dodge a `/admin` rule.
     if let Some(normalized) = normalize_path(req.uri().path()) {
         let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
@@ -138,7 +136,7 @@ async fn route(l: &Listener, peer: SocketAddr, mut req: Request<Incoming>) -> Re
     {
         let allowed = origin.to_str().is_ok_and(|o| cors.allows(o));
         if allowed || cors.ignore_unmatched_preflights {
-            let mut resp = Response::new(Either::Right(Full::new(Bytes::new())));
+            let mut resp = Response::new(ProxyBody::empty());
             if allowed {
                 preflight_headers(cors, origin, resp.headers_mut());
             }
@@ -147,7 +145,7 @@ async fn route(l: &Listener, peer: SocketAddr, mut req: Request<Incoming>) -> Re
     }
     let mut resp = match route.action.as_ref() {
         Action::Direct { status, body } => {
-            let mut r = Response::new(Either::Right(Full::new(body.clone())));
+            let mut r = Response::new(ProxyBody::full(body.clone()));
             *r.status_mut() = *status;
             r
         }
@@ -281,7 +279,7 @@ fn redirect_response<B>(r: &Redirect, req: &Request<B>, scheme: &str, host: &str
         Some(p) => p.clone(),
         None => req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into()),
     };
-    let mut resp = Response::new(Either::Right(Full::new(Bytes::new())));
+    let mut resp = Response::new(ProxyBody::empty());
     *resp.status_mut() = r.status;
     if let Ok(v) = HeaderValue::from_str(&format!("{scheme}://{authority}{path}")) {
         resp.headers_mut().insert(header::LOCATION, v);
@@ -322,12 +320,11 @@ async fn forward(
     peer: SocketAddr,
     route: &Route,
     targets: &WeightedClusters,
-    mut req: Request<Incoming>,
+    req: Request<ProxyBody>,
 ) -> Response<ProxyBody> {
     let target = targets.pick();
-    // WebSocket and other upgrades: after a 101 the two connections are spliced.
+    // WebSocket and other upgrades: after a 101 the HTTP/1 server splices the two connections.
     let upgrade = req.headers().get(header::UPGRADE).cloned().filter(|_| wants_upgrade(req.headers()));
-    let downstream_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     let cluster = &target.cluster;
     if cluster.endpoints.is_empty() {
         return local(StatusCode::SERVICE_UNAVAILABLE, "UH", "no healthy upstream\n");
@@ -396,7 +393,6 @@ async fn forward(
         }
     }
 
-    let mut downstream_upgrade = downstream_upgrade;
     let attempts = async {
         let mut last: Option<usize> = None;
         let mut attempt = 0;
@@ -416,10 +412,10 @@ async fn forward(
             let Ok(uri) = Uri::from_parts(uri) else {
                 return local(StatusCode::BAD_REQUEST, "DPE", "bad request path\n");
             };
-            let body: ProxyBody = match (&replay, streamed.take()) {
-                (Some(bytes), _) => Either::Right(Full::new(bytes.clone())),
-                (None, Some(incoming)) => Either::Left(incoming),
-                (None, None) => Either::Right(Full::new(Bytes::new())),
+            let body = match (&replay, streamed.take()) {
+                (Some(bytes), _) => ProxyBody::full(bytes.clone()),
+                (None, Some(streamed)) => streamed,
+                (None, None) => ProxyBody::empty(),
             };
             let mut up = Request::new(body);
             *up.method_mut() = parts.method.clone();
@@ -432,21 +428,12 @@ async fn forward(
             }
             // Counted down on drop, also when a timeout or the client cancels the attempt.
             let active = super::upstream::Active::enter(&endpoint.health);
-            *up.version_mut() = if cluster.http2 { http::Version::HTTP_2 } else { http::Version::HTTP_11 };
-            let sent = l.clients.for_protocol(cluster.http2).request(up);
+            let sent = send(&l.clients, cluster, index, up);
             let outcome = match route.retry.per_try_timeout {
-                Some(t) => tokio::time::timeout(t, sent).await.map_err(|_| Failure::Timeout),
-                None => Ok(sent.await),
+                Some(t) => tokio::time::timeout(t, sent).await.unwrap_or(Err(Failure::Timeout)),
+                None => sent.await,
             };
             drop(active);
-            let outcome = match outcome {
-                Ok(Ok(resp)) => Ok(resp),
-                Ok(Err(e)) if e.is_connect() => Err(Failure::Connect),
-                // An HTTP/2 REFUSED_STREAM: the upstream did not process it, always safe to retry.
-                Ok(Err(e)) if format!("{e:?}").contains("REFUSED_STREAM") => Err(Failure::Refused),
-                Ok(Err(_)) => Err(Failure::Reset),
-                Err(t) => Err(t),
-            };
             cluster.record(index, outcome.as_ref().ok().map(|r| r.status().as_u16()));
             let retry_on = &route.retry.on;
             let retriable = match &outcome {
@@ -463,17 +450,13 @@ async fn forward(
             let retry_slot = if retriable && attempt < max_attempts { cluster.admit_retry() } else { None };
             if retry_slot.is_none() {
                 return match outcome {
-                    Ok(mut resp) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
-                        match downstream_upgrade.take() {
-                            Some(downstream) => splice(downstream, hyper::upgrade::on(&mut resp)),
-                            None => {
-                                return local(StatusCode::BAD_GATEWAY, "UPE", "upstream switched protocols unasked\n");
-                            }
+                    Ok(resp) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                        if upgrade.is_none() || resp.extensions().get::<super::h1::client::Upgraded>().is_none() {
+                            return local(StatusCode::BAD_GATEWAY, "UPE", "upstream switched protocols unasked\n");
                         }
-                        resp.map(Either::Left)
+                        resp
                     }
-                    Ok(resp) => {
-                        let mut resp = resp.map(Either::Left);
+                    Ok(mut resp) => {
                         strip_hop_by_hop(resp.headers_mut());
                         target.response_headers.apply(resp.headers_mut());
                         if attempt > 1 && retriable {
@@ -507,12 +490,37 @@ async fn forward(
     }
 }
 
+/// One attempt to one endpoint of `cluster`: HTTP/1 through the
+/// endpoint's keep-alive pool, HTTP/2 (h2c) through hyper's client.
+async fn send(
+    clients: &Clients,
+    cluster: &Cluster,
+    index: usize,
+    mut req: Request<ProxyBody>,
+) -> Result<Response<ProxyBody>, Failure> {
+    let endpoint = &cluster.endpoints[index];
+    if !cluster.http2 {
+        return super::h1::client::send(&endpoint.health, &endpoint.address, req).await.map_err(|e| match e {
+            super::h1::client::Error::Connect(_) => Failure::Connect,
+            super::h1::client::Error::Reset(_) => Failure::Reset,
+        });
+    }
+    *req.version_mut() = http::Version::HTTP_2;
+    match clients.http2.request(req).await {
+        Ok(resp) => Ok(resp.map(ProxyBody::Hyper)),
+        Err(e) if e.is_connect() => Err(Failure::Connect),
+        // An HTTP/2 REFUSED_STREAM: the upstream did not process it, always safe to retry.
+        Err(e) if format!("{e:?}").contains("REFUSED_STREAM") => Err(Failure::Refused),
+        Err(_) => Err(Failure::Reset),
+    }
+}
+
 /// Sends a copy of the request to a mirror cluster and forgets it: the
 /// answer is dropped and the main request never waits for it. The copy's
 /// Host gets Istio's `-shadow` suffix.
 fn send_mirror(
     l: &Listener,
-    cluster: std::sync::Arc<super::upstream::Cluster>,
+    cluster: std::sync::Arc<Cluster>,
     parts: &http::request::Parts,
     path: &http::uri::PathAndQuery,
     body: Bytes,
@@ -524,7 +532,7 @@ fn send_mirror(
     uri.authority = Some(cluster.endpoints[index].authority.clone());
     uri.path_and_query = Some(path.clone());
     let Ok(uri) = Uri::from_parts(uri) else { return };
-    let mut copy = Request::new(Either::Right(Full::new(body)));
+    let mut copy = Request::new(ProxyBody::full(body));
     *copy.method_mut() = parts.method.clone();
     *copy.uri_mut() = uri;
     *copy.headers_mut() = parts.headers.clone();
@@ -537,21 +545,22 @@ fn send_mirror(
             copy.headers_mut().insert(header::HOST, v);
         }
     }
-    *copy.version_mut() = if cluster.http2 { http::Version::HTTP_2 } else { http::Version::HTTP_11 };
     // Mirrors are best effort: past this many copies in flight, new ones are dropped.
     static MIRRORS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1024);
     let Ok(slot) = MIRRORS.try_acquire() else {
         tracing::debug!(cluster = %cluster.name, "mirror dropped: too many copies in flight");
         return;
     };
-    let client = l.clients.for_protocol(cluster.http2).clone();
+    let clients = l.clients.clone();
     tokio::spawn(async move {
         let _slot = slot;
-        match tokio::time::timeout(Duration::from_secs(30), client.request(copy)).await {
-            Ok(Ok(resp)) => {
-                let _ = resp.into_body().collect().await;
-            }
-            Ok(Err(e)) => tracing::debug!(error = %e, cluster = %cluster.name, "mirror request failed"),
+        let exchange = async {
+            let resp = send(&clients, &cluster, index, copy).await.map_err(|_| "mirror request failed")?;
+            resp.into_body().collect().await.map(|_| ()).map_err(|_| "mirror response failed")
+        };
+        match tokio::time::timeout(Duration::from_secs(30), exchange).await {
+            Ok(Ok(())) => {}
+            Ok(Err(why)) => tracing::debug!(cluster = %cluster.name, why),
             Err(_) => tracing::debug!(cluster = %cluster.name, "mirror request timed out"),
         }
     });
@@ -587,21 +596,6 @@ fn wants_upgrade(headers: &HeaderMap) -> bool {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
-}
-
-/// Copies bytes both ways between the client's and the upstream's upgraded
-/// connections until either side closes.
-fn splice(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
-    tokio::spawn(async move {
-        let (Ok(down), Ok(up)) = tokio::join!(downstream, upstream) else {
-            return tracing::debug!("upgrade failed on one side");
-        };
-        let mut down = hyper_util::rt::TokioIo::new(down);
-        let mut up = hyper_util::rt::TokioIo::new(up);
-        if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
-            tracing::debug!(error = %e, "upgraded connection ended with an error");
-        }
-    });
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {

@@ -2,7 +2,9 @@
 //! sidecar inbound and outbound). It runs from the immutable [`Snapshot`]
 //! the control plane swaps in, never from the database.
 
+mod body;
 pub mod config;
+pub mod h1;
 mod handler;
 pub mod l4;
 pub mod listeners;
@@ -13,25 +15,18 @@ pub mod upstream;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+
+pub use body::ProxyBody;
+use h1::server::HEAD_TIMEOUT;
 
 use crate::control::Hub;
 
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// How long a client may take to send a request head, and how long an idle
-/// keep-alive connection may wait for its next request (hyper runs one
-/// timer for both). Slow-loris clients are cut off after this.
-const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Bodies the proxy sends either way: streamed from the peer, or made here.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 
 /// What every connection of one listener shares.
 pub struct Listener {
@@ -44,22 +39,27 @@ pub struct Listener {
     pub connection_limit: Arc<tokio::sync::Semaphore>,
 }
 
-/// Upstream clients by protocol, shared by all listeners so keep-alive
-/// pools survive configuration changes.
+/// The HTTP/2 upstream client (h2c with prior knowledge: gRPC and `HTTP2`
+/// ports), shared by all listeners so its connections survive configuration
+/// changes. HTTP/1 upstreams use [`h1::client`], pooled per endpoint.
 #[derive(Clone)]
 pub struct Clients {
-    pub http1: Client<HttpConnector, ProxyBody>,
-    /// HTTP/2 with prior knowledge (h2c): gRPC and `HTTP2` ports.
     pub http2: Client<HttpConnector, ProxyBody>,
 }
 
 impl Clients {
     pub fn new() -> Clients {
-        Clients { http1: upstream_client(false), http2: upstream_client(true) }
-    }
-
-    pub fn for_protocol(&self, http2: bool) -> &Client<HttpConnector, ProxyBody> {
-        if http2 { &self.http2 } else { &self.http1 }
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(std::time::Duration::from_secs(10)));
+        connector.set_keepalive(Some(std::time::Duration::from_secs(60)));
+        let http2 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(std::time::Duration::from_secs(90))
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .http2_only(true)
+            .build(connector);
+        Clients { http2 }
     }
 }
 
@@ -67,22 +67,6 @@ impl Default for Clients {
     fn default() -> Clients {
         Clients::new()
     }
-}
-
-fn upstream_client(http2: bool) -> Client<HttpConnector, ProxyBody> {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(std::time::Duration::from_secs(10)));
-    connector.set_keepalive(Some(std::time::Duration::from_secs(60)));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(std::time::Duration::from_secs(90))
-        .pool_max_idle_per_host(1024)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .http2_only(http2)
-        // Small heads and bodies: one flattened write beats a writev of pieces.
-        .http1_writev(false)
-        .build(connector)
 }
 
 /// Serves `listener` until `shutdown` completes, then lets open
@@ -93,7 +77,10 @@ pub async fn serve(
     tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
+    // HTTP/2 connections drain through hyper's graceful shutdown; HTTP/1
+    // ones watch `closing` and hold a receiver until they end.
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let (closing, open) = tokio::sync::watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let Some((stream, peer, permit)) = accept(&listener, &state.connection_limit, &mut shutdown).await else {
@@ -101,74 +88,86 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let state = Arc::clone(&state);
-        let service = hyper::service::service_fn(move |req| {
-            let state = Arc::clone(&state);
-            async move { Ok::<_, std::convert::Infallible>(handler::handle(&state, peer, req).await) }
-        });
-        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        // Slow or oversized request heads: cut off after HEAD_TIMEOUT; 431 past 64 KiB or 100 headers.
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEAD_TIMEOUT)
-            .max_buf_size(64 * 1024)
-            .max_headers(100)
-            .writev(false);
-        // HTTP/2 peers that vanish are found by pings and closed.
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(64 * 1024)
-            .keep_alive_interval(Some(HEAD_TIMEOUT))
-            .keep_alive_timeout(std::time::Duration::from_secs(10));
-        match &tls {
-            None => {
-                let watcher = graceful.watcher();
-                tokio::spawn(async move {
-                    // A client that connects and sends nothing is closed: hyper's
-                    // protocol sniffing, before HTTP/1's head timer, has no timeout.
+        let open = open.clone();
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            match tls {
+                None => {
+                    // A client that connects and sends nothing is closed after HEAD_TIMEOUT.
                     if !matches!(tokio::time::timeout(HEAD_TIMEOUT, stream.readable()).await, Ok(Ok(()))) {
                         return;
                     }
-                    // The connection then runs in a task of its own: serving it from this
-                    // one (the builder and the wait above in its state) cost a third more
-                    // CPU per request in the yardstick.
-                    let conn = watcher
-                        .watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned());
-                    tokio::spawn(async move {
-                        let _permit = permit;
-                        if let Err(e) = conn.await {
-                            tracing::debug!(error = %e, %peer, "connection ended with an error");
-                        }
-                    });
-                });
-            }
-            Some(acceptor) => {
-                // The handshake runs in the connection's task, never in the accept loop.
-                let acceptor = acceptor.clone();
-                let watcher = graceful.watcher();
-                tokio::spawn(async move {
+                    if h2_prior_knowledge(&stream).await {
+                        return serve_h2(TokioIo::new(stream), state, peer, watcher).await;
+                    }
+                    let mut stream = stream;
+                    let (r, w) = stream.split();
+                    h1::server::serve(r, w, state, peer, open).await;
+                }
+                Some(acceptor) => {
                     let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
                     let stream = match handshake {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => return tracing::debug!(error = %e, %peer, "TLS handshake failed"),
                         Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
                     };
-                    // As for plain connections: the connection gets a task of its own.
-                    let conn = watcher
-                        .watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned());
-                    tokio::spawn(async move {
-                        let _permit = permit;
-                        if let Err(e) = conn.await {
-                            tracing::debug!(error = %e, %peer, "connection ended with an error");
-                        }
-                    });
-                });
+                    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        return serve_h2(TokioIo::new(stream), state, peer, watcher).await;
+                    }
+                    let (r, w) = tokio::io::split(stream);
+                    h1::server::serve(r, w, state, peer, open).await;
+                }
             }
-        }
+        });
     }
     drop(listener);
-    graceful.shutdown().await;
+    drop(open);
+    let _ = closing.send(true);
+    tokio::join!(graceful.shutdown(), closing.closed());
+}
+
+/// Whether a plain connection opens with the HTTP/2 preface (h2c with
+/// prior knowledge, as gRPC clients do).
+async fn h2_prior_knowledge(stream: &TcpStream) -> bool {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut seen = [0u8; PREFACE.len()];
+    for _ in 0..100 {
+        let n = match stream.peek(&mut seen).await {
+            Ok(n) if n > 0 => n,
+            _ => return false,
+        };
+        if !PREFACE.starts_with(&seen[..n]) {
+            return false;
+        }
+        if n == PREFACE.len() {
+            return true;
+        }
+        // Part of the preface so far: wait for the rest.
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    false
+}
+
+async fn serve_h2<I>(io: I, state: Arc<Listener>, peer: SocketAddr, watcher: hyper_util::server::graceful::Watcher)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+        let state = Arc::clone(&state);
+        async move { Ok::<_, std::convert::Infallible>(handler::handle(&state, peer, req.map(ProxyBody::Hyper)).await) }
+    });
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    // HTTP/2 peers that vanish are found by pings and closed.
+    builder
+        .timer(TokioTimer::new())
+        .max_header_list_size(64 * 1024)
+        .keep_alive_interval(Some(HEAD_TIMEOUT))
+        .keep_alive_timeout(std::time::Duration::from_secs(10));
+    if let Err(e) = watcher.watch(builder.serve_connection(io, service)).await {
+        tracing::debug!(error = %e, %peer, "HTTP/2 connection ended with an error");
+    }
 }
 
 /// The next connection, with its place under the global connection limit;

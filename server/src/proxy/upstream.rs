@@ -100,7 +100,8 @@ pub struct OutlierPolicy {
     pub min_health_percent: u32,
 }
 
-/// Per-endpoint state shared by every snapshot that has this endpoint.
+/// Per-endpoint state shared by every snapshot that has this endpoint:
+/// health for outlier detection and the keep-alive pool.
 #[derive(Default)]
 pub struct Health {
     pub active: AtomicU32,
@@ -109,6 +110,8 @@ pub struct Health {
     /// Milliseconds since [`epoch`] until which the endpoint is ejected.
     ejected_until: AtomicU64,
     times_ejected: AtomicU32,
+    /// Idle HTTP/1 keep-alive connections to the endpoint.
+    pub pool: super::h1::client::Pool,
 }
 
 fn epoch() -> Instant {

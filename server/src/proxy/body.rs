@@ -1,0 +1,72 @@
+//! The one body type of the data plane, in both directions: bytes made
+//! here, a request body streamed from a client over HTTP/1, a response
+//! body streamed from an upstream over HTTP/1, or a body from hyper (HTTP/2
+//! either way). An enum rather than a boxed trait object: no allocation and
+//! no dynamic dispatch per request.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::body::{Body, Frame, SizeHint};
+
+use super::h1;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+pub enum ProxyBody {
+    /// Made here, or buffered: `None` once sent (or empty from the start).
+    Full(Option<Bytes>),
+    Hyper(Incoming),
+    /// A client's HTTP/1 request body, read by its connection's task.
+    Downstream(h1::server::RequestBody),
+    /// An upstream's HTTP/1 response body, read straight from its connection.
+    Upstream(h1::client::ResponseBody),
+}
+
+impl ProxyBody {
+    pub fn empty() -> ProxyBody {
+        ProxyBody::Full(None)
+    }
+
+    pub fn full(bytes: Bytes) -> ProxyBody {
+        ProxyBody::Full((!bytes.is_empty()).then_some(bytes))
+    }
+
+    pub fn from_static(s: &'static str) -> ProxyBody {
+        ProxyBody::full(Bytes::from_static(s.as_bytes()))
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut *self {
+            ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            ProxyBody::Downstream(b) => b.poll_frame(cx).map_err(Into::into),
+            ProxyBody::Upstream(b) => b.poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Full(b) => b.is_none(),
+            ProxyBody::Hyper(b) => b.is_end_stream(),
+            ProxyBody::Downstream(b) => b.is_end_stream(),
+            ProxyBody::Upstream(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            ProxyBody::Hyper(b) => b.size_hint(),
+            ProxyBody::Downstream(b) => b.size_hint(),
+            ProxyBody::Upstream(b) => b.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,434 @@
+//! HTTP/1.1 towards upstreams. Each endpoint keeps a pool of idle
+//! keep-alive connections (newest first); a request takes one, writes its
+//! head (and a small body) in one write, and reads the response head in
+//! the requesting task. A response body that is already in the buffer is
+//! returned whole and the connection goes back to the pool at once;
+//! otherwise the body reads straight from the connection and returns it
+//! when the body ends. No connection task, no channel, no lock held across
+//! I/O.
+
+use std::future::Future as _;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap};
+use http::{Method, Request, Response, StatusCode, Version};
+use hyper::body::{Body as _, Frame, SizeHint};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+
+use super::{Chunk, Decoded, Decoder, FieldAt, MAX_HEAD, MAX_HEADERS};
+use crate::proxy::ProxyBody;
+use crate::proxy::upstream::Health;
+
+/// Idle connections older than this are closed rather than reused.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Idle connections kept per endpoint.
+const MAX_IDLE: usize = 1024;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Request bodies up to this size are written with the head.
+const INLINE_BODY: usize = 16 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("upstream connect error: {0}")]
+    Connect(io::Error),
+    #[error("upstream connection failed: {0}")]
+    Reset(io::Error),
+}
+
+/// An upstream connection after `101 Switching Protocols`, with any bytes
+/// the upstream sent after its response head; carried to the client side
+/// as a response extension (which must be `Clone`, hence the shared slot).
+#[derive(Clone)]
+pub struct Upgraded(Arc<Mutex<Option<(TcpStream, Bytes)>>>);
+
+impl Upgraded {
+    pub fn take(&self) -> Option<(TcpStream, Bytes)> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// Idle keep-alive connections to one endpoint.
+#[derive(Default)]
+pub struct Pool {
+    idle: Mutex<Vec<(TcpStream, Instant)>>,
+}
+
+impl Pool {
+    fn take(&self) -> Option<TcpStream> {
+        loop {
+            let (stream, since) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
+            if since.elapsed() > IDLE_TIMEOUT {
+                // The newest is too old: so are the rest.
+                self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                return None;
+            }
+            // Closed (or written to) by the upstream while idle: not reusable.
+            match stream.try_read(&mut [0u8; 1]) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(stream),
+                _ => continue,
+            }
+        }
+    }
+
+    fn put(&self, stream: TcpStream) {
+        let now = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let stale = idle.iter().take_while(|(_, since)| now.duration_since(*since) > IDLE_TIMEOUT).count();
+        idle.drain(..stale);
+        if idle.len() < MAX_IDLE {
+            idle.push((stream, now));
+        }
+    }
+
+    /// Idle connections now (for tests and diagnostics).
+    pub fn idle(&self) -> usize {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+async fn connect(address: &str) -> Result<TcpStream, Error> {
+    let connecting = async {
+        match address.parse::<SocketAddr>() {
+            Ok(addr) => TcpStream::connect(addr).await,
+            Err(_) => TcpStream::connect(address).await,
+        }
+    };
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(Error::Connect(e)),
+        Err(_) => return Err(Error::Connect(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))),
+    };
+    let _ = stream.set_nodelay(true);
+    let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
+    let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+    Ok(stream)
+}
+
+/// Sends `req` to the endpoint at `address`, reusing a pooled connection
+/// when there is one. A reused connection that turns out closed before any
+/// response byte arrived is retried once on a new connection when the body
+/// can be sent again (the keep-alive race every proxy has).
+pub async fn send(health: &Arc<Health>, address: &str, req: Request<ProxyBody>) -> Result<Response<ProxyBody>, Error> {
+    let (parts, mut body) = req.into_parts();
+    let head_request = parts.method == Method::HEAD;
+    let mut head = Vec::with_capacity(512);
+    head.extend_from_slice(parts.method.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(parts.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    super::write_fields(&mut head, &parts.headers, |n| n == header::CONTENT_LENGTH || n == header::TRANSFER_ENCODING);
+    let length = body.size_hint().exact();
+    match length {
+        Some(0) if !matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) => {}
+        Some(n) => {
+            head.extend_from_slice(b"content-length: ");
+            head.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
+        None => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    head.extend_from_slice(b"\r\n");
+    // A body made here (a replayable copy) can be resent; a streamed one cannot.
+    let replayable = match &mut body {
+        ProxyBody::Full(bytes) => {
+            if let Some(b) = bytes.take() {
+                if b.len() <= INLINE_BODY {
+                    head.extend_from_slice(&b);
+                } else {
+                    *bytes = Some(b);
+                }
+            }
+            bytes.is_none()
+        }
+        _ => false,
+    };
+    let mut fresh = false;
+    loop {
+        let stream = match (fresh, health.pool.take()) {
+            (false, Some(s)) => s,
+            _ => {
+                fresh = true;
+                connect(address).await?
+            }
+        };
+        match exchange(stream, &head, &mut body, length.is_none(), head_request).await {
+            Ok(resp) => return Ok(finish(health, resp)),
+            Err((e, before_response)) => {
+                if before_response && !fresh && replayable {
+                    tracing::debug!(error = %e, address, "pooled upstream connection was closed; retrying on a new one");
+                    fresh = true;
+                    continue;
+                }
+                return Err(Error::Reset(e));
+            }
+        }
+    }
+}
+
+struct Exchanged {
+    stream: TcpStream,
+    buf: BytesMut,
+    response: Response<()>,
+    decoder: Option<Decoder>,
+    keep_alive: bool,
+}
+
+/// Writes the request and reads the response head. On failure, says
+/// whether nothing of a response had arrived.
+async fn exchange(
+    mut stream: TcpStream,
+    head: &[u8],
+    body: &mut ProxyBody,
+    chunked: bool,
+    head_request: bool,
+) -> Result<Exchanged, (io::Error, bool)> {
+    stream.write_all(head).await.map_err(|e| (e, true))?;
+    if !body.is_end_stream() {
+        write_body(&mut stream, body, chunked).await.map_err(|e| (e, false))?;
+    }
+    let mut buf = BytesMut::new();
+    loop {
+        super::reserve(&mut buf);
+        match stream.read_buf(&mut buf).await {
+            Ok(0) => {
+                let e = io::Error::new(io::ErrorKind::UnexpectedEof, "upstream closed the connection");
+                return Err((e, buf.is_empty()));
+            }
+            Ok(_) => {}
+            Err(e) => return Err((e, buf.is_empty())),
+        }
+        // 1xx interim responses (other than 101) are skipped.
+        while let Some(response) = parse_head(&mut buf).map_err(|e| (e, false))? {
+            if response.status().is_informational() && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+                continue;
+            }
+            let decoder = response_framing(&response, head_request).map_err(|e| (e, false))?;
+            let version_ok = response.version() == Version::HTTP_11;
+            let headers = response.headers();
+            let keep_alive = if version_ok {
+                !super::connection_has(headers, "close")
+            } else {
+                super::connection_has(headers, "keep-alive")
+            };
+            let keep_alive = keep_alive && !matches!(decoder, Some(Decoder::Close));
+            return Ok(Exchanged { stream, buf, response, decoder, keep_alive });
+        }
+    }
+}
+
+async fn write_body(stream: &mut TcpStream, body: &mut ProxyBody, chunked: bool) -> io::Result<()> {
+    let mut trailers: Option<HeaderMap> = None;
+    let mut out = Vec::new();
+    loop {
+        let frame = match std::future::poll_fn(|cx| std::pin::Pin::new(&mut *body).poll_frame(cx)).await {
+            None => break,
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) => return Err(io::Error::other(e)),
+        };
+        match frame.into_data() {
+            Ok(data) if data.is_empty() => {}
+            Ok(data) if chunked => {
+                out.clear();
+                super::write_chunk_header(&mut out, data.len());
+                stream.write_all(&out).await?;
+                stream.write_all(&data).await?;
+                stream.write_all(b"\r\n").await?;
+            }
+            Ok(data) => stream.write_all(&data).await?,
+            Err(frame) => trailers = frame.into_trailers().ok(),
+        }
+    }
+    if chunked {
+        out.clear();
+        out.extend_from_slice(b"0\r\n");
+        if let Some(t) = &trailers {
+            super::write_fields(&mut out, t, |_| false);
+        }
+        out.extend_from_slice(b"\r\n");
+        stream.write_all(&out).await?;
+    }
+    Ok(())
+}
+
+/// A response head taken off the front of `buf`, once it is all there.
+fn parse_head(buf: &mut BytesMut) -> io::Result<Option<Response<()>>> {
+    let invalid = |why: &'static str| io::Error::new(io::ErrorKind::InvalidData, why);
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut at = [FieldAt::default(); MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut fields);
+    let len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
+            return Err(invalid("upstream response head too large"));
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(invalid("malformed upstream response head")),
+    };
+    let (Some(code), Some(minor)) = (parsed.code, parsed.version) else {
+        return Err(invalid("malformed upstream response head"));
+    };
+    let status = StatusCode::from_u16(code).map_err(|_| invalid("invalid upstream status code"))?;
+    let count = parsed.headers.len();
+    for (slot, f) in at.iter_mut().zip(parsed.headers.iter()) {
+        *slot = FieldAt { name: super::offset(buf, f.name.as_bytes()), value: super::offset(buf, f.value) };
+    }
+    // Frozen: header values share these bytes; what follows stays in `buf`.
+    let head = buf.split_to(len).freeze();
+    let headers = super::header_map(&head, &at[..count]).map_err(|()| invalid("invalid upstream header field"))?;
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    *response.version_mut() = if minor == 1 { Version::HTTP_11 } else { Version::HTTP_10 };
+    *response.headers_mut() = headers;
+    Ok(Some(response))
+}
+
+fn response_framing(response: &Response<()>, head_request: bool) -> io::Result<Option<Decoder>> {
+    let status = response.status();
+    if head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok(None);
+    }
+    let headers = response.headers();
+    if let Some(last) = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(super::trim_ows)
+        .next_back()
+    {
+        // A response whose last coding is not chunked runs to the close.
+        return Ok(Some(if last.eq_ignore_ascii_case(b"chunked") {
+            Decoder::Chunked(Chunk::Size)
+        } else {
+            Decoder::Close
+        }));
+    }
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        let n: u64 = std::str::from_utf8(value.as_bytes())
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "invalid upstream Content-Length"))?;
+        if length.is_some_and(|l| l != n) {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "conflicting upstream Content-Length"));
+        }
+        length = Some(n);
+    }
+    Ok(Some(match length {
+        Some(n) => Decoder::Length(n),
+        None => Decoder::Close,
+    }))
+}
+
+/// Turns an exchange into the response the handler sees.
+fn finish(health: &Arc<Health>, ex: Exchanged) -> Response<ProxyBody> {
+    let Exchanged { stream, mut buf, response, decoder, keep_alive } = ex;
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let mut resp = response.map(|()| ProxyBody::empty());
+        resp.extensions_mut().insert(Upgraded(Arc::new(Mutex::new(Some((stream, buf.freeze()))))));
+        return resp;
+    }
+    let body = match decoder {
+        None => {
+            if keep_alive && buf.is_empty() {
+                health.pool.put(stream);
+            }
+            ProxyBody::empty()
+        }
+        // The whole body is here already (small responses): the connection is free now.
+        Some(Decoder::Length(n)) if buf.len() as u64 >= n => {
+            let body = buf.split_to(n as usize).freeze();
+            if keep_alive && buf.is_empty() {
+                health.pool.put(stream);
+            }
+            ProxyBody::full(body)
+        }
+        Some(decoder) => ProxyBody::Upstream(ResponseBody {
+            stream: Some(stream),
+            buf,
+            decoder,
+            eof: false,
+            keep_alive,
+            health: health.clone(),
+        }),
+    };
+    response.map(|()| body)
+}
+
+/// A response body read from its upstream connection as it is polled; the
+/// connection returns to its pool when the body ends.
+pub struct ResponseBody {
+    stream: Option<TcpStream>,
+    buf: BytesMut,
+    decoder: Decoder,
+    eof: bool,
+    keep_alive: bool,
+    health: Arc<Health>,
+}
+
+impl ResponseBody {
+    fn release(&mut self) {
+        if let Some(stream) = self.stream.take()
+            && self.keep_alive
+            && self.buf.is_empty()
+            && self.decoder.is_done()
+        {
+            self.health.pool.put(stream);
+        }
+    }
+
+    pub fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Frame<Bytes>>>> {
+        loop {
+            let Some(stream) = &mut self.stream else { return Poll::Ready(None) };
+            match self.decoder.decode(&mut self.buf, self.eof) {
+                Ok(Decoded::Data(data)) => {
+                    if self.decoder.is_done() {
+                        self.release();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(Decoded::Trailers(t)) => return Poll::Ready(Some(Ok(Frame::trailers(t)))),
+                Ok(Decoded::End) => {
+                    self.release();
+                    return Poll::Ready(None);
+                }
+                Ok(Decoded::More) => {
+                    super::reserve(&mut self.buf);
+                    match std::pin::pin!(stream.read_buf(&mut self.buf)).poll(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Ok(0)) => self.eof = true,
+                        Poll::Ready(Ok(_)) => {}
+                        Poll::Ready(Err(e)) => {
+                            self.stream = None;
+                            return Poll::Ready(Some(Err(e)));
+                        }
+                    }
+                }
+                Err(e) => {
+                    self.stream = None;
+                    return Poll::Ready(Some(Err(io::Error::new(io::ErrorKind::InvalidData, e))));
+                }
+            }
+        }
+    }
+
+    pub fn is_end_stream(&self) -> bool {
+        self.stream.is_none() || self.decoder.is_done()
+    }
+
+    pub fn size_hint(&self) -> SizeHint {
+        match self.decoder.exact_remaining() {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
+    }
+}

@@ -1,0 +1,592 @@
+//! HTTP/1.1 towards clients. One task per connection reads a request head,
+//! runs the handler, and writes the response while it streams; a request
+//! body that is not already in the buffer is read by the same task and
+//! handed to the handler through a one-slot channel. Between requests the
+//! connection holds no buffer: it waits for readability first.
+//!
+//! Stricter than the RFC where leniency lets requests be smuggled: both
+//! `Content-Length` and `Transfer-Encoding`, differing `Content-Length`s, a
+//! transfer coding other than `chunked`, or a bad chunk are refused (400 or
+//! 501) and the connection is closed.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::{Body as _, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::sync::{mpsc, watch};
+
+use super::{Chunk, Decoded, Decoder, FieldAt, MAX_HEAD, MAX_HEADERS};
+use crate::proxy::{Listener, ProxyBody, handler};
+
+/// How long a client may take to send a request head, and how long an idle
+/// keep-alive connection may wait for its next request.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest pause while a request body streams in.
+const BODY_IDLE: Duration = Duration::from_secs(30);
+/// After the response, an unread request body is drained for at most this
+/// long and this many bytes, to keep the connection; past that it is closed.
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+const DRAIN_BYTES: u64 = 1024 * 1024;
+
+/// The read side of a client connection.
+pub trait ClientRead: AsyncRead + Unpin + Send {
+    /// Waits until the client has sent something, so that an idle
+    /// connection holds no read buffer. Streams that cannot tell (TLS)
+    /// return at once.
+    fn wait_readable(&self) -> impl Future<Output = io::Result<()>> + Send;
+}
+
+impl ClientRead for tokio::net::tcp::ReadHalf<'_> {
+    fn wait_readable(&self) -> impl Future<Output = io::Result<()>> + Send {
+        self.readable()
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Send> ClientRead for tokio::io::ReadHalf<T> {
+    fn wait_readable(&self) -> impl Future<Output = io::Result<()>> + Send {
+        std::future::ready(Ok(()))
+    }
+}
+
+/// Serves HTTP/1 requests on one client connection until it closes, fails,
+/// or `shutdown` fires (between requests).
+pub async fn serve<R: ClientRead, W: AsyncWrite + Unpin + Send>(
+    mut r: R,
+    mut w: W,
+    l: Arc<Listener>,
+    peer: SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut buf = BytesMut::new();
+    loop {
+        let head = tokio::select! {
+            biased;
+            _ = shutdown.changed() => return,
+            head = tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut r, &mut buf)) => head,
+        };
+        let head = match head {
+            Ok(Ok(Some(head))) => head,
+            Ok(Ok(None)) => return,
+            Ok(Err(HeadError::Io)) => return,
+            Ok(Err(HeadError::Refused(status, why))) => return refuse(&mut w, status, why).await,
+            // Idle keep-alive connections just close; a half-sent head gets a 408.
+            Err(_) if buf.is_empty() => return,
+            Err(_) => return refuse(&mut w, StatusCode::REQUEST_TIMEOUT, "request head not received in time\n").await,
+        };
+        let RequestHead { request, decoder, keep_alive, expect_continue } = head;
+        let head_request = request.method() == Method::HEAD;
+        let version = request.version();
+        let wants_upgrade = request.headers().contains_key(header::UPGRADE);
+
+        // The body: none, already read, or streamed by this task as the handler consumes it.
+        let (body, pump) = match decoder {
+            None => (ProxyBody::empty(), None),
+            Some(Decoder::Length(n)) if buf.len() as u64 >= n => {
+                (ProxyBody::full(buf.split_to(n as usize).freeze()), None)
+            }
+            Some(decoder) => {
+                let (tx, rx) = mpsc::channel(1);
+                let remaining = decoder.exact_remaining();
+                let body = RequestBody { rx, remaining, ended: false };
+                (ProxyBody::Downstream(body), Some(Pump { decoder, tx: Some(tx), discarded: 0 }))
+            }
+        };
+        if expect_continue && pump.is_some() && w.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err() {
+            return;
+        }
+        let request = request.map(|()| body);
+        // Boxed: the handler's state lives on the heap for the request only,
+        // so an idle connection's task stays small.
+        let mut handler = Box::pin(handler::handle(&l, peer, request));
+        let written = match pump {
+            None => {
+                let resp = (&mut handler).await;
+                let closing = *shutdown.borrow();
+                write_response(&mut w, resp, head_request, version, keep_alive && !closing).await
+            }
+            Some(mut pump) => {
+                let mut pumped: Option<bool> = None;
+                let mut pumping = std::pin::pin!(pump.run(&mut r, &mut buf));
+                let resp = loop {
+                    tokio::select! {
+                        biased;
+                        resp = &mut handler => break resp,
+                        ok = &mut pumping, if pumped.is_none() => pumped = Some(ok),
+                    }
+                };
+                let closing = *shutdown.borrow();
+                let mut writing =
+                    std::pin::pin!(write_response(&mut w, resp, head_request, version, keep_alive && !closing));
+                let written = loop {
+                    tokio::select! {
+                        biased;
+                        done = &mut writing => break done,
+                        ok = &mut pumping, if pumped.is_none() => pumped = Some(ok),
+                    }
+                };
+                // An unread body is drained (briefly) so the connection can serve the next request.
+                if pumped.is_none() && written.is_ok() {
+                    pumped = Some(tokio::time::timeout(DRAIN_TIME, &mut pumping).await.unwrap_or(false));
+                }
+                match written {
+                    Ok(done) if pumped == Some(true) => Ok(done),
+                    Ok((upgraded, _)) => Ok((upgraded, false)),
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        drop(handler);
+        match written {
+            Ok((Some(upgraded), _)) if wants_upgrade => return splice(r, w, buf, upgraded).await,
+            Ok((_, true)) => {}
+            _ => {
+                let _ = w.shutdown().await;
+                return;
+            }
+        }
+        if buf.is_empty() {
+            // Nothing pipelined: give the buffer back while the connection idles.
+            buf = BytesMut::new();
+        }
+    }
+}
+
+async fn refuse<W: AsyncWrite + Unpin + Send>(w: &mut W, status: StatusCode, why: &'static str) {
+    let mut resp = Response::new(ProxyBody::from_static(why));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    resp.headers_mut().insert(handler::RESPONSE_FLAGS, HeaderValue::from_static("DPE"));
+    let _ = write_response(w, resp, false, Version::HTTP_11, false).await;
+    let _ = w.shutdown().await;
+}
+
+struct RequestHead {
+    request: Request<()>,
+    decoder: Option<Decoder>,
+    keep_alive: bool,
+    expect_continue: bool,
+}
+
+enum HeadError {
+    Io,
+    Refused(StatusCode, &'static str),
+}
+
+fn bad(why: &'static str) -> HeadError {
+    HeadError::Refused(StatusCode::BAD_REQUEST, why)
+}
+
+const TOO_LARGE: HeadError =
+    HeadError::Refused(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "request header fields too large\n");
+
+/// Reads until a whole request head is in `buf`; `None` when the client
+/// closed cleanly between requests.
+async fn read_head<R: ClientRead>(r: &mut R, buf: &mut BytesMut) -> Result<Option<RequestHead>, HeadError> {
+    loop {
+        if !buf.is_empty()
+            && let Some(head) = parse_head(buf)?
+        {
+            return Ok(Some(head));
+        }
+        if buf.capacity() == 0 {
+            r.wait_readable().await.map_err(|_| HeadError::Io)?;
+        }
+        super::reserve(buf);
+        match r.read_buf(buf).await {
+            Ok(0) if buf.is_empty() => return Ok(None),
+            Ok(0) | Err(_) => return Err(HeadError::Io),
+            Ok(_) => {}
+        }
+    }
+}
+
+fn parse_head(buf: &mut BytesMut) -> Result<Option<RequestHead>, HeadError> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut at = [FieldAt::default(); MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut fields);
+    let len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => return Err(TOO_LARGE),
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(TOO_LARGE),
+        Err(httparse::Error::Version) => {
+            return Err(HeadError::Refused(StatusCode::HTTP_VERSION_NOT_SUPPORTED, "HTTP version not supported\n"));
+        }
+        Err(_) => return Err(bad("malformed request head\n")),
+    };
+    if len > MAX_HEAD {
+        return Err(TOO_LARGE);
+    }
+    let (Some(method), Some(path), Some(minor)) = (parsed.method, parsed.path, parsed.version) else {
+        return Err(bad("malformed request head\n"));
+    };
+    let method = Method::from_bytes(method.as_bytes()).map_err(|_| bad("invalid method\n"))?;
+    if method == Method::CONNECT {
+        return Err(HeadError::Refused(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported\n"));
+    }
+    let path_at = super::offset(buf, path.as_bytes());
+    let count = parsed.headers.len();
+    for (slot, f) in at.iter_mut().zip(parsed.headers.iter()) {
+        *slot = FieldAt { name: super::offset(buf, f.name.as_bytes()), value: super::offset(buf, f.value) };
+    }
+    let head = buf.split_to(len).freeze();
+    let headers = super::header_map(&head, &at[..count]).map_err(|()| bad("invalid header field\n"))?;
+    let uri = Uri::from_maybe_shared(head.slice(path_at.0..path_at.1)).map_err(|_| bad("invalid request target\n"))?;
+    let version = if minor == 1 { Version::HTTP_11 } else { Version::HTTP_10 };
+
+    let hosts = headers.get_all(header::HOST).iter().count();
+    if hosts > 1 || (hosts == 0 && version == Version::HTTP_11) {
+        return Err(bad("exactly one Host header is required\n"));
+    }
+    let decoder = framing(&headers, version)?;
+    let keep_alive = match version {
+        Version::HTTP_11 => !super::connection_has(&headers, "close"),
+        _ => super::connection_has(&headers, "keep-alive"),
+    };
+    let mut expect_continue = false;
+    if let Some(expect) = headers.get(header::EXPECT) {
+        if !expect.as_bytes().eq_ignore_ascii_case(b"100-continue") {
+            return Err(HeadError::Refused(StatusCode::EXPECTATION_FAILED, "unsupported expectation\n"));
+        }
+        expect_continue = true;
+    }
+    let mut request = Request::new(());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = version;
+    *request.headers_mut() = headers;
+    // Answered here (100 Continue); the upstream must not wait for it again.
+    request.headers_mut().remove(header::EXPECT);
+    Ok(Some(RequestHead { request, decoder, keep_alive, expect_continue }))
+}
+
+/// How the request body is delimited (RFC 9112 section 6.3), refusing every
+/// ambiguity a smuggling attempt relies on.
+fn framing(headers: &HeaderMap, version: Version) -> Result<Option<Decoder>, HeadError> {
+    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter().peekable();
+    if codings.peek().is_some() {
+        if headers.contains_key(header::CONTENT_LENGTH) {
+            return Err(bad("both Content-Length and Transfer-Encoding\n"));
+        }
+        if version != Version::HTTP_11 {
+            return Err(bad("Transfer-Encoding in an HTTP/1.0 request\n"));
+        }
+        let mut tokens = codings.flat_map(|v| v.as_bytes().split(|b| *b == b',')).map(super::trim_ows);
+        let only_chunked = tokens.next().is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")) && tokens.next().is_none();
+        if !only_chunked {
+            return Err(HeadError::Refused(StatusCode::NOT_IMPLEMENTED, "unsupported transfer coding\n"));
+        }
+        return Ok(Some(Decoder::Chunked(Chunk::Size)));
+    }
+    let mut length: Option<u64> = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|b| *b == b',') {
+            let part = super::trim_ows(part);
+            if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+                return Err(bad("invalid Content-Length\n"));
+            }
+            let n: u64 =
+                std::str::from_utf8(part).ok().and_then(|s| s.parse().ok()).ok_or(bad("invalid Content-Length\n"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(bad("conflicting Content-Length headers\n"));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(length.filter(|n| *n > 0).map(Decoder::Length))
+}
+
+enum Item {
+    Data(Bytes),
+    Trailers(HeaderMap),
+    End,
+    Failed(io::ErrorKind, &'static str),
+}
+
+/// A request body the connection's task streams in.
+pub struct RequestBody {
+    rx: mpsc::Receiver<Item>,
+    remaining: Option<u64>,
+    ended: bool,
+}
+
+impl RequestBody {
+    pub fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Frame<Bytes>>>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        let item = match self.rx.poll_recv(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(item) => item,
+        };
+        Poll::Ready(match item {
+            Some(Item::Data(data)) => {
+                if let Some(r) = &mut self.remaining {
+                    *r = r.saturating_sub(data.len() as u64);
+                }
+                Some(Ok(Frame::data(data)))
+            }
+            Some(Item::Trailers(t)) => Some(Ok(Frame::trailers(t))),
+            Some(Item::End) => {
+                self.ended = true;
+                None
+            }
+            Some(Item::Failed(kind, why)) => {
+                self.ended = true;
+                Some(Err(io::Error::new(kind, why)))
+            }
+            None => {
+                self.ended = true;
+                Some(Err(io::Error::new(io::ErrorKind::UnexpectedEof, "client connection closed")))
+            }
+        })
+    }
+
+    pub fn is_end_stream(&self) -> bool {
+        self.ended
+    }
+
+    pub fn size_hint(&self) -> SizeHint {
+        match self.remaining {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+struct Pump {
+    decoder: Decoder,
+    /// `None` once the handler dropped the body: the rest is read and discarded.
+    tx: Option<mpsc::Sender<Item>>,
+    discarded: u64,
+}
+
+impl Pump {
+    /// Reads the body to its end; `true` if the connection is still usable.
+    async fn run<R: ClientRead>(&mut self, r: &mut R, buf: &mut BytesMut) -> bool {
+        let mut eof = false;
+        loop {
+            let item = match self.decoder.decode(buf, eof) {
+                Ok(Decoded::Data(d)) => Item::Data(d),
+                Ok(Decoded::Trailers(t)) => Item::Trailers(t),
+                Ok(Decoded::End) => {
+                    self.send(Item::End).await;
+                    return true;
+                }
+                Ok(Decoded::More) => {
+                    super::reserve(buf);
+                    match tokio::time::timeout(BODY_IDLE, r.read_buf(buf)).await {
+                        Ok(Ok(0)) => eof = true,
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => {
+                            self.send(Item::Failed(e.kind(), "reading the request body failed")).await;
+                            return false;
+                        }
+                        Err(_) => {
+                            self.send(Item::Failed(io::ErrorKind::TimedOut, "request body stalled")).await;
+                            return false;
+                        }
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "bad request body");
+                    self.send(Item::Failed(io::ErrorKind::InvalidData, "malformed request body")).await;
+                    return false;
+                }
+            };
+            if self.tx.is_none() {
+                if let Item::Data(d) = &item {
+                    self.discarded += d.len() as u64;
+                }
+                if self.discarded > DRAIN_BYTES {
+                    return false;
+                }
+            }
+            self.send(item).await;
+        }
+    }
+
+    async fn send(&mut self, item: Item) {
+        if let Some(tx) = &self.tx
+            && tx.send(item).await.is_err()
+        {
+            self.tx = None;
+        }
+    }
+}
+
+/// Writes `resp`; returns the upstream connection of a `101` to splice,
+/// and whether the connection can serve another request.
+async fn write_response<W: AsyncWrite + Unpin + Send>(
+    w: &mut W,
+    mut resp: Response<ProxyBody>,
+    head_request: bool,
+    version: Version,
+    mut keep_alive: bool,
+) -> io::Result<(Option<super::client::Upgraded>, bool)> {
+    let status = resp.status();
+    let upgraded = if status == StatusCode::SWITCHING_PROTOCOLS {
+        resp.extensions_mut().remove::<super::client::Upgraded>()
+    } else {
+        None
+    };
+    let bodiless = head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let small = match resp.body() {
+        ProxyBody::Full(Some(b)) if b.len() <= 16 * 1024 => b.len(),
+        _ => 0,
+    };
+    let mut out = Vec::with_capacity(256 + small);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let length = if bodiless { None } else { resp.body().size_hint().exact() };
+    let chunked = !bodiless && length.is_none() && version == Version::HTTP_11;
+    if !bodiless && length.is_none() && !chunked {
+        // HTTP/1.0 client, unknown length: the end of the body is the end of the connection.
+        keep_alive = false;
+    }
+    let headers = resp.headers();
+    if upgraded.is_some() {
+        super::write_fields(&mut out, headers, |_| false);
+    } else {
+        super::write_fields(&mut out, headers, |n| {
+            n == header::TRANSFER_ENCODING || n == header::CONNECTION || (n == header::CONTENT_LENGTH && !bodiless)
+        });
+        if let Some(n) = length {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        } else if chunked {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        }
+        if !keep_alive {
+            out.extend_from_slice(b"connection: close\r\n");
+        } else if version == Version::HTTP_10 {
+            out.extend_from_slice(b"connection: keep-alive\r\n");
+        }
+    }
+    if !headers.contains_key(header::DATE) {
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(super::date().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if bodiless {
+        w.write_all(&out).await?;
+        w.flush().await?;
+        return Ok((upgraded, keep_alive));
+    }
+
+    let mut body = resp.into_body();
+    let mut sent: u64 = 0;
+    let mut trailers = None;
+    loop {
+        // Frames that are ready go out with what is buffered in one write.
+        let next = if out.is_empty() {
+            std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+        } else {
+            match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
+                Poll::Ready(next) => next,
+                Poll::Pending => {
+                    w.write_all(&out).await?;
+                    out.clear();
+                    continue;
+                }
+            }
+        };
+        let frame = match next {
+            None => break,
+            Some(Ok(frame)) => frame,
+            // The upstream failed mid-body: closing without the end tells the client.
+            Some(Err(e)) => return Err(io::Error::other(e)),
+        };
+        let data = match frame.into_data() {
+            Ok(data) => data,
+            Err(frame) => {
+                trailers = frame.into_trailers().ok();
+                continue;
+            }
+        };
+        if data.is_empty() {
+            continue;
+        }
+        sent += data.len() as u64;
+        if length.is_some_and(|n| sent > n) {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "body longer than its Content-Length"));
+        }
+        if chunked {
+            super::write_chunk_header(&mut out, data.len());
+        }
+        if data.len() > 16 * 1024 {
+            w.write_all(&out).await?;
+            out.clear();
+            w.write_all(&data).await?;
+        } else {
+            out.extend_from_slice(&data);
+        }
+        if chunked {
+            out.extend_from_slice(b"\r\n");
+        }
+        if out.len() >= 64 * 1024 {
+            w.write_all(&out).await?;
+            out.clear();
+        }
+    }
+    if length.is_some_and(|n| sent != n) {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "body shorter than its Content-Length"));
+    }
+    if chunked {
+        out.extend_from_slice(b"0\r\n");
+        if let Some(t) = &trailers {
+            super::write_fields(&mut out, t, |_| false);
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    if !out.is_empty() {
+        w.write_all(&out).await?;
+    }
+    w.flush().await?;
+    Ok((None, keep_alive))
+}
+
+/// After a `101`, copies bytes both ways between the client and the
+/// upstream until both sides are done.
+async fn splice<R: ClientRead, W: AsyncWrite + Unpin + Send>(
+    mut r: R,
+    mut w: W,
+    pending: BytesMut,
+    upgraded: super::client::Upgraded,
+) {
+    let Some((stream, upstream_pending)) = upgraded.take() else { return };
+    let (mut up_r, mut up_w) = stream.into_split();
+    if !pending.is_empty() && up_w.write_all(&pending).await.is_err() {
+        return;
+    }
+    if !upstream_pending.is_empty() && w.write_all(&upstream_pending).await.is_err() {
+        return;
+    }
+    let to_upstream = async {
+        let _ = tokio::io::copy(&mut r, &mut up_w).await;
+        let _ = up_w.shutdown().await;
+    };
+    let to_client = async {
+        let _ = tokio::io::copy(&mut up_r, &mut w).await;
+        let _ = w.shutdown().await;
+    };
+    tokio::join!(to_upstream, to_client);
+}
