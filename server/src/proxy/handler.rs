@@ -369,7 +369,7 @@ async fn forward(
         Some(n) if n <= REPLAYABLE_BODY && (route.retry.attempts > 0 || !route.mirrors.is_empty()) => {
             // A client that announces a body and never sends it is cut off, not waited for.
             let limit = route.timeout.unwrap_or(BODY_READ_TIMEOUT).min(BODY_READ_TIMEOUT);
-            match tokio::time::timeout(limit, body.collect()).await {
+            match tokio::time::timeout(limit, Box::pin(body.collect())).await {
                 Ok(Ok(b)) => Some(b.to_bytes()),
                 Ok(Err(_)) => return local(StatusCode::BAD_REQUEST, "DPE", "request body could not be read\n"),
                 Err(_) => return local(StatusCode::REQUEST_TIMEOUT, "DPE", "request body not received in time\n"),
@@ -428,7 +428,7 @@ async fn forward(
             }
             // Counted down on drop, also when a timeout or the client cancels the attempt.
             let active = super::upstream::Active::enter(&endpoint.health);
-            let sent = send(&l.clients, cluster, index, up);
+            let sent = std::pin::pin!(send(&l.clients, cluster, index, up));
             let outcome = match route.retry.per_try_timeout {
                 Some(t) => tokio::time::timeout(t, sent).await.unwrap_or(Err(Failure::Timeout)),
                 None => sent.await,
@@ -481,6 +481,8 @@ async fn forward(
             _retry_budget = retry_slot;
         }
     };
+    // Pinned once, so the future exists once in this one's state, with or without the timeout.
+    let attempts = std::pin::pin!(attempts);
     match route.timeout {
         Some(t) => match tokio::time::timeout(t, attempts).await {
             Ok(resp) => resp,
@@ -506,7 +508,8 @@ async fn send(
         });
     }
     *req.version_mut() = http::Version::HTTP_2;
-    match clients.http2.request(req).await {
+    // Boxed: HTTP/2's request future is large, and HTTP/1 requests should not carry its size.
+    match Box::pin(clients.http2.request(req)).await {
         Ok(resp) => Ok(resp.map(ProxyBody::Hyper)),
         Err(e) if e.is_connect() => Err(Failure::Connect),
         // An HTTP/2 REFUSED_STREAM: the upstream did not process it, always safe to retry.

@@ -91,7 +91,7 @@ pub async fn serve(
         let open = open.clone();
         let watcher = graceful.watcher();
         let tls = tls.clone();
-        tokio::spawn(async move {
+        let conn = async move {
             let _permit = permit;
             match tls {
                 None => {
@@ -100,27 +100,32 @@ pub async fn serve(
                         return;
                     }
                     if h2_prior_knowledge(&stream).await {
-                        return serve_h2(TokioIo::new(stream), state, peer, watcher).await;
+                        return Box::pin(serve_h2(TokioIo::new(stream), state, peer, watcher)).await;
                     }
                     let mut stream = stream;
                     let (r, w) = stream.split();
                     h1::server::serve(r, w, state, peer, open).await;
                 }
+                // Boxed: TLS state is large and only TLS connections should pay for it.
                 Some(acceptor) => {
-                    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
-                    let stream = match handshake {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => return tracing::debug!(error = %e, %peer, "TLS handshake failed"),
-                        Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
-                    };
-                    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                        return serve_h2(TokioIo::new(stream), state, peer, watcher).await;
-                    }
-                    let (r, w) = tokio::io::split(stream);
-                    h1::server::serve(r, w, state, peer, open).await;
+                    Box::pin(async move {
+                        let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
+                        let stream = match handshake {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => return tracing::debug!(error = %e, %peer, "TLS handshake failed"),
+                            Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                        };
+                        if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                            return serve_h2(TokioIo::new(stream), state, peer, watcher).await;
+                        }
+                        let (r, w) = tokio::io::split(stream);
+                        h1::server::serve(r, w, state, peer, open).await;
+                    })
+                    .await
                 }
             }
-        });
+        };
+        tokio::spawn(conn);
     }
     drop(listener);
     drop(open);

@@ -154,7 +154,8 @@ pub async fn send(health: &Arc<Health>, address: &str, req: Request<ProxyBody>) 
             (false, Some(s)) => s,
             _ => {
                 fresh = true;
-                connect(address).await?
+                // Boxed: connecting (maybe resolving a name) is rare next to reuse.
+                Box::pin(connect(address)).await?
             }
         };
         match exchange(stream, &head, &mut body, length.is_none(), head_request).await {
@@ -190,7 +191,7 @@ async fn exchange(
 ) -> Result<Exchanged, (io::Error, bool)> {
     stream.write_all(head).await.map_err(|e| (e, true))?;
     if !body.is_end_stream() {
-        write_body(&mut stream, body, chunked).await.map_err(|e| (e, false))?;
+        Box::pin(write_body(&mut stream, body, chunked)).await.map_err(|e| (e, false))?;
     }
     let mut buf = BytesMut::new();
     loop {

@@ -77,76 +77,21 @@ pub async fn serve<R: ClientRead, W: AsyncWrite + Unpin + Send>(
             Ok(Ok(Some(head))) => head,
             Ok(Ok(None)) => return,
             Ok(Err(HeadError::Io)) => return,
-            Ok(Err(HeadError::Refused(status, why))) => return refuse(&mut w, status, why).await,
+            Ok(Err(HeadError::Refused(status, why))) => return Box::pin(refuse(&mut w, status, why)).await,
             // Idle keep-alive connections just close; a half-sent head gets a 408.
             Err(_) if buf.is_empty() => return,
-            Err(_) => return refuse(&mut w, StatusCode::REQUEST_TIMEOUT, "request head not received in time\n").await,
-        };
-        let RequestHead { request, decoder, keep_alive, expect_continue } = head;
-        let head_request = request.method() == Method::HEAD;
-        let version = request.version();
-        let wants_upgrade = request.headers().contains_key(header::UPGRADE);
-
-        // The body: none, already read, or streamed by this task as the handler consumes it.
-        let (body, pump) = match decoder {
-            None => (ProxyBody::empty(), None),
-            Some(Decoder::Length(n)) if buf.len() as u64 >= n => {
-                (ProxyBody::full(buf.split_to(n as usize).freeze()), None)
-            }
-            Some(decoder) => {
-                let (tx, rx) = mpsc::channel(1);
-                let remaining = decoder.exact_remaining();
-                let body = RequestBody { rx, remaining, ended: false };
-                (ProxyBody::Downstream(body), Some(Pump { decoder, tx: Some(tx), discarded: 0 }))
+            Err(_) => {
+                let why = "request head not received in time\n";
+                return Box::pin(refuse(&mut w, StatusCode::REQUEST_TIMEOUT, why)).await;
             }
         };
-        if expect_continue && pump.is_some() && w.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err() {
-            return;
-        }
-        let request = request.map(|()| body);
-        // Boxed: the handler's state lives on the heap for the request only,
-        // so an idle connection's task stays small.
-        let mut handler = Box::pin(handler::handle(&l, peer, request));
-        let written = match pump {
-            None => {
-                let resp = (&mut handler).await;
-                let closing = *shutdown.borrow();
-                write_response(&mut w, resp, head_request, version, keep_alive && !closing).await
-            }
-            Some(mut pump) => {
-                let mut pumped: Option<bool> = None;
-                let mut pumping = std::pin::pin!(pump.run(&mut r, &mut buf));
-                let resp = loop {
-                    tokio::select! {
-                        biased;
-                        resp = &mut handler => break resp,
-                        ok = &mut pumping, if pumped.is_none() => pumped = Some(ok),
-                    }
-                };
-                let closing = *shutdown.borrow();
-                let mut writing =
-                    std::pin::pin!(write_response(&mut w, resp, head_request, version, keep_alive && !closing));
-                let written = loop {
-                    tokio::select! {
-                        biased;
-                        done = &mut writing => break done,
-                        ok = &mut pumping, if pumped.is_none() => pumped = Some(ok),
-                    }
-                };
-                // An unread body is drained (briefly) so the connection can serve the next request.
-                if pumped.is_none() && written.is_ok() {
-                    pumped = Some(tokio::time::timeout(DRAIN_TIME, &mut pumping).await.unwrap_or(false));
-                }
-                match written {
-                    Ok(done) if pumped == Some(true) => Ok(done),
-                    Ok((upgraded, _)) => Ok((upgraded, false)),
-                    Err(e) => Err(e),
-                }
-            }
-        };
-        drop(handler);
+        let wants_upgrade = head.request.headers().contains_key(header::UPGRADE);
+        // Boxed: the request's state (handler, body pump, response writer)
+        // lives on the heap for the request only; an idle connection's task
+        // stays small.
+        let written = Box::pin(exchange(&mut r, &mut w, &mut buf, &l, peer, head, &shutdown)).await;
         match written {
-            Ok((Some(upgraded), _)) if wants_upgrade => return splice(r, w, buf, upgraded).await,
+            Ok((Some(upgraded), _)) if wants_upgrade => return Box::pin(splice(r, w, buf, upgraded)).await,
             Ok((_, true)) => {}
             _ => {
                 let _ = w.shutdown().await;
@@ -157,6 +102,107 @@ pub async fn serve<R: ClientRead, W: AsyncWrite + Unpin + Send>(
             // Nothing pipelined: give the buffer back while the connection idles.
             buf = BytesMut::new();
         }
+    }
+}
+
+/// One request on the connection: the handler runs while the request body
+/// streams in, then the response is written; returns what [`write_response`]
+/// returns, with keep-alive off when the body could not be read to its end.
+async fn exchange<R: ClientRead, W: AsyncWrite + Unpin + Send>(
+    r: &mut R,
+    w: &mut W,
+    buf: &mut BytesMut,
+    l: &Listener,
+    peer: SocketAddr,
+    head: RequestHead,
+    shutdown: &watch::Receiver<bool>,
+) -> io::Result<(Option<super::client::Upgraded>, bool)> {
+    let RequestHead { request, decoder, keep_alive, expect_continue } = head;
+    let head_request = request.method() == Method::HEAD;
+    let version = request.version();
+
+    // The body: none, already read, or streamed by this task as the handler consumes it.
+    let (body, pump) = match decoder {
+        None => (ProxyBody::empty(), None),
+        Some(Decoder::Length(n)) if buf.len() as u64 >= n => (ProxyBody::full(buf.split_to(n as usize).freeze()), None),
+        Some(decoder) => {
+            let (tx, rx) = mpsc::channel(1);
+            let remaining = decoder.exact_remaining();
+            let body = RequestBody { rx, remaining, ended: false };
+            (ProxyBody::Downstream(body), Some(Pump { decoder, tx: Some(tx), discarded: 0 }))
+        }
+    };
+    if expect_continue && pump.is_some() {
+        w.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+    }
+    let request = request.map(|()| body);
+    let handler = std::pin::pin!(handler::handle(l, peer, request));
+    let reply = Reply { head_request, version, keep_alive };
+    let Some(pump) = pump else {
+        let resp = handler.await;
+        return reply.write(w, resp, shutdown).await;
+    };
+    // Boxed: a streamed request body is the rarer case, and its state should
+    // not weigh on every request.
+    Box::pin(with_body(handler, pump, r, w, buf, reply, shutdown)).await
+}
+
+/// How the response to a request is framed.
+#[derive(Clone, Copy)]
+struct Reply {
+    head_request: bool,
+    version: Version,
+    keep_alive: bool,
+}
+
+impl Reply {
+    async fn write<W: AsyncWrite + Unpin + Send>(
+        self,
+        w: &mut W,
+        resp: Response<ProxyBody>,
+        shutdown: &watch::Receiver<bool>,
+    ) -> io::Result<(Option<super::client::Upgraded>, bool)> {
+        let keep_alive = self.keep_alive && !*shutdown.borrow();
+        write_response(w, resp, self.head_request, self.version, keep_alive).await
+    }
+}
+
+/// Runs the handler while this task pumps the request body to it, then
+/// writes the response while the pump goes on (a full-duplex exchange).
+async fn with_body<R: ClientRead, W: AsyncWrite + Unpin + Send>(
+    mut handler: Pin<&mut impl Future<Output = Response<ProxyBody>>>,
+    mut pump: Pump,
+    r: &mut R,
+    w: &mut W,
+    buf: &mut BytesMut,
+    reply: Reply,
+    shutdown: &watch::Receiver<bool>,
+) -> io::Result<(Option<super::client::Upgraded>, bool)> {
+    let mut pumped: Option<bool> = None;
+    let mut pumping = std::pin::pin!(pump.run(r, buf));
+    let resp = loop {
+        tokio::select! {
+            biased;
+            resp = &mut handler => break resp,
+            ok = &mut pumping, if pumped.is_none() => pumped = Some(ok),
+        }
+    };
+    let mut writing = std::pin::pin!(reply.write(w, resp, shutdown));
+    let written = loop {
+        tokio::select! {
+            biased;
+            done = &mut writing => break done,
+            ok = &mut pumping, if pumped.is_none() => pumped = Some(ok),
+        }
+    };
+    // An unread body is drained (briefly) so the connection can serve the next request.
+    if pumped.is_none() && written.is_ok() {
+        pumped = Some(tokio::time::timeout(DRAIN_TIME, &mut pumping).await.unwrap_or(false));
+    }
+    match written {
+        Ok(done) if pumped == Some(true) => Ok(done),
+        Ok((upgraded, _)) => Ok((upgraded, false)),
+        Err(e) => Err(e),
     }
 }
 
