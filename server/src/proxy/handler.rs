@@ -15,6 +15,11 @@ use super::config::{Action, Redirect, Rewrite, Route, WeightedClusters};
 use super::upstream::Cluster;
 use super::{Clients, Listener, ProxyBody};
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
 /// The header carrying Envoy-style response flags on locally made errors.
 pub const RESPONSE_FLAGS: &str = "x-meshgate-response-flags";
 
@@ -106,8 +111,9 @@ async fn route(l: &Listener, peer: SocketAddr, mut req: Request<ProxyBody>) -> R
     let Some(port) = snapshot.ports.get(&l.gateway_port) else {
         return local(StatusCode::NOT_FOUND, "NR", "no route: no Gateway serves this port\n");
     };
-    let host = request_host(&req);
-    let Some(vhost) = port.find(&host) else {
+    let mut lowercased = String::new();
+    let host = request_host(&req, &mut lowercased);
+    let Some(vhost) = port.find(host) else {
         return local(StatusCode::NOT_FOUND, "NR", "no route: no VirtualService serves this host\n");
     };
     let Some(route) = vhost.route_for(&req, l.scheme) else {
@@ -149,7 +155,7 @@ async fn route(l: &Listener, peer: SocketAddr, mut req: Request<ProxyBody>) -> R
             *r.status_mut() = *status;
             r
         }
-        Action::Redirect(redirect) => redirect_response(redirect, &req, l.scheme, &host),
+        Action::Redirect(redirect) => redirect_response(redirect, &req, l.scheme, host),
         Action::Forward(targets) => forward(l, peer, route, targets, req).await,
     };
     if let (Some(cors), Some(origin)) = (&route.cors, origin)
@@ -242,14 +248,19 @@ fn chance(pct: f64) -> bool {
     pct >= 100.0 || (pct > 0.0 && rand::random::<f64>() * 100.0 < pct)
 }
 
-fn request_host<B>(req: &Request<B>) -> String {
-    let raw = req
-        .uri()
-        .authority()
-        .map(|a| a.host().to_string())
-        .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(|h| strip_port(h).to_string()))
-        .unwrap_or_default();
-    raw.to_ascii_lowercase()
+/// The request's host without port, lowercased (into `scratch` only when
+/// it is not lowercase already: the common case costs no allocation).
+fn request_host<'a, B>(req: &'a Request<B>, scratch: &'a mut String) -> &'a str {
+    let raw = match req.uri().authority() {
+        Some(a) => a.host(),
+        None => req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(strip_port).unwrap_or_default(),
+    };
+    if raw.bytes().any(|b| b.is_ascii_uppercase()) {
+        *scratch = raw.to_ascii_lowercase();
+        scratch
+    } else {
+        raw
+    }
 }
 
 fn strip_port(host: &str) -> &str {
@@ -405,30 +416,21 @@ async fn forward(
             };
             last = Some(index);
             let endpoint = &cluster.endpoints[index];
-            let mut uri = http::uri::Parts::default();
-            uri.scheme = Some(http::uri::Scheme::HTTP);
-            uri.authority = Some(endpoint.authority.clone());
-            uri.path_and_query = Some(path.clone());
-            let Ok(uri) = Uri::from_parts(uri) else {
-                return local(StatusCode::BAD_REQUEST, "DPE", "bad request path\n");
-            };
             let body = match (&replay, streamed.take()) {
                 (Some(bytes), _) => ProxyBody::full(bytes.clone()),
                 (None, Some(streamed)) => streamed,
                 (None, None) => ProxyBody::empty(),
             };
-            let mut up = Request::new(body);
-            *up.method_mut() = parts.method.clone();
-            *up.uri_mut() = uri;
-            // The last possible attempt takes the headers; earlier ones copy them.
-            *up.headers_mut() =
-                if attempt >= max_attempts { std::mem::take(&mut parts.headers) } else { parts.headers.clone() };
-            if attempt > 1 {
-                up.headers_mut().insert("x-envoy-attempt-count", HeaderValue::from(attempt));
-            }
+            // Every attempt sends the same prepared head; HTTP/1 writes it from here without a copy.
+            let attempt_count = (attempt > 1).then(|| HeaderValue::from(attempt));
+            let extra: &[(&str, HeaderValue)] = match &attempt_count {
+                Some(v) => &[("x-envoy-attempt-count", v.clone())],
+                None => &[],
+            };
+            let outgoing = Outgoing { method: &parts.method, path: &path, headers: &parts.headers, extra };
             // Counted down on drop, also when a timeout or the client cancels the attempt.
             let active = super::upstream::Active::enter(&endpoint.health);
-            let sent = std::pin::pin!(send(&l.clients, cluster, index, up));
+            let sent = std::pin::pin!(send(&l.clients, cluster, index, &outgoing, body));
             let outcome = match route.retry.per_try_timeout {
                 Some(t) => tokio::time::timeout(t, sent).await.unwrap_or(Err(Failure::Timeout)),
                 None => sent.await,
@@ -492,22 +494,50 @@ async fn forward(
     }
 }
 
+/// A request as prepared for upstreams, shared by every attempt.
+struct Outgoing<'a> {
+    method: &'a http::Method,
+    path: &'a http::uri::PathAndQuery,
+    headers: &'a HeaderMap,
+    /// Fields added for this attempt only.
+    extra: &'a [(&'static str, HeaderValue)],
+}
+
 /// One attempt to one endpoint of `cluster`: HTTP/1 through the
 /// endpoint's keep-alive pool, HTTP/2 (h2c) through hyper's client.
 async fn send(
     clients: &Clients,
     cluster: &Cluster,
     index: usize,
-    mut req: Request<ProxyBody>,
+    out: &Outgoing<'_>,
+    body: ProxyBody,
 ) -> Result<Response<ProxyBody>, Failure> {
     let endpoint = &cluster.endpoints[index];
     if !cluster.http2 {
-        return super::h1::client::send(&endpoint.health, &endpoint.address, req).await.map_err(|e| match e {
+        let head = super::h1::client::Head {
+            method: out.method,
+            path: out.path.as_str(),
+            headers: out.headers,
+            extra: out.extra,
+        };
+        return super::h1::client::send(&endpoint.health, &endpoint.address, head, body).await.map_err(|e| match e {
             super::h1::client::Error::Connect(_) => Failure::Connect,
             super::h1::client::Error::Reset(_) => Failure::Reset,
         });
     }
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(http::uri::Scheme::HTTP);
+    uri.authority = Some(endpoint.authority.clone());
+    uri.path_and_query = Some(out.path.clone());
+    let Ok(uri) = Uri::from_parts(uri) else { return Err(Failure::Reset) };
+    let mut req = Request::new(body);
+    *req.method_mut() = out.method.clone();
+    *req.uri_mut() = uri;
     *req.version_mut() = http::Version::HTTP_2;
+    *req.headers_mut() = out.headers.clone();
+    for (name, value) in out.extra {
+        req.headers_mut().insert(*name, value.clone());
+    }
     // Boxed: HTTP/2's request future is large, and HTTP/1 requests should not carry its size.
     match Box::pin(clients.http2.request(req)).await {
         Ok(resp) => Ok(resp.map(ProxyBody::Hyper)),
@@ -530,24 +560,17 @@ fn send_mirror(
     hash: Option<u64>,
 ) {
     let Some(index) = cluster.pick(None, hash) else { return };
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(http::uri::Scheme::HTTP);
-    uri.authority = Some(cluster.endpoints[index].authority.clone());
-    uri.path_and_query = Some(path.clone());
-    let Ok(uri) = Uri::from_parts(uri) else { return };
-    let mut copy = Request::new(ProxyBody::full(body));
-    *copy.method_mut() = parts.method.clone();
-    *copy.uri_mut() = uri;
-    *copy.headers_mut() = parts.headers.clone();
+    let mut headers = parts.headers.clone();
     if let Some(host) = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
         let shadow = match host.rsplit_once(':') {
             Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => format!("{h}-shadow:{port}"),
             _ => format!("{host}-shadow"),
         };
         if let Ok(v) = HeaderValue::from_str(&shadow) {
-            copy.headers_mut().insert(header::HOST, v);
+            headers.insert(header::HOST, v);
         }
     }
+    let (method, path) = (parts.method.clone(), path.clone());
     // Mirrors are best effort: past this many copies in flight, new ones are dropped.
     static MIRRORS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1024);
     let Ok(slot) = MIRRORS.try_acquire() else {
@@ -558,7 +581,10 @@ fn send_mirror(
     tokio::spawn(async move {
         let _slot = slot;
         let exchange = async {
-            let resp = send(&clients, &cluster, index, copy).await.map_err(|_| "mirror request failed")?;
+            let copy = Outgoing { method: &method, path: &path, headers: &headers, extra: &[] };
+            let resp = send(&clients, &cluster, index, &copy, ProxyBody::full(body))
+                .await
+                .map_err(|_| "mirror request failed")?;
             resp.into_body().collect().await.map(|_| ()).map_err(|_| "mirror response failed")
         };
         match tokio::time::timeout(Duration::from_secs(30), exchange).await {
@@ -621,24 +647,23 @@ fn prepare_headers(headers: &mut HeaderMap, peer: SocketAddr, scheme: &'static s
     if trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
-    let ip = peer.ip().to_string();
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip,
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {}", peer.ip()),
+        None => peer.ip().to_string(),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert("x-forwarded-for", v);
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(xff)) {
+        headers.insert(X_FORWARDED_FOR, v);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
-    if !headers.contains_key("x-forwarded-host")
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
+    if !headers.contains_key(&X_FORWARDED_HOST)
         && let Some(host) = headers.get(header::HOST).cloned()
     {
-        headers.insert("x-forwarded-host", host);
+        headers.insert(X_FORWARDED_HOST, host);
     }
-    if !headers.contains_key("x-request-id") {
+    if !headers.contains_key(&X_REQUEST_ID) {
         let id: [u8; 16] = rand::random();
-        if let Ok(v) = HeaderValue::from_str(&hex::encode(id)) {
-            headers.insert("x-request-id", v);
+        if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(hex::encode(id))) {
+            headers.insert(X_REQUEST_ID, v);
         }
     }
 }

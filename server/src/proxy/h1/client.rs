@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap};
-use http::{Method, Request, Response, StatusCode, Version};
+use http::{Method, Response, StatusCode, Version};
 use hyper::body::{Body as _, Frame, SizeHint};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
@@ -110,22 +110,43 @@ async fn connect(address: &str) -> Result<TcpStream, Error> {
     Ok(stream)
 }
 
-/// Sends `req` to the endpoint at `address`, reusing a pooled connection
+/// The head of a request to an upstream, borrowed from the handler so that
+/// retries need no copy.
+pub struct Head<'a> {
+    pub method: &'a Method,
+    /// Path and query.
+    pub path: &'a str,
+    pub headers: &'a HeaderMap,
+    /// Fields for this attempt only, written after `headers`.
+    pub extra: &'a [(&'static str, http::HeaderValue)],
+}
+
+/// Sends a request to the endpoint at `address`, reusing a pooled connection
 /// when there is one. A reused connection that turns out closed before any
 /// response byte arrived is retried once on a new connection when the body
 /// can be sent again (the keep-alive race every proxy has).
-pub async fn send(health: &Arc<Health>, address: &str, req: Request<ProxyBody>) -> Result<Response<ProxyBody>, Error> {
-    let (parts, mut body) = req.into_parts();
-    let head_request = parts.method == Method::HEAD;
-    let mut head = Vec::with_capacity(512);
-    head.extend_from_slice(parts.method.as_str().as_bytes());
+pub async fn send(
+    health: &Arc<Health>,
+    address: &str,
+    req: Head<'_>,
+    mut body: ProxyBody,
+) -> Result<Response<ProxyBody>, Error> {
+    let head_request = *req.method == Method::HEAD;
+    let mut head = Vec::with_capacity(1024);
+    head.extend_from_slice(req.method.as_str().as_bytes());
     head.push(b' ');
-    head.extend_from_slice(parts.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
+    head.extend_from_slice(req.path.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
-    super::write_fields(&mut head, &parts.headers, |n| n == header::CONTENT_LENGTH || n == header::TRANSFER_ENCODING);
+    super::write_fields(&mut head, req.headers, |n| n == header::CONTENT_LENGTH || n == header::TRANSFER_ENCODING);
+    for (name, value) in req.extra {
+        head.extend_from_slice(name.as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
     let length = body.size_hint().exact();
     match length {
-        Some(0) if !matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) => {}
+        Some(0) if !matches!(*req.method, Method::POST | Method::PUT | Method::PATCH) => {}
         Some(n) => {
             head.extend_from_slice(b"content-length: ");
             head.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());

@@ -16,8 +16,10 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 pub const MAX_HEAD: usize = 64 * 1024;
 /// ... and this many header fields (then 431).
 pub const MAX_HEADERS: usize = 100;
-/// First read buffer of a request or response head.
-const INITIAL_BUFFER: usize = 4096;
+/// First read buffer of a request or response head: most heads fit (as
+/// nginx's 1 KiB `client_header_buffer_size`), and the allocation stays in
+/// the allocator's small, per-thread size classes.
+const INITIAL_BUFFER: usize = 1024;
 /// Reads of a streamed body ask for this much at a time.
 const BODY_READ: usize = 16 * 1024;
 /// A chunk-size line (with extensions) longer than this is refused.
@@ -236,7 +238,8 @@ fn offset(base: &[u8], part: &[u8]) -> (usize, usize) {
 
 /// Turns parsed fields into a header map whose values share `head`'s bytes.
 fn header_map(head: &Bytes, fields: &[FieldAt]) -> Result<HeaderMap, ()> {
-    let mut map = HeaderMap::with_capacity(fields.len());
+    // Room for the fields the proxy adds (X-Forwarded-*, X-Request-Id, Date, ...) without regrowing.
+    let mut map = HeaderMap::with_capacity(fields.len() + 6);
     for f in fields {
         let name = HeaderName::from_bytes(&head[f.name.0..f.name.1]).map_err(|_| ())?;
         let value = HeaderValue::from_maybe_shared(head.slice(f.value.0..f.value.1)).map_err(|_| ())?;

@@ -494,7 +494,7 @@ async fn write_response<W: AsyncWrite + Unpin + Send>(
         ProxyBody::Full(Some(b)) if b.len() <= 16 * 1024 => b.len(),
         _ => 0,
     };
-    let mut out = Vec::with_capacity(256 + small);
+    let mut out = Vec::with_capacity(768 + small);
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
