@@ -628,6 +628,10 @@ fn wants_upgrade(headers: &HeaderMap) -> bool {
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Usually there are none: one pass over the (few) names beats a lookup per name.
+    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     if let Some(named) = headers.get(header::CONNECTION).and_then(|v| v.to_str().ok()).map(str::to_owned) {
         for name in named.split(',').map(str::trim) {
             if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {

@@ -23,6 +23,7 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body as _, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
 use super::{Chunk, Decoded, Decoder, FieldAt, MAX_HEAD, MAX_HEADERS};
 use crate::proxy::{Listener, ProxyBody, handler};
@@ -67,11 +68,31 @@ pub async fn serve<R: ClientRead, W: AsyncWrite + Unpin + Send>(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut buf = BytesMut::new();
+    // Read by the response writer (`Connection: close` once shutting down);
+    // `stop` stays registered for the connection's life rather than once per request.
+    let closing = shutdown.clone();
+    let mut stop = std::pin::pin!(shutdown.changed());
+    // One timer per connection, re-armed lazily: each request moves `deadline`
+    // and the timer is reset only when it fires before it. No timer work per request.
+    let mut deadline = Instant::now() + HEAD_TIMEOUT;
+    let mut timer = std::pin::pin!(tokio::time::sleep_until(deadline));
     loop {
-        let head = tokio::select! {
-            biased;
-            _ = shutdown.changed() => return,
-            head = tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut r, &mut buf)) => head,
+        deadline = Instant::now() + HEAD_TIMEOUT;
+        let head = {
+            let mut reading = std::pin::pin!(read_head(&mut r, &mut buf));
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = &mut stop => return,
+                    head = &mut reading => break Ok(head),
+                    () = &mut timer => {
+                        if Instant::now() >= deadline {
+                            break Err(());
+                        }
+                        timer.as_mut().reset(deadline);
+                    }
+                }
+            }
         };
         let head = match head {
             Ok(Ok(Some(head))) => head,
@@ -89,7 +110,7 @@ pub async fn serve<R: ClientRead, W: AsyncWrite + Unpin + Send>(
         // Boxed: the request's state (handler, body pump, response writer)
         // lives on the heap for the request only; an idle connection's task
         // stays small.
-        let written = Box::pin(exchange(&mut r, &mut w, &mut buf, &l, peer, head, &shutdown)).await;
+        let written = Box::pin(exchange(&mut r, &mut w, &mut buf, &l, peer, head, &closing)).await;
         match written {
             Ok((Some(upgraded), _)) if wants_upgrade => return Box::pin(splice(r, w, buf, upgraded)).await,
             Ok((_, true)) => {}
