@@ -562,3 +562,122 @@ fn one_virtual_service_serves_every_gateway_host_it_covers() {
     }
     assert_eq!(server.gateway(&c, "c.example.com", "/").send().unwrap().status(), 404);
 }
+
+#[test]
+fn http1_keeps_upstream_connections_and_streams_bodies_both_ways() {
+    use std::io::{Read as _, Write as _};
+    let up = Upstream::start("v1");
+    let server = Server::start();
+    server.apply(&service("user-service", &[&up], ""));
+    server.apply(&vs("  - route: [{destination: {host: user-service, subset: v1}}]\n"));
+    let c = client();
+
+    // Keep-alive to the upstream: sequential requests share one pooled connection.
+    for _ in 0..50 {
+        assert_eq!(body_of(server.gateway(&c, HOST, "/").send().unwrap()), (200, "v1".into()));
+    }
+    let opened = up.state.connections.load(Ordering::SeqCst);
+    assert!(opened <= 2, "50 sequential requests opened {opened} upstream connections");
+
+    // A 3 MB body with a length, and a 1 MB body sent chunked, both echoed whole.
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let echo = || c.post(format!("http://{}/echo", server.http)).header("host", HOST);
+    let r = echo().body(big.clone()).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-body-len"], "3000000");
+    assert!(r.bytes().unwrap() == big, "the 3 MB echo differs");
+    let chunked = reqwest::blocking::Body::new(std::io::Cursor::new(big[..1_000_000].to_vec()));
+    let r = echo().body(chunked).send().unwrap();
+    assert_eq!(r.headers()["x-body-len"], "1000000", "the chunked request body arrived whole");
+    assert!(r.bytes().unwrap() == big[..1_000_000], "the chunked echo differs");
+
+    // A chunked response of 500 chunks comes through whole.
+    let r = server.gateway(&c, HOST, "/chunked/500").send().unwrap();
+    assert_eq!(r.status(), 200);
+    let body = r.bytes().unwrap();
+    assert_eq!(body.len(), 500_000);
+    assert!(body[..1000].iter().all(|b| *b == b'a') && body[499_000..].iter().all(|b| *b == b'a' + (499 % 26) as u8));
+
+    // HEAD: headers only.
+    let r = c.head(format!("http://{}/", server.http)).header("host", HOST).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.bytes().unwrap().is_empty());
+
+    let connect = || {
+        let s = std::net::TcpStream::connect(&server.http).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        s
+    };
+    let read_response = |s: &mut std::net::TcpStream| -> String {
+        // Until the head and a body of Content-Length are in.
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let text = String::from_utf8_lossy(&got).into_owned();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let length = text[..end]
+                    .lines()
+                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(|v| v.trim().to_string()))
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .unwrap_or(0);
+                if got.len() >= end + 4 + length {
+                    return text;
+                }
+            }
+            let n = s.read(&mut chunk).unwrap();
+            assert!(n > 0, "connection closed early: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&chunk[..n]);
+        }
+    };
+
+    // Expect: 100-continue is answered before the body is sent.
+    let mut s = connect();
+    s.write_all(
+        format!("POST /echo HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    let mut interim = [0u8; 25];
+    s.read_exact(&mut interim).unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(b"hello").unwrap();
+    let answer = read_response(&mut s);
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("hello"), "{answer}");
+
+    // HTTP/1.0 with keep-alive: two requests on one connection.
+    let mut s = connect();
+    for _ in 0..2 {
+        s.write_all(format!("GET / HTTP/1.0\r\nHost: {HOST}\r\nConnection: keep-alive\r\n\r\n").as_bytes()).unwrap();
+        let answer = read_response(&mut s);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.to_ascii_lowercase().contains("connection: keep-alive"), "{answer}");
+        assert!(answer.ends_with("v1"), "{answer}");
+    }
+    // Pipelined requests are answered in order.
+    let mut s = connect();
+    s.write_all(format!("GET /a HTTP/1.1\r\nHost: {HOST}\r\n\r\nGET /b HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
+        .unwrap();
+    assert!(read_response(&mut s).starts_with("HTTP/1.1 200"));
+    assert!(read_response(&mut s).starts_with("HTTP/1.1 200"));
+    assert_eq!(up.last().path, "/b");
+    // No Host in HTTP/1.1: 400.
+    let mut s = connect();
+    s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    let answer = read_response(&mut s);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+}
+
+#[test]
+fn upstream_connections_closed_while_pooled_are_not_reused() {
+    let up = Upstream::start("v1");
+    // The upstream drops every connection 100 ms after it opened, without saying so.
+    up.state.close_after_ms.store(100, Ordering::SeqCst);
+    let server = Server::start();
+    server.apply(&service("user-service", &[&up], ""));
+    server.apply(&vs("  - route: [{destination: {host: user-service, subset: v1}}]\n"));
+    let c = client();
+    for i in 0..8 {
+        assert_eq!(body_of(server.gateway(&c, HOST, "/").send().unwrap()), (200, "v1".into()), "request {i}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(up.state.connections.load(Ordering::SeqCst) >= 8, "closed connections were reused");
+}

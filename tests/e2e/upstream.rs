@@ -21,6 +21,11 @@ pub struct State {
     pub always_status: AtomicU16,
     pub delay_ms: AtomicU64,
     pub seen: Mutex<VecDeque<Seen>>,
+    /// Connections accepted so far.
+    pub connections: AtomicUsize,
+    /// When non-zero, a connection is dropped this long after it opened,
+    /// without `Connection: close` (as upstreams with a short keep-alive do).
+    pub close_after_ms: AtomicU64,
 }
 
 #[derive(Clone, Debug)]
@@ -46,15 +51,21 @@ impl Upstream {
         runtime.spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
+                st.connections.fetch_add(1, Ordering::SeqCst);
                 let (st, label) = (st.clone(), label.clone());
                 tokio::spawn(async move {
+                    let close_after = st.close_after_ms.load(Ordering::SeqCst);
                     let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                         let (st, label) = (st.clone(), label.clone());
                         async move { Ok::<_, std::convert::Infallible>(answer(&st, &label, req).await) }
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                        .await;
+                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                    if close_after > 0 {
+                        let _ = tokio::time::timeout(Duration::from_millis(close_after), conn).await;
+                    } else {
+                        let _ = conn.await;
+                    }
                 });
             }
         });
@@ -74,7 +85,26 @@ impl Upstream {
     }
 }
 
-async fn answer(st: &State, name: &str, mut req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+type Body = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+
+async fn answer(st: &State, name: &str, req: Request<hyper::body::Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    if path == "/echo" {
+        // The request body back, with its length.
+        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let mut resp = Response::new(Full::new(body.clone()).boxed());
+        resp.headers_mut().insert("x-body-len", http::HeaderValue::from(body.len()));
+        return resp;
+    }
+    if let Some(n) = path.strip_prefix("/chunked/").and_then(|n| n.parse::<usize>().ok()) {
+        // N chunks of 1,000 bytes with no Content-Length: sent chunked.
+        let chunks = (0..n).map(|i| Ok(hyper::body::Frame::data(Bytes::from(vec![b'a' + (i % 26) as u8; 1000]))));
+        return Response::new(http_body_util::StreamBody::new(tokio_stream::iter(chunks)).boxed());
+    }
+    basic(st, name, req).await.map(|b| b.boxed())
+}
+
+async fn basic(st: &State, name: &str, mut req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
     st.hits.fetch_add(1, Ordering::SeqCst);
     if req.headers().contains_key("upgrade") {
         // Switch protocols, then echo every byte back: a stand-in for a WebSocket echo.
