@@ -666,7 +666,12 @@ fn prepare_headers(headers: &mut HeaderMap, peer: SocketAddr, scheme: &'static s
     }
     if !headers.contains_key(&X_REQUEST_ID) {
         let id: [u8; 16] = rand::random();
-        if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(hex::encode(id))) {
+        let mut text = [0u8; 32];
+        for (pair, byte) in text.chunks_exact_mut(2).zip(id) {
+            pair[0] = b"0123456789abcdef"[usize::from(byte >> 4)];
+            pair[1] = b"0123456789abcdef"[usize::from(byte & 15)];
+        }
+        if let Ok(v) = HeaderValue::from_bytes(&text) {
             headers.insert(X_REQUEST_ID, v);
         }
     }

@@ -281,10 +281,11 @@ async fn write_body(stream: &mut TcpStream, body: &mut ProxyBody, chunked: bool)
 /// A response head taken off the front of `buf`, once it is all there.
 fn parse_head(buf: &mut BytesMut) -> io::Result<Option<Response<()>>> {
     let invalid = |why: &'static str| io::Error::new(io::ErrorKind::InvalidData, why);
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut fields = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
     let mut at = [FieldAt::default(); MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut fields);
-    let len = match parsed.parse(buf) {
+    let mut parsed = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, buf, &mut fields)
+    {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
             return Err(invalid("upstream response head too large"));

@@ -227,13 +227,14 @@ pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// parsing it borrowed and used once it is frozen.
 #[derive(Clone, Copy, Default)]
 struct FieldAt {
-    name: (usize, usize),
-    value: (usize, usize),
+    name: (u32, u32),
+    value: (u32, u32),
 }
 
-fn offset(base: &[u8], part: &[u8]) -> (usize, usize) {
+/// Where `part` sits in `base` (heads are at most [`MAX_HEAD`] bytes).
+fn offset(base: &[u8], part: &[u8]) -> (u32, u32) {
     let start = part.as_ptr() as usize - base.as_ptr() as usize;
-    (start, start + part.len())
+    (start as u32, (start + part.len()) as u32)
 }
 
 /// Turns parsed fields into a header map whose values share `head`'s bytes.
@@ -241,8 +242,9 @@ fn header_map(head: &Bytes, fields: &[FieldAt]) -> Result<HeaderMap, ()> {
     // Room for the fields the proxy adds (X-Forwarded-*, X-Request-Id, Date, ...) without regrowing.
     let mut map = HeaderMap::with_capacity(fields.len() + 6);
     for f in fields {
-        let name = HeaderName::from_bytes(&head[f.name.0..f.name.1]).map_err(|_| ())?;
-        let value = HeaderValue::from_maybe_shared(head.slice(f.value.0..f.value.1)).map_err(|_| ())?;
+        let name = HeaderName::from_bytes(&head[f.name.0 as usize..f.name.1 as usize]).map_err(|_| ())?;
+        let value =
+            HeaderValue::from_maybe_shared(head.slice(f.value.0 as usize..f.value.1 as usize)).map_err(|_| ())?;
         map.append(name, value);
     }
     Ok(map)
