@@ -22,7 +22,7 @@ pub mod codes {
     pub const SUBSET_NOT_FOUND: &str = "MG0103";
     /// A destination host that no ServiceEntry or registered service provides.
     pub const HOST_NOT_FOUND: &str = "MG0104";
-    /// A Gateway `credentialName` with no such Secret.
+    /// A `credentialName` (Gateway or DestinationRule) with no such Secret.
     pub const CREDENTIAL_NOT_FOUND: &str = "MG0105";
     /// Route weights that do not add up to 100.
     pub const WEIGHTS: &str = "MG0106";
@@ -105,6 +105,7 @@ pub fn analyze(resources: &[Resource], ctx: &Context) -> Vec<Finding> {
             Kind::VirtualService => a.virtual_service(d, &mut find),
             Kind::Gateway => a.gateway(d, &mut find),
             Kind::TrafficSplit => a.traffic_split(d, &mut find),
+            Kind::DestinationRule => a.destination_rule(d, &mut find),
             _ => {}
         }
         for (path, why) in crate::support::unsupported_fields(d.kind, &d.value) {
@@ -274,6 +275,43 @@ impl Analyzer<'_> {
         }
     }
 
+    /// Upstream TLS that cannot be honoured leaves a cluster without
+    /// endpoints (never plaintext): say so before traffic finds out.
+    fn destination_rule(&self, d: &Doc<'_>, find: &mut Find<'_>) {
+        let spec = &d.value["spec"];
+        let mut policies = vec![("spec.trafficPolicy".to_string(), &spec["trafficPolicy"])];
+        for (i, s) in items(&spec["subsets"]).iter().enumerate() {
+            policies.push((format!("spec.subsets[{i}].trafficPolicy"), &s["trafficPolicy"]));
+        }
+        let mut tls = Vec::new();
+        for (path, policy) in &policies {
+            tls.push((format!("{path}.tls"), &policy["tls"]));
+            for (j, p) in items(&policy["portLevelSettings"]).iter().enumerate() {
+                tls.push((format!("{path}.portLevelSettings[{j}].tls"), &p["tls"]));
+            }
+        }
+        for (path, t) in tls {
+            let mode = t["mode"].as_str().unwrap_or("");
+            if mode == "ISTIO_MUTUAL" {
+                let why = "not supported yet: ISTIO_MUTUAL needs the mesh's certificates; this destination answers 503";
+                find(codes::NOT_SUPPORTED, Severity::Warning, format!("{path}.mode"), why.into());
+            }
+            if !matches!(mode, "SIMPLE" | "MUTUAL") {
+                continue;
+            }
+            if let Some(name) = t["credentialName"].as_str()
+                && self.find(Kind::Secret, d.ns, name).is_none()
+            {
+                find(
+                    codes::CREDENTIAL_NOT_FOUND,
+                    Severity::Error,
+                    format!("{path}.credentialName"),
+                    format!("Secret {}/{name} does not exist; this destination answers 503", d.ns),
+                );
+            }
+        }
+    }
+
     fn traffic_split(&self, d: &Doc<'_>, find: &mut Find<'_>) {
         let spec = &d.value["spec"];
         let Some(service) = spec["service"].as_str() else { return };
@@ -309,4 +347,27 @@ fn items(v: &Value) -> &[Value] {
 
 fn strings(v: &Value) -> Vec<&str> {
     items(v).iter().filter_map(Value::as_str).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn findings(yaml: &str) -> Vec<String> {
+        let resources = crate::parse::decode("test.yaml", yaml, "default").expect("valid resources");
+        analyze(&resources, &Context::default()).into_iter().map(|f| format!("{} {}", f.code, f.path)).collect()
+    }
+
+    #[test]
+    fn upstream_tls_that_cannot_work_is_reported() {
+        let found = findings(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d}\nspec:\n  host: x.example.com\n  trafficPolicy:\n    tls: {mode: SIMPLE, credentialName: missing}\n    portLevelSettings:\n    - port: {number: 443}\n      tls: {mode: MUTUAL, credentialName: gone}\n  subsets:\n  - name: v1\n    trafficPolicy:\n      tls: {mode: ISTIO_MUTUAL}\n",
+        );
+        assert!(found.contains(&"MG0105 spec.trafficPolicy.tls.credentialName".to_string()), "{found:?}");
+        assert!(
+            found.contains(&"MG0105 spec.trafficPolicy.portLevelSettings[0].tls.credentialName".to_string()),
+            "{found:?}"
+        );
+        assert!(found.contains(&"MG0107 spec.subsets[0].trafficPolicy.tls.mode".to_string()), "{found:?}");
+    }
 }

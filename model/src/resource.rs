@@ -373,19 +373,31 @@ fn type_name(v: &Value) -> &'static str {
 
 fn validate_secret(s: &SecretBody, errs: &mut Errors) {
     use base64::Engine as _;
-    if s.secret_type != "kubernetes.io/tls" {
-        errs.push(
-            "type",
-            format!(
-                "secret type {:?} is not supported; meshgate stores Secrets of type \"kubernetes.io/tls\"",
-                s.secret_type
-            ),
-        );
-        return;
-    }
-    for key in ["tls.crt", "tls.key"] {
-        if !s.data.contains_key(key) {
-            errs.push(format!("data.{key}"), "missing: a kubernetes.io/tls Secret needs tls.crt and tls.key");
+    match s.secret_type.as_str() {
+        "kubernetes.io/tls" => {
+            for key in ["tls.crt", "tls.key"] {
+                if !s.data.contains_key(key) {
+                    errs.push(format!("data.{key}"), "missing: a kubernetes.io/tls Secret needs tls.crt and tls.key");
+                }
+            }
+        }
+        // A CA bundle for DestinationRule `credentialName` (SIMPLE TLS to upstreams), as Istio reads it.
+        "Opaque" => {
+            if s.data.is_empty() {
+                errs.push("data", "empty: an Opaque Secret holds ca.crt (and optionally tls.crt, tls.key, ca.crl)");
+            }
+            if s.data.contains_key("tls.crt") != s.data.contains_key("tls.key") {
+                errs.push("data", "tls.crt and tls.key come together");
+            }
+        }
+        other => {
+            errs.push(
+                "type",
+                format!(
+                    "secret type {other:?} is not supported; meshgate stores Secrets of type \"kubernetes.io/tls\" and \"Opaque\" (with TLS keys)"
+                ),
+            );
+            return;
         }
     }
     for (key, value) in &s.data {

@@ -26,6 +26,8 @@ pub struct State {
     /// When non-zero, a connection is dropped this long after it opened,
     /// without `Connection: close` (as upstreams with a short keep-alive do).
     pub close_after_ms: AtomicU64,
+    /// TLS handshakes completed (TLS upstreams).
+    pub tls_handshakes: AtomicUsize,
 }
 
 #[derive(Clone, Debug)]
@@ -43,6 +45,38 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn start(name: &str) -> Upstream {
+        Upstream::start_with(name, None)
+    }
+
+    /// The same service over TLS with `cert_pem`/`key_pem`; with
+    /// `client_ca_pem` it also requires a client certificate from that CA.
+    pub fn start_tls(name: &str, cert_pem: &str, key_pem: &str, client_ca_pem: Option<&str>) -> Upstream {
+        use rustls_pki_types::pem::PemObject as _;
+        let chain: Vec<_> =
+            rustls_pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes()).map(|c| c.unwrap()).collect();
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap();
+        let builder = match client_ca_pem {
+            None => builder.with_no_client_auth(),
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for c in rustls_pki_types::CertificateDer::pem_slice_iter(ca.as_bytes()) {
+                    roots.add(c.unwrap()).unwrap();
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                    .build()
+                    .unwrap();
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let config = builder.with_single_cert(chain, key).unwrap();
+        Upstream::start_with(name, Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))))
+    }
+
+    fn start_with(name: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -52,14 +86,22 @@ impl Upstream {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
                 st.connections.fetch_add(1, Ordering::SeqCst);
-                let (st, label) = (st.clone(), label.clone());
+                let (st, label, tls) = (st.clone(), label.clone(), tls.clone());
                 tokio::spawn(async move {
                     let close_after = st.close_after_ms.load(Ordering::SeqCst);
+                    let counters = st.clone();
                     let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                         let (st, label) = (st.clone(), label.clone());
                         async move { Ok::<_, std::convert::Infallible>(answer(&st, &label, req).await) }
                     });
                     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    if let Some(acceptor) = tls {
+                        // A failed handshake (an untrusted or missing client certificate) just ends here.
+                        let Ok(stream) = acceptor.accept(stream).await else { return };
+                        counters.tls_handshakes.fetch_add(1, Ordering::SeqCst);
+                        let _ = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).await;
+                        return;
+                    }
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
                     if close_after > 0 {
                         let _ = tokio::time::timeout(Duration::from_millis(close_after), conn).await;

@@ -293,7 +293,7 @@ async fn tls_secrets_fold_string_data_and_round_trip(pool: SqlitePool) {
     let (_, again) = api.send("POST", "/api/v1/apply", doc.to_string()).await;
     assert_eq!(again["results"][0]["outcome"], "unchanged", "{again}");
 
-    let bad = secret.replace("kubernetes.io/tls", "Opaque");
+    let bad = secret.replace("kubernetes.io/tls", "kubernetes.io/dockerconfigjson");
     let (status, body) = api.send("POST", "/api/v1/apply", bad).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(body["error"]["details"][0]["path"], "document 1 (Secret/default/api-cert): type", "{body}");

@@ -520,10 +520,13 @@ async fn send(
             headers: out.headers,
             extra: out.extra,
         };
-        return super::h1::client::send(&endpoint.health, &endpoint.address, head, body).await.map_err(|e| match e {
-            super::h1::client::Error::Connect(_) => Failure::Connect,
-            super::h1::client::Error::Reset(_) => Failure::Reset,
-        });
+        let tls = cluster.tls.as_deref();
+        return super::h1::client::send(&endpoint.health, &endpoint.address, tls, head, body).await.map_err(
+            |e| match e {
+                super::h1::client::Error::Connect(_) => Failure::Connect,
+                super::h1::client::Error::Reset(_) => Failure::Reset,
+            },
+        );
     }
     let mut uri = http::uri::Parts::default();
     uri.scheme = Some(http::uri::Scheme::HTTP);

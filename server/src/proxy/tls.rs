@@ -85,3 +85,178 @@ pub fn acceptor(hub: Arc<Hub>, port: u32) -> tokio_rustls::TlsAcceptor {
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
+
+/// TLS towards an upstream, from a DestinationRule's `tls` (SIMPLE or
+/// MUTUAL): the client configuration and the name sent as SNI and
+/// verified in the upstream's certificate.
+pub struct UpstreamTls {
+    pub connector: tokio_rustls::TlsConnector,
+    pub server_name: rustls_pki_types::ServerName<'static>,
+    /// Identifies these settings: pooled connections made under other
+    /// settings (an earlier config) are not reused.
+    pub fingerprint: u64,
+}
+
+/// What an upstream TLS configuration is made of, resolved from the
+/// DestinationRule (PEM bytes from a Secret or from files).
+pub struct UpstreamTlsSpec<'a> {
+    /// PEM CA certificates; `None` trusts the system's roots.
+    pub ca: Option<&'a [u8]>,
+    /// PEM chain and key of a client certificate (MUTUAL).
+    pub identity: Option<(&'a [u8], &'a [u8])>,
+    pub sni: &'a str,
+    /// Names accepted in the upstream's certificate instead of `sni`.
+    pub subject_alt_names: &'a [String],
+    pub insecure_skip_verify: bool,
+}
+
+impl UpstreamTls {
+    pub fn new(spec: &UpstreamTlsSpec<'_>) -> Result<UpstreamTls, String> {
+        use rustls::client::WebPkiServerVerifier;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server_name = rustls_pki_types::ServerName::try_from(spec.sni.to_string())
+            .map_err(|_| format!("{:?} is not a valid TLS server name", spec.sni))?;
+        let mut roots = rustls::RootCertStore::empty();
+        match spec.ca {
+            Some(pem) => {
+                for cert in CertificateDer::pem_slice_iter(pem) {
+                    roots
+                        .add(cert.map_err(|e| format!("CA certificates: {e}"))?)
+                        .map_err(|e| format!("CA certificate: {e}"))?;
+                }
+                if roots.is_empty() {
+                    return Err("the CA certificates hold no certificate".into());
+                }
+            }
+            None => roots = system_roots()?,
+        }
+        let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .map_err(|e| format!("CA certificates: {e}"))?;
+        let alt_names = spec
+            .subject_alt_names
+            .iter()
+            .map(|n| {
+                rustls_pki_types::ServerName::try_from(n.clone())
+                    .map_err(|_| format!("subjectAltNames: {n:?} is not a name"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let verifier =
+            Arc::new(Verifier { webpki, alt_names, insecure: spec.insecure_skip_verify, provider: provider.clone() });
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| e.to_string())?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier);
+        let mut config = match spec.identity {
+            None => builder.with_no_client_auth(),
+            Some((chain_pem, key_pem)) => {
+                let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem)
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| format!("client certificate: {e}"))?;
+                let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("client key: {e}"))?;
+                builder.with_client_auth_cert(chain, key).map_err(|e| format!("client certificate: {e}"))?
+            }
+        };
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let mut fingerprint = sha2::Sha256::new();
+        use sha2::Digest as _;
+        for part in [spec.ca.unwrap_or(b"system"), spec.sni.as_bytes()] {
+            fingerprint.update(part);
+            fingerprint.update([0]);
+        }
+        if let Some((c, k)) = spec.identity {
+            fingerprint.update(c);
+            fingerprint.update(k);
+        }
+        for n in spec.subject_alt_names {
+            fingerprint.update(n.as_bytes());
+        }
+        fingerprint.update([u8::from(spec.insecure_skip_verify)]);
+        let digest = fingerprint.finalize();
+        let fingerprint = u64::from_le_bytes(digest[..8].try_into().unwrap_or_default());
+        Ok(UpstreamTls { connector: tokio_rustls::TlsConnector::from(Arc::new(config)), server_name, fingerprint })
+    }
+}
+
+/// The host's trusted roots (Debian/Ubuntu, Fedora/RHEL, Alpine, or
+/// `SSL_CERT_FILE`), read once.
+fn system_roots() -> Result<rustls::RootCertStore, String> {
+    static ROOTS: std::sync::OnceLock<Result<rustls::RootCertStore, String>> = std::sync::OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let candidates = std::env::var("SSL_CERT_FILE").ok().into_iter().chain(
+                ["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem"]
+                    .map(String::from),
+            );
+            for path in candidates {
+                let Ok(pem) = std::fs::read(&path) else { continue };
+                let mut roots = rustls::RootCertStore::empty();
+                let (_, _) = roots.add_parsable_certificates(CertificateDer::pem_slice_iter(&pem).flatten());
+                if !roots.is_empty() {
+                    return Ok(roots);
+                }
+            }
+            Err("no system CA bundle found (set SSL_CERT_FILE or give caCertificates)".into())
+        })
+        .clone()
+}
+
+/// Verifies the upstream's certificate against the roots, for the SNI name
+/// or (when `subjectAltNames` is set) for any of those names; or accepts
+/// any certificate with `insecureSkipVerify` (signatures are still checked).
+#[derive(Debug)]
+struct Verifier {
+    webpki: Arc<rustls::client::WebPkiServerVerifier>,
+    alt_names: Vec<rustls_pki_types::ServerName<'static>>,
+    insecure: bool,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for Verifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls_pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        if self.insecure {
+            return Ok(rustls::client::danger::ServerCertVerified::assertion());
+        }
+        if self.alt_names.is_empty() {
+            return self.webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now);
+        }
+        let mut last = rustls::Error::General("no subjectAltNames".into());
+        for name in &self.alt_names {
+            match self.webpki.verify_server_cert(end_entity, intermediates, name, ocsp_response, now) {
+                Ok(v) => return Ok(v),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}

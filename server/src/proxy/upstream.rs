@@ -20,6 +20,8 @@ pub struct Cluster {
     pub http2: bool,
     /// Most retries in flight at once (`connectionPool.http.maxRetries`).
     pub max_retries: Option<u32>,
+    /// TLS to the endpoints (DestinationRule `tls` SIMPLE or MUTUAL).
+    pub tls: Option<Arc<super::tls::UpstreamTls>>,
     /// Counters that must outlive a configuration change (shared by name).
     counters: Arc<ClusterCounters>,
     /// Ejection decisions take turns, so two failing endpoints cannot both
@@ -204,6 +206,7 @@ impl Cluster {
             max_in_flight,
             http2: false,
             max_retries: None,
+            tls: None,
             counters,
             ejecting: std::sync::Mutex::new(()),
         }

@@ -23,6 +23,7 @@ use tokio::net::TcpStream;
 
 use super::{Chunk, Decoded, Decoder, FieldAt, MAX_HEAD, MAX_HEADERS};
 use crate::proxy::ProxyBody;
+use crate::proxy::tls::UpstreamTls;
 use crate::proxy::upstream::Health;
 
 /// Idle connections older than this are closed rather than reused.
@@ -41,48 +42,112 @@ pub enum Error {
     Reset(io::Error),
 }
 
+/// A connection to an upstream: plain TCP, or TLS from a DestinationRule.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(s) => s.get_ref().0,
+        }
+    }
+
+    /// Whether an idle pooled connection can still carry a request: not
+    /// closed by the upstream, and (plain) with nothing unasked-for to read.
+    fn reusable(&self) -> bool {
+        let mut byte = [0u8; 1];
+        let mut buf = tokio::io::ReadBuf::new(&mut byte);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match self.tcp().poll_peek(&mut cx, &mut buf) {
+            Poll::Pending => true,
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => false,
+            // TLS may have records pending (a session ticket); plain HTTP may not.
+            Poll::Ready(Ok(_)) => matches!(self, Stream::Tls(_)),
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for Stream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Stream {
+    fn poll_write(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
 /// An upstream connection after `101 Switching Protocols`, with any bytes
 /// the upstream sent after its response head; carried to the client side
 /// as a response extension (which must be `Clone`, hence the shared slot).
 #[derive(Clone)]
-pub struct Upgraded(Arc<Mutex<Option<(TcpStream, Bytes)>>>);
+pub struct Upgraded(Arc<Mutex<Option<(Stream, Bytes)>>>);
 
 impl Upgraded {
-    pub fn take(&self) -> Option<(TcpStream, Bytes)> {
+    pub fn take(&self) -> Option<(Stream, Bytes)> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }
 
-/// Idle keep-alive connections to one endpoint.
+/// Idle keep-alive connections to one endpoint, each with the fingerprint
+/// of the TLS settings it was made under (0: plain).
 #[derive(Default)]
 pub struct Pool {
-    idle: Mutex<Vec<(TcpStream, Instant)>>,
+    idle: Mutex<Vec<(Stream, u64, Instant)>>,
 }
 
 impl Pool {
-    fn take(&self) -> Option<TcpStream> {
+    fn take(&self, fingerprint: u64) -> Option<Stream> {
         loop {
-            let (stream, since) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
+            let (stream, made_under, since) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
             if since.elapsed() > IDLE_TIMEOUT {
                 // The newest is too old: so are the rest.
                 self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
                 return None;
             }
-            // Closed (or written to) by the upstream while idle: not reusable.
-            match stream.try_read(&mut [0u8; 1]) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(stream),
-                _ => continue,
+            if made_under == fingerprint && stream.reusable() {
+                return Some(stream);
             }
         }
     }
 
-    fn put(&self, stream: TcpStream) {
+    fn put(&self, stream: Stream, fingerprint: u64) {
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let stale = idle.iter().take_while(|(_, since)| now.duration_since(*since) > IDLE_TIMEOUT).count();
+        let stale = idle.iter().take_while(|(_, _, since)| now.duration_since(*since) > IDLE_TIMEOUT).count();
         idle.drain(..stale);
         if idle.len() < MAX_IDLE {
-            idle.push((stream, now));
+            idle.push((stream, fingerprint, now));
         }
     }
 
@@ -92,22 +157,29 @@ impl Pool {
     }
 }
 
-async fn connect(address: &str) -> Result<TcpStream, Error> {
+async fn connect(address: &str, tls: Option<&UpstreamTls>) -> Result<Stream, Error> {
     let connecting = async {
-        match address.parse::<SocketAddr>() {
+        let tcp = match address.parse::<SocketAddr>() {
             Ok(addr) => TcpStream::connect(addr).await,
             Err(_) => TcpStream::connect(address).await,
+        }?;
+        let _ = tcp.set_nodelay(true);
+        let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
+        let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
+        match tls {
+            None => Ok(Stream::Plain(tcp)),
+            Some(tls) => {
+                let stream = tls.connector.connect(tls.server_name.clone(), tcp).await?;
+                Ok(Stream::Tls(Box::new(stream)))
+            }
         }
     };
-    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(Error::Connect(e)),
-        Err(_) => return Err(Error::Connect(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))),
-    };
-    let _ = stream.set_nodelay(true);
-    let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
-    let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
-    Ok(stream)
+    // A failed TLS handshake is a connection failure (`UF`), as in Envoy.
+    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(Error::Connect(e)),
+        Err(_) => Err(Error::Connect(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))),
+    }
 }
 
 /// The head of a request to an upstream, borrowed from the handler so that
@@ -128,9 +200,11 @@ pub struct Head<'a> {
 pub async fn send(
     health: &Arc<Health>,
     address: &str,
+    tls: Option<&UpstreamTls>,
     req: Head<'_>,
     mut body: ProxyBody,
 ) -> Result<Response<ProxyBody>, Error> {
+    let fingerprint = tls.map_or(0, |t| t.fingerprint);
     let head_request = *req.method == Method::HEAD;
     let mut head = Vec::with_capacity(1024);
     head.extend_from_slice(req.method.as_str().as_bytes());
@@ -171,16 +245,16 @@ pub async fn send(
     };
     let mut fresh = false;
     loop {
-        let stream = match (fresh, health.pool.take()) {
+        let stream = match (fresh, health.pool.take(fingerprint)) {
             (false, Some(s)) => s,
             _ => {
                 fresh = true;
                 // Boxed: connecting (maybe resolving a name) is rare next to reuse.
-                Box::pin(connect(address)).await?
+                Box::pin(connect(address, tls)).await?
             }
         };
         match exchange(stream, &head, &mut body, length.is_none(), head_request).await {
-            Ok(resp) => return Ok(finish(health, resp)),
+            Ok(resp) => return Ok(finish(health, fingerprint, resp)),
             Err((e, before_response)) => {
                 if before_response && !fresh && replayable {
                     tracing::debug!(error = %e, address, "pooled upstream connection was closed; retrying on a new one");
@@ -194,7 +268,7 @@ pub async fn send(
 }
 
 struct Exchanged {
-    stream: TcpStream,
+    stream: Stream,
     buf: BytesMut,
     response: Response<()>,
     decoder: Option<Decoder>,
@@ -204,7 +278,7 @@ struct Exchanged {
 /// Writes the request and reads the response head. On failure, says
 /// whether nothing of a response had arrived.
 async fn exchange(
-    mut stream: TcpStream,
+    mut stream: Stream,
     head: &[u8],
     body: &mut ProxyBody,
     chunked: bool,
@@ -244,7 +318,7 @@ async fn exchange(
     }
 }
 
-async fn write_body(stream: &mut TcpStream, body: &mut ProxyBody, chunked: bool) -> io::Result<()> {
+async fn write_body(stream: &mut Stream, body: &mut ProxyBody, chunked: bool) -> io::Result<()> {
     let mut trailers: Option<HeaderMap> = None;
     let mut out = Vec::new();
     loop {
@@ -353,7 +427,7 @@ fn response_framing(response: &Response<()>, head_request: bool) -> io::Result<O
 }
 
 /// Turns an exchange into the response the handler sees.
-fn finish(health: &Arc<Health>, ex: Exchanged) -> Response<ProxyBody> {
+fn finish(health: &Arc<Health>, fingerprint: u64, ex: Exchanged) -> Response<ProxyBody> {
     let Exchanged { stream, mut buf, response, decoder, keep_alive } = ex;
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         let mut resp = response.map(|()| ProxyBody::empty());
@@ -363,7 +437,7 @@ fn finish(health: &Arc<Health>, ex: Exchanged) -> Response<ProxyBody> {
     let body = match decoder {
         None => {
             if keep_alive && buf.is_empty() {
-                health.pool.put(stream);
+                health.pool.put(stream, fingerprint);
             }
             ProxyBody::empty()
         }
@@ -371,7 +445,7 @@ fn finish(health: &Arc<Health>, ex: Exchanged) -> Response<ProxyBody> {
         Some(Decoder::Length(n)) if buf.len() as u64 >= n => {
             let body = buf.split_to(n as usize).freeze();
             if keep_alive && buf.is_empty() {
-                health.pool.put(stream);
+                health.pool.put(stream, fingerprint);
             }
             ProxyBody::full(body)
         }
@@ -382,6 +456,7 @@ fn finish(health: &Arc<Health>, ex: Exchanged) -> Response<ProxyBody> {
             eof: false,
             keep_alive,
             health: health.clone(),
+            fingerprint,
         }),
     };
     response.map(|()| body)
@@ -390,12 +465,13 @@ fn finish(health: &Arc<Health>, ex: Exchanged) -> Response<ProxyBody> {
 /// A response body read from its upstream connection as it is polled; the
 /// connection returns to its pool when the body ends.
 pub struct ResponseBody {
-    stream: Option<TcpStream>,
+    stream: Option<Stream>,
     buf: BytesMut,
     decoder: Decoder,
     eof: bool,
     keep_alive: bool,
     health: Arc<Health>,
+    fingerprint: u64,
 }
 
 impl ResponseBody {
@@ -405,7 +481,7 @@ impl ResponseBody {
             && self.buf.is_empty()
             && self.decoder.is_done()
         {
-            self.health.pool.put(stream);
+            self.health.pool.put(stream, self.fingerprint);
         }
     }
 

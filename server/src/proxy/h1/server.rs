@@ -642,7 +642,7 @@ async fn splice<R: ClientRead, W: AsyncWrite + Unpin + Send>(
     upgraded: super::client::Upgraded,
 ) {
     let Some((stream, upstream_pending)) = upgraded.take() else { return };
-    let (mut up_r, mut up_w) = stream.into_split();
+    let (mut up_r, mut up_w) = tokio::io::split(stream);
     if !pending.is_empty() && up_w.write_all(&pending).await.is_err() {
         return;
     }
