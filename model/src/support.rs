@@ -58,31 +58,6 @@ const UNSUPPORTED: &[(Kind, &str, &str)] = &[
     (Kind::DestinationRule, "spec.trafficPolicy.loadBalancer.warmup", "slow-start warmup is not built"),
     (
         Kind::DestinationRule,
-        "spec.trafficPolicy.connectionPool.tcp.connectTimeout",
-        "per-cluster connect timeouts are not built yet (10 s for all)",
-    ),
-    (
-        Kind::DestinationRule,
-        "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive",
-        "per-cluster TCP keepalive is not built yet",
-    ),
-    (
-        Kind::DestinationRule,
-        "spec.trafficPolicy.connectionPool.tcp.maxConnectionDuration",
-        "connection lifetimes are not built yet",
-    ),
-    (
-        Kind::DestinationRule,
-        "spec.trafficPolicy.connectionPool.http.maxRequestsPerConnection",
-        "per-connection request limits are not built yet",
-    ),
-    (
-        Kind::DestinationRule,
-        "spec.trafficPolicy.connectionPool.http.idleTimeout",
-        "per-cluster idle timeouts are not built yet (90 s for all)",
-    ),
-    (
-        Kind::DestinationRule,
         "spec.trafficPolicy.connectionPool.http.useClientProtocol",
         "following the client's protocol is not built yet; GRPC/HTTP2 ports and h2UpgradePolicy choose HTTP/2",
     ),
@@ -185,14 +160,14 @@ mod tests {
     fn finds_traffic_policy_fields_on_subsets_and_ports() {
         let doc = serde_json::json!({"spec": {
             "trafficPolicy": {"portLevelSettings": [{"port": {"number": 80}, "tls": {"mode": "SIMPLE", "caCrl": "/x"}}]},
-            "subsets": [{"name": "v1", "trafficPolicy": {"connectionPool": {"http": {"idleTimeout": "1s"}}}}],
+            "subsets": [{"name": "v1", "trafficPolicy": {"connectionPool": {"http": {"useClientProtocol": true}}}}],
         }});
         let found: Vec<String> = unsupported_fields(Kind::DestinationRule, &doc).into_iter().map(|f| f.0).collect();
         assert_eq!(
             found,
             [
                 "spec.trafficPolicy.portLevelSettings[0].tls.caCrl",
-                "spec.subsets[0].trafficPolicy.connectionPool.http.idleTimeout"
+                "spec.subsets[0].trafficPolicy.connectionPool.http.useClientProtocol"
             ]
         );
     }

@@ -681,3 +681,28 @@ fn upstream_connections_closed_while_pooled_are_not_reused() {
     }
     assert!(up.state.connections.load(Ordering::SeqCst) >= 8, "closed connections were reused");
 }
+
+#[test]
+fn upstream_connections_follow_the_connection_pool_settings() {
+    let up = Upstream::start("v1");
+    let server = Server::start();
+    let policy = "  trafficPolicy:\n    connectionPool:\n      http: {maxRequestsPerConnection: 2}\n";
+    server.apply(&service("user-service", &[&up], policy));
+    server.apply(&vs("  - route: [{destination: {host: user-service, subset: v1}}]\n"));
+    let c = client();
+    for _ in 0..10 {
+        assert_eq!(body_of(server.gateway(&c, HOST, "/").send().unwrap()), (200, "v1".into()));
+    }
+    let opened = up.state.connections.load(Ordering::SeqCst);
+    assert_eq!(opened, 5, "10 requests at 2 per connection");
+
+    // idleTimeout: a connection idle longer is not reused.
+    let policy = "  trafficPolicy:\n    connectionPool:\n      http: {idleTimeout: 100ms}\n";
+    server.apply(&service("user-service", &[&up], policy));
+    for _ in 0..4 {
+        assert_eq!(body_of(server.gateway(&c, HOST, "/").send().unwrap()), (200, "v1".into()));
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let after = up.state.connections.load(Ordering::SeqCst);
+    assert!(after >= opened + 4, "idle connections were reused past idleTimeout: {opened} then {after}");
+}

@@ -320,12 +320,9 @@ fn kill_9_during_applies_loses_no_acknowledged_write() {
 fn analyze_finds_broken_references_before_apply() {
     let server = Server::start();
     server.ok(&["apply", "-f", &example("canary.yaml")]);
-    // The canary example is sound; the one field the gateway does not act on yet is reported, not dropped.
+    // The canary example is sound, and every field it sets is acted on.
     let out = server.ok(&["analyze"]);
-    assert_eq!(
-        out.trim(),
-        "Warning [MG0107] (DestinationRule default/user-service-dr) spec.trafficPolicy.connectionPool.http.maxRequestsPerConnection: not supported yet: per-connection request limits are not built yet"
-    );
+    assert_eq!(out.trim(), "✔ No validation issues found.");
 
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("broken.yaml");

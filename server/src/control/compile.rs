@@ -21,6 +21,7 @@ use crate::proxy::config::{
     Action, Cors, Fault, HeaderOps, L4Route, ListenerKind, PortRoutes, Redirect, RequestMatch, RetryOn, RetryPolicy,
     Rewrite, Route, Snapshot, StrMatch, Target, VirtualHost, WeightedClusters,
 };
+use crate::proxy::h1::client::PoolSettings;
 use crate::proxy::tls::{Certificates, certified_key};
 use crate::proxy::upstream::{Cluster, Endpoint, HashKey, HealthRegistry, Lb, OutlierPolicy, stable_hash};
 
@@ -623,10 +624,30 @@ impl Compiler<'_> {
         cluster.http2 = port_http2 || upgrade;
         cluster.max_retries = http.and_then(|h| h.max_retries).map(|n| n.max(0) as u32);
         cluster.tls = tls;
+        cluster.connections = pool_settings(pool);
         let cluster = Arc::new(cluster);
         clusters.insert(key, Arc::clone(&cluster));
         cluster
     }
+}
+
+/// A DestinationRule's `connectionPool` as the HTTP/1 client applies it;
+/// unset fields keep the defaults (connect 10 s, idle 60 s, keepalive after 60 s).
+fn pool_settings(pool: Option<&meshgate_model::networking::ConnectionPoolSettings>) -> PoolSettings {
+    let mut s = PoolSettings::default();
+    let duration = |d: &Option<String>| d.as_deref().and_then(|t| parse_duration(t).ok()).filter(|d| !d.is_zero());
+    if let Some(tcp) = pool.and_then(|p| p.tcp.as_ref()) {
+        s.connect_timeout = duration(&tcp.connect_timeout).unwrap_or(s.connect_timeout);
+        s.max_connection_duration = duration(&tcp.max_connection_duration);
+        if let Some(k) = &tcp.tcp_keepalive {
+            s.keepalive = (duration(&k.time).unwrap_or(s.keepalive.0), duration(&k.interval), k.probes);
+        }
+    }
+    if let Some(http) = pool.and_then(|p| p.http.as_ref()) {
+        s.idle_timeout = duration(&http.idle_timeout).unwrap_or(s.idle_timeout);
+        s.max_requests_per_connection = http.max_requests_per_connection.filter(|n| *n > 0).map(|n| n as u32);
+    }
+    s
 }
 
 /// A DestinationRule's SIMPLE or MUTUAL `tls` as a client configuration:

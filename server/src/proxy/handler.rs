@@ -520,13 +520,12 @@ async fn send(
             headers: out.headers,
             extra: out.extra,
         };
-        let tls = cluster.tls.as_deref();
-        return super::h1::client::send(&endpoint.health, &endpoint.address, tls, head, body).await.map_err(
-            |e| match e {
-                super::h1::client::Error::Connect(_) => Failure::Connect,
-                super::h1::client::Error::Reset(_) => Failure::Reset,
-            },
-        );
+        let (tls, settings) = (cluster.tls.as_deref(), &cluster.connections);
+        let sent = super::h1::client::send(&endpoint.health, &endpoint.address, tls, settings, head, body).await;
+        return sent.map_err(|e| match e {
+            super::h1::client::Error::Connect(_) => Failure::Connect,
+            super::h1::client::Error::Reset(_) => Failure::Reset,
+        });
     }
     let mut uri = http::uri::Parts::default();
     uri.scheme = Some(http::uri::Scheme::HTTP);

@@ -22,6 +22,8 @@ pub struct Cluster {
     pub max_retries: Option<u32>,
     /// TLS to the endpoints (DestinationRule `tls` SIMPLE or MUTUAL).
     pub tls: Option<Arc<super::tls::UpstreamTls>>,
+    /// How HTTP/1 connections to the endpoints are made and kept.
+    pub connections: super::h1::client::PoolSettings,
     /// Counters that must outlive a configuration change (shared by name).
     counters: Arc<ClusterCounters>,
     /// Ejection decisions take turns, so two failing endpoints cannot both
@@ -207,6 +209,7 @@ impl Cluster {
             http2: false,
             max_retries: None,
             tls: None,
+            connections: Default::default(),
             counters,
             ejecting: std::sync::Mutex::new(()),
         }

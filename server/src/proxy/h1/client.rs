@@ -26,11 +26,8 @@ use crate::proxy::ProxyBody;
 use crate::proxy::tls::UpstreamTls;
 use crate::proxy::upstream::Health;
 
-/// Idle connections older than this are closed rather than reused.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Idle connections kept per endpoint.
 const MAX_IDLE: usize = 1024;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Request bodies up to this size are written with the head.
 const INLINE_BODY: usize = 16 * 1024;
 
@@ -42,18 +39,58 @@ pub enum Error {
     Reset(io::Error),
 }
 
-/// A connection to an upstream: plain TCP, or TLS from a DestinationRule.
-pub enum Stream {
+/// How an endpoint's connections are made and kept: a DestinationRule's
+/// `connectionPool` (HTTP/1 upstreams).
+#[derive(Clone, Debug)]
+pub struct PoolSettings {
+    pub connect_timeout: Duration,
+    /// Idle pooled connections older than this are closed, not reused.
+    pub idle_timeout: Duration,
+    pub max_requests_per_connection: Option<u32>,
+    pub max_connection_duration: Option<Duration>,
+    /// TCP keepalive probes: (idle time, interval, count).
+    pub keepalive: (Duration, Option<Duration>, Option<u32>),
+}
+
+impl Default for PoolSettings {
+    fn default() -> PoolSettings {
+        PoolSettings {
+            connect_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_requests_per_connection: None,
+            max_connection_duration: None,
+            keepalive: (Duration::from_secs(60), None, None),
+        }
+    }
+}
+
+/// A connection to an upstream (plain TCP, or TLS from a DestinationRule),
+/// with the limits it was made under.
+pub struct Stream {
+    io: Io,
+    idle_timeout: Duration,
+    /// Requests left before the connection is retired (`maxRequestsPerConnection`).
+    uses_left: Option<u32>,
+    /// When the connection is retired (`maxConnectionDuration`).
+    retire_at: Option<Instant>,
+}
+
+enum Io {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
 impl Stream {
     fn tcp(&self) -> &TcpStream {
-        match self {
-            Stream::Plain(s) => s,
-            Stream::Tls(s) => s.get_ref().0,
+        match &self.io {
+            Io::Plain(s) => s,
+            Io::Tls(s) => s.get_ref().0,
         }
+    }
+
+    /// Whether the connection may go back to the pool after a request.
+    fn retired(&self, now: Instant) -> bool {
+        self.uses_left == Some(0) || self.retire_at.is_some_and(|t| now >= t)
     }
 
     /// Whether an idle pooled connection can still carry a request: not
@@ -66,7 +103,7 @@ impl Stream {
             Poll::Pending => true,
             Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => false,
             // TLS may have records pending (a session ticket); plain HTTP may not.
-            Poll::Ready(Ok(_)) => matches!(self, Stream::Tls(_)),
+            Poll::Ready(Ok(_)) => matches!(self.io, Io::Tls(_)),
         }
     }
 }
@@ -77,32 +114,32 @@ impl tokio::io::AsyncRead for Stream {
         cx: &mut Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
 
 impl tokio::io::AsyncWrite for Stream {
     fn poll_write(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -130,12 +167,7 @@ impl Pool {
     fn take(&self, fingerprint: u64) -> Option<Stream> {
         loop {
             let (stream, made_under, since) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
-            if since.elapsed() > IDLE_TIMEOUT {
-                // The newest is too old: so are the rest.
-                self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
-                return None;
-            }
-            if made_under == fingerprint && stream.reusable() {
+            if since.elapsed() <= stream.idle_timeout && made_under == fingerprint && stream.reusable() {
                 return Some(stream);
             }
         }
@@ -143,8 +175,12 @@ impl Pool {
 
     fn put(&self, stream: Stream, fingerprint: u64) {
         let now = Instant::now();
+        if stream.retired(now) {
+            return;
+        }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let stale = idle.iter().take_while(|(_, _, since)| now.duration_since(*since) > IDLE_TIMEOUT).count();
+        // The oldest are at the front.
+        let stale = idle.iter().take_while(|(s, _, since)| now.duration_since(*since) > s.idle_timeout).count();
         idle.drain(..stale);
         if idle.len() < MAX_IDLE {
             idle.push((stream, fingerprint, now));
@@ -157,26 +193,38 @@ impl Pool {
     }
 }
 
-async fn connect(address: &str, tls: Option<&UpstreamTls>) -> Result<Stream, Error> {
+async fn connect(address: &str, tls: Option<&UpstreamTls>, settings: &PoolSettings) -> Result<Stream, Error> {
     let connecting = async {
         let tcp = match address.parse::<SocketAddr>() {
             Ok(addr) => TcpStream::connect(addr).await,
             Err(_) => TcpStream::connect(address).await,
         }?;
         let _ = tcp.set_nodelay(true);
-        let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
+        let (time, interval, probes) = settings.keepalive;
+        let mut keepalive = socket2::TcpKeepalive::new().with_time(time);
+        if let Some(i) = interval {
+            keepalive = keepalive.with_interval(i);
+        }
+        if let Some(n) = probes {
+            keepalive = keepalive.with_retries(n);
+        }
         let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
         match tls {
-            None => Ok(Stream::Plain(tcp)),
+            None => Ok(Io::Plain(tcp)),
             Some(tls) => {
                 let stream = tls.connector.connect(tls.server_name.clone(), tcp).await?;
-                Ok(Stream::Tls(Box::new(stream)))
+                Ok(Io::Tls(Box::new(stream)))
             }
         }
     };
     // A failed TLS handshake is a connection failure (`UF`), as in Envoy.
-    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
-        Ok(Ok(s)) => Ok(s),
+    match tokio::time::timeout(settings.connect_timeout, connecting).await {
+        Ok(Ok(io)) => Ok(Stream {
+            io,
+            idle_timeout: settings.idle_timeout,
+            uses_left: settings.max_requests_per_connection,
+            retire_at: settings.max_connection_duration.map(|d| Instant::now() + d),
+        }),
         Ok(Err(e)) => Err(Error::Connect(e)),
         Err(_) => Err(Error::Connect(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))),
     }
@@ -201,6 +249,7 @@ pub async fn send(
     health: &Arc<Health>,
     address: &str,
     tls: Option<&UpstreamTls>,
+    settings: &PoolSettings,
     req: Head<'_>,
     mut body: ProxyBody,
 ) -> Result<Response<ProxyBody>, Error> {
@@ -250,7 +299,7 @@ pub async fn send(
             _ => {
                 fresh = true;
                 // Boxed: connecting (maybe resolving a name) is rare next to reuse.
-                Box::pin(connect(address, tls)).await?
+                Box::pin(connect(address, tls, settings)).await?
             }
         };
         match exchange(stream, &head, &mut body, length.is_none(), head_request).await {
@@ -284,6 +333,9 @@ async fn exchange(
     chunked: bool,
     head_request: bool,
 ) -> Result<Exchanged, (io::Error, bool)> {
+    if let Some(n) = &mut stream.uses_left {
+        *n = n.saturating_sub(1);
+    }
     stream.write_all(head).await.map_err(|e| (e, true))?;
     if !body.is_end_stream() {
         Box::pin(write_body(&mut stream, body, chunked)).await.map_err(|e| (e, false))?;
