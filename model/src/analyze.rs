@@ -247,6 +247,20 @@ impl Analyzer<'_> {
                 }
                 _ => None,
             };
+            let number = server["port"]["number"].as_u64();
+            if matches!(protocol.as_str(), "TCP" | "TLS") && matches!(number, Some(80 | 443)) {
+                find(
+                    codes::NOT_SUPPORTED,
+                    Severity::Warning,
+                    format!("spec.servers[{i}].port"),
+                    format!(
+                        "not supported yet: port {} is served by the --{} listener as {}; put {protocol} servers on another port",
+                        number.unwrap_or_default(),
+                        if number == Some(80) { "http" } else { "https" },
+                        if number == Some(80) { "HTTP" } else { "HTTPS" },
+                    ),
+                );
+            }
             if let Some(what) = unsupported {
                 find(
                     codes::NOT_SUPPORTED,
@@ -369,5 +383,13 @@ mod tests {
             "{found:?}"
         );
         assert!(found.contains(&"MG0107 spec.subsets[0].trafficPolicy.tls.mode".to_string()), "{found:?}");
+    }
+
+    #[test]
+    fn tcp_servers_on_the_http_ports_are_reported() {
+        let found = findings(
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 80, name: tcp, protocol: TCP}\n    hosts: ['*']\n  - port: {number: 9000, name: tcp2, protocol: TCP}\n    hosts: ['*']\n",
+        );
+        assert_eq!(found, ["MG0107 spec.servers[0].port"]);
     }
 }

@@ -561,6 +561,12 @@ impl Compiler<'_> {
                 .unwrap_or(Duration::from_secs(30)),
             max_ejection_percent: o.max_ejection_percent.unwrap_or(10).clamp(0, 100) as u32,
             min_health_percent: o.min_health_percent.unwrap_or(0).clamp(0, 100) as u32,
+            interval: o
+                .interval
+                .as_deref()
+                .and_then(|t| parse_duration(t).ok())
+                .filter(|d| !d.is_zero())
+                .unwrap_or(Duration::from_secs(10)),
         });
         // HTTP/1.1 upstream connections carry one request at a time, so the
         // requests in flight are the busy connections plus those waiting for

@@ -102,6 +102,9 @@ pub struct OutlierPolicy {
     pub max_ejection_percent: u32,
     /// Below this share of healthy endpoints, ejections are ignored (panic mode).
     pub min_health_percent: u32,
+    /// Each interval an endpoint stays healthy takes one off its ejection
+    /// multiplier, as Envoy's sweep does.
+    pub interval: Duration,
 }
 
 /// Per-endpoint state shared by every snapshot that has this endpoint:
@@ -123,8 +126,10 @@ fn epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
+/// Milliseconds on a clock that starts at one hour, so that 0 can mean
+/// "never" and moments before the process started stay representable.
 fn now_ms() -> u64 {
-    epoch().elapsed().as_millis() as u64
+    3_600_000 + epoch().elapsed().as_millis() as u64
 }
 
 /// An attempt in flight to one endpoint, for least-request balancing.
@@ -319,9 +324,18 @@ impl Cluster {
             return;
         }
         let h = &self.endpoints[index].health;
-        let times = h.times_ejected.fetch_add(1, Ordering::Relaxed) + 1;
+        // The multiplier decays by one per interval spent healthy since the last ejection ended.
+        let now = now_ms();
+        let ended = h.ejected_until.load(Ordering::Relaxed);
+        let healthy_intervals = if ended == 0 {
+            0
+        } else {
+            (now.saturating_sub(ended) / (policy.interval.as_millis() as u64).max(1)).min(u32::MAX as u64) as u32
+        };
+        let times = h.times_ejected.load(Ordering::Relaxed).saturating_sub(healthy_intervals) + 1;
+        h.times_ejected.store(times, Ordering::Relaxed);
         let duration = (policy.base_ejection * times).min(Duration::from_secs(300).max(policy.base_ejection));
-        h.ejected_until.store(now_ms() + duration.as_millis() as u64, Ordering::Relaxed);
+        h.ejected_until.store(now + duration.as_millis() as u64, Ordering::Relaxed);
         h.consecutive_5xx.store(0, Ordering::Relaxed);
         h.consecutive_gateway.store(0, Ordering::Relaxed);
         tracing::warn!(cluster = %self.name, endpoint = %self.endpoints[index].address, ?duration, "outlier ejected");
@@ -368,6 +382,7 @@ mod tests {
             base_ejection: Duration::from_secs(60),
             max_ejection_percent: 100,
             min_health_percent: 60,
+            interval: Duration::from_secs(10),
         };
         let c = cluster(2, Some(policy));
         c.record(1, Some(500));
@@ -385,6 +400,7 @@ mod tests {
             base_ejection: Duration::from_secs(60),
             max_ejection_percent: 10,
             min_health_percent: 0,
+            interval: Duration::from_secs(10),
         };
         let c = cluster(3, Some(policy));
         c.record(0, Some(503));
@@ -392,5 +408,30 @@ mod tests {
         assert!(c.endpoints[0].health.is_ejected(), "one host may always be ejected");
         assert!(!c.endpoints[1].health.is_ejected(), "a second would exceed 10%");
         assert_eq!(c.pick(None, None).map(|i| i != 0), Some(true));
+    }
+
+    #[test]
+    fn ejection_time_grows_with_repeat_ejections_and_decays_while_healthy() {
+        let policy = OutlierPolicy {
+            consecutive_5xx: 1,
+            consecutive_gateway: 0,
+            base_ejection: Duration::from_secs(30),
+            max_ejection_percent: 100,
+            min_health_percent: 0,
+            interval: Duration::from_secs(10),
+        };
+        let c = cluster(2, Some(policy));
+        let h = &c.endpoints[0].health;
+        let ejected_for = || h.ejected_until.load(Ordering::Relaxed).saturating_sub(now_ms());
+        c.record(0, Some(500));
+        assert!((29_000..=30_000).contains(&ejected_for()), "first ejection: 1 x 30 s");
+        // The ejection ends now and the endpoint fails again at once: 2 x 30 s.
+        h.ejected_until.store(now_ms(), Ordering::Relaxed);
+        c.record(0, Some(500));
+        assert!((59_000..=60_000).contains(&ejected_for()), "second ejection: 2 x 30 s, got {}", ejected_for());
+        // It ended 25 s ago (two healthy intervals): the multiplier falls from 2 to 0, so the next is 1 x 30 s.
+        h.ejected_until.store(now_ms().saturating_sub(25_000), Ordering::Relaxed);
+        c.record(0, Some(500));
+        assert!((29_000..=30_000).contains(&ejected_for()), "after a healthy spell: 1 x 30 s, got {}", ejected_for());
     }
 }
