@@ -122,3 +122,28 @@ fn tcp_routes_and_tls_passthrough_by_sni() {
     assert_eq!(tls_client_hello(&rt, &tls_addr, "a.internal.example", &a_cert), "hello from a.internal.example\n");
     assert_eq!(tls_client_hello(&rt, &tls_addr, "b.internal.example", &b_cert), "hello from b.internal.example\n");
 }
+
+#[test]
+fn tcp_connections_idle_past_the_destination_rule_timeout_are_closed() {
+    let echo = tcp_echo();
+    let server = Server::start_with(&["--port-map", "9000=0"]);
+    server.apply(&format!(
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: l4}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: 9000, name: tcp, protocol: TCP}}\n    hosts: [\"*\"]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: l4}}\nspec:\n  hosts: [\"*\"]\n  gateways: [l4]\n  tcp:\n  - route: [{{destination: {{host: echo}}}}]\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: echo}}\nspec:\n  hosts: [echo]\n  resolution: STATIC\n  ports: [{{number: 1, name: tcp, protocol: TCP}}]\n  endpoints: [{{address: 127.0.0.1, ports: {{tcp: {echo}}}}}]\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: echo}}\nspec:\n  host: echo\n  trafficPolicy:\n    connectionPool:\n      tcp: {{idleTimeout: 300ms}}\n"
+    ));
+    let mut s = std::net::TcpStream::connect(server.listener(9000).expect("port 9000")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // Traffic more often than the timeout keeps the connection.
+    for i in 0..4 {
+        let msg = format!("message {i}");
+        s.write_all(msg.as_bytes()).unwrap();
+        let mut back = vec![0u8; msg.len()];
+        s.read_exact(&mut back).unwrap();
+        assert_eq!(back, msg.as_bytes());
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    // Silence past it closes the connection.
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 16];
+    assert_eq!(s.read(&mut buf).unwrap_or(0), 0, "the gateway closes an idle TCP connection");
+    assert!(started.elapsed() < Duration::from_secs(5), "closed only after {:?}", started.elapsed());
+}

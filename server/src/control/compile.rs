@@ -645,6 +645,7 @@ fn pool_settings(pool: Option<&meshgate_model::networking::ConnectionPoolSetting
     if let Some(tcp) = pool.and_then(|p| p.tcp.as_ref()) {
         s.connect_timeout = duration(&tcp.connect_timeout).unwrap_or(s.connect_timeout);
         s.max_connection_duration = duration(&tcp.max_connection_duration);
+        s.tcp_idle_timeout = duration(&tcp.idle_timeout).unwrap_or(s.tcp_idle_timeout);
         if let Some(k) = &tcp.tcp_keepalive {
             s.keepalive = (duration(&k.time).unwrap_or(s.keepalive.0), duration(&k.interval), k.probes);
         }

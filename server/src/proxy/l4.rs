@@ -9,13 +9,12 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::config::{L4Route, ListenerKind};
+use super::config::ListenerKind;
 use crate::control::Hub;
 
 /// A ClientHello larger than this is refused (real ones are a few hundred bytes).
 const MAX_HELLO: usize = 16 * 1024;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn serve(
     listener: TcpListener,
@@ -64,22 +63,58 @@ async fn connection(
         tracing::debug!(%peer, port, ?sni, "no tcp/tls route; closing");
         return Ok(());
     };
-    let mut up = connect(route).await?;
+    let cluster = Arc::clone(&route.targets.pick().cluster);
+    drop(snapshot);
+    let mut up = connect(&cluster).await?;
     if !hello.is_empty() {
         up.write_all(&hello).await?;
     }
-    tokio::io::copy_bidirectional(&mut down, &mut up).await.map(|_| ())
+    relay(down, up, cluster.connections.tcp_idle_timeout).await
 }
 
-async fn connect(route: &L4Route) -> std::io::Result<TcpStream> {
-    let cluster = &route.targets.pick().cluster;
+/// Copies bytes both ways until both sides have closed, or until neither
+/// side has sent anything for `idle` (DestinationRule
+/// `connectionPool.tcp.idleTimeout`; Istio's default is one hour).
+async fn relay(down: TcpStream, up: TcpStream, idle: Duration) -> std::io::Result<()> {
+    let (mut down_r, mut down_w) = down.into_split();
+    let (mut up_r, mut up_w) = up.into_split();
+    let (mut from_down, mut from_up) = (vec![0u8; 16 * 1024], vec![0u8; 16 * 1024]);
+    let (mut down_open, mut up_open) = (true, true);
+    let timer = tokio::time::sleep(idle);
+    tokio::pin!(timer);
+    while down_open || up_open {
+        tokio::select! {
+            n = down_r.read(&mut from_down), if down_open => match n? {
+                0 => {
+                    down_open = false;
+                    let _ = up_w.shutdown().await;
+                }
+                n => up_w.write_all(&from_down[..n]).await?,
+            },
+            n = up_r.read(&mut from_up), if up_open => match n? {
+                0 => {
+                    up_open = false;
+                    let _ = down_w.shutdown().await;
+                }
+                n => down_w.write_all(&from_up[..n]).await?,
+            },
+            () = &mut timer => {
+                return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "idle timeout"));
+            }
+        }
+        timer.as_mut().reset(tokio::time::Instant::now() + idle);
+    }
+    Ok(())
+}
+
+async fn connect(cluster: &super::upstream::Cluster) -> std::io::Result<TcpStream> {
     let mut last = None;
     // Try each healthy endpoint at most once, like Envoy's connect retries.
     for _ in 0..cluster.endpoints.len().max(1) {
         let Some(i) = cluster.pick(last, None) else { break };
         last = Some(i);
         let address = &cluster.endpoints[i].address;
-        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address.as_str())).await {
+        match tokio::time::timeout(cluster.connections.connect_timeout, TcpStream::connect(address.as_str())).await {
             Ok(Ok(s)) => {
                 let _ = s.set_nodelay(true);
                 cluster.record(i, Some(200));

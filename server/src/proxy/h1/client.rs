@@ -40,7 +40,8 @@ pub enum Error {
 }
 
 /// How an endpoint's connections are made and kept: a DestinationRule's
-/// `connectionPool` (HTTP/1 upstreams).
+/// `connectionPool` (HTTP/1 upstreams, and TCP routes for the connect and
+/// idle timeouts).
 #[derive(Clone, Debug)]
 pub struct PoolSettings {
     pub connect_timeout: Duration,
@@ -50,6 +51,8 @@ pub struct PoolSettings {
     pub max_connection_duration: Option<Duration>,
     /// TCP keepalive probes: (idle time, interval, count).
     pub keepalive: (Duration, Option<Duration>, Option<u32>),
+    /// A TCP-routed connection with no bytes either way for this long is closed.
+    pub tcp_idle_timeout: Duration,
 }
 
 impl Default for PoolSettings {
@@ -60,6 +63,7 @@ impl Default for PoolSettings {
             max_requests_per_connection: None,
             max_connection_duration: None,
             keepalive: (Duration::from_secs(60), None, None),
+            tcp_idle_timeout: Duration::from_secs(3600),
         }
     }
 }
