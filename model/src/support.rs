@@ -41,11 +41,6 @@ const UNSUPPORTED: &[(Kind, &str, &str)] = &[
     (Kind::DestinationRule, "spec.trafficPolicy.tls.caCrl", "certificate revocation lists are not checked"),
     (
         Kind::DestinationRule,
-        "spec.trafficPolicy.loadBalancer.consistentHash.httpCookie.ttl",
-        "generating the hash cookie is not built; a request without the cookie is balanced normally",
-    ),
-    (
-        Kind::DestinationRule,
         "spec.trafficPolicy.loadBalancer.localityLbSetting.distribute",
         "weighted locality distribution is not built yet; failover is",
     ),

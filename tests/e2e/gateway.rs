@@ -706,3 +706,29 @@ fn upstream_connections_follow_the_connection_pool_settings() {
     let after = up.state.connections.load(Ordering::SeqCst);
     assert!(after >= opened + 4, "idle connections were reused past idleTimeout: {opened} then {after}");
 }
+
+#[test]
+fn hash_cookie_is_made_for_new_clients_and_keeps_them_on_one_endpoint() {
+    let ups: Vec<Upstream> = ["a", "b", "c"].iter().map(|n| Upstream::start(n)).collect();
+    let server = Server::start();
+    let policy =
+        "  trafficPolicy:\n    loadBalancer: {consistentHash: {httpCookie: {name: sticky, ttl: 3600s, path: /}}}\n";
+    server.apply(&service("user-service", &ups.iter().collect::<Vec<_>>(), policy));
+    server.apply(&vs("  - route: [{destination: {host: user-service}}]\n"));
+    let c = client();
+    let mut homes = std::collections::BTreeSet::new();
+    for client_no in 0..15 {
+        let first = server.gateway(&c, HOST, "/").send().unwrap();
+        let set = first.headers()["set-cookie"].to_str().unwrap().to_string();
+        assert!(set.starts_with("sticky=") && set.ends_with("; Path=/; Max-Age=3600; HttpOnly"), "{set}");
+        let cookie = set.split(';').next().unwrap().to_string();
+        let home = first.text().unwrap();
+        for _ in 0..5 {
+            let again = server.gateway(&c, HOST, "/").header("cookie", &cookie).send().unwrap();
+            assert!(again.headers().get("set-cookie").is_none(), "a client with the cookie gets no new one");
+            assert_eq!(again.text().unwrap(), home, "client {client_no} moved");
+        }
+        homes.insert(home);
+    }
+    assert!(homes.len() >= 2, "15 clients all landed on {homes:?}");
+}

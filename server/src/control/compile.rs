@@ -538,7 +538,24 @@ impl Compiler<'_> {
             if let Some(name) = &h.http_header_name {
                 HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).ok().map(HashKey::Header)
             } else if let Some(c) = &h.http_cookie {
-                c.name.clone().map(HashKey::Cookie)
+                // With a ttl, Envoy makes the cookie when a request has none; the
+                // attributes it sets: Path, Max-Age, HttpOnly and the DR's own.
+                let generate = c.ttl.as_deref().and_then(|t| parse_duration(t).ok()).and_then(|ttl| {
+                    let mut attrs = format!("Path={}", c.path.as_deref().unwrap_or("/"));
+                    if !ttl.is_zero() {
+                        attrs.push_str(&format!("; Max-Age={}", ttl.as_secs()));
+                    }
+                    attrs.push_str("; HttpOnly");
+                    for a in &c.attributes {
+                        match (&a.name, &a.value) {
+                            (Some(n), Some(v)) => attrs.push_str(&format!("; {n}={v}")),
+                            (Some(n), None) => attrs.push_str(&format!("; {n}")),
+                            _ => {}
+                        }
+                    }
+                    HeaderValue::from_str(&attrs).ok()
+                });
+                c.name.clone().map(|name| HashKey::Cookie { name, generate })
             } else if h.use_source_ip == Some(true) {
                 Some(HashKey::SourceIp)
             } else {

@@ -340,9 +340,18 @@ async fn forward(
     if cluster.endpoints.is_empty() {
         return local(StatusCode::SERVICE_UNAVAILABLE, "UH", "no healthy upstream\n");
     }
-    let hash = match &cluster.lb {
-        super::upstream::Lb::Hash(key) => hash_of(key, &req, peer),
-        _ => None,
+    let (hash, set_cookie) = match &cluster.lb {
+        super::upstream::Lb::Hash(key) => match (hash_of(key, &req, peer), key) {
+            (Some(h), _) => (Some(h), None),
+            (None, super::upstream::HashKey::Cookie { name, generate: Some(attrs) }) => {
+                let value = hex_id();
+                let cookie =
+                    format!("{name}={}; {}", std::str::from_utf8(&value).unwrap_or(""), attrs.to_str().unwrap_or(""));
+                (Some(super::upstream::stable_hash(&value)), HeaderValue::from_str(&cookie).ok())
+            }
+            (None, _) => (None, None),
+        },
+        _ => (None, None),
     };
     let (mut parts, body) = req.into_parts();
     // HTTP/2 carries the host in :authority; upstreams and X-Forwarded-Host want a Host header.
@@ -461,6 +470,9 @@ async fn forward(
                     Ok(mut resp) => {
                         strip_hop_by_hop(resp.headers_mut());
                         target.response_headers.apply(resp.headers_mut());
+                        if let Some(cookie) = &set_cookie {
+                            resp.headers_mut().append(header::SET_COOKIE, cookie.clone());
+                        }
                         if attempt > 1 && retriable {
                             resp.headers_mut().insert(RESPONSE_FLAGS, HeaderValue::from_static("URX"));
                         }
@@ -610,7 +622,7 @@ fn hash_of<B>(key: &super::upstream::HashKey, req: &Request<B>, peer: SocketAddr
                 (k == name).then(|| stable_hash(v.as_bytes()))
             })
         }),
-        HashKey::Cookie(name) => {
+        HashKey::Cookie { name, .. } => {
             req.headers().get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).find_map(|v| {
                 v.split(';').find_map(|c| {
                     let (k, val) = c.trim().split_once('=')?;
@@ -619,6 +631,17 @@ fn hash_of<B>(key: &super::upstream::HashKey, req: &Request<B>, peer: SocketAddr
             })
         }
     }
+}
+
+/// 16 random bytes in hex: request ids and generated hash cookies.
+fn hex_id() -> [u8; 32] {
+    let id: [u8; 16] = rand::random();
+    let mut text = [0u8; 32];
+    for (pair, byte) in text.chunks_exact_mut(2).zip(id) {
+        pair[0] = b"0123456789abcdef"[usize::from(byte >> 4)];
+        pair[1] = b"0123456789abcdef"[usize::from(byte & 15)];
+    }
+    text
 }
 
 fn wants_upgrade(headers: &HeaderMap) -> bool {
@@ -667,13 +690,7 @@ fn prepare_headers(headers: &mut HeaderMap, peer: SocketAddr, scheme: &'static s
         headers.insert(X_FORWARDED_HOST, host);
     }
     if !headers.contains_key(&X_REQUEST_ID) {
-        let id: [u8; 16] = rand::random();
-        let mut text = [0u8; 32];
-        for (pair, byte) in text.chunks_exact_mut(2).zip(id) {
-            pair[0] = b"0123456789abcdef"[usize::from(byte >> 4)];
-            pair[1] = b"0123456789abcdef"[usize::from(byte & 15)];
-        }
-        if let Ok(v) = HeaderValue::from_bytes(&text) {
+        if let Ok(v) = HeaderValue::from_bytes(&hex_id()) {
             headers.insert(X_REQUEST_ID, v);
         }
     }

@@ -89,7 +89,12 @@ pub enum Lb {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HashKey {
     Header(http::HeaderName),
-    Cookie(String),
+    /// A cookie; with `generate`, a request without it gets a new one
+    /// (sent back with `Set-Cookie`) so the client sticks from then on.
+    Cookie {
+        name: String,
+        generate: Option<http::HeaderValue>,
+    },
     SourceIp,
     Query(String),
 }
