@@ -689,10 +689,10 @@ fn prepare_headers(headers: &mut HeaderMap, peer: SocketAddr, scheme: &'static s
     {
         headers.insert(X_FORWARDED_HOST, host);
     }
-    if !headers.contains_key(&X_REQUEST_ID) {
-        if let Ok(v) = HeaderValue::from_bytes(&hex_id()) {
-            headers.insert(X_REQUEST_ID, v);
-        }
+    if !headers.contains_key(&X_REQUEST_ID)
+        && let Ok(v) = HeaderValue::from_bytes(&hex_id())
+    {
+        headers.insert(X_REQUEST_ID, v);
     }
 }
 
