@@ -238,7 +238,9 @@ impl Analyzer<'_> {
             let protocol = server["port"]["protocol"].as_str().unwrap_or("HTTP").to_ascii_uppercase();
             let mode = tls["mode"].as_str();
             let unsupported = match (protocol.as_str(), mode) {
-                (_, Some(m)) if !matches!(m, "SIMPLE" | "PASSTHROUGH") => Some(format!("TLS mode {m}")),
+                (_, Some(m)) if !matches!(m, "SIMPLE" | "PASSTHROUGH" | "MUTUAL" | "OPTIONAL_MUTUAL") => {
+                    Some(format!("TLS mode {m}"))
+                }
                 ("TLS", m) if m != Some("PASSTHROUGH") => {
                     Some("TLS servers that terminate TLS (use PASSTHROUGH or HTTPS)".into())
                 }
@@ -383,6 +385,20 @@ mod tests {
             "{found:?}"
         );
         assert!(found.contains(&"MG0107 spec.subsets[0].trafficPolicy.tls.mode".to_string()), "{found:?}");
+    }
+
+    #[test]
+    fn gateway_tls_modes_that_work_are_not_reported() {
+        let gateway = |mode: &str| {
+            format!(
+                "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: g}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: 443, name: https, protocol: HTTPS}}\n    hosts: ['*']\n    tls: {{mode: {mode}, credentialName: c}}\n---\napiVersion: v1\nkind: Secret\nmetadata: {{name: c}}\ntype: kubernetes.io/tls\nstringData: {{tls.crt: '-----BEGIN CERTIFICATE-----', tls.key: '-----BEGIN PRIVATE KEY-----'}}\n"
+            )
+        };
+        for mode in ["SIMPLE", "MUTUAL", "OPTIONAL_MUTUAL"] {
+            assert_eq!(findings(&gateway(mode)), Vec::<String>::new(), "{mode}");
+        }
+        let istio = gateway("ISTIO_MUTUAL").replace(", credentialName: c", "");
+        assert_eq!(findings(&istio), ["MG0107 spec.servers[0].tls.mode"]);
     }
 
     #[test]

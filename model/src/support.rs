@@ -9,11 +9,6 @@ use crate::kind::Kind;
 /// (kind, field pattern, why). Patterns are dotted paths from the document
 /// root; `[*]` walks every element of a list, `*` every key of a map.
 const UNSUPPORTED: &[(Kind, &str, &str)] = &[
-    (
-        Kind::Gateway,
-        "spec.servers[*].tls",
-        "TLS on gateway listeners is not built yet; the server is served as plain HTTP on --http only if its port is 80",
-    ),
     (Kind::Gateway, "spec.servers[*].defaultEndpoint", "sidecar ingress default endpoints are not built"),
     (Kind::Gateway, "spec.servers[*].bind", "binding a server to a specific IP is not built"),
     (

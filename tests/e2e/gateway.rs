@@ -598,6 +598,11 @@ fn http1_keeps_upstream_connections_and_streams_bodies_both_ways() {
     assert_eq!(body.len(), 500_000);
     assert!(body[..1000].iter().all(|b| *b == b'a') && body[499_000..].iter().all(|b| *b == b'a' + (499 % 26) as u8));
 
+    // Client-certificate details are the gateway's to give, not the client's.
+    let r = server.gateway(&c, HOST, "/").header("x-forwarded-client-cert", "Hash=spoofed").send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(!up.last().headers.contains_key("x-forwarded-client-cert"), "a client's XFCC header is removed");
+
     // HEAD: headers only.
     let r = c.head(format!("http://{}/", server.http)).header("host", HOST).send().unwrap();
     assert_eq!(r.status(), 200);

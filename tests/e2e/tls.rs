@@ -192,3 +192,76 @@ fn tls_to_upstreams_simple_and_mutual_from_destination_rules() {
     let (status, flags, _) = get();
     assert_eq!((status, flags.as_deref()), (503, Some("UH")));
 }
+
+/// GET https://`sni`/ through `addr`, trusting `root_pem`, presenting
+/// `identity` (certificate and key PEM) if given; the status, or why it failed.
+fn get_with_identity(addr: &str, sni: &str, root_pem: &str, identity: Option<(&str, &str)>) -> Result<u16, String> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from_pem_slice(root_pem.as_bytes()).unwrap()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
+        let mut config = match identity {
+            None => builder.with_no_client_auth(),
+            Some((cert, key)) => builder
+                .with_client_auth_cert(
+                    CertificateDer::pem_slice_iter(cert.as_bytes()).map(|c| c.unwrap()).collect(),
+                    rustls_pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+                )
+                .unwrap(),
+        };
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(ServerName::try_from(sni.to_string()).unwrap(), tcp)
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let req = http::Request::get("/").header("host", sni).body(Empty::<bytes::Bytes>::new()).unwrap();
+        // With TLS 1.3 a refused client certificate surfaces on the first exchange.
+        let resp = send.send_request(req).await.map_err(|e| format!("request: {e}"))?;
+        Ok(resp.status().as_u16())
+    })
+}
+
+#[test]
+fn gateway_mutual_tls_requires_client_certificates_from_the_secret_ca() {
+    let up = Upstream::start("v1");
+    let (server_ca, client_ca, stranger) = (Pki::new("server CA"), Pki::new("client CA"), Pki::new("other CA"));
+    let (mtls_cert, mtls_key) = server_ca.leaf("mtls.example.com", rcgen::ExtendedKeyUsagePurpose::ServerAuth);
+    let (open_cert, open_key) = server_ca.leaf("open.example.com", rcgen::ExtendedKeyUsagePurpose::ServerAuth);
+    let (client_cert, client_key) = client_ca.leaf("partner", rcgen::ExtendedKeyUsagePurpose::ClientAuth);
+    let (rogue_cert, rogue_key) = stranger.leaf("rogue", rcgen::ExtendedKeyUsagePurpose::ClientAuth);
+    let server = Server::start();
+    let tls_secret = |name: &str, cert: &str, key: &str, ca: Option<&str>| {
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}}}\ntype: kubernetes.io/tls\nstringData:\n{}{}{}---\n",
+            pem_field("tls.crt", cert),
+            pem_field("tls.key", key),
+            ca.map(|ca| pem_field("ca.crt", ca)).unwrap_or_default()
+        )
+    };
+    let mut yaml = tls_secret("mtls-cert", &mtls_cert, &mtls_key, Some(&client_ca.ca_pem));
+    yaml.push_str(&tls_secret("open-cert", &open_cert, &open_key, None));
+    yaml.push_str(&format!(
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: gw}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: 443, name: https-mtls, protocol: HTTPS}}\n    hosts: [mtls.example.com]\n    tls: {{mode: MUTUAL, credentialName: mtls-cert}}\n  - port: {{number: 443, name: https-open, protocol: HTTPS}}\n    hosts: [open.example.com]\n    tls: {{mode: SIMPLE, credentialName: open-cert}}\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: web}}\nspec:\n  hosts: [web]\n  resolution: STATIC\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  endpoints: [{{address: 127.0.0.1, ports: {{http: {}}}}}]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: web}}\nspec:\n  hosts: [mtls.example.com, open.example.com]\n  gateways: [gw]\n  http:\n  - route: [{{destination: {{host: web}}}}]\n",
+        up.port()
+    ));
+    server.apply(&yaml);
+    let ca = &server_ca.ca_pem;
+    assert_eq!(get_with_identity(&server.https, "mtls.example.com", ca, Some((&client_cert, &client_key))), Ok(200));
+    let without = get_with_identity(&server.https, "mtls.example.com", ca, None);
+    assert!(without.is_err(), "no client certificate, no service: {without:?}");
+    let rogue = get_with_identity(&server.https, "mtls.example.com", ca, Some((&rogue_cert, &rogue_key)));
+    assert!(rogue.is_err(), "a certificate from another CA is refused: {rogue:?}");
+    // The SIMPLE server on the same port asks nothing of its clients.
+    assert_eq!(get_with_identity(&server.https, "open.example.com", ca, None), Ok(200));
+    let hits = up.hits();
+    assert_eq!(hits, 2, "only the two accepted requests reached the service");
+}

@@ -22,7 +22,7 @@ use crate::proxy::config::{
     Rewrite, Route, Snapshot, StrMatch, Target, VirtualHost, WeightedClusters,
 };
 use crate::proxy::h1::client::PoolSettings;
-use crate::proxy::tls::{Certificates, certified_key};
+use crate::proxy::tls::{Certificates, Served, certified_key, mutual_config};
 use crate::proxy::upstream::{Cluster, Endpoint, HashKey, HealthRegistry, Lb, OutlierPolicy, stable_hash};
 
 /// Labels of the built-in edge gateway, which `Gateway.spec.selector` picks.
@@ -201,9 +201,13 @@ impl Compiler<'_> {
                         hosts_by_port.entry(port).or_default().insert(domain, vhost);
                     }
                 }
-                let simple = matches!(tls.mode, None | Some(meshgate_model::networking::ServerTlsMode::Simple));
+                use meshgate_model::networking::ServerTlsMode;
+                let terminates = matches!(
+                    tls.mode,
+                    None | Some(ServerTlsMode::Simple | ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual)
+                );
                 let names = tls.credential_name.iter().chain(tls.credential_names.iter());
-                for credential in names.filter(|_| simple) {
+                for credential in names.filter(|_| terminates) {
                     let Some(secret) = ix.secrets.get(&(gw.namespace(), credential.as_str())) else {
                         tracing::warn!(gateway = %gw.name(), %credential, "credentialName names no Secret; the server gets no certificate");
                         continue;
@@ -215,6 +219,18 @@ impl Compiler<'_> {
                         (Some(crt), Some(key)) => certified_key(&crt, &key),
                         _ => Err("tls.crt or tls.key is missing".to_string()),
                     };
+                    // MUTUAL and OPTIONAL_MUTUAL verify clients against the Secret's ca.crt.
+                    let cert = cert.and_then(|key| {
+                        let mutual = match tls.mode {
+                            Some(mode @ (ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual)) => {
+                                let ca =
+                                    decode("ca.crt").ok_or("ca.crt is missing (MUTUAL verifies clients with it)")?;
+                                Some(mutual_config(key.clone(), &ca, mode == ServerTlsMode::OptionalMutual)?)
+                            }
+                            _ => None,
+                        };
+                        Ok(Arc::new(Served { key, mutual }))
+                    });
                     let cert = match cert {
                         Ok(c) => c,
                         Err(e) => {

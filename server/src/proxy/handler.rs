@@ -19,6 +19,7 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 
 /// The header carrying Envoy-style response flags on locally made errors.
 pub const RESPONSE_FLAGS: &str = "x-meshgate-response-flags";
@@ -675,6 +676,10 @@ fn prepare_headers(headers: &mut HeaderMap, peer: SocketAddr, scheme: &'static s
     strip_hop_by_hop(headers);
     if trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    // Client-certificate details come only from the gateway, never from the client (Envoy's SANITIZE).
+    if headers.contains_key(&X_FORWARDED_CLIENT_CERT) {
+        headers.remove(&X_FORWARDED_CLIENT_CERT);
     }
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) => format!("{prev}, {}", peer.ip()),

@@ -74,7 +74,7 @@ impl Default for Clients {
 pub async fn serve(
     listener: TcpListener,
     state: Arc<Listener>,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<tls::GatewayTls>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     // HTTP/2 connections drain through hyper's graceful shutdown; HTTP/1

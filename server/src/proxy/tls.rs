@@ -13,20 +13,28 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::control::Hub;
 
+/// What one Gateway server host is served with.
+pub struct Served {
+    pub key: Arc<CertifiedKey>,
+    /// MUTUAL or OPTIONAL_MUTUAL: a configuration that asks for (and
+    /// verifies) client certificates; `None` for SIMPLE.
+    pub mutual: Option<Arc<rustls::ServerConfig>>,
+}
+
 /// The certificates served on one Gateway port, by SNI.
 #[derive(Default)]
 pub struct Certificates {
-    pub exact: HashMap<String, Arc<CertifiedKey>>,
+    pub exact: HashMap<String, Arc<Served>>,
     /// `(suffix, cert)` for `*.example.com` (stored as `.example.com`), longest first.
-    pub wildcards: Vec<(String, Arc<CertifiedKey>)>,
+    pub wildcards: Vec<(String, Arc<Served>)>,
     /// The certificate of a `*` server host: for names nothing else covers.
-    pub star: Option<Arc<CertifiedKey>>,
+    pub star: Option<Arc<Served>>,
     /// The port's first certificate, for clients that send no SNI when there is no `*` host.
-    pub first: Option<Arc<CertifiedKey>>,
+    pub first: Option<Arc<Served>>,
 }
 
 impl Certificates {
-    pub fn find(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+    pub fn find(&self, sni: Option<&str>) -> Option<Arc<Served>> {
         let fallback = || self.star.clone().or_else(|| self.first.clone());
         let Some(name) = sni.map(str::to_ascii_lowercase) else { return fallback() };
         if let Some(c) = self.exact.get(&name) {
@@ -37,6 +45,44 @@ impl Certificates {
             .find(|(suffix, _)| name.len() > suffix.len() && name.ends_with(suffix.as_str()))
             .map(|(_, c)| c.clone())
             .or_else(fallback)
+    }
+}
+
+/// A server configuration that requires (MUTUAL) or accepts (OPTIONAL_MUTUAL)
+/// client certificates signed by `ca_pem`, serving `key`.
+pub fn mutual_config(
+    key: Arc<CertifiedKey>,
+    ca_pem: &[u8],
+    optional: bool,
+) -> Result<Arc<rustls::ServerConfig>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
+        roots.add(cert.map_err(|e| format!("ca.crt: {e}"))?).map_err(|e| format!("ca.crt: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("ca.crt holds no certificate".into());
+    }
+    let mut verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+    if optional {
+        verifier = verifier.allow_unauthenticated();
+    }
+    let verifier = verifier.build().map_err(|e| format!("ca.crt: {e}"))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| e.to_string())?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(Arc::new(Fixed(key)));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+#[derive(Debug)]
+struct Fixed(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for Fixed {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
     }
 }
 
@@ -70,20 +116,49 @@ impl std::fmt::Debug for Hub {
 impl ResolvesServerCert for SnapshotResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let snapshot = self.hub.snapshot();
-        snapshot.certificates.get(&self.port)?.find(hello.server_name())
+        snapshot.certificates.get(&self.port)?.find(hello.server_name()).map(|s| s.key.clone())
+    }
+}
+
+/// TLS termination for one Gateway port: reads the ClientHello first, then
+/// completes the handshake with the configuration of the server its SNI
+/// names (one asking for client certificates for MUTUAL servers).
+#[derive(Clone)]
+pub struct GatewayTls {
+    hub: Arc<Hub>,
+    port: u32,
+    simple: Arc<rustls::ServerConfig>,
+}
+
+impl GatewayTls {
+    pub async fn accept(
+        &self,
+        stream: tokio::net::TcpStream,
+    ) -> std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+        let start = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
+        let mutual = {
+            let snapshot = self.hub.snapshot();
+            let hello = start.client_hello();
+            snapshot
+                .certificates
+                .get(&self.port)
+                .and_then(|c| c.find(hello.server_name()))
+                .and_then(|s| s.mutual.clone())
+        };
+        start.into_stream(mutual.unwrap_or_else(|| self.simple.clone())).await
     }
 }
 
 /// The TLS acceptor for a Gateway port.
-pub fn acceptor(hub: Arc<Hub>, port: u32) -> tokio_rustls::TlsAcceptor {
+pub fn acceptor(hub: Arc<Hub>, port: u32) -> GatewayTls {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .expect("ring supports TLS 1.2 and 1.3")
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(SnapshotResolver { hub, port }));
+        .with_cert_resolver(Arc::new(SnapshotResolver { hub: hub.clone(), port }));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    GatewayTls { hub, port, simple: Arc::new(config) }
 }
 
 /// TLS towards an upstream, from a DestinationRule's `tls` (SIMPLE or
