@@ -22,7 +22,6 @@ const UNSUPPORTED: &[(Kind, &str, &str)] = &[
     (Kind::VirtualService, "spec.tls[*].match[*].destinationSubnets", "destination-subnet matching is not built yet"),
     (Kind::VirtualService, "spec.tls[*].match[*].sourceLabels", "source-label matching needs the mesh (sidecars)"),
     (Kind::VirtualService, "spec.http[*].delegate", "VirtualService delegation is not built"),
-    (Kind::VirtualService, "spec.http[*].retries.retryRemoteLocalities", "locality-aware retries are not built yet"),
     (Kind::VirtualService, "spec.http[*].match[*].sourceLabels", "source-label matching needs the mesh (sidecars)"),
     (Kind::VirtualService, "spec.http[*].match[*].sourceNamespace", "matching on the source namespace is not built"),
     (Kind::VirtualService, "spec.http[*].match[*].statPrefix", "per-match stat prefixes are not built"),

@@ -737,3 +737,27 @@ fn hash_cookie_is_made_for_new_clients_and_keeps_them_on_one_endpoint() {
     }
     assert!(homes.len() >= 2, "15 clients all landed on {homes:?}");
 }
+
+#[test]
+fn retries_stay_local_unless_retry_remote_localities() {
+    let (east, west) = (Upstream::start("east"), Upstream::start("west"));
+    let server = Server::start_with(&["--locality", "us-east/zone-a"]);
+    let yaml = service(
+        "user-service",
+        &[&east, &west],
+        "  trafficPolicy:\n    loadBalancer:\n      localityLbSetting: {enabled: true, failover: [{from: us-east, to: us-west}]}\n",
+    )
+    .replace("version: east}", "version: east, region: us-east}")
+    .replace("version: west}", "version: west, region: us-west}");
+    server.apply(&yaml);
+    let c = client();
+    for (remote, expected) in [(false, "east"), (true, "west")] {
+        server.apply(&vs(&format!(
+            "  - retries: {{attempts: 1, retryOn: 5xx, retryRemoteLocalities: {remote}}}\n    route: [{{destination: {{host: user-service}}}}]\n"
+        )));
+        east.state.fail_next.store(1, Ordering::SeqCst);
+        let r = server.gateway(&c, HOST, "/").send().unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().unwrap(), expected, "retryRemoteLocalities: {remote}");
+    }
+}

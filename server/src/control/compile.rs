@@ -375,6 +375,7 @@ impl Compiler<'_> {
                 attempts: r.attempts.unwrap_or(2).max(0) as u32,
                 per_try_timeout: r.per_try_timeout.as_deref().and_then(|t| parse_duration(t).ok()),
                 on: r.retry_on.as_deref().map(RetryOn::parse).unwrap_or_else(|| RetryPolicy::default().on),
+                remote_localities: r.retry_remote_localities == Some(true),
             },
         };
         let fault = route.fault.as_ref().map(|f| Fault {

@@ -328,6 +328,9 @@ pub struct RetryPolicy {
     pub attempts: u32,
     pub per_try_timeout: Option<Duration>,
     pub on: RetryOn,
+    /// `retryRemoteLocalities`: a retry goes to the next locality level
+    /// rather than to another endpoint of the one that failed.
+    pub remote_localities: bool,
 }
 
 #[derive(Clone, Default)]
@@ -390,6 +393,7 @@ impl Default for RetryPolicy {
             attempts: 2,
             per_try_timeout: None,
             on: RetryOn::parse("connect-failure,refused-stream,unavailable,cancelled,503"),
+            remote_localities: false,
         }
     }
 }

@@ -421,7 +421,8 @@ async fn forward(
         let mut _retry_budget = None;
         loop {
             attempt += 1;
-            let Some(index) = cluster.pick(last, hash) else {
+            let beyond = last.filter(|_| route.retry.remote_localities).map(|i| cluster.endpoints[i].priority);
+            let Some(index) = cluster.pick_beyond(last, hash, beyond) else {
                 return local(StatusCode::SERVICE_UNAVAILABLE, "UH", "no healthy upstream\n");
             };
             last = Some(index);

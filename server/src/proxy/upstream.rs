@@ -249,6 +249,12 @@ impl Cluster {
     /// retry just failed on) when another is available. No allocation: this
     /// runs on every request.
     pub fn pick(&self, avoid: Option<usize>, hash: Option<u64>) -> Option<usize> {
+        self.pick_beyond(avoid, hash, None)
+    }
+
+    /// Like [`Cluster::pick`], from the nearest locality level farther than
+    /// `beyond` when one has a healthy endpoint (`retryRemoteLocalities`).
+    pub fn pick_beyond(&self, avoid: Option<usize>, hash: Option<u64>, beyond: Option<u8>) -> Option<usize> {
         let n = self.endpoints.len();
         // One clock read per pick, not one per endpoint and pass.
         let now = now_ms();
@@ -266,7 +272,13 @@ impl Cluster {
             _ => {}
         }
         // Only the nearest locality level with a healthy endpoint takes traffic.
-        let level = (0..n).filter(|&i| healthy(i)).map(|i| self.endpoints[i].priority).min()?;
+        let nearest = |farther: Option<u8>| {
+            (0..n)
+                .filter(|&i| healthy(i) && farther.is_none_or(|b| self.endpoints[i].priority > b))
+                .map(|i| self.endpoints[i].priority)
+                .min()
+        };
+        let level = nearest(beyond).or_else(|| nearest(None))?;
         let usable = |i: usize| healthy(i) && self.endpoints[i].priority == level;
         let preferred = |i: usize| usable(i) && Some(i) != avoid;
         if let (Lb::Hash(_), Some(key)) = (&self.lb, hash) {
@@ -438,5 +450,19 @@ mod tests {
         h.ejected_until.store(now_ms().saturating_sub(25_000), Ordering::Relaxed);
         c.record(0, Some(500));
         assert!((29_000..=30_000).contains(&ejected_for()), "after a healthy spell: 1 x 30 s, got {}", ejected_for());
+    }
+
+    #[test]
+    fn remote_locality_retries_move_to_the_next_level() {
+        let mut c = cluster(3, None);
+        c.endpoints[0].priority = 0;
+        c.endpoints[1].priority = 2;
+        c.endpoints[2].priority = 3;
+        for _ in 0..10 {
+            assert_eq!(c.pick(Some(0), None), Some(0), "the only local endpoint, even when it just failed");
+            assert_eq!(c.pick_beyond(Some(0), None, Some(0)), Some(1), "the next level out");
+            assert_eq!(c.pick_beyond(Some(1), None, Some(2)), Some(2));
+            assert_eq!(c.pick_beyond(Some(2), None, Some(3)), Some(0), "nothing farther: back to the nearest");
+        }
     }
 }
