@@ -241,9 +241,6 @@ impl Analyzer<'_> {
                 (_, Some(m)) if !matches!(m, "SIMPLE" | "PASSTHROUGH" | "MUTUAL" | "OPTIONAL_MUTUAL") => {
                     Some(format!("TLS mode {m}"))
                 }
-                ("TLS", m) if m != Some("PASSTHROUGH") => {
-                    Some("TLS servers that terminate TLS (use PASSTHROUGH or HTTPS)".into())
-                }
                 (p, Some("PASSTHROUGH")) if p != "TLS" => {
                     Some(format!("PASSTHROUGH on a {p} server (use protocol TLS)"))
                 }

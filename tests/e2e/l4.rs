@@ -147,3 +147,39 @@ fn tcp_connections_idle_past_the_destination_rule_timeout_are_closed() {
     assert_eq!(s.read(&mut buf).unwrap_or(0), 0, "the gateway closes an idle TCP connection");
     assert!(started.elapsed() < Duration::from_secs(5), "closed only after {:?}", started.elapsed());
 }
+
+#[test]
+fn tls_servers_terminate_and_route_the_plaintext_as_tcp() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let echo = tcp_echo();
+    let c = rcgen::generate_simple_self_signed(vec!["db.example.com".to_string()]).unwrap();
+    let (cert_pem, key_pem) = (c.cert.pem(), c.signing_key.serialize_pem());
+    let indent = |s: &str| s.lines().map(|l| format!("    {l}\n")).collect::<String>();
+    let server = Server::start_with(&["--port-map", "9444=0"]);
+    server.apply(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: db-cert}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}---\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: db}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: 9444, name: tls-db, protocol: TLS}}\n    hosts: [db.example.com]\n    tls: {{mode: SIMPLE, credentialName: db-cert}}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: db}}\nspec:\n  hosts: [db.example.com]\n  gateways: [db]\n  tcp:\n  - match: [{{port: 9444}}]\n    route: [{{destination: {{host: echo}}}}]\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: echo}}\nspec:\n  hosts: [echo]\n  resolution: STATIC\n  ports: [{{number: 1, name: tcp, protocol: TCP}}]\n  endpoints: [{{address: 127.0.0.1, ports: {{tcp: {echo}}}}}]\n",
+        indent(&cert_pem),
+        indent(&key_pem)
+    ));
+    let addr = server.listener(9444).expect("port 9444");
+    let echoed = rt.block_on(async {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(ServerName::try_from("db.example.com".to_string()).unwrap(), tcp)
+            .await
+            .expect("the gateway terminates TLS with the Secret's certificate");
+        tls.write_all(b"select 1").await.unwrap();
+        let mut back = [0u8; 8];
+        tls.read_exact(&mut back).await.unwrap();
+        back
+    });
+    assert_eq!(&echoed, b"select 1", "the echo service got the plaintext");
+}

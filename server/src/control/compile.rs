@@ -146,12 +146,13 @@ impl Compiler<'_> {
                     == Some(meshgate_model::networking::ServerTlsMode::Passthrough);
                 let kind = match protocol.as_str() {
                     "TLS" if passthrough => ListenerKind::TlsPassthrough,
+                    "TLS" => ListenerKind::TlsTerminated,
                     "TCP" | "MONGO" => ListenerKind::Tcp,
                     _ if terminates => ListenerKind::Https,
                     _ => ListenerKind::Http,
                 };
                 listeners.entry(port).or_insert(kind);
-                if matches!(kind, ListenerKind::Tcp | ListenerKind::TlsPassthrough) {
+                if matches!(kind, ListenerKind::Tcp | ListenerKind::TlsPassthrough | ListenerKind::TlsTerminated) {
                     let gw_ref = format!("{}/{}", gw.namespace(), gw.name());
                     let routes = l4.entry(port).or_default();
                     for (vs, vs_spec) in &ix.virtual_services {
@@ -162,7 +163,7 @@ impl Compiler<'_> {
                             (gateways.is_empty() || gateways.iter().any(|g| qualify(g, vs.namespace()) == gw_ref))
                                 && p.is_none_or(|p| p == port)
                         };
-                        if kind == ListenerKind::Tcp {
+                        if kind != ListenerKind::TlsPassthrough {
                             for r in &vs_spec.tcp {
                                 let here =
                                     r.matches.is_empty() || r.matches.iter().any(|m| applies(&m.gateways, m.port));

@@ -34,6 +34,9 @@ pub enum ListenerKind {
     Tcp,
     /// TLS passed through untouched, routed by SNI (`tls` routes).
     TlsPassthrough,
+    /// TLS terminated here (protocol TLS, mode SIMPLE or MUTUAL), then
+    /// routed as TCP by the `tcp` routes.
+    TlsTerminated,
 }
 
 /// A `tcp` or `tls` route on one Gateway port.

@@ -16,11 +16,19 @@ use crate::control::Hub;
 const MAX_HELLO: usize = 16 * 1024;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What one TCP-level Gateway port is: its number, kind, and (for TLS
+/// terminated here) its certificates.
+#[derive(Clone)]
+pub struct L4Port {
+    pub port: u32,
+    pub kind: ListenerKind,
+    pub acceptor: Option<super::tls::GatewayTls>,
+}
+
 pub async fn serve(
     listener: TcpListener,
     hub: Arc<Hub>,
-    port: u32,
-    kind: ListenerKind,
+    l4: L4Port,
     connection_limit: Arc<tokio::sync::Semaphore>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
@@ -29,26 +37,21 @@ pub async fn serve(
         let Some((stream, peer, permit)) = super::accept(&listener, &connection_limit, &mut shutdown).await else {
             break;
         };
-        let hub = hub.clone();
+        let (hub, l4) = (hub.clone(), l4.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            if let Err(e) = connection(stream, peer, &hub, port, kind).await {
-                tracing::debug!(%peer, port, error = %e, "tcp connection ended");
+            if let Err(e) = connection(stream, peer, &hub, &l4).await {
+                tracing::debug!(%peer, port = l4.port, error = %e, "tcp connection ended");
             }
         });
     }
 }
 
-async fn connection(
-    mut down: TcpStream,
-    peer: SocketAddr,
-    hub: &Hub,
-    port: u32,
-    kind: ListenerKind,
-) -> std::io::Result<()> {
+async fn connection(mut down: TcpStream, peer: SocketAddr, hub: &Hub, l4: &L4Port) -> std::io::Result<()> {
+    let port = l4.port;
     let _ = down.set_nodelay(true);
     let mut hello = Vec::new();
-    let sni = if kind == ListenerKind::TlsPassthrough {
+    let sni = if l4.kind == ListenerKind::TlsPassthrough {
         match tokio::time::timeout(HELLO_TIMEOUT, read_client_hello(&mut down, &mut hello)).await {
             Ok(Ok(sni)) => sni,
             Ok(Err(e)) => return Err(e),
@@ -56,6 +59,15 @@ async fn connection(
         }
     } else {
         None
+    };
+    // TLS terminated here: the handshake first, then the plaintext is routed as TCP.
+    let down: Box<dyn Duplex> = match &l4.acceptor {
+        Some(acceptor) => match tokio::time::timeout(HELLO_TIMEOUT, acceptor.accept(down)).await {
+            Ok(Ok(tls)) => Box::new(tls),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")),
+        },
+        None => Box::new(down),
     };
     let snapshot = hub.snapshot();
     let route = snapshot.l4.get(&port).and_then(|routes| routes.iter().find(|r| r.matches_sni(sni.as_deref())));
@@ -72,11 +84,15 @@ async fn connection(
     relay(down, up, cluster.connections.tcp_idle_timeout).await
 }
 
+/// A client connection: plain TCP or TLS terminated here.
+trait Duplex: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Duplex for T {}
+
 /// Copies bytes both ways until both sides have closed, or until neither
 /// side has sent anything for `idle` (DestinationRule
 /// `connectionPool.tcp.idleTimeout`; Istio's default is one hour).
-async fn relay(down: TcpStream, up: TcpStream, idle: Duration) -> std::io::Result<()> {
-    let (mut down_r, mut down_w) = down.into_split();
+async fn relay(down: Box<dyn Duplex>, up: TcpStream, idle: Duration) -> std::io::Result<()> {
+    let (mut down_r, mut down_w) = tokio::io::split(down);
     let (mut up_r, mut up_w) = up.into_split();
     let (mut from_down, mut from_up) = (vec![0u8; 16 * 1024], vec![0u8; 16 * 1024]);
     let (mut down_open, mut up_open) = (true, true);

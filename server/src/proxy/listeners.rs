@@ -59,7 +59,7 @@ pub async fn manage(
                 }
             };
             let bound = listener.local_addr().unwrap_or(addr);
-            let tls = matches!(kind, ListenerKind::Https | ListenerKind::TlsPassthrough);
+            let tls = matches!(kind, ListenerKind::Https | ListenerKind::TlsPassthrough | ListenerKind::TlsTerminated);
             let (stop, mut stopped) = watch::channel(false);
             let stopped = async move {
                 let _ = stopped.wait_for(|s| *s).await;
@@ -76,12 +76,13 @@ pub async fn manage(
                     let acceptor = tls.then(|| super::tls::acceptor(hub.clone(), port));
                     tokio::spawn(super::serve(listener, state, acceptor, stopped));
                 }
-                ListenerKind::Tcp | ListenerKind::TlsPassthrough => {
+                ListenerKind::Tcp | ListenerKind::TlsPassthrough | ListenerKind::TlsTerminated => {
+                    let acceptor =
+                        (kind == ListenerKind::TlsTerminated).then(|| super::tls::acceptor(hub.clone(), port));
                     tokio::spawn(super::l4::serve(
                         listener,
                         hub.clone(),
-                        port,
-                        kind,
+                        super::l4::L4Port { port, kind, acceptor },
                         connection_limit.clone(),
                         stopped,
                     ));
