@@ -35,11 +35,6 @@ const UNSUPPORTED: &[(Kind, &str, &str)] = &[
     (Kind::DestinationRule, "spec.trafficPolicy.tls.caCrl", "certificate revocation lists are not checked"),
     (
         Kind::DestinationRule,
-        "spec.trafficPolicy.loadBalancer.localityLbSetting.distribute",
-        "weighted locality distribution is not built yet; failover is",
-    ),
-    (
-        Kind::DestinationRule,
         "spec.trafficPolicy.loadBalancer.localityLbSetting.failoverPriority",
         "label-based failover priority is not built yet",
     ),

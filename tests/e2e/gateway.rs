@@ -761,3 +761,26 @@ fn retries_stay_local_unless_retry_remote_localities() {
         assert_eq!(r.text().unwrap(), expected, "retryRemoteLocalities: {remote}");
     }
 }
+
+#[test]
+fn locality_distribute_splits_traffic_by_weight() {
+    let (east, west) = (Upstream::start("east"), Upstream::start("west"));
+    let server = Server::start_with(&["--locality", "us-east/zone-a"]);
+    let yaml = service(
+        "user-service",
+        &[&east, &west],
+        "  trafficPolicy:\n    loadBalancer:\n      localityLbSetting:\n        enabled: true\n        distribute: [{from: us-east/*, to: {\"us-east/*\": 75, \"us-west/*\": 25}}]\n",
+    )
+    .replace("version: east}", "version: east, region: us-east}")
+    .replace("version: west}", "version: west, region: us-west}");
+    server.apply(&yaml);
+    server.apply(&vs("  - route: [{destination: {host: user-service}}]\n"));
+    let c = client();
+    let n = 2_000;
+    for _ in 0..n {
+        assert_eq!(server.gateway(&c, HOST, "/").send().unwrap().status(), 200);
+    }
+    let share = west.hits() as f64 / n as f64;
+    assert!((0.20..=0.30).contains(&share), "us-west got {share:.3} of the traffic, want 0.25");
+    assert_eq!(east.hits() + west.hits(), n);
+}

@@ -642,6 +642,13 @@ impl Compiler<'_> {
             }
             _ => Ok(None),
         };
+        // `distribute`: the first rule whose `from` covers this proxy's locality.
+        let distribution: Option<Vec<(String, u32)>> = locality_setting.as_ref().and_then(|l| {
+            l.distribute
+                .iter()
+                .find(|d| d.from.as_deref().is_some_and(|f| locality_matches(f, self.locality)))
+                .map(|d| d.to.iter().map(|(k, w)| (k.clone(), *w)).collect())
+        });
         let (tls, endpoints) = match tls {
             Ok(tls) => (tls, endpoints),
             Err(e) => {
@@ -654,8 +661,12 @@ impl Compiler<'_> {
             .filter_map(|(address, labels, locality)| {
                 let authority = address.parse().ok()?;
                 let seed = stable_hash(address.as_bytes());
-                let priority = locality_priority(self.locality, &locality, locality_setting.as_ref());
-                Some(Endpoint { health: self.health.get(&name, &address), address, authority, labels, seed, priority })
+                let (priority, group) = match &distribution {
+                    Some(to) => (0, locality_group(to, &locality)),
+                    None => (locality_priority(self.locality, &locality, locality_setting.as_ref()), 0),
+                };
+                let health = self.health.get(&name, &address);
+                Some(Endpoint { health, address, authority, labels, seed, priority, group })
             })
             .collect();
         let upgrade =
@@ -665,6 +676,7 @@ impl Compiler<'_> {
         cluster.http2 = port_http2 || upgrade;
         cluster.max_retries = http.and_then(|h| h.max_retries).map(|n| n.max(0) as u32);
         cluster.tls = tls;
+        cluster.locality_weights = distribution.map(|to| to.iter().map(|(_, w)| *w).collect()).unwrap_or_default();
         cluster.connections = pool_settings(pool);
         let cluster = Arc::new(cluster);
         clusters.insert(key, Arc::clone(&cluster));
@@ -747,6 +759,28 @@ fn endpoint_locality(we: &WorkloadEntrySpec) -> String {
     let region = label(&["topology.kubernetes.io/region", "region"]);
     let zone = label(&["topology.kubernetes.io/zone", "zone"]);
     if zone.is_empty() { region } else { format!("{region}/{zone}") }
+}
+
+/// Whether `locality` (`region/zone/subzone`) falls under `pattern`,
+/// where `*` matches any segment (and all below it) and a shorter pattern
+/// covers everything below it, as Istio reads `distribute` keys.
+fn locality_matches(pattern: &str, locality: &str) -> bool {
+    let mut have = locality.split('/');
+    for want in pattern.split('/') {
+        if want == "*" {
+            return true;
+        }
+        if have.next() != Some(want) {
+            return false;
+        }
+    }
+    true
+}
+
+/// The `distribute` group (index into `to`) an endpoint's locality falls
+/// in; `u16::MAX` when none.
+fn locality_group(to: &[(String, u32)], locality: &str) -> u16 {
+    to.iter().position(|(pattern, _)| locality_matches(pattern, locality)).map_or(u16::MAX, |g| g as u16)
 }
 
 /// 0: same region and zone; 1: same region; 2: a failover target named by
@@ -956,5 +990,21 @@ mod tests {
         assert_eq!(locality_priority("us-east/zone-a", "eu-west", s), 3);
         assert_eq!(locality_priority("", "us-west", s), 0);
         assert_eq!(locality_priority("us-east", "us-west", None), 0);
+    }
+
+    #[test]
+    fn locality_patterns_match_like_istio() {
+        use super::{locality_group, locality_matches};
+        assert!(locality_matches("us-east/*", "us-east/zone-a"));
+        assert!(locality_matches("us-east", "us-east/zone-a/sub"));
+        assert!(locality_matches("us-east/zone-a/*", "us-east/zone-a/sub"));
+        assert!(!locality_matches("us-east/zone-b", "us-east/zone-a"));
+        assert!(!locality_matches("us-west/*", "us-east/zone-a"));
+        assert!(!locality_matches("us-east/zone-a", "us-east"));
+        let to = vec![("us-east/zone-a".to_string(), 50), ("us-east/*".to_string(), 30), ("*".to_string(), 20)];
+        assert_eq!(locality_group(&to, "us-east/zone-a"), 0);
+        assert_eq!(locality_group(&to, "us-east/zone-b"), 1);
+        assert_eq!(locality_group(&to, "eu-west/zone-c"), 2);
+        assert_eq!(locality_group(&to[..2], "eu-west/zone-c"), u16::MAX);
     }
 }

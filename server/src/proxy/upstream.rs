@@ -24,6 +24,8 @@ pub struct Cluster {
     pub tls: Option<Arc<super::tls::UpstreamTls>>,
     /// How HTTP/1 connections to the endpoints are made and kept.
     pub connections: super::h1::client::PoolSettings,
+    /// Weights of the locality groups of `distribute`; empty: no weighting.
+    pub locality_weights: Vec<u32>,
     /// Counters that must outlive a configuration change (shared by name).
     counters: Arc<ClusterCounters>,
     /// Ejection decisions take turns, so two failing endpoints cannot both
@@ -61,6 +63,9 @@ pub struct Endpoint {
     /// Locality priority relative to this proxy: 0 is nearest. Requests go
     /// to the nearest level that has a usable endpoint (failover).
     pub priority: u8,
+    /// Index into [`Cluster::locality_weights`] (localityLbSetting
+    /// `distribute`); endpoints no `to` entry names get no traffic.
+    pub group: u16,
 }
 
 /// A 64-bit finalizer (SplitMix64): spreads keys so rendezvous scores are uniform.
@@ -220,6 +225,7 @@ impl Cluster {
             max_retries: None,
             tls: None,
             connections: Default::default(),
+            locality_weights: Vec::new(),
             counters,
             ejecting: std::sync::Mutex::new(()),
         }
@@ -279,7 +285,11 @@ impl Cluster {
                 .min()
         };
         let level = nearest(beyond).or_else(|| nearest(None))?;
-        let usable = |i: usize| healthy(i) && self.endpoints[i].priority == level;
+        // `distribute`: a locality group chosen by weight among those with a healthy endpoint.
+        let group = self.weighted_group(&healthy);
+        let usable = |i: usize| {
+            healthy(i) && self.endpoints[i].priority == level && group.is_none_or(|g| self.endpoints[i].group == g)
+        };
         let preferred = |i: usize| usable(i) && Some(i) != avoid;
         if let (Lb::Hash(_), Some(key)) = (&self.lb, hash) {
             let score = |i: usize| mix(key ^ self.endpoints[i].seed);
@@ -301,6 +311,27 @@ impl Cluster {
         let other = rand::random_range(0..n);
         let load = |i: usize| self.endpoints[i].health.active.load(Ordering::Relaxed);
         Some(if other != first && preferred(other) && load(other) < load(first) { other } else { first })
+    }
+
+    fn weighted_group(&self, healthy: &dyn Fn(usize) -> bool) -> Option<u16> {
+        if self.locality_weights.is_empty() {
+            return None;
+        }
+        let live = |g: usize| self.endpoints.iter().enumerate().any(|(i, e)| e.group as usize == g && healthy(i));
+        let weights: Vec<u32> =
+            self.locality_weights.iter().enumerate().map(|(g, w)| if live(g) { *w } else { 0 }).collect();
+        let total: u32 = weights.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let mut r = rand::random_range(0..total);
+        for (g, w) in weights.iter().enumerate() {
+            if r < *w {
+                return Some(g as u16);
+            }
+            r -= w;
+        }
+        None
     }
 
     /// Records an attempt's outcome for outlier detection: `status` is the
@@ -374,6 +405,7 @@ mod tests {
                     labels: BTreeMap::new(),
                     health: Arc::new(Health::default()),
                     priority: 0,
+                    group: 0,
                 }
             })
             .collect();
@@ -464,5 +496,20 @@ mod tests {
             assert_eq!(c.pick_beyond(Some(1), None, Some(2)), Some(2));
             assert_eq!(c.pick_beyond(Some(2), None, Some(3)), Some(0), "nothing farther: back to the nearest");
         }
+    }
+
+    #[test]
+    fn distribute_splits_by_locality_weight() {
+        let mut c = cluster(3, None);
+        c.locality_weights = vec![80, 20];
+        c.endpoints[0].group = 0;
+        c.endpoints[1].group = 1;
+        c.endpoints[2].group = u16::MAX;
+        let mut counts = [0u32; 3];
+        for _ in 0..10_000 {
+            counts[c.pick(None, None).unwrap()] += 1;
+        }
+        assert_eq!(counts[2], 0, "an endpoint no `to` entry names gets nothing");
+        assert!((7_700..=8_300).contains(&counts[0]), "{counts:?}");
     }
 }
