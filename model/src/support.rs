@@ -33,11 +33,6 @@ const UNSUPPORTED: &[(Kind, &str, &str)] = &[
     (Kind::DestinationRule, "spec.trafficPolicy.proxyProtocol", "PROXY protocol to upstreams is not built"),
     (Kind::DestinationRule, "spec.trafficPolicy.retryBudget", "retry budgets are not built"),
     (Kind::DestinationRule, "spec.trafficPolicy.tls.caCrl", "certificate revocation lists are not checked"),
-    (
-        Kind::DestinationRule,
-        "spec.trafficPolicy.loadBalancer.localityLbSetting.failoverPriority",
-        "label-based failover priority is not built yet",
-    ),
     (Kind::DestinationRule, "spec.trafficPolicy.loadBalancer.warmupDurationSecs", "slow-start warmup is not built"),
     (Kind::DestinationRule, "spec.trafficPolicy.loadBalancer.warmup", "slow-start warmup is not built"),
     (

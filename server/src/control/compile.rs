@@ -663,7 +663,10 @@ impl Compiler<'_> {
                 let seed = stable_hash(address.as_bytes());
                 let (priority, group) = match &distribution {
                     Some(to) => (0, locality_group(to, &locality)),
-                    None => (locality_priority(self.locality, &locality, locality_setting.as_ref()), 0),
+                    None => match locality_setting.as_ref().filter(|l| !l.failover_priority.is_empty()) {
+                        Some(l) => (failover_priority(&l.failover_priority, self.locality, &labels, &locality), 0),
+                        None => (locality_priority(self.locality, &locality, locality_setting.as_ref()), 0),
+                    },
                 };
                 let health = self.health.get(&name, &address);
                 Some(Endpoint { health, address, authority, labels, seed, priority, group })
@@ -799,6 +802,37 @@ fn locality_priority(own: &str, theirs: &str, setting: Option<&meshgate_model::n
     }
     let rules: Vec<_> = setting.failover.iter().filter(|f| f.from.as_deref() == Some(own_region)).collect();
     if rules.is_empty() || rules.iter().any(|f| f.to.as_deref() == Some(region)) { 2 } else { 3 }
+}
+
+/// `failoverPriority`: an endpoint that matches this proxy on the first
+/// `k` listed labels (and not the next) gets priority `n - k`, so the
+/// closest match serves first. This proxy's labels are its locality
+/// (`topology.kubernetes.io/region`, `.../zone`, `topology.istio.io/subzone`);
+/// an endpoint's are its labels, with the same keys from its locality.
+/// `label=value` entries compare the endpoint's label with that value.
+fn failover_priority(keys: &[String], own: &str, labels: &BTreeMap<String, String>, theirs: &str) -> u8 {
+    let part = |locality: &str, key: &str| -> Option<String> {
+        let index = match key {
+            "topology.kubernetes.io/region" => 0,
+            "topology.kubernetes.io/zone" => 1,
+            "topology.istio.io/subzone" => 2,
+            _ => return None,
+        };
+        locality.split('/').nth(index).filter(|p| !p.is_empty()).map(str::to_string)
+    };
+    let mut matched = 0;
+    for entry in keys {
+        let (key, wanted) = match entry.split_once('=') {
+            Some((k, v)) => (k, Some(v.to_string())),
+            None => (entry.as_str(), part(own, entry)),
+        };
+        let have = labels.get(key).cloned().or_else(|| part(theirs, key));
+        if wanted.is_none() || have != wanted {
+            break;
+        }
+        matched += 1;
+    }
+    (keys.len() - matched).min(u8::MAX as usize) as u8
 }
 
 /// A destination's weight as Istio reads it: a lone destination without a
@@ -1006,5 +1040,19 @@ mod tests {
         assert_eq!(locality_group(&to, "us-east/zone-b"), 1);
         assert_eq!(locality_group(&to, "eu-west/zone-c"), 2);
         assert_eq!(locality_group(&to[..2], "eu-west/zone-c"), u16::MAX);
+    }
+
+    #[test]
+    fn failover_priority_ranks_by_leading_label_matches() {
+        use super::failover_priority;
+        let keys = ["topology.kubernetes.io/region".to_string(), "topology.kubernetes.io/zone".to_string()];
+        let none = BTreeMap::new();
+        assert_eq!(failover_priority(&keys, "us-east/a", &none, "us-east/a"), 0);
+        assert_eq!(failover_priority(&keys, "us-east/a", &none, "us-east/b"), 1);
+        assert_eq!(failover_priority(&keys, "us-east/a", &none, "us-west/a"), 2, "zone alone does not count");
+        let tier = ["tier=gold".to_string()];
+        let gold = BTreeMap::from([("tier".to_string(), "gold".to_string())]);
+        assert_eq!(failover_priority(&tier, "", &gold, ""), 0);
+        assert_eq!(failover_priority(&tier, "", &none, ""), 1);
     }
 }
