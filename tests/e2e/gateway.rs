@@ -738,18 +738,23 @@ fn hash_cookie_is_made_for_new_clients_and_keeps_them_on_one_endpoint() {
     assert!(homes.len() >= 2, "15 clients all landed on {homes:?}");
 }
 
-#[test]
-fn retries_stay_local_unless_retry_remote_localities() {
+/// Upstreams `east` (region us-east) and `west` (us-west) behind a gateway
+/// in us-east/zone-a, with `policy` as the DestinationRule's trafficPolicy.
+fn two_regions(policy: &str) -> (Upstream, Upstream, Server) {
     let (east, west) = (Upstream::start("east"), Upstream::start("west"));
     let server = Server::start_with(&["--locality", "us-east/zone-a"]);
-    let yaml = service(
-        "user-service",
-        &[&east, &west],
-        "  trafficPolicy:\n    loadBalancer:\n      localityLbSetting: {enabled: true, failover: [{from: us-east, to: us-west}]}\n",
-    )
-    .replace("version: east}", "version: east, region: us-east}")
-    .replace("version: west}", "version: west, region: us-west}");
+    let yaml = service("user-service", &[&east, &west], policy)
+        .replace("version: east}", "version: east, region: us-east}")
+        .replace("version: west}", "version: west, region: us-west}");
     server.apply(&yaml);
+    (east, west, server)
+}
+
+#[test]
+fn retries_stay_local_unless_retry_remote_localities() {
+    let (east, _west, server) = two_regions(
+        "  trafficPolicy:\n    loadBalancer:\n      localityLbSetting: {enabled: true, failover: [{from: us-east, to: us-west}]}\n",
+    );
     let c = client();
     for (remote, expected) in [(false, "east"), (true, "west")] {
         server.apply(&vs(&format!(
@@ -764,16 +769,9 @@ fn retries_stay_local_unless_retry_remote_localities() {
 
 #[test]
 fn locality_distribute_splits_traffic_by_weight() {
-    let (east, west) = (Upstream::start("east"), Upstream::start("west"));
-    let server = Server::start_with(&["--locality", "us-east/zone-a"]);
-    let yaml = service(
-        "user-service",
-        &[&east, &west],
+    let (east, west, server) = two_regions(
         "  trafficPolicy:\n    loadBalancer:\n      localityLbSetting:\n        enabled: true\n        distribute: [{from: us-east/*, to: {\"us-east/*\": 75, \"us-west/*\": 25}}]\n",
-    )
-    .replace("version: east}", "version: east, region: us-east}")
-    .replace("version: west}", "version: west, region: us-west}");
-    server.apply(&yaml);
+    );
     server.apply(&vs("  - route: [{destination: {host: user-service}}]\n"));
     let c = client();
     let n = 2_000;

@@ -66,16 +66,9 @@ fn tls_upstream(name: &'static str, rt: &tokio::runtime::Runtime) -> (u16, Strin
 
 fn tls_client_hello(rt: &tokio::runtime::Runtime, addr: &str, sni: &str, root_pem: &str) -> String {
     rt.block_on(async {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(CertificateDer::from_pem_slice(root_pem.as_bytes()).unwrap()).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let config = crate::support::tls_client(root_pem, None, &[]);
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        let mut tls = tokio_rustls::TlsConnector::from(config)
             .connect(ServerName::try_from(sni.to_string()).unwrap(), tcp)
             .await
             .expect("end-to-end TLS with the upstream's own certificate");
@@ -163,16 +156,9 @@ fn tls_servers_terminate_and_route_the_plaintext_as_tcp() {
     ));
     let addr = server.listener(9444).expect("port 9444");
     let echoed = rt.block_on(async {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap()).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let config = crate::support::tls_client(&cert_pem, None, &[]);
         let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        let mut tls = tokio_rustls::TlsConnector::from(config)
             .connect(ServerName::try_from("db.example.com".to_string()).unwrap(), tcp)
             .await
             .expect("the gateway terminates TLS with the Secret's certificate");

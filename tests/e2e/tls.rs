@@ -198,25 +198,9 @@ fn tls_to_upstreams_simple_and_mutual_from_destination_rules() {
 fn get_with_identity(addr: &str, sni: &str, root_pem: &str, identity: Option<(&str, &str)>) -> Result<u16, String> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(CertificateDer::from_pem_slice(root_pem.as_bytes()).unwrap()).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots);
-        let mut config = match identity {
-            None => builder.with_no_client_auth(),
-            Some((cert, key)) => builder
-                .with_client_auth_cert(
-                    CertificateDer::pem_slice_iter(cert.as_bytes()).map(|c| c.unwrap()).collect(),
-                    rustls_pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
-                )
-                .unwrap(),
-        };
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let config = crate::support::tls_client(root_pem, identity, &[b"http/1.1"]);
         let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        let tls = tokio_rustls::TlsConnector::from(config)
             .connect(ServerName::try_from(sni.to_string()).unwrap(), tcp)
             .await
             .map_err(|e| format!("handshake: {e}"))?;
