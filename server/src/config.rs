@@ -39,7 +39,7 @@ pub struct UpArgs {
     /// Most client connections the gateway holds open at once, over all its ports [default: 50000]
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
-    /// Worker threads for the proxy and API [default: one per CPU core]
+    /// Gateway worker threads (each owns its connections) and API runtime threads [default: one per CPU core]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: Option<u16>,
 }
@@ -81,6 +81,9 @@ pub struct Config {
     pub port_map: std::collections::BTreeMap<u32, u16>,
     /// Client connections the gateway holds open at once, over all ports.
     pub max_connections: usize,
+    /// Threads that serve the gateway's `--http` and `--https` ports, each
+    /// with its own accept socket and connections (nginx's workers).
+    pub workers: usize,
 }
 
 fn parse_port_map(s: &str) -> Result<(u32, u16), String> {
@@ -107,6 +110,7 @@ impl Default for Config {
             locality: String::new(),
             port_map: Default::default(),
             max_connections: 50_000,
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 }
@@ -129,6 +133,9 @@ impl Config {
             c.locality = l.clone();
         }
         c.port_map.extend(args.port_map.iter().copied());
+        if let Some(n) = args.workers {
+            c.workers = usize::from(n).max(1);
+        }
         if let Some(n) = args.max_connections {
             c.max_connections = n.max(1);
         }

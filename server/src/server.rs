@@ -56,9 +56,9 @@ pub async fn run(
     let admin = TcpListener::bind(config.admin)
         .await
         .with_context(|| format!("cannot listen on the admin address {} (--admin)", config.admin))?;
-    let http = proxy::bind(config.http, "--http").await?;
-    let https = proxy::bind(config.https, "--https").await?;
-    let ready = Ready { admin: admin.local_addr()?, http: http.local_addr()?, https: https.local_addr()? };
+    let http = proxy::bind_workers(config.http, config.workers, "--http")?;
+    let https = proxy::bind_workers(config.https, config.workers, "--https")?;
+    let ready = Ready { admin: admin.local_addr()?, http: http[0].local_addr()?, https: https[0].local_addr()? };
     {
         let mut listening = hub.listening.lock().unwrap_or_else(|e| e.into_inner());
         listening.insert(80, (ready.http, false));
@@ -69,6 +69,7 @@ pub async fn run(
     // One shutdown signal, fanned out to every server.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let manager_stop = stop_rx.clone();
+    let workers_stop = stop_rx.clone();
     let stopped = move || {
         let mut rx = stop_rx.clone();
         async move {
@@ -107,8 +108,10 @@ pub async fn run(
         config.cluster_domain.clone(),
         config.locality.clone(),
     ));
-    let http_task = tokio::spawn(proxy::serve(http, plain, None, stopped()));
-    let https_task = tokio::spawn(proxy::serve(https, secure, Some(proxy::tls::acceptor(hub.clone(), 443)), stopped()));
+    // Ports 80 and 443: worker threads that each own their connections.
+    let http_task = tokio::spawn(proxy::serve_workers(http, plain, None, workers_stop.clone()));
+    let acceptor = Some(proxy::tls::acceptor(hub.clone(), 443));
+    let https_task = tokio::spawn(proxy::serve_workers(https, secure, acceptor, workers_stop));
     let admin_server = axum::serve(admin, api::router(state)).with_graceful_shutdown(stopped());
     let admin_task = tokio::spawn(async move { admin_server.await });
 

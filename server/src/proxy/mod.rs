@@ -204,6 +204,80 @@ pub(crate) async fn accept(
     }
 }
 
+/// Binds `n` accept sockets to `addr` with `SO_REUSEPORT`, one per worker,
+/// so the kernel spreads connections over the workers. A port in use by
+/// anything else is refused first, with a message that names the flag.
+pub fn bind_workers(addr: SocketAddr, n: usize, flag: &str) -> anyhow::Result<Vec<std::net::TcpListener>> {
+    let fail = |e: std::io::Error| anyhow::anyhow!("cannot listen on {addr} ({flag}): {e}");
+    // A plain bind first: another program on the port is an error, never a silent share.
+    let probe = std::net::TcpListener::bind(addr).map_err(fail)?;
+    let addr = probe.local_addr().map_err(fail)?;
+    drop(probe);
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n.max(1) {
+        let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }
+            .map_err(fail)?;
+        socket.set_reuseaddr(true).map_err(fail)?;
+        socket.set_reuseport(true).map_err(fail)?;
+        socket.bind(addr).map_err(fail)?;
+        out.push(socket.listen(4096).map_err(fail)?.into_std().map_err(fail)?);
+    }
+    Ok(out)
+}
+
+thread_local! {
+    /// Which gateway worker this thread is (0 outside the workers): picks
+    /// the worker's own upstream connection pool.
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+pub fn worker_index() -> usize {
+    WORKER.with(|w| w.get())
+}
+
+/// Serves `listeners` (one per worker, from [`bind_workers`]) on threads of
+/// their own, each with a single-threaded runtime that owns its
+/// connections end to end: no cross-thread wake-ups per request. Completes
+/// when every worker has drained after `shutdown`.
+pub async fn serve_workers(
+    listeners: Vec<std::net::TcpListener>,
+    state: Arc<Listener>,
+    tls: Option<tls::GatewayTls>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut done = Vec::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let (state, tls, mut shutdown) = (state.clone(), tls.clone(), shutdown.clone());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        done.push(rx);
+        let spawned =
+            std::thread::Builder::new().name(format!("gateway-{}-{i}", state.gateway_port)).spawn(move || {
+                WORKER.with(|w| w.set(i + 1));
+                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(r) => r,
+                    Err(e) => return tracing::error!(error = %e, "cannot start a gateway worker"),
+                };
+                runtime.block_on(async move {
+                    let listener = match TcpListener::from_std(listener) {
+                        Ok(l) => l,
+                        Err(e) => return tracing::error!(error = %e, "gateway worker cannot use its socket"),
+                    };
+                    let stopped = async move {
+                        let _ = shutdown.wait_for(|s| *s).await;
+                    };
+                    serve(listener, state, tls, stopped).await;
+                });
+                drop(tx);
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start a gateway worker thread");
+        }
+    }
+    for rx in done {
+        let _ = rx.await;
+    }
+}
+
 /// Binds a gateway listener with a message that names the flag.
 pub async fn bind(addr: SocketAddr, flag: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr} ({flag}): {e}"))

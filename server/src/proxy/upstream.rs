@@ -127,8 +127,9 @@ pub struct Health {
     /// Milliseconds since [`epoch`] until which the endpoint is ejected.
     ejected_until: AtomicU64,
     times_ejected: AtomicU32,
-    /// Idle HTTP/1 keep-alive connections to the endpoint.
-    pub pool: super::h1::client::Pool,
+    /// Idle HTTP/1 keep-alive connections to the endpoint, one pool per
+    /// gateway worker (a connection stays with the worker that made it).
+    pools: [super::h1::client::Pool; 8],
 }
 
 fn epoch() -> Instant {
@@ -159,6 +160,11 @@ impl Drop for Active<'_> {
 }
 
 impl Health {
+    /// The calling worker's pool of idle connections to this endpoint.
+    pub fn pool(&self) -> &super::h1::client::Pool {
+        &self.pools[super::worker_index() % self.pools.len()]
+    }
+
     pub fn is_ejected(&self) -> bool {
         self.ejected_at(now_ms())
     }

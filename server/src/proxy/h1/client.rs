@@ -298,7 +298,7 @@ pub async fn send(
     };
     let mut fresh = false;
     loop {
-        let stream = match (fresh, health.pool.take(fingerprint)) {
+        let stream = match (fresh, health.pool().take(fingerprint)) {
             (false, Some(s)) => s,
             _ => {
                 fresh = true;
@@ -493,7 +493,7 @@ fn finish(health: &Arc<Health>, fingerprint: u64, ex: Exchanged) -> Response<Pro
     let body = match decoder {
         None => {
             if keep_alive && buf.is_empty() {
-                health.pool.put(stream, fingerprint);
+                health.pool().put(stream, fingerprint);
             }
             ProxyBody::empty()
         }
@@ -501,7 +501,7 @@ fn finish(health: &Arc<Health>, fingerprint: u64, ex: Exchanged) -> Response<Pro
         Some(Decoder::Length(n)) if buf.len() as u64 >= n => {
             let body = buf.split_to(n as usize).freeze();
             if keep_alive && buf.is_empty() {
-                health.pool.put(stream, fingerprint);
+                health.pool().put(stream, fingerprint);
             }
             ProxyBody::full(body)
         }
@@ -537,7 +537,7 @@ impl ResponseBody {
             && self.buf.is_empty()
             && self.decoder.is_done()
         {
-            self.health.pool.put(stream, self.fingerprint);
+            self.health.pool().put(stream, self.fingerprint);
         }
     }
 
