@@ -69,6 +69,14 @@ pub struct SecretBody {
     pub immutable: Option<bool>,
 }
 
+impl SecretBody {
+    /// The decoded value of `key` (`tls.crt`, `tls.key`, `ca.crt`), if present and valid base64.
+    pub fn bytes(&self, key: &str) -> Option<Vec<u8>> {
+        use base64::Engine as _;
+        self.data.get(key).and_then(|v| base64::engine::general_purpose::STANDARD.decode(v.trim()).ok())
+    }
+}
+
 /// meshgate's `TrafficSplit`: the weighted subsets of one service, the form
 /// Istio users write by habit instead of a VirtualService.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -213,10 +213,7 @@ impl Compiler<'_> {
                         tracing::warn!(gateway = %gw.name(), %credential, "credentialName names no Secret; the server gets no certificate");
                         continue;
                     };
-                    let decode = |k: &str| {
-                        secret.data.get(k).and_then(|v| base64::engine::general_purpose::STANDARD.decode(v.trim()).ok())
-                    };
-                    let cert = match (decode("tls.crt"), decode("tls.key")) {
+                    let cert = match (secret.bytes("tls.crt"), secret.bytes("tls.key")) {
                         (Some(crt), Some(key)) => certified_key(&crt, &key),
                         _ => Err("tls.crt or tls.key is missing".to_string()),
                     };
@@ -224,8 +221,9 @@ impl Compiler<'_> {
                     let cert = cert.and_then(|key| {
                         let mutual = match tls.mode {
                             Some(mode @ (ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual)) => {
-                                let ca =
-                                    decode("ca.crt").ok_or("ca.crt is missing (MUTUAL verifies clients with it)")?;
+                                let ca = secret
+                                    .bytes("ca.crt")
+                                    .ok_or("ca.crt is missing (MUTUAL verifies clients with it)")?;
                                 Some(mutual_config(key.clone(), &ca, mode == ServerTlsMode::OptionalMutual)?)
                             }
                             _ => None,
@@ -723,9 +721,7 @@ fn upstream_tls(
         let secret = secrets
             .get(&(namespace, name.as_str()))
             .ok_or_else(|| format!("credentialName: no Secret {namespace}/{name}"))?;
-        let decode =
-            |k: &str| secret.data.get(k).and_then(|v| base64::engine::general_purpose::STANDARD.decode(v.trim()).ok());
-        (ca, crt, key) = (decode("ca.crt"), decode("tls.crt"), decode("tls.key"));
+        (ca, crt, key) = (secret.bytes("ca.crt"), secret.bytes("tls.crt"), secret.bytes("tls.key"));
     }
     let read = |field: &str, path: &Option<String>| -> Result<Option<Vec<u8>>, String> {
         path.as_deref().map(|p| std::fs::read(p).map_err(|e| format!("{field}: cannot read {p}: {e}"))).transpose()

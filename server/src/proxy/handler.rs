@@ -40,7 +40,8 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::UPGRADE,
 ];
 
-fn local(status: StatusCode, flag: &'static str, body: &'static str) -> Response<ProxyBody> {
+/// An answer made here: a short text body and a response flag.
+pub(crate) fn local(status: StatusCode, flag: &'static str, body: &'static str) -> Response<ProxyBody> {
     let mut resp = Response::new(ProxyBody::from_static(body));
     *resp.status_mut() = status;
     let h = resp.headers_mut();

@@ -277,8 +277,3 @@ pub async fn serve_workers(
         let _ = rx.await;
     }
 }
-
-/// Binds a gateway listener with a message that names the flag.
-pub async fn bind(addr: SocketAddr, flag: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr} ({flag}): {e}"))
-}

@@ -429,16 +429,21 @@ mod tests {
         assert!(c.admit_retry().is_some(), "the place frees when the retry ends");
     }
 
-    #[test]
-    fn panic_mode_below_min_health_percent() {
-        let policy = OutlierPolicy {
+    /// Ejection on the first 5xx for `base_secs` × the multiplier; a 10 s interval.
+    fn eject_on_first_5xx(base_secs: u64, max_ejection_percent: u32, min_health_percent: u32) -> OutlierPolicy {
+        OutlierPolicy {
             consecutive_5xx: 1,
             consecutive_gateway: 0,
-            base_ejection: Duration::from_secs(60),
-            max_ejection_percent: 100,
-            min_health_percent: 60,
+            base_ejection: Duration::from_secs(base_secs),
+            max_ejection_percent,
+            min_health_percent,
             interval: Duration::from_secs(10),
-        };
+        }
+    }
+
+    #[test]
+    fn panic_mode_below_min_health_percent() {
+        let policy = eject_on_first_5xx(60, 100, 60);
         let c = cluster(2, Some(policy));
         c.record(1, Some(500));
         assert!(c.endpoints[1].health.is_ejected());
@@ -449,14 +454,7 @@ mod tests {
 
     #[test]
     fn ejection_respects_max_percent_but_always_allows_one() {
-        let policy = OutlierPolicy {
-            consecutive_5xx: 1,
-            consecutive_gateway: 0,
-            base_ejection: Duration::from_secs(60),
-            max_ejection_percent: 10,
-            min_health_percent: 0,
-            interval: Duration::from_secs(10),
-        };
+        let policy = eject_on_first_5xx(60, 10, 0);
         let c = cluster(3, Some(policy));
         c.record(0, Some(503));
         c.record(1, None);
@@ -467,14 +465,7 @@ mod tests {
 
     #[test]
     fn ejection_time_grows_with_repeat_ejections_and_decays_while_healthy() {
-        let policy = OutlierPolicy {
-            consecutive_5xx: 1,
-            consecutive_gateway: 0,
-            base_ejection: Duration::from_secs(30),
-            max_ejection_percent: 100,
-            min_health_percent: 0,
-            interval: Duration::from_secs(10),
-        };
+        let policy = eject_on_first_5xx(30, 100, 0);
         let c = cluster(2, Some(policy));
         let h = &c.endpoints[0].health;
         let ejected_for = || h.ejected_until.load(Ordering::Relaxed).saturating_sub(now_ms());

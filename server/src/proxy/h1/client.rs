@@ -190,11 +190,6 @@ impl Pool {
             idle.push((stream, fingerprint, now));
         }
     }
-
-    /// Idle connections now (for tests and diagnostics).
-    pub fn idle(&self) -> usize {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
 }
 
 async fn connect(address: &str, tls: Option<&UpstreamTls>, settings: &PoolSettings) -> Result<Stream, Error> {
@@ -266,19 +261,12 @@ pub async fn send(
     head.extend_from_slice(b" HTTP/1.1\r\n");
     super::write_fields(&mut head, req.headers, |n| n == header::CONTENT_LENGTH || n == header::TRANSFER_ENCODING);
     for (name, value) in req.extra {
-        head.extend_from_slice(name.as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
+        super::write_field(&mut head, name, value.as_bytes());
     }
     let length = body.size_hint().exact();
     match length {
         Some(0) if !matches!(*req.method, Method::POST | Method::PUT | Method::PATCH) => {}
-        Some(n) => {
-            head.extend_from_slice(b"content-length: ");
-            head.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-            head.extend_from_slice(b"\r\n");
-        }
+        Some(n) => super::write_content_length(&mut head, n),
         None => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
     head.extend_from_slice(b"\r\n");

@@ -110,7 +110,7 @@ fn decode_chunked(state: &mut Chunk, buf: &mut BytesMut) -> Result<Decoded, Fram
     loop {
         match *state {
             Chunk::Size => {
-                let Some(line_end) = find_crlf(buf, MAX_CHUNK_LINE)? else { return Ok(Decoded::More) };
+                let Some(line_end) = find(buf, b"\r\n", MAX_CHUNK_LINE)? else { return Ok(Decoded::More) };
                 let line = &buf[..line_end];
                 // Extensions (`;name=value`) are allowed and ignored.
                 let digits = line.split(|b| *b == b';').next().unwrap_or(line);
@@ -185,10 +185,6 @@ fn trim_ows(mut s: &[u8]) -> &[u8] {
     s
 }
 
-fn find_crlf(buf: &[u8], limit: usize) -> Result<Option<usize>, FramingError> {
-    find(buf, b"\r\n", limit)
-}
-
 fn find(buf: &[u8], needle: &[u8], limit: usize) -> Result<Option<usize>, FramingError> {
     match buf.windows(needle.len()).position(|w| w == needle) {
         Some(i) => Ok(Some(i)),
@@ -197,17 +193,24 @@ fn find(buf: &[u8], needle: &[u8], limit: usize) -> Result<Option<usize>, Framin
     }
 }
 
-/// Appends `name: value\r\n` for each field, skipping those `skip` names.
+/// Appends `name: value\r\n`.
+pub fn write_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends each field, skipping those `skip` names.
 pub fn write_fields(out: &mut Vec<u8>, headers: &HeaderMap, skip: impl Fn(&HeaderName) -> bool) {
-    for (name, value) in headers {
-        if skip(name) {
-            continue;
-        }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+    for (name, value) in headers.iter().filter(|(n, _)| !skip(n)) {
+        write_field(out, name.as_str(), value.as_bytes());
     }
+}
+
+/// Appends `content-length: n`.
+pub fn write_content_length(out: &mut Vec<u8>, n: u64) {
+    write_field(out, "content-length", itoa::Buffer::new().format(n).as_bytes());
 }
 
 pub fn write_chunk_header(out: &mut Vec<u8>, len: usize) {

@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body as _, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
@@ -228,11 +228,7 @@ async fn with_body<R: ClientRead, W: AsyncWrite + Unpin + Send>(
 }
 
 async fn refuse<W: AsyncWrite + Unpin + Send>(w: &mut W, status: StatusCode, why: &'static str) {
-    let mut resp = Response::new(ProxyBody::from_static(why));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    resp.headers_mut().insert(handler::RESPONSE_FLAGS, HeaderValue::from_static("DPE"));
-    let _ = write_response(w, resp, false, Version::HTTP_11, false).await;
+    let _ = write_response(w, handler::local(status, "DPE", why), false, Version::HTTP_11, false).await;
     let _ = w.shutdown().await;
 }
 
@@ -537,9 +533,7 @@ async fn write_response<W: AsyncWrite + Unpin + Send>(
             n == header::TRANSFER_ENCODING || n == header::CONNECTION || (n == header::CONTENT_LENGTH && !bodiless)
         });
         if let Some(n) = length {
-            out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-            out.extend_from_slice(b"\r\n");
+            super::write_content_length(&mut out, n);
         } else if chunked {
             out.extend_from_slice(b"transfer-encoding: chunked\r\n");
         }
@@ -550,9 +544,7 @@ async fn write_response<W: AsyncWrite + Unpin + Send>(
         }
     }
     if !headers.contains_key(header::DATE) {
-        out.extend_from_slice(b"date: ");
-        out.extend_from_slice(super::date().as_bytes());
-        out.extend_from_slice(b"\r\n");
+        super::write_field(&mut out, "date", super::date().as_bytes());
     }
     out.extend_from_slice(b"\r\n");
     if bodiless {
