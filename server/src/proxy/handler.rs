@@ -498,15 +498,19 @@ async fn forward(
             _retry_budget = retry_slot;
         }
     };
-    // Pinned once, so the future exists once in this one's state, with or without the timeout.
-    let attempts = std::pin::pin!(attempts);
-    match route.timeout {
-        Some(t) => match tokio::time::timeout(t, attempts).await {
-            Ok(resp) => resp,
-            Err(_) => local(StatusCode::GATEWAY_TIMEOUT, "UT", "upstream request timeout\n"),
-        },
-        None => attempts.await,
-    }
+    let resp = {
+        // Pinned once, so the future exists once in this one's state, with or without the timeout.
+        let attempts = std::pin::pin!(attempts);
+        match route.timeout {
+            Some(t) => match tokio::time::timeout(t, attempts).await {
+                Ok(resp) => resp,
+                Err(_) => local(StatusCode::GATEWAY_TIMEOUT, "UT", "upstream request timeout\n"),
+            },
+            None => attempts.await,
+        }
+    };
+    super::h1::scratch::give_map(parts.headers);
+    resp
 }
 
 /// A request as prepared for upstreams, shared by every attempt.
@@ -660,9 +664,18 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
         return;
     }
-    if let Some(named) = headers.get(header::CONNECTION).and_then(|v| v.to_str().ok()).map(str::to_owned) {
-        for name in named.split(',').map(str::trim) {
-            if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
+    // Fields the Connection header names go too; the usual `keep-alive` and
+    // `close` are hop-by-hop already, so naming them costs nothing here.
+    // (A cheap clone per value, so the map can change while its names are read.)
+    let mut nth = 0;
+    while let Some(named) = headers.get_all(header::CONNECTION).iter().nth(nth).cloned() {
+        nth += 1;
+        for name in named.as_bytes().split(|b| *b == b',').map(super::h1::trim_ows) {
+            let hop_by_hop = HOP_BY_HOP.iter().any(|h| h.as_str().as_bytes().eq_ignore_ascii_case(name));
+            if name.is_empty() || hop_by_hop || name.eq_ignore_ascii_case(b"close") {
+                continue;
+            }
+            if let Ok(n) = HeaderName::from_bytes(name) {
                 headers.remove(n);
             }
         }
@@ -670,6 +683,30 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for h in &HOP_BY_HOP {
         headers.remove(h);
     }
+}
+
+/// A client address as a header value, formatted once per address in a row
+/// on this thread (a keep-alive connection's requests, a busy client's
+/// connections) and shared after that.
+fn ip_value(ip: std::net::IpAddr) -> HeaderValue {
+    use std::cell::RefCell;
+    thread_local! {
+        static LAST: RefCell<Option<(std::net::IpAddr, HeaderValue)>> = const { RefCell::new(None) };
+    }
+    // An address's text is always a valid value.
+    let make = || HeaderValue::from_maybe_shared(Bytes::from(ip.to_string())).unwrap_or(HeaderValue::from_static(""));
+    LAST.try_with(|last| {
+        let mut last = last.borrow_mut();
+        match &*last {
+            Some((cached, v)) if *cached == ip => v.clone(),
+            _ => {
+                let v = make();
+                *last = Some((ip, v.clone()));
+                v
+            }
+        }
+    })
+    .unwrap_or_else(|_| make())
 }
 
 fn prepare_headers(headers: &mut HeaderMap, peer: SocketAddr, scheme: &'static str) {
@@ -684,10 +721,10 @@ fn prepare_headers(headers: &mut HeaderMap, peer: SocketAddr, scheme: &'static s
         headers.remove(&X_FORWARDED_CLIENT_CERT);
     }
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {}", peer.ip()),
-        None => peer.ip().to_string(),
+        Some(prev) => HeaderValue::from_maybe_shared(Bytes::from(format!("{prev}, {}", peer.ip()))).ok(),
+        None => Some(ip_value(peer.ip())),
     };
-    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(xff)) {
+    if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR, v);
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
@@ -705,7 +742,7 @@ fn prepare_headers(headers: &mut HeaderMap, peer: SocketAddr, scheme: &'static s
 
 #[cfg(test)]
 mod tests {
-    use super::normalize_path;
+    use super::*;
 
     #[test]
     fn paths_are_normalized_like_envoy() {
@@ -722,5 +759,37 @@ mod tests {
         assert_eq!(normalize_path("/x/..;/admin").as_deref(), Some("/admin"));
         assert_eq!(normalize_path("/a;v=1/b"), None, "ordinary path parameters are kept");
         assert_eq!(normalize_path("/caf%C3%A9").as_deref(), None, "other escapes stay as sent");
+    }
+
+    #[test]
+    fn hop_by_hop_fields_and_those_connection_names_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, X-Secret ,close"));
+        h.append(header::CONNECTION, HeaderValue::from_static("x-other"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("x-other", HeaderValue::from_static("1"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-kept"]);
+    }
+
+    #[test]
+    fn forwarded_for_appends_the_peer() {
+        let peer: SocketAddr = "10.1.2.3:5555".parse().unwrap();
+        let mut h = HeaderMap::new();
+        prepare_headers(&mut h, peer, "http");
+        assert_eq!(h[&X_FORWARDED_FOR], "10.1.2.3");
+        let mut h = HeaderMap::new();
+        h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("192.0.2.1"));
+        prepare_headers(&mut h, peer, "https");
+        assert_eq!(h[&X_FORWARDED_FOR], "192.0.2.1, 10.1.2.3");
+        assert_eq!(h[&X_FORWARDED_PROTO], "https");
+        // The cached value is per address.
+        let mut h = HeaderMap::new();
+        prepare_headers(&mut h, "10.9.9.9:1".parse().unwrap(), "http");
+        assert_eq!(h[&X_FORWARDED_FOR], "10.9.9.9");
     }
 }

@@ -77,6 +77,9 @@ pub struct Stream {
     uses_left: Option<u32>,
     /// When the connection is retired (`maxConnectionDuration`).
     retire_at: Option<Instant>,
+    /// The read buffer, kept with the connection while it idles in its pool:
+    /// by its next use the last response's bytes are gone and it is reused as is.
+    spare: BytesMut,
 }
 
 enum Io {
@@ -222,6 +225,7 @@ async fn connect(address: &str, tls: Option<&UpstreamTls>, settings: &PoolSettin
             io,
             idle_timeout: settings.idle_timeout,
             uses_left: settings.max_requests_per_connection,
+            spare: BytesMut::new(),
             retire_at: settings.max_connection_duration.map(|d| Instant::now() + d),
         }),
         Ok(Err(e)) => Err(Error::Connect(e)),
@@ -254,7 +258,7 @@ pub async fn send(
 ) -> Result<Response<ProxyBody>, Error> {
     let fingerprint = tls.map_or(0, |t| t.fingerprint);
     let head_request = *req.method == Method::HEAD;
-    let mut head = Vec::with_capacity(1024);
+    let mut head = super::scratch::head(1024);
     head.extend_from_slice(req.method.as_str().as_bytes());
     head.push(b' ');
     head.extend_from_slice(req.path.as_bytes());
@@ -294,17 +298,19 @@ pub async fn send(
                 Box::pin(connect(address, tls, settings)).await?
             }
         };
-        match exchange(stream, &head, &mut body, length.is_none(), head_request).await {
-            Ok(resp) => return Ok(finish(health, fingerprint, resp)),
+        let sent = match exchange(stream, &head, &mut body, length.is_none(), head_request).await {
+            Ok(resp) => Ok(finish(health, fingerprint, resp)),
             Err((e, before_response)) => {
                 if before_response && !fresh && replayable {
                     tracing::debug!(error = %e, address, "pooled upstream connection was closed; retrying on a new one");
                     fresh = true;
                     continue;
                 }
-                return Err(Error::Reset(e));
+                Err(Error::Reset(e))
             }
-        }
+        };
+        super::scratch::give_head(head);
+        return sent;
     }
 }
 
@@ -332,9 +338,9 @@ async fn exchange(
     if !body.is_end_stream() {
         Box::pin(write_body(&mut stream, body, chunked)).await.map_err(|e| (e, false))?;
     }
-    let mut buf = BytesMut::new();
+    let mut buf = std::mem::take(&mut stream.spare);
     loop {
-        super::reserve(&mut buf);
+        super::reserve(&mut buf, true);
         match stream.read_buf(&mut buf).await {
             Ok(0) => {
                 let e = io::Error::new(io::ErrorKind::UnexpectedEof, "upstream closed the connection");
@@ -472,7 +478,7 @@ fn response_framing(response: &Response<()>, head_request: bool) -> io::Result<O
 
 /// Turns an exchange into the response the handler sees.
 fn finish(health: &Arc<Health>, fingerprint: u64, ex: Exchanged) -> Response<ProxyBody> {
-    let Exchanged { stream, mut buf, response, decoder, keep_alive } = ex;
+    let Exchanged { mut stream, mut buf, response, decoder, keep_alive } = ex;
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         let mut resp = response.map(|()| ProxyBody::empty());
         resp.extensions_mut().insert(Upgraded(Arc::new(Mutex::new(Some((stream, buf.freeze()))))));
@@ -481,6 +487,7 @@ fn finish(health: &Arc<Health>, fingerprint: u64, ex: Exchanged) -> Response<Pro
     let body = match decoder {
         None => {
             if keep_alive && buf.is_empty() {
+                stream.spare = buf;
                 health.pool().put(stream, fingerprint);
             }
             ProxyBody::empty()
@@ -489,6 +496,7 @@ fn finish(health: &Arc<Health>, fingerprint: u64, ex: Exchanged) -> Response<Pro
         Some(Decoder::Length(n)) if buf.len() as u64 >= n => {
             let body = buf.split_to(n as usize).freeze();
             if keep_alive && buf.is_empty() {
+                stream.spare = buf;
                 health.pool().put(stream, fingerprint);
             }
             ProxyBody::full(body)
@@ -520,11 +528,12 @@ pub struct ResponseBody {
 
 impl ResponseBody {
     fn release(&mut self) {
-        if let Some(stream) = self.stream.take()
+        if let Some(mut stream) = self.stream.take()
             && self.keep_alive
             && self.buf.is_empty()
             && self.decoder.is_done()
         {
+            stream.spare = std::mem::take(&mut self.buf);
             self.health.pool().put(stream, self.fingerprint);
         }
     }
@@ -545,7 +554,7 @@ impl ResponseBody {
                     return Poll::Ready(None);
                 }
                 Ok(Decoded::More) => {
-                    super::reserve(&mut self.buf);
+                    super::reserve(&mut self.buf, false);
                     match std::pin::pin!(stream.read_buf(&mut self.buf)).poll(cx) {
                         Poll::Pending => return Poll::Pending,
                         Poll::Ready(Ok(0)) => self.eof = true,

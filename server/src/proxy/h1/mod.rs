@@ -7,6 +7,7 @@
 //! pool per endpoint. Both share the body framing here.
 
 pub mod client;
+pub mod scratch;
 pub mod server;
 
 use bytes::{Buf as _, Bytes, BytesMut};
@@ -175,7 +176,7 @@ fn decode_chunked(state: &mut Chunk, buf: &mut BytesMut) -> Result<Decoded, Fram
     }
 }
 
-fn trim_ows(mut s: &[u8]) -> &[u8] {
+pub(crate) fn trim_ows(mut s: &[u8]) -> &[u8] {
     while let [b' ' | b'\t', rest @ ..] = s {
         s = rest;
     }
@@ -243,7 +244,7 @@ fn offset(base: &[u8], part: &[u8]) -> (u32, u32) {
 /// Turns parsed fields into a header map whose values share `head`'s bytes.
 fn header_map(head: &Bytes, fields: &[FieldAt]) -> Result<HeaderMap, ()> {
     // Room for the fields the proxy adds (X-Forwarded-*, X-Request-Id, Date, ...) without regrowing.
-    let mut map = HeaderMap::with_capacity(fields.len() + 6);
+    let mut map = scratch::map(fields.len() + 6);
     for f in fields {
         let name = HeaderName::from_bytes(&head[f.name.0 as usize..f.name.1 as usize]).map_err(|_| ())?;
         let value =
@@ -253,11 +254,13 @@ fn header_map(head: &Bytes, fields: &[FieldAt]) -> Result<HeaderMap, ()> {
     Ok(map)
 }
 
-/// Makes room to read into `buf`: a fresh buffer for a new head, more room
-/// when the current one is full.
-fn reserve(buf: &mut BytesMut) {
+/// Makes room to read into `buf`. A head starts in [`INITIAL_BUFFER`]
+/// bytes, in the buffer's own allocation again when nothing shares it any
+/// more; a body is read [`BODY_READ`] bytes at a time.
+fn reserve(buf: &mut BytesMut, head: bool) {
     if buf.capacity() - buf.len() < 1024 {
-        buf.reserve(if buf.capacity() == 0 { INITIAL_BUFFER } else { BODY_READ.max(buf.len()) });
+        let small = buf.capacity() == 0 || (head && buf.is_empty());
+        buf.reserve(if small { INITIAL_BUFFER } else { BODY_READ.max(buf.len()) });
     }
 }
 

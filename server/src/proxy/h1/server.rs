@@ -110,7 +110,10 @@ pub async fn serve<R: ClientRead, W: AsyncWrite + Unpin + Send>(
         // Boxed: the request's state (handler, body pump, response writer)
         // lives on the heap for the request only; an idle connection's task
         // stays small.
-        let written = Box::pin(exchange(&mut r, &mut w, &mut buf, &l, peer, head, &closing)).await;
+        // Allocated first and written in place: the request's future is a
+        // few KiB, and `Box::pin(future)` would build it on the stack and copy it.
+        let state = Box::write(Box::new_uninit(), exchange(&mut r, &mut w, &mut buf, &l, peer, head, &closing));
+        let written = Box::into_pin(state).await;
         match written {
             Ok((Some(upgraded), _)) if wants_upgrade => return Box::pin(splice(r, w, buf, upgraded)).await,
             Ok((_, true)) => {}
@@ -121,7 +124,7 @@ pub async fn serve<R: ClientRead, W: AsyncWrite + Unpin + Send>(
         }
         if buf.is_empty() {
             // Nothing pipelined: give the buffer back while the connection idles.
-            buf = BytesMut::new();
+            super::scratch::give_buffer(std::mem::take(&mut buf));
         }
     }
 }
@@ -262,8 +265,9 @@ async fn read_head<R: ClientRead>(r: &mut R, buf: &mut BytesMut) -> Result<Optio
         }
         if buf.capacity() == 0 {
             r.wait_readable().await.map_err(|_| HeadError::Io)?;
+            *buf = super::scratch::buffer();
         }
-        super::reserve(buf);
+        super::reserve(buf, true);
         match r.read_buf(buf).await {
             Ok(0) if buf.is_empty() => return Ok(None),
             Ok(0) | Err(_) => return Err(HeadError::Io),
@@ -448,7 +452,7 @@ impl Pump {
                     return true;
                 }
                 Ok(Decoded::More) => {
-                    super::reserve(buf);
+                    super::reserve(buf, false);
                     match tokio::time::timeout(BODY_IDLE, r.read_buf(buf)).await {
                         Ok(Ok(0)) => eof = true,
                         Ok(Ok(_)) => {}
@@ -513,7 +517,7 @@ async fn write_response<W: AsyncWrite + Unpin + Send>(
         ProxyBody::Full(Some(b)) if b.len() <= 16 * 1024 => b.len(),
         _ => 0,
     };
-    let mut out = Vec::with_capacity(768 + small);
+    let mut out = super::scratch::head(768 + small);
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
@@ -547,13 +551,15 @@ async fn write_response<W: AsyncWrite + Unpin + Send>(
         super::write_field(&mut out, "date", super::date().as_bytes());
     }
     out.extend_from_slice(b"\r\n");
+    let (parts, mut body) = resp.into_parts();
+    super::scratch::give_map(parts.headers);
     if bodiless {
         w.write_all(&out).await?;
         w.flush().await?;
+        super::scratch::give_head(out);
         return Ok((upgraded, keep_alive));
     }
 
-    let mut body = resp.into_body();
     let mut sent: u64 = 0;
     let mut trailers = None;
     loop {
@@ -622,6 +628,7 @@ async fn write_response<W: AsyncWrite + Unpin + Send>(
         w.write_all(&out).await?;
     }
     w.flush().await?;
+    super::scratch::give_head(out);
     Ok((None, keep_alive))
 }
 
