@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod ca;
 pub mod cli;
 pub mod config;
 pub mod control;

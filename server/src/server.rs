@@ -189,7 +189,7 @@ async fn bootstrap(store: &Store, data_dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+pub(crate) fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
     use std::io::Write;
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);

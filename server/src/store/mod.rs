@@ -7,6 +7,7 @@
 //! between deferred transactions.
 
 mod auth;
+mod mesh;
 mod open;
 
 use std::collections::BTreeMap;
@@ -17,6 +18,7 @@ use sqlx::{Row, SqlitePool, sqlite::SqliteRow};
 use tokio::sync::Mutex;
 
 pub use auth::{TokenInfo, hash_token, new_token};
+pub use mesh::{IssuedRecord, JoinRefusal, JoinScope, JoinTokenInfo, StoredRoot};
 pub use open::open;
 
 /// Errors from the store, mapped to HTTP statuses by `api::error`.

@@ -1,0 +1,142 @@
+use super::verify::{Anchors, MeshVerifier};
+use super::*;
+
+fn csr_for(key: &KeyPair, asked: &str) -> String {
+    let mut params = CertificateParams::new(vec![asked.to_string()]).unwrap();
+    params.distinguished_name.push(DnType::CommonName, asked);
+    params.serialize_request(key).unwrap().pem().unwrap()
+}
+
+fn now() -> rustls_pki_types::UnixTime {
+    rustls_pki_types::UnixTime::now()
+}
+
+async fn fresh() -> (tempfile::TempDir, Store, Ca) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::store::open(&dir.path().join("meshgate.db")).await.unwrap();
+    let ca = Ca::load(&store, dir.path(), "cluster.local", None).await.unwrap();
+    (dir, store, ca)
+}
+
+#[tokio::test]
+async fn the_root_is_made_once_and_its_key_is_sealed() {
+    let (dir, store, ca) = fresh().await;
+    let again = Ca::load(&store, dir.path(), "cluster.local", None).await.unwrap();
+    assert_eq!(ca.fingerprint(), again.fingerprint(), "the second start uses the stored root");
+    assert!(ca.fingerprint().starts_with("sha256:") && ca.fingerprint().len() == 7 + 64);
+
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("ca.key")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    // The database holds the key only sealed: the plain key's bytes are nowhere in it.
+    let roots = store.ca_roots().await.unwrap();
+    assert_eq!(roots.len(), 1);
+    let kek = key_encryption_key(dir.path()).unwrap();
+    let plain = open(&kek, &roots[0].sealed_key).unwrap();
+    assert!(!roots[0].sealed_key.windows(plain.len()).any(|w| w == plain.as_slice()));
+    let db = std::fs::read(dir.path().join("meshgate.db")).unwrap();
+    assert!(!db.windows(32).any(|w| plain.windows(32).any(|p| p == w)), "no 32-byte run of the key in the file");
+
+    // Another key file cannot open it, and says so.
+    std::fs::write(dir.path().join("ca.key"), format!("{}\n", hex::encode([7u8; 32]))).unwrap();
+    let err = Ca::load(&store, dir.path(), "cluster.local", None).await.err().unwrap();
+    assert!(format!("{err:#}").contains("does not belong to this database"), "{err:#}");
+}
+
+#[tokio::test]
+async fn a_csr_gets_exactly_the_proven_identity() {
+    let (_dir, _store, ca) = fresh().await;
+    let key = KeyPair::generate().unwrap();
+    let id = SpiffeId::new("cluster.local", "default", "user-service").unwrap();
+    let issued = ca.issue(csr_for(&key, "admin.example.com").as_bytes(), &id, Duration::from_secs(3600)).unwrap();
+    assert_eq!(SpiffeId::from_cert(&issued.chain[0]), Some(id.clone()));
+    assert_eq!(issued.serial.len(), 32);
+    let ttl = issued.not_after - OffsetDateTime::now_utc();
+    assert!(ttl > time::Duration::minutes(59) && ttl <= time::Duration::hours(1));
+
+    // Only the proven identity is in the certificate: the asked-for DNS name is not.
+    use x509_parser::prelude::FromDer as _;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&issued.chain[0]).unwrap();
+    let names = cert.subject_alternative_name().unwrap().unwrap().value.general_names.len();
+    assert_eq!(names, 1);
+    // The certificate is for the CSR's key.
+    assert_eq!(cert.public_key().subject_public_key.data.as_ref(), key.public_key_raw());
+
+    // It chains to this CA, and not to another one.
+    let ok = MeshVerifier::new(Anchors::Roots(ca.roots().to_vec()), |_| true);
+    assert_eq!(ok.check(&issued.chain[0], &issued.chain[1..], now()).unwrap(), id);
+    let (_d2, _s2, other) = fresh().await;
+    let wrong = MeshVerifier::new(Anchors::Roots(other.roots().to_vec()), |_| true);
+    assert!(wrong.check(&issued.chain[0], &issued.chain[1..], now()).is_err());
+    // An identity check that does not accept it refuses it.
+    let picky = MeshVerifier::new(Anchors::Roots(ca.roots().to_vec()), SpiffeId::is_control_plane);
+    assert!(picky.check(&issued.chain[0], &[], now()).is_err());
+
+    // Lifetimes are bounded.
+    let long = ca.issue(csr_for(&key, "x").as_bytes(), &id, Duration::from_secs(400 * 24 * 3600)).unwrap();
+    assert!(long.not_after - OffsetDateTime::now_utc() <= time::Duration::days(90));
+}
+
+#[tokio::test]
+async fn bad_csrs_are_refused_with_a_reason() {
+    let (_dir, _store, ca) = fresh().await;
+    let id = SpiffeId::new("cluster.local", "default", "a").unwrap();
+    let err = ca.issue(b"not a csr", &id, DEFAULT_TTL).unwrap_err();
+    assert!(matches!(err, IssueError::BadRequest(_)), "{err}");
+    // A CSR whose signature does not match its key.
+    let key = KeyPair::generate().unwrap();
+    let mut der = CertificateSigningRequestDer::from_pem_slice(csr_for(&key, "x").as_bytes()).unwrap().to_vec();
+    let last = der.len() - 1;
+    der[last] ^= 0x55;
+    assert!(matches!(ca.issue(&der, &id, DEFAULT_TTL), Err(IssueError::BadRequest(_))));
+}
+
+#[tokio::test]
+async fn a_plug_in_intermediate_signs_and_its_root_is_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root_pem, root_key) = make_root("corp.example").unwrap();
+    let root_der = first_cert(&root_pem).unwrap();
+    let int_key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::default();
+    p.distinguished_name.push(DnType::CommonName, "meshgate intermediate");
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let root_issuer = Issuer::from_ca_cert_der(&root_der, &root_key).unwrap();
+    let int = p.signed_by(&int_key, &root_issuer).unwrap();
+    std::fs::write(dir.path().join("ca.pem"), format!("{}{}", int.pem(), root_pem)).unwrap();
+    std::fs::write(dir.path().join("ca-key.pem"), int_key.serialize_pem()).unwrap();
+    std::fs::write(dir.path().join("other-key.pem"), KeyPair::generate().unwrap().serialize_pem()).unwrap();
+
+    let store = crate::store::open(&dir.path().join("meshgate.db")).await.unwrap();
+    let plugin = (dir.path().join("ca.pem"), dir.path().join("ca-key.pem"));
+    let ca = Ca::load(&store, dir.path(), "cluster.local", Some((&plugin.0, &plugin.1))).await.unwrap();
+    assert_eq!(ca.roots(), std::slice::from_ref(&root_der));
+    assert!(store.ca_roots().await.unwrap().is_empty(), "a plug-in CA's key is not copied");
+
+    let id = SpiffeId::new("cluster.local", "shop", "orders").unwrap();
+    let key = KeyPair::generate().unwrap();
+    let issued = ca.issue(csr_for(&key, "x").as_bytes(), &id, DEFAULT_TTL).unwrap();
+    assert_eq!(issued.chain.len(), 2, "the leaf and the intermediate");
+    let v = MeshVerifier::new(Anchors::Roots(vec![root_der]), |_| true);
+    assert_eq!(v.check(&issued.chain[0], &issued.chain[1..], now()).unwrap(), id);
+
+    let wrong = (dir.path().join("ca.pem"), dir.path().join("other-key.pem"));
+    let err = Ca::load(&store, dir.path(), "cluster.local", Some((&wrong.0, &wrong.1))).await.err().unwrap();
+    assert!(format!("{err:#}").contains("is not the key of the first certificate"), "{err:#}");
+}
+
+#[tokio::test]
+async fn a_pinned_fingerprint_finds_the_root_in_the_chain() {
+    let (_dir, _store, ca) = fresh().await;
+    let me = SpiffeId::control_plane("cluster.local");
+    let (issued, _key) = ca.issue_own(&me, &["localhost".into()], DEFAULT_TTL).unwrap();
+    let root = ca.roots()[0].clone();
+    let pinned = MeshVerifier::new(Anchors::Pinned(ca.fingerprint()), SpiffeId::is_control_plane);
+    assert_eq!(pinned.check(&issued.chain[0], std::slice::from_ref(&root), now()).unwrap(), me);
+    let other = MeshVerifier::new(Anchors::Pinned(format!("sha256:{}", "0".repeat(64))), SpiffeId::is_control_plane);
+    let err = other.check(&issued.chain[0], &[root], now()).unwrap_err();
+    assert!(err.to_string().contains("no certificate with fingerprint"), "{err}");
+}

@@ -1,0 +1,243 @@
+//! The mesh's records: CA roots (with their sealed keys, opaque here),
+//! issued certificates and join tokens.
+
+use sqlx::Row;
+
+use super::{Result, Store, hash_token, now};
+
+/// A CA root as stored. `sealed_key` is opened by the `ca` module only.
+#[derive(Debug, Clone)]
+pub struct StoredRoot {
+    pub id: i64,
+    pub cert_pem: String,
+    pub sealed_key: Vec<u8>,
+    pub active: bool,
+}
+
+/// A certificate the CA issued.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct IssuedRecord {
+    pub serial: String,
+    pub identity: String,
+    #[serde(rename = "issuedAt")]
+    pub issued_at: String,
+    #[serde(rename = "notAfter")]
+    pub not_after: String,
+}
+
+/// What a join token lets its holder become.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct JoinScope {
+    pub namespace: String,
+    #[serde(rename = "serviceAccount")]
+    pub service_account: String,
+    pub service: String,
+}
+
+/// A join token as listed (never its secret).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct JoinTokenInfo {
+    pub id: String,
+    #[serde(flatten)]
+    pub scope: JoinScope,
+    #[serde(rename = "createdAt")]
+    pub created_at: String,
+    #[serde(rename = "expiresAt")]
+    pub expires_at: String,
+    #[serde(rename = "singleUse")]
+    pub single_use: bool,
+    pub uses: i64,
+    #[serde(rename = "revokedAt")]
+    pub revoked_at: Option<String>,
+}
+
+/// Why a join token was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum JoinRefusal {
+    #[error("unknown join token")]
+    Unknown,
+    #[error("the join token has expired")]
+    Expired,
+    #[error("the join token was revoked")]
+    Revoked,
+    #[error("the join token was for a single use and has been used")]
+    Used,
+}
+
+impl Store {
+    pub async fn ca_roots(&self) -> Result<Vec<StoredRoot>> {
+        let rows = sqlx::query("SELECT id, cert_pem, sealed_key, active FROM ca_roots ORDER BY id")
+            .fetch_all(self.pool())
+            .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(StoredRoot {
+                    id: r.try_get("id")?,
+                    cert_pem: r.try_get("cert_pem")?,
+                    sealed_key: r.try_get("sealed_key")?,
+                    active: r.try_get::<i64, _>("active")? != 0,
+                })
+            })
+            .collect()
+    }
+
+    /// Stores a new root and makes it the one that signs.
+    pub async fn add_ca_root(
+        &self,
+        cert_pem: &str,
+        sealed_key: &[u8],
+        fingerprint: &str,
+        not_after: &str,
+    ) -> Result<i64> {
+        let _turn = self.writer.lock().await;
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("UPDATE ca_roots SET active = 0").execute(&mut *tx).await?;
+        let id = sqlx::query(
+            "INSERT INTO ca_roots (cert_pem, sealed_key, fingerprint, created_at, not_after, active) \
+             VALUES (?, ?, ?, ?, ?, 1)",
+        )
+        .bind(cert_pem)
+        .bind(sealed_key)
+        .bind(fingerprint)
+        .bind(now())
+        .bind(not_after)
+        .execute(&mut *tx)
+        .await?
+        .last_insert_rowid();
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    pub async fn record_certificate(&self, serial: &str, identity: &str, not_after: &str) -> Result<()> {
+        let _turn = self.writer.lock().await;
+        sqlx::query("INSERT INTO certificates (serial, identity, issued_at, not_after) VALUES (?, ?, ?, ?)")
+            .bind(serial)
+            .bind(identity)
+            .bind(now())
+            .bind(not_after)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// The latest certificates issued, newest first.
+    pub async fn certificates(&self, limit: i64) -> Result<Vec<IssuedRecord>> {
+        let rows = sqlx::query(
+            "SELECT serial, identity, issued_at, not_after FROM certificates ORDER BY issued_at DESC LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(IssuedRecord {
+                    serial: r.try_get("serial")?,
+                    identity: r.try_get("identity")?,
+                    issued_at: r.try_get("issued_at")?,
+                    not_after: r.try_get("not_after")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Stores a join token (by its hash); returns its id.
+    pub async fn add_join_token(
+        &self,
+        token: &str,
+        scope: &JoinScope,
+        expires_at: &str,
+        single_use: bool,
+    ) -> Result<String> {
+        let _turn = self.writer.lock().await;
+        let id = hex::encode(rand::random::<[u8; 6]>());
+        sqlx::query(
+            "INSERT INTO join_tokens (id, hash, namespace, service_account, service, created_at, expires_at, single_use) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&id)
+        .bind(hash_token(token))
+        .bind(&scope.namespace)
+        .bind(&scope.service_account)
+        .bind(&scope.service)
+        .bind(now())
+        .bind(expires_at)
+        .bind(single_use)
+        .execute(self.pool())
+        .await?;
+        Ok(id)
+    }
+
+    /// Uses a join token: checks it and counts the use in one transaction,
+    /// so a single-use token admits exactly one agent even under a race.
+    pub async fn redeem_join_token(&self, token: &str) -> Result<std::result::Result<JoinScope, JoinRefusal>> {
+        let _turn = self.writer.lock().await;
+        let mut tx = self.pool().begin().await?;
+        let row = sqlx::query(
+            "SELECT id, namespace, service_account, service, expires_at, single_use, uses, revoked_at \
+             FROM join_tokens WHERE hash = ?",
+        )
+        .bind(hash_token(token))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(r) = row else { return Ok(Err(JoinRefusal::Unknown)) };
+        let expires_at: String = r.try_get("expires_at")?;
+        if r.try_get::<Option<String>, _>("revoked_at")?.is_some() {
+            return Ok(Err(JoinRefusal::Revoked));
+        }
+        if expires_at <= now() {
+            return Ok(Err(JoinRefusal::Expired));
+        }
+        if r.try_get::<bool, _>("single_use")? && r.try_get::<i64, _>("uses")? > 0 {
+            return Ok(Err(JoinRefusal::Used));
+        }
+        let id: String = r.try_get("id")?;
+        sqlx::query("UPDATE join_tokens SET uses = uses + 1, used_at = COALESCE(used_at, ?) WHERE id = ?")
+            .bind(now())
+            .bind(&id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Ok(JoinScope {
+            namespace: r.try_get("namespace")?,
+            service_account: r.try_get("service_account")?,
+            service: r.try_get("service")?,
+        }))
+    }
+
+    pub async fn join_tokens(&self) -> Result<Vec<JoinTokenInfo>> {
+        let rows = sqlx::query(
+            "SELECT id, namespace, service_account, service, created_at, expires_at, single_use, uses, revoked_at \
+             FROM join_tokens ORDER BY created_at",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(JoinTokenInfo {
+                    id: r.try_get("id")?,
+                    scope: JoinScope {
+                        namespace: r.try_get("namespace")?,
+                        service_account: r.try_get("service_account")?,
+                        service: r.try_get("service")?,
+                    },
+                    created_at: r.try_get("created_at")?,
+                    expires_at: r.try_get("expires_at")?,
+                    single_use: r.try_get("single_use")?,
+                    uses: r.try_get("uses")?,
+                    revoked_at: r.try_get("revoked_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Revokes a join token; `false` if there is none with that id.
+    pub async fn revoke_join_token(&self, id: &str) -> Result<bool> {
+        let _turn = self.writer.lock().await;
+        let done = sqlx::query("UPDATE join_tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?")
+            .bind(now())
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+}
