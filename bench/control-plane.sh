@@ -17,7 +17,7 @@ now_ms() { date +%s%3N; }
 start() { # start DATA_DIR -> sets PID, ADMIN; prints ms to ready
   local fifo="$WORK/out.$RANDOM"; mkfifo "$fifo"
   local t0; t0=$(now_ms)
-  "$BIN" up --data-dir "$1" --admin 127.0.0.1:0 >"$fifo" 2>/dev/null &
+  "$BIN" up --data-dir "$1" --admin 127.0.0.1:0 --mesh 127.0.0.1:0 >"$fifo" 2>/dev/null &
   PID=$!
   while read -r line; do
     case "$line" in "meshgate ready "*) ADMIN=$(sed -E 's/.*admin=([^ ]+).*/\1/' <<<"$line"); break;; esac

@@ -17,7 +17,7 @@ trap 'kill "$PID" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"'
 
 GW_PORT=${GW_PORT:-18090}
 mkfifo "$WORK/out"
-MESHGATE_LOG=warn "$BIN" up --data-dir "$WORK/data" --admin 127.0.0.1:0 --http 127.0.0.1:$GW_PORT ${GW_ARGS:-} >"$WORK/out" &
+MESHGATE_LOG=warn "$BIN" up --data-dir "$WORK/data" --admin 127.0.0.1:0 --mesh 127.0.0.1:0 --http 127.0.0.1:$GW_PORT ${GW_ARGS:-} >"$WORK/out" &
 PID=$!
 while read -r line; do
   case "$line" in "meshgate ready "*) ADMIN=$(sed -E 's/.*admin=([^ ]+).*/\1/' <<<"$line"); break;; esac

@@ -27,6 +27,12 @@ pub struct UpArgs {
     /// Mesh address where agents join and fetch config [default: 0.0.0.0:15012]
     #[arg(long, value_name = "ADDR")]
     pub mesh: Option<SocketAddr>,
+    /// Plug-in CA: a PEM file whose first certificate (a root or an intermediate) signs workload certificates, followed by its chain up to the root
+    #[arg(long, value_name = "FILE", requires = "ca_key")]
+    pub ca_cert: Option<PathBuf>,
+    /// The plug-in CA certificate's private key (PEM)
+    #[arg(long, value_name = "FILE", requires = "ca_cert")]
+    pub ca_key: Option<PathBuf>,
     /// Run a sidecar agent in this process (SPEC as for `meshgate agent`)
     #[arg(long, value_name = "SPEC")]
     pub sidecar: Vec<String>,
@@ -84,6 +90,8 @@ pub struct Config {
     /// Threads that serve the gateway's `--http` and `--https` ports, each
     /// with its own accept socket and connections (nginx's workers).
     pub workers: usize,
+    /// A plug-in CA (certificate file, key file) instead of the self-made root.
+    pub ca: Option<(PathBuf, PathBuf)>,
 }
 
 fn parse_port_map(s: &str) -> Result<(u32, u16), String> {
@@ -111,6 +119,7 @@ impl Default for Config {
             port_map: Default::default(),
             max_connections: 50_000,
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            ca: None,
         }
     }
 }
@@ -129,6 +138,9 @@ impl Config {
         c.https = args.https.unwrap_or(c.https);
         c.mesh = args.mesh.unwrap_or(c.mesh);
         c.sidecars = args.sidecar.clone();
+        if let (Some(cert), Some(key)) = (&args.ca_cert, &args.ca_key) {
+            c.ca = Some((cert.clone(), key.clone()));
+        }
         if let Some(l) = &args.locality {
             c.locality = l.clone();
         }

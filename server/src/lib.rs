@@ -3,12 +3,14 @@
 //! tests can run servers in-process.
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod api;
 pub mod ca;
 pub mod cli;
 pub mod config;
 pub mod control;
 pub mod labels;
+pub mod mesh;
 pub mod proxy;
 pub mod server;
 pub mod store;

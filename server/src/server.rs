@@ -21,6 +21,9 @@ pub struct Ready {
     pub admin: std::net::SocketAddr,
     pub http: std::net::SocketAddr,
     pub https: std::net::SocketAddr,
+    pub mesh: std::net::SocketAddr,
+    /// `sha256:HEX` of the mesh CA's root, for `meshgate agent --ca-fingerprint`.
+    pub ca_fingerprint: String,
 }
 
 /// Runs the server until `shutdown` completes, then drains in-flight
@@ -41,10 +44,13 @@ pub async fn run(
     let store = store::open(&config.data_dir.join("meshgate.db")).await?;
     bootstrap(&store, &config.data_dir).await?;
 
+    let plugin = config.ca.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
+    let ca = Arc::new(crate::ca::Ca::load(&store, &config.data_dir, &config.trust_domain, plugin).await?);
     let metrics = Arc::new(Metrics::new());
     let hub = Hub::new();
 
     let state = AppState {
+        ca: ca.clone(),
         hub: hub.clone(),
         store: store.clone(),
         metrics: metrics.clone(),
@@ -58,18 +64,27 @@ pub async fn run(
         .with_context(|| format!("cannot listen on the admin address {} (--admin)", config.admin))?;
     let http = proxy::bind_workers(config.http, config.workers, "--http")?;
     let https = proxy::bind_workers(config.https, config.workers, "--https")?;
-    let ready = Ready { admin: admin.local_addr()?, http: http[0].local_addr()?, https: https[0].local_addr()? };
+    let mesh = TcpListener::bind(config.mesh)
+        .await
+        .with_context(|| format!("cannot listen on the mesh address {} (--mesh)", config.mesh))?;
+    let ready = Ready {
+        admin: admin.local_addr()?,
+        http: http[0].local_addr()?,
+        https: https[0].local_addr()?,
+        mesh: mesh.local_addr()?,
+        ca_fingerprint: ca.fingerprint(),
+    };
     {
         let mut listening = hub.listening.lock().unwrap_or_else(|e| e.into_inner());
         listening.insert(80, (ready.http, false));
         listening.insert(443, (ready.https, true));
     }
-    tracing::info!(mesh = %config.mesh, "the mesh listener is not built yet");
 
     // One shutdown signal, fanned out to every server.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let manager_stop = stop_rx.clone();
     let workers_stop = stop_rx.clone();
+    let mesh_stop = stop_rx.clone();
     let stopped = move || {
         let mut rx = stop_rx.clone();
         async move {
@@ -112,6 +127,9 @@ pub async fn run(
     let http_task = tokio::spawn(proxy::serve_workers(http, plain, None, workers_stop.clone()));
     let acceptor = Some(proxy::tls::acceptor(hub.clone(), 443));
     let https_task = tokio::spawn(proxy::serve_workers(https, secure, acceptor, workers_stop));
+    let mesh_tls = crate::mesh::tls_config(&ca, &mesh_names())?;
+    let mesh_state = crate::mesh::MeshState { store: store.clone(), ca: ca.clone() };
+    let mesh_task = tokio::spawn(crate::mesh::serve(mesh, mesh_tls, mesh_state, mesh_stop));
     let admin_server = axum::serve(admin, api::router(state)).with_graceful_shutdown(stopped());
     let admin_task = tokio::spawn(async move { admin_server.await });
 
@@ -127,6 +145,7 @@ pub async fn run(
         let _ = more_ports.await;
         let _ = http_task.await;
         let _ = https_task.await;
+        let _ = mesh_task.await;
         admin_task.await
     })
     .await;
@@ -140,6 +159,22 @@ pub async fn run(
             Ok(())
         }
     }
+}
+
+/// DNS names for the mesh port's certificate (agents check its SPIFFE ID,
+/// not a name; these help tools such as `openssl s_client` and `curl`).
+fn mesh_names() -> Vec<String> {
+    let mut names = vec!["localhost".to_string()];
+    if let Ok(host) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        let host = host.trim().to_ascii_lowercase();
+        if !host.is_empty()
+            && host != "localhost"
+            && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        {
+            names.push(host);
+        }
+    }
+    names
 }
 
 fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {

@@ -4,6 +4,7 @@
 mod gateway;
 mod grpc;
 mod l4;
+mod mesh;
 mod support;
 mod tls;
 mod upstream;

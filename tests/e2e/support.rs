@@ -19,6 +19,10 @@ pub struct Server {
     pub http: String,
     /// The gateway's `--https` address (Gateway servers on port 443).
     pub https: String,
+    /// The mesh port, as agents join it: `https://ADDR`.
+    pub mesh: String,
+    /// `sha256:HEX` of the mesh CA root, as `meshgate up` prints it.
+    pub ca_fingerprint: String,
     pub data_dir: PathBuf,
     pub stdout: Vec<String>,
     _tmp: Option<tempfile::TempDir>,
@@ -86,12 +90,12 @@ impl Server {
                 .unwrap_or_else(|| panic!("{key} in ready line"))
                 .to_string()
         };
-        let (admin, http, https) = loop {
+        let (admin, http, https, mesh) = loop {
             match rx.recv_timeout(READY_TIMEOUT) {
                 Ok(line) => {
-                    let ready = line
-                        .strip_prefix("meshgate ready ")
-                        .map(|rest| (field(rest, "admin="), field(rest, "http="), field(rest, "https=")));
+                    let ready = line.strip_prefix("meshgate ready ").map(|rest| {
+                        (field(rest, "admin="), field(rest, "http="), field(rest, "https="), field(rest, "mesh="))
+                    });
                     lines.push(line);
                     if let Some(a) = ready {
                         break a;
@@ -103,7 +107,23 @@ impl Server {
                 }
             }
         };
-        Server { child, admin, http, https, data_dir: data_dir.to_path_buf(), stdout: lines, _tmp: None }
+        let ca_fingerprint = lines
+            .iter()
+            .find_map(|l| l.strip_prefix("mesh CA root: "))
+            .and_then(|rest| rest.split_whitespace().next())
+            .expect("`mesh CA root:` line before ready")
+            .to_string();
+        Server {
+            child,
+            admin,
+            http,
+            https,
+            mesh: format!("https://{mesh}"),
+            ca_fingerprint,
+            data_dir: data_dir.to_path_buf(),
+            stdout: lines,
+            _tmp: None,
+        }
     }
 
     pub fn token(&self) -> String {

@@ -4,6 +4,7 @@
 
 mod auth;
 pub mod error;
+mod mesh;
 mod openapi;
 mod resources;
 
@@ -38,6 +39,7 @@ pub struct AppState {
     pub hub: Arc<crate::control::Hub>,
     pub metrics: Arc<Metrics>,
     pub settings: Arc<Settings>,
+    pub ca: Arc<crate::ca::Ca>,
 }
 
 /// The whole admin router. Tests drive it with `oneshot`, no socket needed.
@@ -51,6 +53,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/revisions/{revision}/rollback", post(resources::rollback))
         .route("/api/v1/whoami", get(auth::whoami))
         .route("/api/v1/proxy-status", get(resources::proxy_status))
+        .route("/api/v1/tokens", get(mesh::list_tokens).post(mesh::create_token))
+        .route("/api/v1/tokens/{id}", axum::routing::delete(mesh::revoke_token))
+        .route("/api/v1/ca", get(mesh::ca))
+        .route("/api/v1/certificates", get(mesh::certificates))
         .route("/api/v1/logout", post(auth::logout))
         .route("/api/v1/namespaces/{ns}/{plural}", get(resources::list_namespaced).post(resources::create))
         .route(

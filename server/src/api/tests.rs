@@ -26,7 +26,11 @@ async fn api(pool: SqlitePool) -> Api {
     store.add_token(&token, TOKEN_SUBJECT, "admin", None).await.unwrap();
     let hub = crate::control::Hub::new();
     tokio::spawn(crate::control::run_compiler(hub.clone(), store.clone(), "svc.cluster.local".into(), String::new()));
+    // The CA's key file lives in a folder that outlives the test's router.
+    let ca_dir = tempfile::tempdir().unwrap().keep();
+    let ca = Arc::new(crate::ca::Ca::load(&store, &ca_dir, "cluster.local", None).await.unwrap());
     let state = AppState {
+        ca,
         hub,
         store: store.clone(),
         metrics: Arc::new(Metrics::new()),

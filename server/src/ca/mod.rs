@@ -42,7 +42,7 @@ pub const MIN_TTL: Duration = Duration::from_secs(5);
 /// A self-made root lives this long.
 const ROOT_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// Certificates start this far in the past, for clocks a little behind.
-const BACKDATE: Duration = Duration::from_secs(5 * 60);
+pub const BACKDATE: Duration = Duration::from_secs(5 * 60);
 const SEAL_CONTEXT: &[u8] = b"meshgate CA key v1";
 
 /// The CA: its signing key and certificate, the chain to send after a leaf,
@@ -170,15 +170,15 @@ impl Ca {
         fingerprint(&self.roots[0])
     }
 
+    /// Checks that `csr` parses and its signature verifies.
+    pub fn check_csr(&self, csr: &[u8]) -> Result<(), IssueError> {
+        parse_csr(csr).map(|_| ())
+    }
+
     /// Signs `csr` (PEM or DER) for `identity`, which the caller has proven;
     /// the CSR's own names are ignored.
     pub fn issue(&self, csr: &[u8], identity: &SpiffeId, ttl: Duration) -> Result<Issued, IssueError> {
-        let der = match CertificateSigningRequestDer::from_pem_slice(csr) {
-            Ok(d) => d,
-            Err(_) => CertificateSigningRequestDer::from(csr.to_vec()),
-        };
-        let request =
-            CertificateSigningRequestParams::from_der(&der).map_err(|e| IssueError::BadRequest(e.to_string()))?;
+        let request = parse_csr(csr)?;
         let params = leaf_params(identity, ttl, &[])?;
         let signed = CertificateSigningRequestParams { params: params.clone(), public_key: request.public_key };
         let issuer = self.issuer()?;
@@ -218,6 +218,14 @@ impl Ca {
             not_after: params.not_after,
         }
     }
+}
+
+fn parse_csr(csr: &[u8]) -> Result<CertificateSigningRequestParams, IssueError> {
+    let der = match CertificateSigningRequestDer::from_pem_slice(csr) {
+        Ok(d) => d,
+        Err(_) => CertificateSigningRequestDer::from(csr.to_vec()),
+    };
+    CertificateSigningRequestParams::from_der(&der).map_err(|e| IssueError::BadRequest(e.to_string()))
 }
 
 fn leaf_params(identity: &SpiffeId, ttl: Duration, dns_names: &[String]) -> Result<CertificateParams, IssueError> {

@@ -10,9 +10,9 @@ use meshgate_model::{DEFAULT_NAMESPACE, Kind, Resource};
 use reqwest::Method;
 use serde_json::Value;
 
-use super::Command;
 use super::client::Client;
 use super::output::{self, Format};
+use super::{Command, TokenCommand};
 use crate::config::{Config, UpArgs};
 
 /// `meshgate up`.
@@ -32,11 +32,13 @@ pub fn up(args: UpArgs) -> anyhow::Result<i32> {
             ready.admin, ready.admin
         );
         println!("admin token: {}", data_dir.join("admin.token").display());
+        println!("mesh CA root: {} (agents pin it with --ca-fingerprint)", ready.ca_fingerprint);
         println!(
-            "meshgate ready admin=http://{} http={} https={} data-dir={} in {} ms",
+            "meshgate ready admin=http://{} http={} https={} mesh={} data-dir={} in {} ms",
             ready.admin,
             ready.http,
             ready.https,
+            ready.mesh,
             data_dir.display(),
             started.elapsed().as_millis()
         );
@@ -46,7 +48,8 @@ pub fn up(args: UpArgs) -> anyhow::Result<i32> {
 
 pub fn run(client: &Client, command: Command) -> anyhow::Result<i32> {
     match command {
-        Command::Up(_) => unreachable!("handled by cli::main"),
+        Command::Up(_) | Command::Agent(_) => unreachable!("handled by cli::main"),
+        Command::Token { command } => token(client, command),
         Command::Apply { files, namespace, dry_run } => apply(client, &files, namespace.as_deref(), dry_run),
         Command::Get { kind, name, namespace, all_namespaces, selector, output } => {
             get(client, &kind, name.as_deref(), &namespace, all_namespaces, selector.as_deref(), output)
@@ -375,5 +378,76 @@ fn schema_finding(
         name: name.to_string(),
         path: path.to_string(),
         message: format!("{place}: {reason}"),
+    }
+}
+
+fn token(client: &Client, command: TokenCommand) -> anyhow::Result<i32> {
+    match command {
+        TokenCommand::Create { service, namespace, service_account, ttl, single_use } => {
+            let mut body = serde_json::json!({
+                "service": service, "namespace": namespace, "ttl": ttl, "singleUse": single_use,
+            });
+            if let Some(sa) = service_account {
+                body["serviceAccount"] = Value::String(sa);
+            }
+            let t = client.send(client.request(Method::POST, "/api/v1/tokens").json(&body))?;
+            let s = |k: &str| t[k].as_str().unwrap_or("").to_string();
+            println!("{}", s("token"));
+            eprintln!(
+                "join token {} for service {} (spiffe identity ns/{}/sa/{}), expires {}{}; shown once.",
+                s("id"),
+                s("service"),
+                s("namespace"),
+                s("serviceAccount"),
+                s("expiresAt"),
+                if t["singleUse"].as_bool() == Some(true) { ", single use" } else { "" }
+            );
+            eprintln!(
+                "on the agent's host:\n  meshgate agent --join https://THIS-HOST:15012 --token TOKEN --service {} -n {} --ca-fingerprint {} --app ADDR",
+                s("service"),
+                s("namespace"),
+                s("caFingerprint")
+            );
+            Ok(0)
+        }
+        TokenCommand::List { output } => {
+            let v = client.get("/api/v1/tokens")?;
+            let items = v["items"].as_array().cloned().unwrap_or_default();
+            match output {
+                Format::Json => {
+                    print!("{}", output::json(&Value::Array(items)));
+                    return Ok(0);
+                }
+                Format::Yaml => {
+                    print!("{}", output::yaml(&Value::Array(items)));
+                    return Ok(0);
+                }
+                Format::Table => {}
+            }
+            let rows: Vec<Vec<String>> = items
+                .iter()
+                .map(|t| {
+                    let state = if t["revokedAt"].is_string() {
+                        "revoked".to_string()
+                    } else if t["singleUse"].as_bool() == Some(true) && t["uses"].as_i64().unwrap_or(0) > 0 {
+                        "used".to_string()
+                    } else {
+                        format!("{} uses", t["uses"].as_i64().unwrap_or(0))
+                    };
+                    ["id", "service", "namespace", "serviceAccount", "expiresAt"]
+                        .iter()
+                        .map(|k| t[*k].as_str().unwrap_or("").to_string())
+                        .chain(std::iter::once(state))
+                        .collect()
+                })
+                .collect();
+            print!("{}", output::table(&["ID", "SERVICE", "NAMESPACE", "SERVICE ACCOUNT", "EXPIRES", "STATE"], &rows));
+            Ok(0)
+        }
+        TokenCommand::Revoke { id } => {
+            client.send(client.request(Method::DELETE, &format!("/api/v1/tokens/{id}")))?;
+            println!("join token {id} revoked");
+            Ok(0)
+        }
     }
 }

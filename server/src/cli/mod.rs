@@ -76,6 +76,13 @@ pub enum Command {
     },
     /// Put the configuration back as it was right after REVISION (as a new revision)
     Rollback { revision: i64 },
+    /// Join tokens for agents
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Run a sidecar agent: join the mesh and keep its certificate renewed
+    Agent(crate::agent::AgentArgs),
     /// Find wrong references and unsupported fields, like istioctl analyze
     Analyze {
         /// Check these files as if applied, before applying them
@@ -88,11 +95,41 @@ pub enum Command {
     },
 }
 
+/// `meshgate token ...`
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a join token an agent uses once to get its first certificate
+    Create {
+        /// The service the agent runs
+        #[arg(long)]
+        service: String,
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+        /// The identity's service account [default: the service's name]
+        #[arg(long)]
+        service_account: Option<String>,
+        /// How long the token can be used, e.g. 30m, 1h, 24h
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// The token works for one join only
+        #[arg(long)]
+        single_use: bool,
+    },
+    /// List join tokens (never their secrets)
+    List {
+        #[arg(short = 'o', long, value_enum, default_value_t = output::Format::Table)]
+        output: output::Format,
+    },
+    /// Revoke a join token by its id
+    Revoke { id: String },
+}
+
 /// Runs the CLI; the return value is the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Up(args) => commands::up(args),
+        Command::Agent(args) => crate::agent::main(args),
         command => client::Client::new(&cli.server, cli.token.as_deref()).and_then(|c| commands::run(&c, command)),
     };
     match result {

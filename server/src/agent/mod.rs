@@ -1,0 +1,377 @@
+//! `meshgate agent`: the sidecar's side of the mesh. It joins with a token
+//! (checking the control plane against a pinned root, never trusting it on
+//! first use), keeps its workload certificate on disk (0600) and renews it
+//! over mTLS at half its lifetime, with jitter. Its private key is made
+//! here and never leaves the host.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::rt::TokioIo;
+use rcgen::{CertificateParams, KeyPair};
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde_json::{Value, json};
+
+use crate::ca::SpiffeId;
+use crate::ca::verify::{Anchors, MeshVerifier};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct AgentArgs {
+    /// The control plane's mesh address, e.g. https://10.0.0.1:15012
+    #[arg(long, value_name = "URL")]
+    pub join: String,
+    /// Join token from `meshgate token create` (needed until the agent holds a certificate)
+    #[arg(long, env = "MESHGATE_JOIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The service this agent runs beside
+    #[arg(long)]
+    pub service: String,
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    /// sha256:HEX of the mesh CA root (`meshgate up` prints it)
+    #[arg(long, value_name = "sha256:HEX")]
+    pub ca_fingerprint: Option<String>,
+    /// The mesh CA root(s) as a PEM file, instead of --ca-fingerprint
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Where the agent keeps its key, certificate and roots [default: ./meshgate-agent]
+    #[arg(long, value_name = "DIR", default_value = "meshgate-agent")]
+    pub data_dir: PathBuf,
+    /// Lifetime to ask for workload certificates, e.g. 24h (the CA bounds it)
+    #[arg(long, value_name = "DURATION")]
+    pub cert_ttl: Option<String>,
+}
+
+/// The certificate the agent holds.
+struct Held {
+    key_pem: String,
+    chain: Vec<CertificateDer<'static>>,
+    roots: Vec<CertificateDer<'static>>,
+    identity: SpiffeId,
+    not_before: i64,
+    not_after: i64,
+    serial: String,
+}
+
+pub fn main(args: AgentArgs) -> anyhow::Result<i32> {
+    crate::telemetry_init();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
+    runtime.block_on(run(args, crate::server::shutdown_signal()))?;
+    Ok(0)
+}
+
+pub async fn run(args: AgentArgs, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    let ttl = match &args.cert_ttl {
+        Some(t) => Some(meshgate_model::check::parse_duration(t).map_err(|e| anyhow::anyhow!("--cert-ttl: {e}"))?),
+        None => None,
+    };
+    let endpoint = Endpoint::parse(&args.join)?;
+    prepare_dir(&args.data_dir)?;
+    let mut held = match load(&args.data_dir) {
+        Ok(Some(h)) if h.not_after > now() => {
+            println!(
+                "resumed certificate identity={} serial={} from {}",
+                h.identity,
+                h.serial,
+                args.data_dir.display()
+            );
+            h
+        }
+        Ok(_) => join(&args, &endpoint, ttl).await?,
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "the stored certificate is unusable; joining again");
+            join(&args, &endpoint, ttl).await?
+        }
+    };
+    println!(
+        "meshgate agent ready identity={} serial={} expires={} data-dir={}",
+        held.identity,
+        held.serial,
+        crate::ca::rfc3339(
+            time::OffsetDateTime::from_unix_timestamp(held.not_after).unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+        ),
+        args.data_dir.display()
+    );
+    tokio::pin!(shutdown);
+    let mut failures = 0u32;
+    loop {
+        let wait = if failures == 0 { renew_in(&held) } else { backoff(failures) };
+        tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            () = tokio::time::sleep(wait) => {}
+        }
+        match renew(&held, &endpoint, ttl).await {
+            Ok(next) => {
+                save(&args.data_dir, &next)?;
+                println!("renewed certificate identity={} serial={}", next.identity, next.serial);
+                held = next;
+                failures = 0;
+            }
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(error = %format!("{e:#}"), attempt = failures, "certificate renewal failed; retrying");
+            }
+        }
+    }
+}
+
+/// Half the lifetime from its issue, give or take a tenth (so a fleet
+/// issued together does not renew together). The CA backdates
+/// certificates a few minutes for slow clocks; that is not lifetime.
+fn renew_in(h: &Held) -> Duration {
+    let issued = (h.not_before + BACKDATE_SECS).min(h.not_after);
+    let life = (h.not_after - issued).max(1) as f64;
+    let at = issued as f64 + life * (0.5 + rand::random_range(-0.1..0.1));
+    Duration::from_secs_f64((at - now() as f64).max(0.5))
+}
+
+const BACKDATE_SECS: i64 = crate::ca::BACKDATE.as_secs() as i64;
+
+fn backoff(failures: u32) -> Duration {
+    Duration::from_millis((500u64 << failures.min(6)).min(30_000))
+}
+
+async fn join(args: &AgentArgs, endpoint: &Endpoint, ttl: Option<Duration>) -> anyhow::Result<Held> {
+    let Some(token) = args.token.as_deref() else {
+        bail!(
+            "no certificate in {} and no join token: pass --token (from `meshgate token create --service {}`)",
+            args.data_dir.display(),
+            args.service
+        );
+    };
+    let anchors = match (&args.ca_fingerprint, &args.ca_file) {
+        (Some(f), None) => {
+            let f = f.trim().to_ascii_lowercase();
+            let ok =
+                f.strip_prefix("sha256:").is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+            if !ok {
+                bail!("--ca-fingerprint {f:?}: expected sha256: and 64 hex digits");
+            }
+            Anchors::Pinned(f)
+        }
+        (None, Some(file)) => {
+            Anchors::Roots(read_certs(file).with_context(|| format!("--ca-file {}", file.display()))?)
+        }
+        (Some(_), Some(_)) => bail!("give --ca-fingerprint or --ca-file, not both"),
+        (None, None) => bail!(
+            "refusing to trust {} without a pinned root: pass --ca-fingerprint sha256:... (printed by `meshgate up` and `meshgate token create`) or --ca-file ROOT.pem",
+            args.join
+        ),
+    };
+    let key = KeyPair::generate().context("generating the workload key")?;
+    let tls = client_config(MeshVerifier::new(anchors.clone(), SpiffeId::is_control_plane), None)?;
+    let mut body = json!({ "csr": csr(&key)?, "service": args.service });
+    if let Some(t) = ttl {
+        body["ttlSeconds"] = json!(t.as_secs());
+    }
+    let answer = post(endpoint, tls, "/mesh/v1/join", Some(token), &body)
+        .await
+        .with_context(|| format!("joining the mesh at {}", args.join))?;
+    if answer["namespace"].as_str() != Some(args.namespace.as_str()) {
+        bail!(
+            "the join token is for namespace {:?}, but this agent was started with -n {}",
+            answer["namespace"].as_str().unwrap_or(""),
+            args.namespace
+        );
+    }
+    let held = held_from(&key, &answer["certificate"])?;
+    // The roots handed over must include the one pinned: the CA that signed must be the one trusted.
+    if let Anchors::Pinned(pin) = &anchors
+        && !held.roots.iter().any(|r| crate::ca::fingerprint(r) == *pin)
+    {
+        bail!("the control plane's roots do not include the pinned {pin}");
+    }
+    save(&args.data_dir, &held)?;
+    println!("joined the mesh as {} (service {})", held.identity, args.service);
+    Ok(held)
+}
+
+async fn renew(held: &Held, endpoint: &Endpoint, ttl: Option<Duration>) -> anyhow::Result<Held> {
+    let key = KeyPair::generate().context("generating the workload key")?;
+    let current = PrivateKeyDer::from_pem_slice(held.key_pem.as_bytes()).context("the current key")?;
+    let verifier = MeshVerifier::new(Anchors::Roots(held.roots.clone()), SpiffeId::is_control_plane);
+    let tls = client_config(verifier, Some((held.chain.clone(), current)))?;
+    let mut body = json!({ "csr": csr(&key)? });
+    if let Some(t) = ttl {
+        body["ttlSeconds"] = json!(t.as_secs());
+    }
+    let answer = post(endpoint, tls, "/mesh/v1/renew", None, &body).await?;
+    let next = held_from(&key, &answer["certificate"])?;
+    if next.identity != held.identity {
+        bail!("the renewed certificate is for {}, not {}", next.identity, held.identity);
+    }
+    Ok(next)
+}
+
+fn csr(key: &KeyPair) -> anyhow::Result<String> {
+    let params = CertificateParams::default();
+    Ok(params.serialize_request(key)?.pem()?)
+}
+
+fn held_from(key: &KeyPair, cert: &Value) -> anyhow::Result<Held> {
+    let chain = certs_from(cert["chain"].as_str().unwrap_or(""))?;
+    let roots = certs_from(cert["roots"].as_str().unwrap_or(""))?;
+    describe(key.serialize_pem(), chain, roots)
+}
+
+fn describe(
+    key_pem: String,
+    chain: Vec<CertificateDer<'static>>,
+    roots: Vec<CertificateDer<'static>>,
+) -> anyhow::Result<Held> {
+    use x509_parser::prelude::FromDer as _;
+    let leaf = chain.first().context("no certificate in the chain")?;
+    if roots.is_empty() {
+        bail!("no mesh roots");
+    }
+    let identity = SpiffeId::from_cert(leaf).context("the certificate carries no SPIFFE ID")?;
+    let (_, parsed) = x509_parser::certificate::X509Certificate::from_der(leaf).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let validity = parsed.validity();
+    Ok(Held {
+        serial: hex::encode(parsed.raw_serial()),
+        not_before: validity.not_before.timestamp(),
+        not_after: validity.not_after.timestamp(),
+        key_pem,
+        chain,
+        roots,
+        identity,
+    })
+}
+
+fn certs_from(pem: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
+    if certs.is_empty() {
+        bail!("no certificates in the control plane's answer");
+    }
+    Ok(certs)
+}
+
+fn read_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let pem = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    certs_from(&pem)
+}
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+// ---- on disk: key.pem (0600), cert.pem (leaf + intermediates), roots.pem ----
+
+fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+    }
+    Ok(())
+}
+
+fn load(dir: &Path) -> anyhow::Result<Option<Held>> {
+    let key_path = dir.join("key.pem");
+    if !key_path.exists() {
+        return Ok(None);
+    }
+    let key_pem = std::fs::read_to_string(&key_path).with_context(|| format!("cannot read {}", key_path.display()))?;
+    describe(key_pem, read_certs(&dir.join("cert.pem"))?, read_certs(&dir.join("roots.pem"))?).map(Some)
+}
+
+/// Writes each file to a temporary name and renames it, after syncing: a
+/// crash leaves the old set or the new one, and the key is written first.
+fn save(dir: &Path, h: &Held) -> anyhow::Result<()> {
+    let chain: String = h.chain.iter().map(crate::ca::pem_cert).collect();
+    let roots: String = h.roots.iter().map(crate::ca::pem_cert).collect();
+    for (name, text) in [("key.pem", h.key_pem.as_str()), ("cert.pem", &chain), ("roots.pem", &roots)] {
+        let tmp = dir.join(format!(".{name}.tmp"));
+        crate::server::write_private(&tmp, text)?;
+        std::fs::rename(&tmp, dir.join(name)).with_context(|| format!("cannot write {}", dir.join(name).display()))?;
+    }
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+// ---- talking to the control plane ----
+
+struct Endpoint {
+    host: String,
+    port: u16,
+}
+
+impl Endpoint {
+    fn parse(url: &str) -> anyhow::Result<Endpoint> {
+        let uri: http::Uri = url.parse().map_err(|e| anyhow::anyhow!("--join {url:?}: {e}"))?;
+        if uri.scheme_str() != Some("https") {
+            bail!("--join {url:?}: the mesh address is https://HOST:PORT (TLS always)");
+        }
+        let host = uri.host().context("--join: no host")?.trim_matches(['[', ']']).to_string();
+        Ok(Endpoint { host, port: uri.port_u16().unwrap_or(15012) })
+    }
+}
+
+fn client_config(
+    verifier: MeshVerifier,
+    identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier));
+    let mut config = match identity {
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key)?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// One HTTPS request to the mesh port; the answer's JSON, or its error message.
+async fn post(
+    endpoint: &Endpoint,
+    tls: Arc<rustls::ClientConfig>,
+    path: &str,
+    bearer: Option<&str>,
+    body: &Value,
+) -> anyhow::Result<Value> {
+    let address = (endpoint.host.as_str(), endpoint.port);
+    let tcp = tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect(address))
+        .await
+        .map_err(|_| anyhow::anyhow!("connecting to {}:{} timed out", endpoint.host, endpoint.port))?
+        .with_context(|| format!("cannot connect to {}:{}", endpoint.host, endpoint.port))?;
+    let name = ServerName::try_from(endpoint.host.clone()).context("server name")?;
+    let stream =
+        tokio::time::timeout(Duration::from_secs(10), tokio_rustls::TlsConnector::from(tls).connect(name, tcp))
+            .await
+            .map_err(|_| anyhow::anyhow!("TLS handshake with the control plane timed out"))?
+            .context("TLS with the control plane failed")?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let mut req = http::Request::post(path)
+        .header(http::header::HOST, format!("{}:{}", endpoint.host, endpoint.port))
+        .header(http::header::CONTENT_TYPE, "application/json");
+    if let Some(t) = bearer {
+        req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let req = req.body(Full::new(bytes::Bytes::from(serde_json::to_vec(body)?)))?;
+    let resp = tokio::time::timeout(Duration::from_secs(30), sender.send_request(req))
+        .await
+        .map_err(|_| anyhow::anyhow!("the control plane did not answer in time"))??;
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    if !status.is_success() {
+        let message = value["error"]["message"]
+            .as_str()
+            .map_or_else(|| String::from_utf8_lossy(&bytes).into_owned(), str::to_string);
+        bail!("the control plane refused (HTTP {}): {message}", status.as_u16());
+    }
+    Ok(value)
+}

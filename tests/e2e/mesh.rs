@@ -1,0 +1,227 @@
+//! The mesh's joining: the CA, join tokens and agents that get and renew
+//! their certificates (real `meshgate up` and `meshgate agent` processes).
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::support::{BIN, Server, text};
+
+/// Bounds a wait that only a hang would exceed.
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A running `meshgate agent` whose stdout lines are read as they come.
+struct Agent {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Agent {
+    fn start(server: &Server, dir: &Path, args: &[&str]) -> Agent {
+        let mut child = agent_command(server, dir, args).stdout(Stdio::piped()).spawn().expect("spawn agent");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Agent { child, lines, seen: Vec::new() }
+    }
+
+    /// The next line starting with `prefix` (earlier lines are kept in `seen`).
+    fn wait_for(&mut self, prefix: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.starts_with(prefix) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("agent printed no line starting with {prefix:?}; saw {:?}", self.seen),
+            }
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn agent_command(server: &Server, dir: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["agent", "--join", &server.mesh, "--data-dir"])
+        .arg(dir)
+        .args(args)
+        .env("MESHGATE_LOG", "warn")
+        .env_remove("MESHGATE_JOIN_TOKEN")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Runs an agent that is expected to give up; returns its output.
+fn agent_fails(server: &Server, dir: &Path, args: &[&str]) -> Output {
+    let out = agent_command(server, dir, args).stdout(Stdio::piped()).output().expect("run agent");
+    assert!(!out.status.success(), "agent {args:?} should have failed:\n{}", text(&out.stdout));
+    out
+}
+
+fn field<'a>(line: &'a str, key: &str) -> &'a str {
+    line.split_whitespace().find_map(|kv| kv.strip_prefix(key)).unwrap_or_else(|| panic!("{key} in {line:?}"))
+}
+
+fn token(server: &Server, args: &[&str]) -> String {
+    let mut all = vec!["token", "create"];
+    all.extend_from_slice(args);
+    server.ok(&all).trim().to_string()
+}
+
+fn tokens(server: &Server) -> serde_json::Value {
+    let out = server.ok(&["token", "list", "-o", "json"]);
+    serde_json::from_str(&out).expect("token list JSON")
+}
+
+#[test]
+fn an_agent_joins_with_a_pinned_root_and_renews_its_certificate() {
+    let server = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let t = token(&server, &["--service", "user-service", "--single-use"]);
+    assert!(t.starts_with("mgj_"), "{t}");
+
+    // A wrong pin: the agent refuses the control plane before sending the token.
+    let wrong = format!("sha256:{}", "ab".repeat(32));
+    let out = agent_fails(
+        &server,
+        &tmp.path().join("a"),
+        &["--token", &t, "--service", "user-service", "--ca-fingerprint", &wrong],
+    );
+    assert!(text(&out.stderr).contains("no certificate with fingerprint"), "{}", text(&out.stderr));
+    // No pin at all: refused, never trust on first use.
+    let out = agent_fails(&server, &tmp.path().join("a"), &["--token", &t, "--service", "user-service"]);
+    assert!(text(&out.stderr).contains("without a pinned root"), "{}", text(&out.stderr));
+    assert_eq!(tokens(&server)[0]["uses"], 0, "the token was not spent by the refused attempts");
+
+    // The right pin: a certificate for the token's identity, renewed at half its lifetime.
+    let dir = tmp.path().join("agent");
+    let fp = server.ca_fingerprint.clone();
+    let mut agent = Agent::start(
+        &server,
+        &dir,
+        &["--token", &t, "--service", "user-service", "--ca-fingerprint", &fp, "--cert-ttl", "6s"],
+    );
+    let ready = agent.wait_for("meshgate agent ready ");
+    assert_eq!(field(&ready, "identity="), "spiffe://cluster.local/ns/default/sa/user-service");
+    let first = field(&ready, "serial=").to_string();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join("key.pem")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the private key is readable by its owner only");
+    }
+    let renewed = agent.wait_for("renewed certificate ");
+    let second = field(&renewed, "serial=").to_string();
+    assert_ne!(first, second);
+    assert_eq!(field(&renewed, "identity="), "spiffe://cluster.local/ns/default/sa/user-service");
+
+    // The control plane recorded both.
+    let certs: serde_json::Value = server
+        .http()
+        .get(server.url("/api/v1/certificates"))
+        .bearer_auth(server.token())
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let serials: Vec<&str> = certs["items"].as_array().unwrap().iter().filter_map(|c| c["serial"].as_str()).collect();
+    assert!(serials.contains(&first.as_str()) && serials.contains(&second.as_str()), "{serials:?}");
+
+    // The single-use token does not admit a second agent.
+    let out = agent_fails(
+        &server,
+        &tmp.path().join("b"),
+        &["--token", &t, "--service", "user-service", "--ca-fingerprint", &fp],
+    );
+    assert!(text(&out.stderr).contains("single use and has been used"), "{}", text(&out.stderr));
+
+    // Restarted without a token, the agent carries on with what it keeps on disk.
+    drop(agent);
+    let mut again = Agent::start(&server, &dir, &["--service", "user-service", "--cert-ttl", "6s"]);
+    again.wait_for("resumed certificate ");
+    again.wait_for("meshgate agent ready ");
+}
+
+#[test]
+fn join_tokens_are_scoped_expire_and_can_be_revoked() {
+    let server = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let fp = server.ca_fingerprint.clone();
+
+    // A token for `orders` cannot get a certificate for `user-service`.
+    let orders = token(&server, &["--service", "orders"]);
+    let out = agent_fails(
+        &server,
+        &tmp.path().join("a"),
+        &["--token", &orders, "--service", "user-service", "--ca-fingerprint", &fp],
+    );
+    assert!(text(&out.stderr).contains("this join token is for service \"orders\""), "{}", text(&out.stderr));
+
+    // Namespace and service account come from the token.
+    let scoped = token(&server, &["--service", "orders", "-n", "shop", "--service-account", "orders-sa"]);
+    let mut agent = Agent::start(
+        &server,
+        &tmp.path().join("b"),
+        &["--token", &scoped, "--service", "orders", "-n", "shop", "--ca-fingerprint", &fp],
+    );
+    let ready = agent.wait_for("meshgate agent ready ");
+    assert_eq!(field(&ready, "identity="), "spiffe://cluster.local/ns/shop/sa/orders-sa");
+    drop(agent);
+
+    // Revoked.
+    let revoked = token(&server, &["--service", "orders"]);
+    let id = tokens(&server).as_array().unwrap().last().unwrap()["id"].as_str().unwrap().to_string();
+    server.ok(&["token", "revoke", &id]);
+    let out = agent_fails(
+        &server,
+        &tmp.path().join("c"),
+        &["--token", &revoked, "--service", "orders", "--ca-fingerprint", &fp],
+    );
+    assert!(text(&out.stderr).contains("revoked"), "{}", text(&out.stderr));
+
+    // Expired: wait for the clock to pass its expiry, then try.
+    let short = token(&server, &["--service", "orders", "--ttl", "1s"]);
+    let expires = tokens(&server).as_array().unwrap().last().unwrap()["expiresAt"].as_str().unwrap().to_string();
+    let expires = chrono::DateTime::parse_from_rfc3339(&expires).unwrap();
+    while chrono::Utc::now() <= expires {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = agent_fails(
+        &server,
+        &tmp.path().join("d"),
+        &["--token", &short, "--service", "orders", "--ca-fingerprint", &fp],
+    );
+    assert!(text(&out.stderr).contains("expired"), "{}", text(&out.stderr));
+
+    // An unknown token, and bad token requests, get clear errors.
+    let out = agent_fails(
+        &server,
+        &tmp.path().join("e"),
+        &["--token", "mgj_nope", "--service", "orders", "--ca-fingerprint", &fp],
+    );
+    assert!(text(&out.stderr).contains("unknown join token"), "{}", text(&out.stderr));
+    let err = server.fails(&["token", "create", "--service", "Bad_Name"]);
+    assert!(err.contains("service"), "{err}");
+    let err = server.fails(&["token", "create", "--service", "orders", "--ttl", "45d"]);
+    assert!(err.contains("ttl"), "{err}");
+}
