@@ -124,6 +124,20 @@ pub fn document() -> Value {
             "200",
         ),
     );
+    add(
+        "/api/v1/tokens",
+        "post",
+        op(
+            "Create a mesh join token {service, namespace?, serviceAccount?, ttl?, singleUse?}; the secret is in this answer only",
+            &[],
+            Some("The token's scope and lifetime"),
+            "201",
+        ),
+    );
+    add("/api/v1/tokens", "get", op("Join tokens (never their secrets)", &[], None, "200"));
+    add("/api/v1/tokens/{id}", "delete", op("Revoke a join token", &["path:id:string"], None, "200"));
+    add("/api/v1/ca", "get", op("The mesh CA: trust domain, root fingerprint, roots (PEM)", &[], None, "200"));
+    add("/api/v1/certificates", "get", op("Workload certificates issued, newest first", &[], None, "200"));
     for kind in Kind::ALL {
         let (k, p) = (kind.name(), kind.plural());
         add(
