@@ -116,6 +116,10 @@ pub async fn run(
         config.port_map.clone(),
         manager_stop,
     ));
+    // The gateway is a mesh member: its own certificate, renewed at half its lifetime.
+    hub.identity
+        .store(Some(Arc::new(ca.identity(&crate::ca::SpiffeId::gateway(ca.trust_domain()), crate::ca::DEFAULT_TTL)?)));
+    tokio::spawn(renew_gateway_identity(hub.clone(), ca.clone()));
     // The compiler starts after the manager has taken over `applied`.
     tokio::spawn(control::run_compiler(
         hub.clone(),
@@ -157,6 +161,28 @@ pub async fn run(
         Err(_) => {
             tracing::warn!("connections still open after 30 s; closing anyway");
             Ok(())
+        }
+    }
+}
+
+/// Re-issues the gateway's mesh certificate at half its lifetime and
+/// recompiles, so ISTIO_MUTUAL connections use the new one.
+async fn renew_gateway_identity(hub: Arc<control::Hub>, ca: Arc<crate::ca::Ca>) {
+    let id = crate::ca::SpiffeId::gateway(ca.trust_domain());
+    let mut wait = crate::ca::DEFAULT_TTL / 2;
+    loop {
+        tokio::time::sleep(wait).await;
+        match ca.identity(&id, crate::ca::DEFAULT_TTL) {
+            Ok(identity) => {
+                hub.identity.store(Some(Arc::new(identity)));
+                hub.notify();
+                tracing::info!(identity = %id, "renewed the gateway's mesh certificate");
+                wait = crate::ca::DEFAULT_TTL / 2;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot renew the gateway's mesh certificate; retrying in a minute");
+                wait = std::time::Duration::from_secs(60);
+            }
         }
     }
 }

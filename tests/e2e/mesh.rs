@@ -225,3 +225,42 @@ fn join_tokens_are_scoped_expire_and_can_be_revoked() {
     let err = server.fails(&["token", "create", "--service", "orders", "--ttl", "45d"]);
     assert!(err.contains("ttl"), "{err}");
 }
+
+#[test]
+fn istio_mutual_from_the_gateway_presents_its_mesh_certificate() {
+    let server = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    // A workload's real mesh certificate: an agent joins and keeps it on disk.
+    let t = token(&server, &["--service", "secure"]);
+    let dir = tmp.path().join("workload");
+    let fp = server.ca_fingerprint.clone();
+    let mut agent = Agent::start(&server, &dir, &["--token", &t, "--service", "secure", "--ca-fingerprint", &fp]);
+    agent.wait_for("meshgate agent ready ");
+    drop(agent);
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+    // The workload serves with it and accepts only clients with a mesh certificate.
+    let workload =
+        crate::upstream::Upstream::start_tls("secure", &read("cert.pem"), &read("key.pem"), Some(&read("roots.pem")));
+    let c = reqwest::blocking::Client::new();
+    let get = || {
+        let r = server.gateway(&c, "api.example.com", "/x").send().unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    };
+
+    server.apply(&crate::tls::tls_origination(workload.port(), "{mode: ISTIO_MUTUAL}"));
+    assert_eq!(get(), (200, "secure".to_string()));
+    // subjectAltNames: the peer must be that SPIFFE ID.
+    server.apply(&crate::tls::tls_origination(
+        workload.port(),
+        "{mode: ISTIO_MUTUAL, subjectAltNames: [spiffe://cluster.local/ns/default/sa/other]}",
+    ));
+    assert_eq!(get().0, 503, "a workload with another identity is refused");
+    server.apply(&crate::tls::tls_origination(
+        workload.port(),
+        "{mode: ISTIO_MUTUAL, subjectAltNames: [spiffe://cluster.local/ns/default/sa/secure]}",
+    ));
+    assert_eq!(get(), (200, "secure".to_string()));
+    // Without TLS, the workload (which insists on a client certificate) cannot be reached.
+    server.apply(&crate::tls::tls_origination(workload.port(), "{mode: DISABLE}"));
+    assert_ne!(get().0, 200);
+}

@@ -17,7 +17,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::{Value, json};
 
 use crate::ca::SpiffeId;
-use crate::ca::verify::{Anchors, MeshVerifier};
+use crate::ca::verify::{Accept, Anchors, MeshVerifier};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct AgentArgs {
@@ -163,7 +163,7 @@ async fn join(args: &AgentArgs, endpoint: &Endpoint, ttl: Option<Duration>) -> a
         ),
     };
     let key = KeyPair::generate().context("generating the workload key")?;
-    let tls = client_config(MeshVerifier::new(anchors.clone(), SpiffeId::is_control_plane), None)?;
+    let tls = client_config(MeshVerifier::new(anchors.clone(), Accept::ControlPlane), None)?;
     let mut body = json!({ "csr": csr(&key)?, "service": args.service });
     if let Some(t) = ttl {
         body["ttlSeconds"] = json!(t.as_secs());
@@ -193,7 +193,7 @@ async fn join(args: &AgentArgs, endpoint: &Endpoint, ttl: Option<Duration>) -> a
 async fn renew(held: &Held, endpoint: &Endpoint, ttl: Option<Duration>) -> anyhow::Result<Held> {
     let key = KeyPair::generate().context("generating the workload key")?;
     let current = PrivateKeyDer::from_pem_slice(held.key_pem.as_bytes()).context("the current key")?;
-    let verifier = MeshVerifier::new(Anchors::Roots(held.roots.clone()), SpiffeId::is_control_plane);
+    let verifier = MeshVerifier::new(Anchors::Roots(held.roots.clone()), Accept::ControlPlane);
     let tls = client_config(verifier, Some((held.chain.clone(), current)))?;
     let mut body = json!({ "csr": csr(&key)? });
     if let Some(t) = ttl {

@@ -48,6 +48,15 @@ impl SpiffeId {
         }
     }
 
+    /// The edge gateway's identity (as Istio's ingress gateway has its service account).
+    pub fn gateway(trust_domain: &str) -> SpiffeId {
+        SpiffeId {
+            trust_domain: trust_domain.into(),
+            namespace: CONTROL_NAMESPACE.into(),
+            service_account: "meshgate-gateway".into(),
+        }
+    }
+
     pub fn is_control_plane(&self) -> bool {
         self.namespace == CONTROL_NAMESPACE && self.service_account == CONTROL_ACCOUNT
     }

@@ -56,6 +56,22 @@ pub struct Ca {
     roots: Vec<CertificateDer<'static>>,
 }
 
+/// A proxy's own mesh credentials: its certificate chain and key, and the
+/// roots it trusts for its peers.
+pub struct MeshIdentity {
+    pub id: SpiffeId,
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    pub roots: Vec<CertificateDer<'static>>,
+    pub not_after: OffsetDateTime,
+}
+
+impl std::fmt::Debug for MeshIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshIdentity").field("id", &self.id).field("not_after", &self.not_after).finish_non_exhaustive()
+    }
+}
+
 /// A certificate just issued.
 #[derive(Debug, Clone)]
 pub struct Issued {
@@ -200,6 +216,18 @@ impl Ca {
         let cert = params.signed_by(&key, &issuer).map_err(|e| IssueError::Signing(e.to_string()))?;
         let key_der = PrivateKeyDer::try_from(key.serialize_der()).map_err(|e| IssueError::Signing(e.to_string()))?;
         Ok((self.issued(identity, cert.der().clone(), &params), key_der))
+    }
+
+    /// Credentials for one of meshgate's own proxies (the gateway), made here.
+    pub fn identity(&self, id: &SpiffeId, ttl: Duration) -> Result<MeshIdentity, IssueError> {
+        let (issued, key) = self.issue_own(id, &[], ttl)?;
+        Ok(MeshIdentity {
+            id: id.clone(),
+            chain: issued.chain,
+            key,
+            roots: self.roots.clone(),
+            not_after: issued.not_after,
+        })
     }
 
     fn issuer(&self) -> Result<Issuer<'static, &KeyPair>, IssueError> {

@@ -1,4 +1,4 @@
-use super::verify::{Anchors, MeshVerifier};
+use super::verify::{Accept, Anchors, MeshVerifier};
 use super::*;
 
 fn csr_for(key: &KeyPair, asked: &str) -> String {
@@ -66,13 +66,13 @@ async fn a_csr_gets_exactly_the_proven_identity() {
     assert_eq!(cert.public_key().subject_public_key.data.as_ref(), key.public_key_raw());
 
     // It chains to this CA, and not to another one.
-    let ok = MeshVerifier::new(Anchors::Roots(ca.roots().to_vec()), |_| true);
+    let ok = MeshVerifier::new(Anchors::Roots(ca.roots().to_vec()), Accept::Any);
     assert_eq!(ok.check(&issued.chain[0], &issued.chain[1..], now()).unwrap(), id);
     let (_d2, _s2, other) = fresh().await;
-    let wrong = MeshVerifier::new(Anchors::Roots(other.roots().to_vec()), |_| true);
+    let wrong = MeshVerifier::new(Anchors::Roots(other.roots().to_vec()), Accept::Any);
     assert!(wrong.check(&issued.chain[0], &issued.chain[1..], now()).is_err());
     // An identity check that does not accept it refuses it.
-    let picky = MeshVerifier::new(Anchors::Roots(ca.roots().to_vec()), SpiffeId::is_control_plane);
+    let picky = MeshVerifier::new(Anchors::Roots(ca.roots().to_vec()), Accept::ControlPlane);
     assert!(picky.check(&issued.chain[0], &[], now()).is_err());
 
     // Lifetimes are bounded.
@@ -120,7 +120,7 @@ async fn a_plug_in_intermediate_signs_and_its_root_is_trusted() {
     let key = KeyPair::generate().unwrap();
     let issued = ca.issue(csr_for(&key, "x").as_bytes(), &id, DEFAULT_TTL).unwrap();
     assert_eq!(issued.chain.len(), 2, "the leaf and the intermediate");
-    let v = MeshVerifier::new(Anchors::Roots(vec![root_der]), |_| true);
+    let v = MeshVerifier::new(Anchors::Roots(vec![root_der]), Accept::Any);
     assert_eq!(v.check(&issued.chain[0], &issued.chain[1..], now()).unwrap(), id);
 
     let wrong = (dir.path().join("ca.pem"), dir.path().join("other-key.pem"));
@@ -134,9 +134,9 @@ async fn a_pinned_fingerprint_finds_the_root_in_the_chain() {
     let me = SpiffeId::control_plane("cluster.local");
     let (issued, _key) = ca.issue_own(&me, &["localhost".into()], DEFAULT_TTL).unwrap();
     let root = ca.roots()[0].clone();
-    let pinned = MeshVerifier::new(Anchors::Pinned(ca.fingerprint()), SpiffeId::is_control_plane);
+    let pinned = MeshVerifier::new(Anchors::Pinned(ca.fingerprint()), Accept::ControlPlane);
     assert_eq!(pinned.check(&issued.chain[0], std::slice::from_ref(&root), now()).unwrap(), me);
-    let other = MeshVerifier::new(Anchors::Pinned(format!("sha256:{}", "0".repeat(64))), SpiffeId::is_control_plane);
+    let other = MeshVerifier::new(Anchors::Pinned(format!("sha256:{}", "0".repeat(64))), Accept::ControlPlane);
     let err = other.check(&issued.chain[0], &[root], now()).unwrap_err();
     assert!(err.to_string().contains("no certificate with fingerprint"), "{err}");
 }

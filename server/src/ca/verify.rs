@@ -21,16 +21,40 @@ pub enum Anchors {
     Pinned(String),
 }
 
+/// Which peer identities are acceptable.
+#[derive(Debug, Clone)]
+pub enum Accept {
+    /// Any workload of the mesh.
+    Any,
+    /// meshgate's control plane only.
+    ControlPlane,
+    /// One of these SPIFFE IDs (a DestinationRule's `subjectAltNames`).
+    OneOf(Vec<String>),
+}
+
+impl Accept {
+    fn admits(&self, id: &SpiffeId) -> bool {
+        match self {
+            Accept::Any => true,
+            Accept::ControlPlane => id.is_control_plane(),
+            Accept::OneOf(ids) => {
+                let id = id.to_string();
+                ids.iter().any(|i| *i == id)
+            }
+        }
+    }
+}
+
 /// A rustls server-certificate check for mesh peers.
 #[derive(Debug)]
 pub struct MeshVerifier {
     anchors: Anchors,
-    accept: fn(&SpiffeId) -> bool,
+    accept: Accept,
     provider: Arc<rustls::crypto::CryptoProvider>,
 }
 
 impl MeshVerifier {
-    pub fn new(anchors: Anchors, accept: fn(&SpiffeId) -> bool) -> MeshVerifier {
+    pub fn new(anchors: Anchors, accept: Accept) -> MeshVerifier {
         MeshVerifier { anchors, accept, provider: Arc::new(rustls::crypto::ring::default_provider()) }
     }
 
@@ -75,7 +99,7 @@ impl MeshVerifier {
         .map_err(|e| rustls::Error::General(format!("peer certificate does not chain to the mesh CA: {e}")))?;
         let id = SpiffeId::from_cert(end_entity)
             .ok_or_else(|| rustls::Error::General("peer certificate carries no SPIFFE ID".into()))?;
-        if !(self.accept)(&id) {
+        if !self.accept.admits(&id) {
             return Err(rustls::Error::General(format!("peer identity {id} is not the one expected")));
         }
         Ok(id)

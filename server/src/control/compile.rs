@@ -33,6 +33,8 @@ pub struct Compiler<'a> {
     /// This proxy's `region/zone/subzone`; empty turns locality preference off.
     pub locality: &'a str,
     pub health: &'a HealthRegistry,
+    /// This proxy's mesh credentials, for ISTIO_MUTUAL destinations.
+    pub mesh: Option<&'a crate::ca::MeshIdentity>,
 }
 
 struct Index<'r> {
@@ -635,9 +637,15 @@ impl Compiler<'_> {
             Some((t, Some(ClientTlsMode::Simple | ClientTlsMode::Mutual))) => {
                 upstream_tls(t, rule_namespace, &host, &ix.secrets).map(|t| Some(Arc::new(t)))
             }
-            Some((_, Some(ClientTlsMode::IstioMutual))) => {
-                Err("ISTIO_MUTUAL needs the mesh's certificates, which are not built yet".to_string())
+            Some((_, Some(ClientTlsMode::IstioMutual))) if port_http2 => {
+                Err("TLS to HTTP/2 (GRPC, HTTP2) upstreams is not built yet".to_string())
             }
+            Some((t, Some(ClientTlsMode::IstioMutual))) => match self.mesh {
+                Some(identity) => {
+                    crate::proxy::tls::UpstreamTls::mesh(identity, &t.subject_alt_names).map(|t| Some(Arc::new(t)))
+                }
+                None => Err("ISTIO_MUTUAL: this proxy has no mesh certificate".to_string()),
+            },
             _ => Ok(None),
         };
         // `distribute`: the first rule whose `from` covers this proxy's locality.
@@ -985,8 +993,8 @@ mod tests {
         let yaml = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: [\"*\"]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: vs}\nspec:\n  hosts: [h.example.com]\n  gateways: [gw]\n  http:\n  - name: header\n    match: [{uri: {prefix: /a}, headers: {x-canary: {exact: \"1\"}}}]\n    route: [{destination: {host: s0}}]\n  - name: prefix-ab\n    match: [{uri: {prefix: /a/b}}]\n    route: [{destination: {host: s1}}]\n  - name: exact-abc\n    match: [{uri: {exact: /a/b/c}}]\n    route: [{destination: {host: s2}}]\n  - name: regex\n    match: [{uri: {regex: \"/z/[0-9]+\"}}]\n    route: [{destination: {host: s3}}]\n  - name: rest\n    route: [{destination: {host: s4}}]\n";
         let resources = meshgate_model::decode("t", yaml, "default").unwrap();
         let health = HealthRegistry::default();
-        let snap =
-            Compiler { cluster_domain: "svc.cluster.local", locality: "", health: &health }.compile(1, &resources);
+        let snap = Compiler { cluster_domain: "svc.cluster.local", locality: "", health: &health, mesh: None }
+            .compile(1, &resources);
         let vhost = snap.ports[&80].find("h.example.com").unwrap();
         let route = |path: &str, canary: bool| {
             let mut req = http::Request::get(path);

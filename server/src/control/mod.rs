@@ -23,6 +23,8 @@ pub struct Hub {
     compiled: watch::Sender<i64>,
     has_listener_manager: std::sync::atomic::AtomicBool,
     pub health: HealthRegistry,
+    /// The gateway's mesh credentials (ISTIO_MUTUAL to upstreams).
+    pub identity: arc_swap::ArcSwapOption<crate::ca::MeshIdentity>,
     /// Where each Gateway port is being served: port → (address, TLS?).
     pub listening: std::sync::Mutex<std::collections::BTreeMap<u32, (std::net::SocketAddr, bool)>>,
 }
@@ -37,6 +39,7 @@ impl Hub {
             has_listener_manager: Default::default(),
             health: HealthRegistry::default(),
             listening: Default::default(),
+            identity: Default::default(),
         })
     }
 
@@ -91,7 +94,8 @@ async fn compile_once(hub: &Hub, store: &Store, cluster_domain: &str, locality: 
     // Read the revision first: the resources read after it are at least that new.
     let revision = store.current_revision().await?;
     let resources = store.all_resources().await?;
-    let compiler = compile::Compiler { cluster_domain, locality, health: &hub.health };
+    let identity = hub.identity.load_full();
+    let compiler = compile::Compiler { cluster_domain, locality, health: &hub.health, mesh: identity.as_deref() };
     let snapshot = compiler.compile(revision, &resources);
     hub.snapshot.store(Arc::new(snapshot));
     if hub.has_listener_manager.load(std::sync::atomic::Ordering::SeqCst) {

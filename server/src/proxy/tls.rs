@@ -186,6 +186,39 @@ pub struct UpstreamTlsSpec<'a> {
 }
 
 impl UpstreamTls {
+    /// ISTIO_MUTUAL: this proxy's mesh certificate as the client's, the
+    /// peer checked against the mesh roots and, when `expect` names any,
+    /// for one of those SPIFFE IDs (else any mesh workload).
+    pub fn mesh(identity: &crate::ca::MeshIdentity, expect: &[String]) -> Result<UpstreamTls, String> {
+        use crate::ca::verify::{Accept, Anchors, MeshVerifier};
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let accept = if expect.is_empty() { Accept::Any } else { Accept::OneOf(expect.to_vec()) };
+        let verifier = MeshVerifier::new(Anchors::Roots(identity.roots.clone()), accept);
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| e.to_string())?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())
+            .map_err(|e| format!("mesh certificate: {e}"))?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let mut fingerprint = sha2::Sha256::new();
+        use sha2::Digest as _;
+        fingerprint.update(b"mesh");
+        fingerprint.update(identity.chain.first().map_or(&[][..], |c| c.as_ref()));
+        for n in expect {
+            fingerprint.update(n.as_bytes());
+            fingerprint.update([0]);
+        }
+        let digest = fingerprint.finalize();
+        Ok(UpstreamTls {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            // Mesh peers are checked by SPIFFE ID, not by name; the SNI is informational.
+            server_name: rustls_pki_types::ServerName::try_from("outbound.mesh.internal").map_err(|e| e.to_string())?,
+            fingerprint: u64::from_le_bytes(digest[..8].try_into().unwrap_or_default()),
+        })
+    }
+
     pub fn new(spec: &UpstreamTlsSpec<'_>) -> Result<UpstreamTls, String> {
         use rustls::client::WebPkiServerVerifier;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
