@@ -39,7 +39,7 @@ impl Accept {
             Accept::ControlPlane => id.is_control_plane(),
             Accept::OneOf(ids) => {
                 let id = id.to_string();
-                ids.iter().any(|i| *i == id)
+                ids.contains(&id)
             }
         }
     }
