@@ -99,6 +99,7 @@ pub async fn run(
         scheme: "http",
         clients: clients.clone(),
         connection_limit: connection_limit.clone(),
+        client_cert: None,
     });
     let secure = Arc::new(proxy::Listener {
         hub: hub.clone(),
@@ -106,6 +107,7 @@ pub async fn run(
         scheme: "https",
         clients,
         connection_limit: connection_limit.clone(),
+        client_cert: None,
     });
     let more_ports = tokio::spawn(proxy::listeners::manage(
         hub.clone(),
@@ -132,7 +134,7 @@ pub async fn run(
     let acceptor = Some(proxy::tls::acceptor(hub.clone(), 443));
     let https_task = tokio::spawn(proxy::serve_workers(https, secure, acceptor, workers_stop));
     let mesh_tls = crate::mesh::tls_config(&ca, &mesh_names())?;
-    let mesh_state = crate::mesh::MeshState { store: store.clone(), ca: ca.clone() };
+    let mesh_state = crate::mesh::MeshState { store: store.clone(), ca: ca.clone(), hub: hub.clone() };
     let mesh_task = tokio::spawn(crate::mesh::serve(mesh, mesh_tls, mesh_state, mesh_stop));
     let admin_server = axum::serve(admin, api::router(state)).with_graceful_shutdown(stopped());
     let admin_task = tokio::spawn(async move { admin_server.await });

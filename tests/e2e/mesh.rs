@@ -61,13 +61,14 @@ impl Drop for Agent {
 
 fn agent_command(server: &Server, dir: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(BIN);
-    cmd.args(["agent", "--join", &server.mesh, "--data-dir"])
-        .arg(dir)
-        .args(args)
-        .env("MESHGATE_LOG", "warn")
-        .env_remove("MESHGATE_JOIN_TOKEN")
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped());
+    cmd.args(["agent", "--join", &server.mesh, "--data-dir"]).arg(dir).args(args);
+    // Port 0 unless the test chooses: tests run side by side.
+    for flag in ["--inbound", "--outbound"] {
+        if !args.contains(&flag) {
+            cmd.args([flag, "127.0.0.1:0"]);
+        }
+    }
+    cmd.env("MESHGATE_LOG", "warn").env_remove("MESHGATE_JOIN_TOKEN").stdin(Stdio::null()).stderr(Stdio::piped());
     cmd
 }
 
@@ -263,4 +264,125 @@ fn istio_mutual_from_the_gateway_presents_its_mesh_certificate() {
     // Without TLS, the workload (which insists on a client certificate) cannot be reached.
     server.apply(&crate::tls::tls_origination(workload.port(), "{mode: DISABLE}"));
     assert_ne!(get().0, 200);
+}
+
+fn proxy_status(server: &Server) -> serde_json::Value {
+    server.http().get(server.url("/api/v1/proxy-status")).bearer_auth(server.token()).send().unwrap().json().unwrap()
+}
+
+/// Waits until every sidecar runs the control plane's current revision.
+fn wait_synced(server: &Server, sidecars: usize) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let status = proxy_status(server);
+        let revision = status["revision"].as_i64().unwrap();
+        let proxies = status["proxies"].as_array().unwrap();
+        let synced =
+            proxies.iter().filter(|p| p["role"] == "sidecar" && p["revision"].as_i64() == Some(revision)).count();
+        if synced == sidecars {
+            return;
+        }
+        assert!(Instant::now() < deadline, "sidecars not synced: {status}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sidecars_carry_calls_over_mtls_and_peer_authentication_decides() {
+    let server = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let fp = server.ca_fingerprint.clone();
+    let app = crate::upstream::Upstream::start("user-v1");
+    server.apply(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: user-service}\nspec:\n  hosts: [user-service]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  workloadSelector: {labels: {app: user-service}}\n",
+    );
+    let app_addr = format!("127.0.0.1:{}", app.port());
+    let t = token(&server, &["--service", "user-service"]);
+    let ports = ["--inbound", "127.0.0.1:0", "--outbound", "127.0.0.1:0"];
+    let mut args = vec![
+        "--token",
+        &t,
+        "--service",
+        "user-service",
+        "--ca-fingerprint",
+        &fp,
+        "--app",
+        &app_addr,
+        "--version",
+        "v1",
+    ];
+    args.extend(ports);
+    let mut server_side = Agent::start(&server, &tmp.path().join("user"), &args);
+    let ready = server_side.wait_for("meshgate agent ready ");
+    let inbound = field(&ready, "inbound=").to_string();
+    let name = field(&ready, "name=").to_string();
+
+    let t = token(&server, &["--service", "orders"]);
+    let args = ["--token", &t, "--service", "orders", "--ca-fingerprint", &fp];
+    let mut client_side = Agent::start(&server, &tmp.path().join("orders"), &args);
+    let outbound = field(&client_side.wait_for("meshgate agent ready "), "outbound=").to_string();
+
+    // The instance registered itself, with the label that turns mTLS on.
+    let we = server.ok(&["get", "workloadentry", &name, "-o", "json"]);
+    assert!(we.contains("\"security.istio.io/tlsMode\": \"istio\"") && we.contains("\"version\": \"v1\""), "{we}");
+    wait_synced(&server, 2);
+    let status = server.ok(&["proxy-status"]);
+    assert!(status.contains(&name) && status.lines().filter(|l| l.contains("SYNCED")).count() == 3, "{status}");
+
+    // orders → its sidecar (by Host) → mTLS → user-service's sidecar → the app,
+    // which learns the caller's identity.
+    let c = server.http();
+    let call = |url: &str, host: &str| c.get(url).header("host", host).send();
+    let r = call(&format!("http://{outbound}/users"), "user-service").unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.text().unwrap(), "user-v1");
+    let seen = app.last();
+    assert_eq!(seen.path, "/users");
+    assert_eq!(
+        seen.headers["x-forwarded-client-cert"],
+        "By=spiffe://cluster.local/ns/default/sa/user-service;URI=spiffe://cluster.local/ns/default/sa/orders"
+    );
+
+    // PERMISSIVE (the default): plaintext straight to the inbound port is served, without an identity.
+    let r = call(&format!("http://{inbound}/plain"), "user-service").unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(app.last().headers.get("x-forwarded-client-cert").is_none());
+
+    // STRICT mesh-wide: plaintext is refused; mTLS from the mesh still works, also from the gateway.
+    server.apply("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec:\n  mtls: {mode: STRICT}\n");
+    wait_synced(&server, 2);
+    assert!(call(&format!("http://{inbound}/plain"), "user-service").is_err(), "plaintext refused under STRICT");
+    assert_eq!(call(&format!("http://{outbound}/users"), "user-service").unwrap().status().as_u16(), 200);
+    server.apply("apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: [api.example.com]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: edge}\nspec:\n  hosts: [api.example.com]\n  gateways: [gw]\n  http:\n  - route: [{destination: {host: user-service}}]\n");
+    let r = server.gateway(&c, "api.example.com", "/edge").send().unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(
+        app.last().headers["x-forwarded-client-cert"],
+        "By=spiffe://cluster.local/ns/default/sa/user-service;URI=spiffe://cluster.local/ns/meshgate-system/sa/meshgate-gateway"
+    );
+
+    // A proxy with a certificate from another mesh's CA is refused.
+    let other = Server::start();
+    other.apply(&format!(
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: gw}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: 80, name: http, protocol: HTTP}}\n    hosts: [api.example.com]\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: user-service}}\nspec:\n  hosts: [user-service]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  endpoints: [{{address: 127.0.0.1, ports: {{http: {}}}, labels: {{security.istio.io/tlsMode: istio}}}}]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: edge}}\nspec:\n  hosts: [api.example.com]\n  gateways: [gw]\n  http:\n  - route: [{{destination: {{host: user-service}}}}]\n",
+        inbound.rsplit(':').next().unwrap()
+    ));
+    let r = other.gateway(&c, "api.example.com", "/stranger").send().unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    assert_ne!(app.last().path, "/stranger");
+
+    // A stopped agent takes its instance out of the mesh.
+    drop(client_side);
+    unsafe_terminate(&mut server_side);
+    let deadline = Instant::now() + WAIT;
+    while server.cli(&["get", "workloadentry", &name]).status.success() {
+        assert!(Instant::now() < deadline, "the WorkloadEntry was not removed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Stops an agent with SIGTERM (as a service manager does) and waits for it.
+fn unsafe_terminate(agent: &mut Agent) {
+    let _ = Command::new("kill").arg("-TERM").arg(agent.child.id().to_string()).status();
+    let _ = agent.child.wait();
 }

@@ -4,6 +4,7 @@
 //! over mTLS at half its lifetime, with jitter. Its private key is made
 //! here and never leaves the host.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,8 +17,10 @@ use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::{Value, json};
 
-use crate::ca::SpiffeId;
 use crate::ca::verify::{Accept, Anchors, MeshVerifier};
+use crate::ca::{MeshIdentity, SpiffeId};
+
+pub mod sidecar;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct AgentArgs {
@@ -44,6 +47,27 @@ pub struct AgentArgs {
     /// Lifetime to ask for workload certificates, e.g. 24h (the CA bounds it)
     #[arg(long, value_name = "DURATION")]
     pub cert_ttl: Option<String>,
+    /// The app this sidecar fronts (inbound traffic goes there); without it the agent only proxies outbound
+    #[arg(long, value_name = "ADDR")]
+    pub app: Option<SocketAddr>,
+    /// Inbound (mTLS) address other proxies connect to
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:15006")]
+    pub inbound: SocketAddr,
+    /// Outbound address the app sends its calls to (by Host, or as HTTP_PROXY)
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15001")]
+    pub outbound: SocketAddr,
+    /// The address other hosts reach the inbound port at [default: the inbound IP, else this host's address towards the control plane]
+    #[arg(long, value_name = "IP")]
+    pub address: Option<std::net::IpAddr>,
+    /// Workload labels, e.g. version=v2,region=us-west
+    #[arg(long, value_name = "K=V,...", value_delimiter = ',')]
+    pub labels: Vec<String>,
+    /// The workload's version label
+    #[arg(long)]
+    pub version: Option<String>,
+    /// region/zone/subzone of this workload
+    #[arg(long)]
+    pub locality: Option<String>,
 }
 
 /// The certificate the agent holds.
@@ -87,13 +111,86 @@ pub async fn run(args: AgentArgs, shutdown: impl std::future::Future<Output = ()
             join(&args, &endpoint, ttl).await?
         }
     };
+    let name = agent_name(&args.data_dir, &args.service)?;
+    let mut labels = std::collections::BTreeMap::new();
+    labels.insert("app".to_string(), args.service.clone());
+    if let Some(v) = &args.version {
+        labels.insert("version".to_string(), v.clone());
+    }
+    for kv in args.labels.iter().filter(|l| !l.is_empty()) {
+        let Some((k, v)) = kv.split_once('=') else { bail!("--labels {kv:?}: expected key=value") };
+        labels.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    let locality = args.locality.clone().unwrap_or_default();
+    let sidecar = Arc::new(sidecar::Sidecar::new(
+        mesh_identity(&held)?,
+        args.app,
+        held.identity.namespace.clone(),
+        labels.clone(),
+        locality.clone(),
+    )?);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let base = |hub: Arc<crate::control::Hub>, port: u32| {
+        Arc::new(crate::proxy::Listener {
+            hub,
+            gateway_port: port,
+            scheme: "http",
+            clients: crate::proxy::Clients::new(),
+            connection_limit: Arc::new(tokio::sync::Semaphore::new(10_000)),
+            client_cert: None,
+        })
+    };
+    let outbound = tokio::net::TcpListener::bind(args.outbound)
+        .await
+        .with_context(|| format!("cannot listen on the outbound address {} (--outbound)", args.outbound))?;
+    let outbound_addr = outbound.local_addr()?;
+    let out_listener = base(sidecar.outbound.clone(), sidecar::OUTBOUND_PORT);
+    let mut out_stop = stop_rx.clone();
+    tokio::spawn(crate::proxy::serve(outbound, out_listener, None, async move {
+        let _ = out_stop.wait_for(|s| *s).await;
+    }));
+    let mut inbound_addr = None;
+    if args.app.is_some() {
+        let inbound = tokio::net::TcpListener::bind(args.inbound)
+            .await
+            .with_context(|| format!("cannot listen on the inbound address {} (--inbound)", args.inbound))?;
+        inbound_addr = Some(inbound.local_addr()?);
+        let in_listener = base(sidecar.inbound.clone(), sidecar::INBOUND_PORT);
+        tokio::spawn(sidecar::serve_inbound(inbound, sidecar.clone(), in_listener, stop_rx.clone()));
+    }
+    // Configuration: the first version before saying ready (briefly: a
+    // control plane that is down does not stop the agent).
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(follow_config(endpoint.clone(), sidecar.clone(), name.clone(), args.service.clone(), first_tx));
+    let _ = tokio::time::timeout(Duration::from_secs(10), first_rx).await;
+    let registration = match inbound_addr {
+        Some(addr) => {
+            let ip = args.address.unwrap_or_else(|| advertised_ip(addr, &endpoint));
+            let body = json!({
+                "name": name, "service": args.service, "address": ip.to_string(), "port": addr.port(),
+                "labels": labels, "locality": locality,
+            });
+            match call(&endpoint, mtls(&sidecar)?, "POST", "/mesh/v1/register", None, Some(&body)).await {
+                Ok(_) => Some(ip),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "cannot register this instance; other proxies will not find it until a restart");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
     println!(
-        "meshgate agent ready identity={} serial={} expires={} data-dir={}",
+        "meshgate agent ready name={} identity={} serial={} expires={} outbound={} inbound={} address={} data-dir={}",
+        name,
         held.identity,
         held.serial,
         crate::ca::rfc3339(
             time::OffsetDateTime::from_unix_timestamp(held.not_after).unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
         ),
+        outbound_addr,
+        inbound_addr.map_or("-".to_string(), |a| a.to_string()),
+        registration.map_or("-".to_string(), |a| a.to_string()),
         args.data_dir.display()
     );
     tokio::pin!(shutdown);
@@ -101,19 +198,122 @@ pub async fn run(args: AgentArgs, shutdown: impl std::future::Future<Output = ()
     loop {
         let wait = if failures == 0 { renew_in(&held) } else { backoff(failures) };
         tokio::select! {
-            () = &mut shutdown => return Ok(()),
+            () = &mut shutdown => break,
             () = tokio::time::sleep(wait) => {}
         }
         match renew(&held, &endpoint, ttl).await {
             Ok(next) => {
                 save(&args.data_dir, &next)?;
                 println!("renewed certificate identity={} serial={}", next.identity, next.serial);
+                sidecar.renewed(mesh_identity(&next)?)?;
                 held = next;
                 failures = 0;
             }
             Err(e) => {
                 failures += 1;
                 tracing::warn!(error = %format!("{e:#}"), attempt = failures, "certificate renewal failed; retrying");
+            }
+        }
+    }
+    // Leaving: take this instance out of the mesh, then stop serving.
+    if registration.is_some() {
+        let body = json!({ "name": name });
+        let gone = tokio::time::timeout(
+            Duration::from_secs(5),
+            call(&endpoint, mtls(&sidecar)?, "POST", "/mesh/v1/deregister", None, Some(&body)),
+        )
+        .await;
+        if !matches!(gone, Ok(Ok(_))) {
+            tracing::warn!("cannot deregister this instance; its WorkloadEntry stays until removed");
+        }
+    }
+    let _ = stop_tx.send(true);
+    Ok(())
+}
+
+/// This agent's name: `SERVICE-` and six hex digits, kept in the data dir.
+fn agent_name(dir: &Path, service: &str) -> anyhow::Result<String> {
+    let path = dir.join("name");
+    if let Ok(n) = std::fs::read_to_string(&path)
+        && !n.trim().is_empty()
+    {
+        return Ok(n.trim().to_string());
+    }
+    let name = format!("{service}-{}", hex::encode(rand::random::<[u8; 3]>()));
+    crate::server::write_private(&path, &format!("{name}\n"))?;
+    Ok(name)
+}
+
+fn mesh_identity(h: &Held) -> anyhow::Result<MeshIdentity> {
+    Ok(MeshIdentity {
+        id: h.identity.clone(),
+        chain: h.chain.clone(),
+        key: PrivateKeyDer::from_pem_slice(h.key_pem.as_bytes()).context("the workload key")?,
+        roots: h.roots.clone(),
+        not_after: time::OffsetDateTime::from_unix_timestamp(h.not_after).unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
+    })
+}
+
+/// The client configuration for the mesh port with the current certificate.
+fn mtls(sidecar: &sidecar::Sidecar) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let id = sidecar.identity.load();
+    let verifier = MeshVerifier::new(Anchors::Roots(id.roots.clone()), Accept::ControlPlane);
+    client_config(verifier, Some((id.chain.clone(), id.key.clone_key())))
+}
+
+/// Where other hosts reach this one: the inbound IP when it is a specific
+/// one, else the local address of the route towards the control plane.
+fn advertised_ip(inbound: SocketAddr, endpoint: &Endpoint) -> std::net::IpAddr {
+    if !inbound.ip().is_unspecified() {
+        return inbound.ip();
+    }
+    let towards = std::net::UdpSocket::bind(if inbound.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })
+        .and_then(|s| s.connect((endpoint.host.as_str(), endpoint.port)).map(|()| s))
+        .and_then(|s| s.local_addr());
+    towards.map_or(std::net::IpAddr::from([127, 0, 0, 1]), |a| a.ip())
+}
+
+/// Follows the control plane's configuration (long poll), applying each
+/// new version; the next request acknowledges it.
+async fn follow_config(
+    endpoint: Endpoint,
+    sidecar: Arc<sidecar::Sidecar>,
+    name: String,
+    service: String,
+    first: tokio::sync::oneshot::Sender<()>,
+) {
+    let mut first = Some(first);
+    let mut after = -1i64;
+    let mut failures = 0u32;
+    loop {
+        let path = format!("/mesh/v1/config?name={name}&service={service}&after={after}");
+        let answer = match mtls(&sidecar) {
+            Ok(tls) => call(&endpoint, tls, "GET", &path, None, None).await,
+            Err(e) => Err(e),
+        };
+        match answer {
+            Ok(Some(v)) => {
+                failures = 0;
+                let revision = v["revision"].as_i64().unwrap_or(after);
+                let mut resources = Vec::new();
+                for doc in v["resources"].as_array().cloned().unwrap_or_default() {
+                    match meshgate_model::Resource::from_value(doc, meshgate_model::DEFAULT_NAMESPACE) {
+                        Ok(r) => resources.push(r),
+                        Err(errs) => tracing::warn!(?errs, "a pushed resource is not valid here; skipped"),
+                    }
+                }
+                sidecar.apply(revision, resources);
+                tracing::debug!(revision, "configuration applied");
+                after = revision;
+                if let Some(tx) = first.take() {
+                    let _ = tx.send(());
+                }
+            }
+            Ok(None) => failures = 0,
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(error = %format!("{e:#}"), "cannot fetch configuration; keeping the last one");
+                tokio::time::sleep(backoff(failures)).await;
             }
         }
     }
@@ -300,6 +500,7 @@ fn save(dir: &Path, h: &Held) -> anyhow::Result<()> {
 
 // ---- talking to the control plane ----
 
+#[derive(Clone)]
 struct Endpoint {
     host: String,
     port: u16,
@@ -341,6 +542,18 @@ async fn post(
     bearer: Option<&str>,
     body: &Value,
 ) -> anyhow::Result<Value> {
+    Ok(call(endpoint, tls, "POST", path, bearer, Some(body)).await?.unwrap_or(Value::Null))
+}
+
+/// One HTTPS request to the mesh port: the answer's JSON (`None` for 204), or its error message.
+async fn call(
+    endpoint: &Endpoint,
+    tls: Arc<rustls::ClientConfig>,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<&Value>,
+) -> anyhow::Result<Option<Value>> {
     let address = (endpoint.host.as_str(), endpoint.port);
     let tcp = tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect(address))
         .await
@@ -354,18 +567,28 @@ async fn post(
             .context("TLS with the control plane failed")?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
-    let mut req = http::Request::post(path)
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(path)
         .header(http::header::HOST, format!("{}:{}", endpoint.host, endpoint.port))
         .header(http::header::CONTENT_TYPE, "application/json");
     if let Some(t) = bearer {
         req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
     }
-    let req = req.body(Full::new(bytes::Bytes::from(serde_json::to_vec(body)?)))?;
-    let resp = tokio::time::timeout(Duration::from_secs(30), sender.send_request(req))
+    let bytes = match body {
+        Some(b) => bytes::Bytes::from(serde_json::to_vec(b)?),
+        None => bytes::Bytes::new(),
+    };
+    let req = req.body(Full::new(bytes))?;
+    // Long enough for a config long poll (the control plane answers within 25 s).
+    let resp = tokio::time::timeout(Duration::from_secs(40), sender.send_request(req))
         .await
         .map_err(|_| anyhow::anyhow!("the control plane did not answer in time"))??;
     let status = resp.status();
     let bytes = resp.into_body().collect().await?.to_bytes();
+    if status == http::StatusCode::NO_CONTENT {
+        return Ok(None);
+    }
     let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     if !status.is_success() {
         let message = value["error"]["message"]
@@ -373,5 +596,5 @@ async fn post(
             .map_or_else(|| String::from_utf8_lossy(&bytes).into_owned(), str::to_string);
         bail!("the control plane refused (HTTP {}): {message}", status.as_u16());
     }
-    Ok(value)
+    Ok(Some(value))
 }

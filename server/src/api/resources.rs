@@ -70,16 +70,21 @@ pub async fn proxy_status(State(state): State<AppState>) -> ApiResult<Json<Value
         .iter()
         .map(|(port, (addr, tls))| json!({"port": port, "address": addr.to_string(), "tls": tls}))
         .collect();
-    Ok(Json(json!({
-        "listeners": listeners,
-        "revision": current,
-        "proxies": [{
-            "name": "gateway",
-            "role": "gateway",
-            "revision": applied,
-            "status": if applied >= current { "SYNCED" } else { "STALE" },
-        }],
-    })))
+    let mut proxies = vec![json!({
+        "name": "gateway",
+        "role": "gateway",
+        "revision": applied,
+        "status": if applied >= current { "SYNCED" } else { "STALE" },
+    })];
+    let agents: Vec<crate::control::ProxyRecord> =
+        state.hub.proxies.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+    for a in agents {
+        let mut v = serde_json::to_value(&a).unwrap_or_default();
+        v["role"] = json!("sidecar");
+        v["status"] = json!(if a.revision >= applied { "SYNCED" } else { "STALE" });
+        proxies.push(v);
+    }
+    Ok(Json(json!({ "listeners": listeners, "revision": current, "proxies": proxies })))
 }
 
 fn change_json(c: &Change) -> Value {

@@ -50,6 +50,7 @@ pub fn run(client: &Client, command: Command) -> anyhow::Result<i32> {
     match command {
         Command::Up(_) | Command::Agent(_) => unreachable!("handled by cli::main"),
         Command::Token { command } => token(client, command),
+        Command::ProxyStatus { output } => proxy_status(client, output),
         Command::Apply { files, namespace, dry_run } => apply(client, &files, namespace.as_deref(), dry_run),
         Command::Get { kind, name, namespace, all_namespaces, selector, output } => {
             get(client, &kind, name.as_deref(), &namespace, all_namespaces, selector.as_deref(), output)
@@ -450,4 +451,26 @@ fn token(client: &Client, command: TokenCommand) -> anyhow::Result<i32> {
             Ok(0)
         }
     }
+}
+
+fn proxy_status(client: &Client, format: Format) -> anyhow::Result<i32> {
+    let v = client.get("/api/v1/proxy-status")?;
+    match format {
+        Format::Json => print!("{}", output::json(&v)),
+        Format::Yaml => print!("{}", output::yaml(&v)),
+        Format::Table => {
+            let rows: Vec<Vec<String>> = v["proxies"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| {
+                    let s = |k: &str| p[k].as_str().unwrap_or("-").to_string();
+                    vec![s("name"), s("role"), s("identity"), p["revision"].to_string(), s("status")]
+                })
+                .collect();
+            print!("{}", output::table(&["NAME", "ROLE", "IDENTITY", "REVISION", "STATUS"], &rows));
+            println!("control plane revision {}", v["revision"]);
+        }
+    }
+    Ok(0)
 }

@@ -76,6 +76,11 @@ pub enum Command {
     },
     /// Put the configuration back as it was right after REVISION (as a new revision)
     Rollback { revision: i64 },
+    /// Every proxy (the gateway and each agent), the revision it runs, SYNCED or STALE
+    ProxyStatus {
+        #[arg(short = 'o', long, value_enum, default_value_t = output::Format::Table)]
+        output: output::Format,
+    },
     /// Join tokens for agents
     Token {
         #[command(subcommand)]

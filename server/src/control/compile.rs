@@ -646,6 +646,19 @@ impl Compiler<'_> {
                 }
                 None => Err("ISTIO_MUTUAL: this proxy has no mesh certificate".to_string()),
             },
+            // Istio's auto mTLS: workloads with a sidecar (`security.istio.io/tlsMode: istio`,
+            // which agents register with) are reached over mTLS unless the rule says otherwise.
+            None if !port_http2
+                && !endpoints.is_empty()
+                && endpoints
+                    .iter()
+                    .all(|(_, labels, _)| labels.get("security.istio.io/tlsMode").is_some_and(|m| m == "istio")) =>
+            {
+                match self.mesh {
+                    Some(identity) => crate::proxy::tls::UpstreamTls::mesh(identity, &[]).map(|t| Some(Arc::new(t))),
+                    None => Ok(None),
+                }
+            }
             _ => Ok(None),
         };
         // `distribute`: the first rule whose `from` covers this proxy's locality.

@@ -13,6 +13,22 @@ use crate::proxy::config::Snapshot;
 use crate::proxy::upstream::HealthRegistry;
 use crate::store::Store;
 
+/// An agent as the control plane last saw it.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyRecord {
+    pub name: String,
+    pub identity: String,
+    pub service: String,
+    pub namespace: String,
+    /// The revision the agent says it runs.
+    pub revision: i64,
+    /// Milliseconds since the Unix epoch of its last request.
+    pub last_seen_ms: i64,
+    /// Waiting for the next revision right now.
+    pub connected: bool,
+}
+
 /// Holds the current snapshot and wakes the compiler on changes.
 pub struct Hub {
     snapshot: ArcSwap<Snapshot>,
@@ -23,6 +39,8 @@ pub struct Hub {
     compiled: watch::Sender<i64>,
     has_listener_manager: std::sync::atomic::AtomicBool,
     pub health: HealthRegistry,
+    /// Agents that fetch their configuration from the mesh port, by name.
+    pub proxies: std::sync::Mutex<std::collections::BTreeMap<String, ProxyRecord>>,
     /// The gateway's mesh credentials (ISTIO_MUTUAL to upstreams).
     pub identity: arc_swap::ArcSwapOption<crate::ca::MeshIdentity>,
     /// Where each Gateway port is being served: port → (address, TLS?).
@@ -40,12 +58,20 @@ impl Hub {
             health: HealthRegistry::default(),
             listening: Default::default(),
             identity: Default::default(),
+            proxies: Default::default(),
         })
     }
 
     /// The snapshot requests start on.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
+    }
+
+    /// Swaps in a snapshot compiled elsewhere (an agent's) and marks it applied.
+    pub fn install(&self, snapshot: Snapshot) {
+        let revision = snapshot.revision;
+        self.snapshot.store(Arc::new(snapshot));
+        self.applied.send_replace(revision);
     }
 
     /// Called after every committed write.
@@ -68,6 +94,13 @@ impl Hub {
     /// Marks `revision` as served by every proxy and listener.
     pub fn mark_applied(&self, revision: i64) {
         self.applied.send_replace(revision);
+    }
+
+    /// Waits until the control plane has compiled a revision newer than
+    /// `after` (what agents are sent), up to `limit`; returns whether one came.
+    pub async fn wait_newer(&self, after: i64, limit: std::time::Duration) -> bool {
+        let mut rx = self.applied.subscribe();
+        tokio::time::timeout(limit, rx.wait_for(|r| *r > after)).await.is_ok_and(|r| r.is_ok())
     }
 
     /// Waits until the data plane serves `revision` or later, up to `limit`.

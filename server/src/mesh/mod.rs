@@ -27,7 +27,25 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct MeshState {
     pub store: Store,
     pub ca: Arc<Ca>,
+    pub hub: Arc<crate::control::Hub>,
 }
+
+/// How long a config request waits for a newer revision before answering
+/// "nothing new" (the agent asks again at once).
+const CONFIG_WAIT: Duration = Duration::from_secs(25);
+
+/// What agents are sent: every kind a sidecar acts on. Never Secrets
+/// (the gateway's keys) or Gateways.
+const AGENT_KINDS: &[meshgate_model::Kind] = &[
+    meshgate_model::Kind::VirtualService,
+    meshgate_model::Kind::DestinationRule,
+    meshgate_model::Kind::ServiceEntry,
+    meshgate_model::Kind::WorkloadEntry,
+    meshgate_model::Kind::PeerAuthentication,
+    meshgate_model::Kind::AuthorizationPolicy,
+    meshgate_model::Kind::RequestAuthentication,
+    meshgate_model::Kind::TrafficSplit,
+];
 
 /// Who is calling, from the client certificate (if any).
 #[derive(Clone, Debug)]
@@ -62,6 +80,9 @@ pub fn router(state: MeshState) -> Router {
         .route("/mesh/v1/join", post(join))
         .route("/mesh/v1/renew", post(renew))
         .route("/mesh/v1/roots", get(roots))
+        .route("/mesh/v1/config", get(config))
+        .route("/mesh/v1/register", post(register))
+        .route("/mesh/v1/deregister", post(deregister))
         .fallback(|| async { ApiError::not_found("no such route on the mesh port") })
         .with_state(state)
 }
@@ -218,4 +239,142 @@ fn issue_error(e: IssueError) -> ApiError {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the CA could not sign; see the server log")
         }
     }
+}
+
+fn workload(peer: Option<SpiffeId>) -> ApiResult<SpiffeId> {
+    peer.filter(|id| !id.is_control_plane()).ok_or_else(|| {
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "this needs the agent's workload certificate (mTLS)")
+    })
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ConfigQuery {
+    /// The agent's name (its WorkloadEntry's).
+    name: String,
+    service: String,
+    /// The revision the agent runs; the answer waits for a newer one.
+    #[serde(default = "minus_one")]
+    after: i64,
+}
+
+fn minus_one() -> i64 {
+    -1
+}
+
+/// The configuration for agents: the resources they act on at the newest
+/// revision, once it is newer than `after` (long poll); 204 when nothing
+/// changed within [`CONFIG_WAIT`]. Asking with `after=N` acknowledges N.
+async fn config(
+    State(s): State<MeshState>,
+    Extension(Peer(peer)): Extension<Peer>,
+    axum::extract::Query(q): axum::extract::Query<ConfigQuery>,
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse as _;
+    let id = workload(peer)?;
+    let record = |connected: bool| crate::control::ProxyRecord {
+        name: q.name.clone(),
+        identity: id.to_string(),
+        service: q.service.clone(),
+        namespace: id.namespace.clone(),
+        revision: q.after,
+        last_seen_ms: now_ms(),
+        connected,
+    };
+    s.hub.proxies.lock().unwrap_or_else(|e| e.into_inner()).insert(q.name.clone(), record(true));
+    let newer = s.hub.wait_newer(q.after, CONFIG_WAIT).await;
+    s.hub.proxies.lock().unwrap_or_else(|e| e.into_inner()).insert(q.name.clone(), record(false));
+    if !newer {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let revision = s.hub.applied_revision();
+    let resources: Vec<Value> = s
+        .store
+        .all_resources()
+        .await?
+        .iter()
+        .filter(|r| AGENT_KINDS.contains(&r.kind))
+        .map(meshgate_model::Resource::to_value)
+        .collect();
+    Ok(Json(json!({ "revision": revision, "resources": resources })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Registration {
+    name: String,
+    service: String,
+    /// The inbound address other proxies reach this agent at.
+    address: String,
+    port: u16,
+    #[serde(default)]
+    labels: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    locality: Option<String>,
+}
+
+/// An agent's instance as a WorkloadEntry named after the agent, in its
+/// identity's namespace, with `security.istio.io/tlsMode: istio` so every
+/// proxy reaches it over mTLS.
+async fn register(
+    State(s): State<MeshState>,
+    Extension(Peer(peer)): Extension<Peer>,
+    Json(reg): Json<Registration>,
+) -> ApiResult<Json<Value>> {
+    let id = workload(peer)?;
+    let mut labels = reg.labels.clone();
+    labels.insert("app".into(), reg.service.clone());
+    labels.insert("security.istio.io/tlsMode".into(), "istio".into());
+    let mut spec = json!({
+        "address": reg.address,
+        "ports": { "http": reg.port },
+        "labels": labels,
+        "serviceAccount": id.service_account,
+    });
+    if let Some(l) = reg.locality.filter(|l| !l.is_empty()) {
+        spec["locality"] = json!(l);
+    }
+    let doc = json!({
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "WorkloadEntry",
+        "metadata": { "name": reg.name, "namespace": id.namespace, "labels": { "meshgate.io/agent": "true" } },
+        "spec": spec,
+    });
+    let resource = meshgate_model::Resource::from_value(doc, &id.namespace).map_err(|errs| {
+        let details = errs.into_iter().map(|e| crate::api::error::Detail { path: e.path, reason: e.reason }).collect();
+        ApiError::invalid("the registration does not make a valid WorkloadEntry", details)
+    })?;
+    let changes = s.store.apply(&[resource], &format!("agent:{id}"), crate::store::WriteMode::Upsert).await?;
+    s.hub.notify();
+    tracing::info!(agent = %reg.name, identity = %id, address = %reg.address, "agent registered");
+    Ok(Json(json!({ "workloadEntry": format!("{}/{}", id.namespace, reg.name), "changes": changes.len() })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Deregistration {
+    name: String,
+}
+
+async fn deregister(
+    State(s): State<MeshState>,
+    Extension(Peer(peer)): Extension<Peer>,
+    Json(d): Json<Deregistration>,
+) -> ApiResult<Json<Value>> {
+    let id = workload(peer)?;
+    // Only the agent's own entry, in its own namespace.
+    let found = s.store.get(meshgate_model::Kind::WorkloadEntry, &id.namespace, &d.name).await?;
+    let owned = found.as_ref().is_some_and(|o| o.labels.get("meshgate.io/agent").is_some_and(|v| v == "true"));
+    if owned {
+        s.store
+            .delete(meshgate_model::Kind::WorkloadEntry, &id.namespace, &d.name, &format!("agent:{id}"), None)
+            .await?;
+        s.hub.notify();
+    }
+    s.hub.proxies.lock().unwrap_or_else(|e| e.into_inner()).remove(&d.name);
+    Ok(Json(json!({ "removed": owned })))
 }

@@ -363,7 +363,7 @@ async fn forward(
     {
         parts.headers.insert(header::HOST, v);
     }
-    prepare_headers(&mut parts.headers, peer, l.scheme);
+    prepare_headers(&mut parts.headers, peer, l.scheme, l.client_cert.as_ref());
     if let Some(protocol) = &upgrade {
         parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(header::UPGRADE, protocol.clone());
@@ -709,7 +709,7 @@ fn ip_value(ip: std::net::IpAddr) -> HeaderValue {
     .unwrap_or_else(|_| make())
 }
 
-fn prepare_headers(headers: &mut HeaderMap, peer: SocketAddr, scheme: &'static str) {
+fn prepare_headers(headers: &mut HeaderMap, peer: SocketAddr, scheme: &'static str, client_cert: Option<&HeaderValue>) {
     // `te: trailers` is hop-by-hop but gRPC needs it end to end, as Envoy keeps it.
     let trailers = headers.get(header::TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     strip_hop_by_hop(headers);
@@ -719,6 +719,9 @@ fn prepare_headers(headers: &mut HeaderMap, peer: SocketAddr, scheme: &'static s
     // Client-certificate details come only from the gateway, never from the client (Envoy's SANITIZE).
     if headers.contains_key(&X_FORWARDED_CLIENT_CERT) {
         headers.remove(&X_FORWARDED_CLIENT_CERT);
+    }
+    if let Some(xfcc) = client_cert {
+        headers.insert(X_FORWARDED_CLIENT_CERT, xfcc.clone());
     }
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) => HeaderValue::from_maybe_shared(Bytes::from(format!("{prev}, {}", peer.ip()))).ok(),
@@ -780,16 +783,16 @@ mod tests {
     fn forwarded_for_appends_the_peer() {
         let peer: SocketAddr = "10.1.2.3:5555".parse().unwrap();
         let mut h = HeaderMap::new();
-        prepare_headers(&mut h, peer, "http");
+        prepare_headers(&mut h, peer, "http", None);
         assert_eq!(h[&X_FORWARDED_FOR], "10.1.2.3");
         let mut h = HeaderMap::new();
         h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("192.0.2.1"));
-        prepare_headers(&mut h, peer, "https");
+        prepare_headers(&mut h, peer, "https", None);
         assert_eq!(h[&X_FORWARDED_FOR], "192.0.2.1, 10.1.2.3");
         assert_eq!(h[&X_FORWARDED_PROTO], "https");
         // The cached value is per address.
         let mut h = HeaderMap::new();
-        prepare_headers(&mut h, "10.9.9.9:1".parse().unwrap(), "http");
+        prepare_headers(&mut h, "10.9.9.9:1".parse().unwrap(), "http", None);
         assert_eq!(h[&X_FORWARDED_FOR], "10.9.9.9");
     }
 }

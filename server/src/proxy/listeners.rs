@@ -72,6 +72,7 @@ pub async fn manage(
                         scheme: if tls { "https" } else { "http" },
                         clients: clients.clone(),
                         connection_limit: connection_limit.clone(),
+                        client_cert: None,
                     });
                     let acceptor = tls.then(|| super::tls::acceptor(hub.clone(), port));
                     tokio::spawn(super::serve(listener, state, acceptor, stopped));

@@ -37,6 +37,9 @@ pub struct Listener {
     pub clients: Clients,
     /// Shared by every gateway listener: client connections open at once.
     pub connection_limit: Arc<tokio::sync::Semaphore>,
+    /// A sidecar's inbound mTLS connection: the `x-forwarded-client-cert`
+    /// value (`By=<own ID>;URI=<peer ID>`) its requests carry upstream.
+    pub client_cert: Option<http::HeaderValue>,
 }
 
 /// The HTTP/2 upstream client (h2c with prior knowledge: gRPC and `HTTP2`

@@ -1,0 +1,341 @@
+//! The sidecar's data plane, on the gateway's engine: outbound (the app's
+//! calls, routed by Host as VirtualServices bound to `mesh` say, to other
+//! workloads over mTLS) and inbound (mTLS from other proxies, checked
+//! against PeerAuthentication, to the app).
+//!
+//! Both are compiled by the control plane's own compiler from the
+//! resources the control plane pushes: outbound as if a Gateway on the
+//! outbound port bound every `mesh` VirtualService (and a default route for
+//! every ServiceEntry host), inbound as one route to the app. One compiler,
+//! so the gateway and the sidecars cannot disagree on what the YAML means.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use arc_swap::ArcSwap;
+use meshgate_model::security::MtlsMode;
+use meshgate_model::{Body, Resource};
+use serde_json::{Value, json};
+
+use crate::ca::MeshIdentity;
+use crate::control::Hub;
+use crate::control::compile::Compiler;
+
+/// The ports the snapshots are keyed by (Istio's sidecar ports).
+pub const OUTBOUND_PORT: u32 = 15001;
+pub const INBOUND_PORT: u32 = 15006;
+const GATEWAY_NS: &str = "meshgate-system";
+/// Istio's root namespace: a PeerAuthentication there applies mesh-wide.
+const ROOT_NAMESPACES: [&str; 2] = ["istio-system", "meshgate-system"];
+
+/// How inbound connections must be secured (PeerAuthentication).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Permissive = 0,
+    Strict = 1,
+    Disable = 2,
+}
+
+pub struct Sidecar {
+    pub inbound: Arc<Hub>,
+    pub outbound: Arc<Hub>,
+    pub identity: ArcSwap<MeshIdentity>,
+    /// The inbound TLS configuration for the current certificate.
+    pub tls: ArcSwap<rustls::ServerConfig>,
+    mode: AtomicU8,
+    /// True while STRICT: plaintext connections already open close between requests.
+    strict: tokio::sync::watch::Sender<bool>,
+    app: Option<SocketAddr>,
+    namespace: String,
+    labels: std::collections::BTreeMap<String, String>,
+    locality: String,
+    last: std::sync::Mutex<Option<(i64, Vec<Resource>)>>,
+}
+
+impl Sidecar {
+    pub fn new(
+        identity: MeshIdentity,
+        app: Option<SocketAddr>,
+        namespace: String,
+        labels: std::collections::BTreeMap<String, String>,
+        locality: String,
+    ) -> anyhow::Result<Sidecar> {
+        let tls = server_config(&identity)?;
+        Ok(Sidecar {
+            inbound: Hub::new(),
+            outbound: Hub::new(),
+            identity: ArcSwap::from_pointee(identity),
+            tls: ArcSwap::from_pointee(tls),
+            mode: AtomicU8::new(Mode::Permissive as u8),
+            strict: tokio::sync::watch::channel(false).0,
+            app,
+            namespace,
+            labels,
+            locality,
+            last: Default::default(),
+        })
+    }
+
+    pub fn mode(&self) -> Mode {
+        match self.mode.load(Ordering::Relaxed) {
+            1 => Mode::Strict,
+            2 => Mode::Disable,
+            _ => Mode::Permissive,
+        }
+    }
+
+    /// A renewed certificate: new handshakes use it, and outbound mTLS too.
+    pub fn renewed(&self, identity: MeshIdentity) -> anyhow::Result<()> {
+        self.tls.store(Arc::new(server_config(&identity)?));
+        self.identity.store(Arc::new(identity));
+        let last = self.last.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some((revision, resources)) = last {
+            self.compile(revision, &resources);
+        }
+        Ok(())
+    }
+
+    /// New configuration from the control plane.
+    pub fn apply(&self, revision: i64, resources: Vec<Resource>) {
+        self.compile(revision, &resources);
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some((revision, resources));
+    }
+
+    fn compile(&self, revision: i64, resources: &[Resource]) {
+        let identity = self.identity.load_full();
+        let compiler = Compiler {
+            cluster_domain: meshgate_model::hosts::DEFAULT_CLUSTER_DOMAIN,
+            locality: &self.locality,
+            health: &self.outbound.health,
+            mesh: Some(&identity),
+        };
+        self.outbound.install(compiler.compile(revision, &outbound_resources(resources)));
+        if let Some(app) = self.app {
+            let compiler = Compiler { health: &self.inbound.health, ..compiler };
+            self.inbound.install(compiler.compile(revision, &inbound_resources(app)));
+        }
+        let mode = peer_mode(resources, &self.namespace, &self.labels);
+        self.mode.store(mode as u8, Ordering::Relaxed);
+        self.strict.send_replace(mode == Mode::Strict);
+    }
+}
+
+/// The agent's certificate for inbound TLS; client certificates from the
+/// mesh are asked for and, when given, verified (whether one is required
+/// is PeerAuthentication's call, made per connection).
+fn server_config(identity: &MeshIdentity) -> anyhow::Result<rustls::ServerConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for r in &identity.roots {
+        roots.add(r.clone())?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(identity.chain.clone(), identity.key.clone_key())?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// The mode for this workload: the most specific PeerAuthentication wins
+/// (workload selector, then namespace, then the root namespace); UNSET
+/// inherits; PERMISSIVE when none says anything (Istio's default).
+fn peer_mode(resources: &[Resource], namespace: &str, labels: &std::collections::BTreeMap<String, String>) -> Mode {
+    let mut by_workload = None;
+    let mut by_namespace = None;
+    let mut mesh_wide = None;
+    for r in resources {
+        let Body::PeerAuthentication(spec) = &r.body else { continue };
+        let Some(mode) = spec.mtls.as_ref().and_then(|m| m.mode).filter(|m| *m != MtlsMode::Unset) else { continue };
+        let selector = spec.selector.as_ref().map(|s| &s.match_labels).filter(|l| !l.is_empty());
+        if r.namespace() == namespace {
+            match selector {
+                Some(sel) if sel.iter().all(|(k, v)| labels.get(k) == Some(v)) => by_workload = Some(mode),
+                Some(_) => {}
+                None => by_namespace = Some(mode),
+            }
+        } else if ROOT_NAMESPACES.contains(&r.namespace()) && selector.is_none() {
+            mesh_wide = Some(mode);
+        }
+    }
+    match by_workload.or(by_namespace).or(mesh_wide) {
+        Some(MtlsMode::Strict) => Mode::Strict,
+        Some(MtlsMode::Disable) => Mode::Disable,
+        _ => Mode::Permissive,
+    }
+}
+
+fn resource(doc: Value, namespace: &str) -> Option<Resource> {
+    match Resource::from_value(doc, namespace) {
+        Ok(r) => Some(r),
+        Err(errs) => {
+            tracing::error!(?errs, "sidecar: a synthesized resource is invalid");
+            None
+        }
+    }
+}
+
+fn gateway(name: &str, port: u32) -> Option<Resource> {
+    resource(
+        json!({
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "Gateway",
+            "metadata": {"name": name, "namespace": GATEWAY_NS},
+            "spec": {
+                "selector": {"istio": "ingressgateway"},
+                "servers": [{"port": {"number": port, "name": "http", "protocol": "HTTP"}, "hosts": ["*/*"]}],
+            },
+        }),
+        GATEWAY_NS,
+    )
+}
+
+/// The pushed resources with every `mesh` VirtualService bound to an
+/// outbound "gateway", and a default route for each ServiceEntry host no
+/// such VirtualService names.
+fn outbound_resources(pushed: &[Resource]) -> Vec<Resource> {
+    let gw = format!("{GATEWAY_NS}/sidecar-outbound");
+    let mut out: Vec<Resource> = gateway("sidecar-outbound", OUTBOUND_PORT).into_iter().collect();
+    let mut routed = std::collections::BTreeSet::new();
+    for r in pushed {
+        match &r.body {
+            Body::VirtualService(spec) if spec.gateways.is_empty() || spec.gateways.iter().any(|g| g == "mesh") => {
+                let mut vs = r.clone();
+                if let Body::VirtualService(s) = &mut vs.body {
+                    s.gateways = vec![gw.clone()];
+                }
+                for h in &spec.hosts {
+                    routed.insert((r.namespace().to_string(), h.clone()));
+                }
+                out.push(vs);
+            }
+            Body::VirtualService(_) => {}
+            _ => out.push(r.clone()),
+        }
+    }
+    for (i, r) in pushed.iter().enumerate() {
+        let Body::ServiceEntry(spec) = &r.body else { continue };
+        for host in &spec.hosts {
+            if routed.contains(&(r.namespace().to_string(), host.clone())) {
+                continue;
+            }
+            let doc = json!({
+                "apiVersion": "networking.istio.io/v1",
+                "kind": "VirtualService",
+                "metadata": {"name": format!("meshgate-default-{i}-{}", host.replace(['.', '*'], "-")), "namespace": r.namespace()},
+                "spec": {"hosts": [host], "gateways": [gw], "http": [{"route": [{"destination": {"host": host}}]}]},
+            });
+            out.extend(resource(doc, r.namespace()));
+        }
+    }
+    out
+}
+
+/// One route from the inbound port to the app.
+fn inbound_resources(app: SocketAddr) -> Vec<Resource> {
+    let mut out: Vec<Resource> = gateway("sidecar-inbound", INBOUND_PORT).into_iter().collect();
+    out.extend(resource(
+        json!({
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "ServiceEntry",
+            "metadata": {"name": "inbound-app", "namespace": GATEWAY_NS},
+            "spec": {
+                "hosts": ["inbound.app.local"],
+                "location": "MESH_INTERNAL",
+                "resolution": "STATIC",
+                "ports": [{"number": app.port(), "name": "http", "protocol": "HTTP"}],
+                "endpoints": [{"address": app.ip().to_string()}],
+            },
+        }),
+        GATEWAY_NS,
+    ));
+    out.extend(resource(
+        json!({
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "VirtualService",
+            "metadata": {"name": "inbound", "namespace": GATEWAY_NS},
+            "spec": {
+                "hosts": ["*"],
+                "gateways": ["sidecar-inbound"],
+                "http": [{"route": [{"destination": {"host": "inbound.app.local", "port": {"number": app.port()}}}]}],
+            },
+        }),
+        GATEWAY_NS,
+    ));
+    out
+}
+
+async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Serves the inbound port: TLS connections (by their first byte) are
+/// terminated with the agent's certificate and carry the peer's identity
+/// to the app; plaintext is served unless the mode is STRICT; STRICT also
+/// refuses TLS without a mesh client certificate.
+pub async fn serve_inbound(
+    listener: tokio::net::TcpListener,
+    sidecar: Arc<Sidecar>,
+    base: Arc<crate::proxy::Listener>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = stopped(&mut stop) => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "inbound: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let (sidecar, base, stop) = (sidecar.clone(), base.clone(), stop.clone());
+        tokio::spawn(async move {
+            let _ = stream.set_nodelay(true);
+            let mut first = [0u8; 1];
+            let tls = match tokio::time::timeout(std::time::Duration::from_secs(10), stream.peek(&mut first)).await {
+                Ok(Ok(1)) => first[0] == 0x16,
+                _ => return,
+            };
+            let mode = sidecar.mode();
+            if !tls {
+                if mode == Mode::Strict {
+                    return tracing::debug!(%peer, "inbound: plaintext refused (STRICT)");
+                }
+                let mut stream = stream;
+                let (rd, wr) = stream.split();
+                // Closed between requests once the mode turns STRICT.
+                let strict = sidecar.strict.subscribe();
+                return crate::proxy::h1::server::serve(rd, wr, base, peer, strict).await;
+            }
+            let acceptor = tokio_rustls::TlsAcceptor::from(sidecar.tls.load_full());
+            let stream = match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await {
+                Ok(Ok(s)) => s,
+                _ => return tracing::debug!(%peer, "inbound: TLS handshake failed"),
+            };
+            let caller =
+                stream.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(crate::ca::SpiffeId::from_cert);
+            if caller.is_none() && mode == Mode::Strict {
+                return tracing::debug!(%peer, "inbound: TLS without a mesh client certificate refused (STRICT)");
+            }
+            let own = sidecar.identity.load().id.to_string();
+            let xfcc = caller.and_then(|c| http::HeaderValue::from_str(&format!("By={own};URI={c}")).ok());
+            let listener = Arc::new(crate::proxy::Listener {
+                hub: base.hub.clone(),
+                gateway_port: base.gateway_port,
+                scheme: "https",
+                clients: base.clients.clone(),
+                connection_limit: base.connection_limit.clone(),
+                client_cert: xfcc,
+            });
+            let (rd, wr) = tokio::io::split(stream);
+            crate::proxy::h1::server::serve(rd, wr, listener, peer, stop).await;
+        });
+    }
+}
