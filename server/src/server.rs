@@ -100,6 +100,7 @@ pub async fn run(
         clients: clients.clone(),
         connection_limit: connection_limit.clone(),
         client_cert: None,
+        peer_identity: None,
     });
     let secure = Arc::new(proxy::Listener {
         hub: hub.clone(),
@@ -108,6 +109,7 @@ pub async fn run(
         clients,
         connection_limit: connection_limit.clone(),
         client_cert: None,
+        peer_identity: None,
     });
     let more_ports = tokio::spawn(proxy::listeners::manage(
         hub.clone(),

@@ -386,3 +386,59 @@ fn unsafe_terminate(agent: &mut Agent) {
     let _ = Command::new("kill").arg("-TERM").arg(agent.child.id().to_string()).status();
     let _ = agent.child.wait();
 }
+
+#[test]
+fn authorization_policies_allow_and_deny_between_services() {
+    let server = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let fp = server.ca_fingerprint.clone();
+    let app = crate::upstream::Upstream::start("users");
+    server.apply(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: user-service}\nspec:\n  hosts: [user-service]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  workloadSelector: {labels: {app: user-service}}\n",
+    );
+    let app_addr = format!("127.0.0.1:{}", app.port());
+    let t = token(&server, &["--service", "user-service"]);
+    let mut users = Agent::start(
+        &server,
+        &tmp.path().join("users"),
+        &["--token", &t, "--service", "user-service", "--ca-fingerprint", &fp, "--app", &app_addr],
+    );
+    users.wait_for("meshgate agent ready ");
+    let mut outbound = std::collections::BTreeMap::new();
+    let mut agents = Vec::new();
+    for service in ["orders", "billing"] {
+        let t = token(&server, &["--service", service]);
+        let mut a = Agent::start(
+            &server,
+            &tmp.path().join(service),
+            &["--token", &t, "--service", service, "--ca-fingerprint", &fp],
+        );
+        outbound.insert(service, field(&a.wait_for("meshgate agent ready "), "outbound=").to_string());
+        agents.push(a);
+    }
+    let c = server.http();
+    let call = |from: &str, method: reqwest::Method, path: &str| {
+        let r = c
+            .request(method, format!("http://{}{path}", outbound[from]))
+            .header("host", "user-service")
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    };
+    server.apply(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: users-allow}\nspec:\n  selector: {matchLabels: {app: user-service}}\n  action: ALLOW\n  rules:\n  - from: [{source: {principals: [cluster.local/ns/default/sa/orders]}}]\n    to: [{operation: {methods: [GET], paths: [/users/*]}}]\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: admin-deny}\nspec:\n  action: DENY\n  rules:\n  - to: [{operation: {paths: [/users/admin*]}}]\n",
+    );
+    wait_synced(&server, 3);
+    assert_eq!(call("orders", reqwest::Method::GET, "/users/1"), (200, "users".to_string()));
+    assert_eq!(call("orders", reqwest::Method::POST, "/users/1"), (403, "RBAC: access denied\n".to_string()));
+    assert_eq!(call("billing", reqwest::Method::GET, "/users/1").0, 403, "another caller");
+    assert_eq!(call("orders", reqwest::Method::GET, "/users/admin").0, 403, "DENY comes first");
+    assert_eq!(app.last().path, "/users/1", "refused requests never reached the app");
+
+    // Without the ALLOW policy, anyone may call (but DENY still holds).
+    server.ok(&["delete", "authorizationpolicy", "users-allow"]);
+    wait_synced(&server, 3);
+    assert_eq!(call("billing", reqwest::Method::GET, "/users/2").0, 200);
+    assert_eq!(call("billing", reqwest::Method::GET, "/users/admin").0, 403);
+    drop(agents);
+}

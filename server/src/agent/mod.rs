@@ -138,6 +138,7 @@ pub async fn run(args: AgentArgs, shutdown: impl std::future::Future<Output = ()
             clients: crate::proxy::Clients::new(),
             connection_limit: Arc::new(tokio::sync::Semaphore::new(10_000)),
             client_cert: None,
+            peer_identity: None,
         })
     };
     let outbound = tokio::net::TcpListener::bind(args.outbound)

@@ -113,11 +113,38 @@ impl Sidecar {
         self.outbound.install(compiler.compile(revision, &outbound_resources(resources)));
         if let Some(app) = self.app {
             let compiler = Compiler { health: &self.inbound.health, ..compiler };
-            self.inbound.install(compiler.compile(revision, &inbound_resources(app)));
+            let mut inbound = compiler.compile(revision, &inbound_resources(app));
+            let mut authz = crate::proxy::authz::Authz::compile(self.policies(resources));
+            if !authz.is_empty() {
+                authz.port = app.port();
+                inbound.authz = Some(Arc::new(authz));
+            }
+            self.inbound.install(inbound);
         }
         let mode = peer_mode(resources, &self.namespace, &self.labels);
         self.mode.store(mode as u8, Ordering::Relaxed);
         self.strict.send_replace(mode == Mode::Strict);
+    }
+}
+
+impl Sidecar {
+    /// The AuthorizationPolicies that select this workload: those in its
+    /// namespace and the root namespace, without a selector or with one its
+    /// labels match (policies for gateways, by `targetRef`, are not its).
+    fn policies<'a>(
+        &'a self,
+        resources: &'a [Resource],
+    ) -> impl Iterator<Item = (String, &'a meshgate_model::security::AuthorizationPolicySpec)> + 'a {
+        resources.iter().filter_map(move |r| {
+            let Body::AuthorizationPolicy(spec) = &r.body else { return None };
+            let here = r.namespace() == self.namespace || ROOT_NAMESPACES.contains(&r.namespace());
+            let targeted = spec.target_ref.is_some() || !spec.target_refs.is_empty();
+            let selected = spec
+                .selector
+                .as_ref()
+                .is_none_or(|s| s.match_labels.iter().all(|(k, v)| self.labels.get(k) == Some(v)));
+            (here && !targeted && selected).then(|| (format!("{}/{}", r.namespace(), r.name()), spec))
+        })
     }
 }
 
@@ -324,6 +351,7 @@ pub async fn serve_inbound(
             if caller.is_none() && mode == Mode::Strict {
                 return tracing::debug!(%peer, "inbound: TLS without a mesh client certificate refused (STRICT)");
             }
+            let caller_id = caller.clone().map(Arc::new);
             let own = sidecar.identity.load().id.to_string();
             let xfcc = caller.and_then(|c| http::HeaderValue::from_str(&format!("By={own};URI={c}")).ok());
             let listener = Arc::new(crate::proxy::Listener {
@@ -333,6 +361,7 @@ pub async fn serve_inbound(
                 clients: base.clients.clone(),
                 connection_limit: base.connection_limit.clone(),
                 client_cert: xfcc,
+                peer_identity: caller_id,
             });
             let (rd, wr) = tokio::io::split(stream);
             crate::proxy::h1::server::serve(rd, wr, listener, peer, stop).await;

@@ -266,6 +266,7 @@ impl Compiler<'_> {
                     (port, Arc::new(c))
                 })
                 .collect(),
+            authz: None,
         };
         for (port, hosts) in hosts_by_port {
             let mut table = PortRoutes::default();

@@ -24,6 +24,8 @@ pub struct Snapshot {
     pub listeners: std::collections::BTreeMap<u32, ListenerKind>,
     /// TCP and TLS-passthrough routes by Gateway port, first match wins.
     pub l4: HashMap<u32, Arc<Vec<L4Route>>>,
+    /// A sidecar's inbound AuthorizationPolicies, checked before routing.
+    pub authz: Option<Arc<super::authz::Authz>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -110,6 +110,12 @@ async fn route(l: &Listener, peer: SocketAddr, mut req: Request<ProxyBody>) -> R
         }
     }
     let snapshot = l.hub.snapshot();
+    if let Some(authz) = &snapshot.authz
+        && let Err(why) = authorize(authz, l, peer, &req)
+    {
+        tracing::debug!(%peer, reason = %why, "RBAC: access denied");
+        return local(StatusCode::FORBIDDEN, "RBAC", "RBAC: access denied\n");
+    }
     let Some(port) = snapshot.ports.get(&l.gateway_port) else {
         return local(StatusCode::NOT_FOUND, "NR", "no route: no Gateway serves this port\n");
     };
@@ -174,6 +180,24 @@ async fn route(l: &Listener, peer: SocketAddr, mut req: Request<ProxyBody>) -> R
     }
     route.response_headers.apply(resp.headers_mut());
     resp
+}
+
+/// AuthorizationPolicy for a sidecar's inbound request.
+fn authorize<B>(authz: &super::authz::Authz, l: &Listener, peer: SocketAddr, req: &Request<B>) -> Result<(), String> {
+    let principal = l.peer_identity.as_ref().map(|id| id.to_string());
+    let principal = principal.as_deref().and_then(|p| p.strip_prefix("spiffe://"));
+    let mut scratch = String::new();
+    let facts = super::authz::Facts {
+        principal,
+        namespace: l.peer_identity.as_ref().map(|id| id.namespace.as_str()),
+        ip: peer.ip(),
+        host: request_host(req, &mut scratch),
+        method: req.method().as_str(),
+        path: req.uri().path_and_query().map_or("/", |p| p.as_str()),
+        port: authz.port,
+        headers: req.headers(),
+    };
+    authz.check(&facts)
 }
 
 fn preflight_headers(cors: &super::config::Cors, origin: &HeaderValue, h: &mut HeaderMap) {

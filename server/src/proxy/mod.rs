@@ -2,6 +2,7 @@
 //! sidecar inbound and outbound). It runs from the immutable [`Snapshot`]
 //! the control plane swaps in, never from the database.
 
+pub mod authz;
 mod body;
 pub mod config;
 pub mod h1;
@@ -40,6 +41,8 @@ pub struct Listener {
     /// A sidecar's inbound mTLS connection: the `x-forwarded-client-cert`
     /// value (`By=<own ID>;URI=<peer ID>`) its requests carry upstream.
     pub client_cert: Option<http::HeaderValue>,
+    /// The same connection's peer identity, for AuthorizationPolicy.
+    pub peer_identity: Option<Arc<crate::ca::SpiffeId>>,
 }
 
 /// The HTTP/2 upstream client (h2c with prior knowledge: gRPC and `HTTP2`
