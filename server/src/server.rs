@@ -35,11 +35,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     on_ready: impl FnOnce(&Ready),
 ) -> anyhow::Result<()> {
-    if !config.sidecars.is_empty() {
-        anyhow::bail!(
-            "--sidecar: in-process sidecar agents are not built yet; run `meshgate agent` once the mesh lands"
-        );
-    }
+    let sidecars = crate::agent::supervise::parse_all(&config.sidecars)?;
     prepare_data_dir(&config.data_dir)?;
     let store = store::open(&config.data_dir.join("meshgate.db")).await?;
     bootstrap(&store, &config.data_dir).await?;
@@ -85,6 +81,8 @@ pub async fn run(
     let manager_stop = stop_rx.clone();
     let workers_stop = stop_rx.clone();
     let mesh_stop = stop_rx.clone();
+    // Sidecars stop before everything else: they deregister through the mesh port.
+    let (agents_stop, stop_rx_agents) = tokio::sync::watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();
         async move {
@@ -145,8 +143,31 @@ pub async fn run(
     hub.wait_for(0, std::time::Duration::from_secs(10)).await;
     metrics.startup_seconds.observe(started.elapsed().as_secs_f64());
     on_ready(&ready);
+    // Sidecars for this host's services, once the mesh port serves.
+    let mesh_for_agents = if ready.mesh.ip().is_unspecified() {
+        std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), ready.mesh.port())
+    } else {
+        ready.mesh
+    };
+    let supervised: Vec<_> = sidecars
+        .into_iter()
+        .map(|spec| {
+            tokio::spawn(crate::agent::supervise::supervise(
+                spec,
+                store.clone(),
+                mesh_for_agents.to_string(),
+                ready.ca_fingerprint.clone(),
+                config.data_dir.clone(),
+                stop_rx_agents.clone(),
+            ))
+        })
+        .collect();
 
     shutdown.await;
+    let _ = agents_stop.send(true);
+    for s in supervised {
+        let _ = s.await;
+    }
     let _ = stop_tx.send(true);
     // In-flight requests finish; a connection that will not close is cut after the grace period.
     let drained = tokio::time::timeout(std::time::Duration::from_secs(30), async {

@@ -442,3 +442,70 @@ fn authorization_policies_allow_and_deny_between_services() {
     assert_eq!(call("billing", reqwest::Method::GET, "/users/admin").0, 403);
     drop(agents);
 }
+
+#[test]
+fn up_runs_and_supervises_sidecars_for_local_services() {
+    let app = crate::upstream::Upstream::start("local-app");
+    let spec = format!(
+        "service=user-service,version=v2,app=127.0.0.1:{},inbound=127.0.0.1:0,outbound=127.0.0.1:0",
+        app.port()
+    );
+    let server = Server::start_with(&["--sidecar", &spec]);
+    let ready = server.wait_stdout("[user-service] meshgate agent ready ");
+    assert_eq!(field(&ready, "identity="), "spiffe://cluster.local/ns/default/sa/user-service");
+    let name = field(&ready, "name=").to_string();
+    let outbound = field(&ready, "outbound=").to_string();
+    let we = server.ok(&["get", "workloadentry", &name, "-o", "json"]);
+    assert!(we.contains("\"version\": \"v2\""), "{we}");
+
+    // The sidecar serves: its own service through its outbound port.
+    server.apply(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: user-service}\nspec:\n  hosts: [user-service]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  workloadSelector: {labels: {app: user-service}}\n",
+    );
+    wait_synced(&server, 1);
+    let r = server.http().get(format!("http://{outbound}/self")).header("host", "user-service").send().unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.text().unwrap(), "local-app");
+
+    // Killed, it is restarted (no token needed: its certificate is on disk).
+    let pid = ready_pid(&server, &name);
+    let _ = Command::new("kill").args(["-KILL", &pid]).status();
+    server.wait_stdout("[user-service] resumed certificate ");
+    server.wait_stdout("[user-service] meshgate agent ready ");
+
+    // Bad specs are refused before anything starts.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "up",
+            "--admin",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--https",
+            "127.0.0.1:0",
+            "--mesh",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(tmp.path().join("d"))
+        .args(["--sidecar", "service=a,colour=red"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("unknown key \"colour\""), "{}", text(&out.stderr));
+}
+
+/// The pid of the agent process named `name` (from /proc).
+fn ready_pid(server: &Server, name: &str) -> String {
+    let dir = server.data_dir.join("agents").join("user-service");
+    assert!(std::fs::read_to_string(dir.join("name")).unwrap().trim() == name);
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(" agent ") && cmdline.contains(dir.to_str().unwrap()) {
+            return entry.file_name().to_string_lossy().into_owned();
+        }
+    }
+    panic!("no agent process for {name}");
+}

@@ -25,6 +25,8 @@ pub struct Server {
     pub ca_fingerprint: String,
     pub data_dir: PathBuf,
     pub stdout: Vec<String>,
+    /// Standard output after the ready line, as it comes.
+    pub more: std::sync::Mutex<mpsc::Receiver<String>>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -122,7 +124,23 @@ impl Server {
             ca_fingerprint,
             data_dir: data_dir.to_path_buf(),
             stdout: lines,
+            more: std::sync::Mutex::new(rx),
             _tmp: None,
+        }
+    }
+
+    /// The next stdout line that starts with `prefix` (later lines are skipped past).
+    pub fn wait_stdout(&self, prefix: &str) -> String {
+        let deadline = std::time::Instant::now() + READY_TIMEOUT;
+        let more = self.more.lock().unwrap();
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match more.recv_timeout(left) {
+                Ok(line) if line.starts_with(prefix) => return line,
+                Ok(line) => seen.push(line),
+                Err(_) => panic!("no stdout line starting with {prefix:?}; saw {seen:?}"),
+            }
         }
     }
 

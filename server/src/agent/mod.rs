@@ -21,6 +21,7 @@ use crate::ca::verify::{Accept, Anchors, MeshVerifier};
 use crate::ca::{MeshIdentity, SpiffeId};
 
 pub mod sidecar;
+pub mod supervise;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct AgentArgs {
@@ -84,8 +85,30 @@ struct Held {
 pub fn main(args: AgentArgs) -> anyhow::Result<i32> {
     crate::telemetry_init();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
-    runtime.block_on(run(args, crate::server::shutdown_signal()))?;
+    let supervised = std::env::var_os("MESHGATE_SUPERVISED").is_some();
+    runtime.block_on(run(args, async move {
+        tokio::select! {
+            () = crate::server::shutdown_signal() => {}
+            () = parent_gone(supervised) => tracing::warn!("meshgate up is gone; stopping"),
+        }
+    }))?;
     Ok(0)
+}
+
+/// Under `meshgate up --sidecar`, standard input is a pipe from `up`:
+/// end of file means `up` is gone (even killed), and the agent stops.
+async fn parent_gone(supervised: bool) {
+    if !supervised {
+        return std::future::pending().await;
+    }
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 64];
+    loop {
+        match tokio::io::AsyncReadExt::read(&mut stdin, &mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
 }
 
 pub async fn run(args: AgentArgs, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
