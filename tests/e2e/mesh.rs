@@ -509,3 +509,48 @@ fn ready_pid(server: &Server, name: &str) -> String {
     }
     panic!("no agent process for {name}");
 }
+
+#[test]
+fn traffic_flows_while_the_control_plane_is_down_and_agents_resync_after() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let server = Server::start_in(&data, &[]);
+    let mesh_addr = server.mesh.trim_start_matches("https://").to_string();
+    let fp = server.ca_fingerprint.clone();
+    let app = crate::upstream::Upstream::start("steady");
+    server.apply(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: user-service}\nspec:\n  hosts: [user-service]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  workloadSelector: {labels: {app: user-service}}\n",
+    );
+    let app_addr = format!("127.0.0.1:{}", app.port());
+    let t = token(&server, &["--service", "user-service"]);
+    let mut users = Agent::start(
+        &server,
+        &tmp.path().join("users"),
+        &["--token", &t, "--service", "user-service", "--ca-fingerprint", &fp, "--app", &app_addr],
+    );
+    users.wait_for("meshgate agent ready ");
+    let t = token(&server, &["--service", "orders"]);
+    let mut orders = Agent::start(
+        &server,
+        &tmp.path().join("orders"),
+        &["--token", &t, "--service", "orders", "--ca-fingerprint", &fp],
+    );
+    let outbound = field(&orders.wait_for("meshgate agent ready "), "outbound=").to_string();
+    wait_synced(&server, 2);
+    let c = server.http();
+    let get =
+        || c.get(format!("http://{outbound}/")).header("host", "user-service").send().map(|r| r.status().as_u16());
+    assert_eq!(get().unwrap(), 200);
+
+    // kill -9 the control plane: the sidecars keep serving what they have.
+    server.crash();
+    for _ in 0..20 {
+        assert_eq!(get().unwrap(), 200, "a request failed while the control plane was down");
+    }
+
+    // Back on the same data dir and mesh address: the agents find it again and catch up.
+    let server = Server::start_in_with(&data, &["--mesh", &mesh_addr]);
+    server.apply("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec:\n  mtls: {mode: STRICT}\n");
+    wait_synced(&server, 2);
+    assert_eq!(get().unwrap(), 200);
+}

@@ -53,25 +53,26 @@ impl Server {
         Server::start_full(data_dir, env, &[])
     }
 
+    /// Starts meshgate on `data_dir` (kept by the caller) with extra `up` flags.
+    pub fn start_in_with(data_dir: &Path, args: &[&str]) -> Server {
+        Server::start_full(data_dir, &[], args)
+    }
+
     fn start_full(data_dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Server {
         let mut cmd = Command::new(BIN);
-        cmd.args([
-            "up",
-            "--admin",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-            "--https",
-            "127.0.0.1:0",
-            "--mesh",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
-        .env("MESHGATE_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+        cmd.arg("up");
+        // Port 0 for every listener the caller does not choose.
+        for flag in ["--admin", "--http", "--https", "--mesh"] {
+            if !args.contains(&flag) {
+                cmd.args([flag, "127.0.0.1:0"]);
+            }
+        }
+        cmd.arg("--data-dir")
+            .arg(data_dir)
+            .args(args)
+            .env("MESHGATE_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
         for (k, v) in env {
             cmd.env(k, v);
         }
