@@ -17,7 +17,7 @@ cleanup() { for ((i=${#PIDS[@]}-1; i>=0; i--)); do kill "${PIDS[$i]}" 2>/dev/nul
 trap cleanup EXIT
 mkfifo "$W/up"
 MESHGATE_LOG=warn "$BIN" up --data-dir "$W/data" --admin 127.0.0.1:0 --http 127.0.0.1:0 --https 127.0.0.1:0 --mesh 127.0.0.1:0 >"$W/up" &
-UP=$!
+PIDS+=($!)
 while read -r line; do
   case "$line" in
     "mesh CA root: "*) FP=$(awk '{print $4}' <<<"$line");;
