@@ -15,17 +15,8 @@ W=$(mktemp -d)
 PIDS=()
 cleanup() { for ((i=${#PIDS[@]}-1; i>=0; i--)); do kill "${PIDS[$i]}" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$W"; }
 trap cleanup EXIT
-mkfifo "$W/up"
-MESHGATE_LOG=warn "$BIN" up --data-dir "$W/data" --admin 127.0.0.1:0 --http 127.0.0.1:0 --https 127.0.0.1:0 --mesh 127.0.0.1:0 >"$W/up" &
-PIDS+=($!)
-while read -r line; do
-  case "$line" in
-    "mesh CA root: "*) FP=$(awk '{print $4}' <<<"$line");;
-    "meshgate ready "*) ADMIN=$(sed -E 's/.*admin=([^ ]+).*/\1/' <<<"$line"); MESH=$(sed -E 's/.* mesh=([^ ]+).*/\1/' <<<"$line"); break;;
-  esac
-done <"$W/up"
-cat "$W/up" >/dev/null &
-export MESHGATE_SERVER=$ADMIN MESHGATE_TOKEN=$(cat "$W/data/admin.token")
+. bench/lib.sh
+start_meshgate
 for i in $(seq 1 "$N"); do
   tok=$("$BIN" token create --service "svc-$i" 2>/dev/null)
   MESHGATE_LOG=error "$BIN" agent --join "https://$MESH" --token "$tok" --service "svc-$i" --ca-fingerprint "$FP" \

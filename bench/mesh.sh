@@ -28,17 +28,8 @@ http { access_log off; keepalive_requests 1000000;
 NG
 nginx -c "$W/app.conf" -p "$W" & PIDS+=($!)
 
-mkfifo "$W/up"
-MESHGATE_LOG=warn "$BIN" up --data-dir "$W/data" --admin 127.0.0.1:0 --http 127.0.0.1:0 --https 127.0.0.1:0 --mesh 127.0.0.1:0 >"$W/up" &
-PIDS+=($!)
-while read -r line; do
-  case "$line" in
-    "mesh CA root: "*) FP=$(awk '{print $4}' <<<"$line");;
-    "meshgate ready "*) ADMIN=$(sed -E 's/.*admin=([^ ]+).*/\1/' <<<"$line"); MESH=$(sed -E 's/.* mesh=([^ ]+).*/\1/' <<<"$line"); break;;
-  esac
-done <"$W/up"
-cat "$W/up" >/dev/null &
-export MESHGATE_SERVER=$ADMIN MESHGATE_TOKEN=$(cat "$W/data/admin.token")
+. bench/lib.sh
+start_meshgate
 "$BIN" apply -f - >/dev/null <<'YAML'
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry

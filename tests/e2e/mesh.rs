@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 
 use crate::support::{BIN, Server, text};
 
+/// `user-service`: the workloads that agents register with `app: user-service`.
+const USER_SERVICE: &str = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: user-service}\nspec:\n  hosts: [user-service]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  workloadSelector: {labels: {app: user-service}}\n";
+
 /// Bounds a wait that only a hang would exceed.
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -266,6 +269,31 @@ fn istio_mutual_from_the_gateway_presents_its_mesh_certificate() {
     assert_ne!(get().0, 200);
 }
 
+/// A ready sidecar for `user-service` in front of `app`, and its ready line.
+fn user_service_sidecar(
+    server: &Server,
+    dir: &Path,
+    app: &crate::upstream::Upstream,
+    extra: &[&str],
+) -> (Agent, String) {
+    let t = token(server, &["--service", "user-service"]);
+    let app_addr = format!("127.0.0.1:{}", app.port());
+    let mut args = vec![
+        "--token",
+        &t,
+        "--service",
+        "user-service",
+        "--ca-fingerprint",
+        &server.ca_fingerprint,
+        "--app",
+        &app_addr,
+    ];
+    args.extend_from_slice(extra);
+    let mut agent = Agent::start(server, dir, &args);
+    let ready = agent.wait_for("meshgate agent ready ");
+    (agent, ready)
+}
+
 fn proxy_status(server: &Server) -> serde_json::Value {
     server.http().get(server.url("/api/v1/proxy-status")).bearer_auth(server.token()).send().unwrap().json().unwrap()
 }
@@ -293,27 +321,8 @@ fn sidecars_carry_calls_over_mtls_and_peer_authentication_decides() {
     let tmp = tempfile::tempdir().unwrap();
     let fp = server.ca_fingerprint.clone();
     let app = crate::upstream::Upstream::start("user-v1");
-    server.apply(
-        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: user-service}\nspec:\n  hosts: [user-service]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  workloadSelector: {labels: {app: user-service}}\n",
-    );
-    let app_addr = format!("127.0.0.1:{}", app.port());
-    let t = token(&server, &["--service", "user-service"]);
-    let ports = ["--inbound", "127.0.0.1:0", "--outbound", "127.0.0.1:0"];
-    let mut args = vec![
-        "--token",
-        &t,
-        "--service",
-        "user-service",
-        "--ca-fingerprint",
-        &fp,
-        "--app",
-        &app_addr,
-        "--version",
-        "v1",
-    ];
-    args.extend(ports);
-    let mut server_side = Agent::start(&server, &tmp.path().join("user"), &args);
-    let ready = server_side.wait_for("meshgate agent ready ");
+    server.apply(USER_SERVICE);
+    let (mut server_side, ready) = user_service_sidecar(&server, &tmp.path().join("user"), &app, &["--version", "v1"]);
     let inbound = field(&ready, "inbound=").to_string();
     let name = field(&ready, "name=").to_string();
 
@@ -393,17 +402,8 @@ fn authorization_policies_allow_and_deny_between_services() {
     let tmp = tempfile::tempdir().unwrap();
     let fp = server.ca_fingerprint.clone();
     let app = crate::upstream::Upstream::start("users");
-    server.apply(
-        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: user-service}\nspec:\n  hosts: [user-service]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  workloadSelector: {labels: {app: user-service}}\n",
-    );
-    let app_addr = format!("127.0.0.1:{}", app.port());
-    let t = token(&server, &["--service", "user-service"]);
-    let mut users = Agent::start(
-        &server,
-        &tmp.path().join("users"),
-        &["--token", &t, "--service", "user-service", "--ca-fingerprint", &fp, "--app", &app_addr],
-    );
-    users.wait_for("meshgate agent ready ");
+    server.apply(USER_SERVICE);
+    let (_users, _) = user_service_sidecar(&server, &tmp.path().join("users"), &app, &[]);
     let mut outbound = std::collections::BTreeMap::new();
     let mut agents = Vec::new();
     for service in ["orders", "billing"] {
@@ -459,9 +459,7 @@ fn up_runs_and_supervises_sidecars_for_local_services() {
     assert!(we.contains("\"version\": \"v2\""), "{we}");
 
     // The sidecar serves: its own service through its outbound port.
-    server.apply(
-        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: user-service}\nspec:\n  hosts: [user-service]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  workloadSelector: {labels: {app: user-service}}\n",
-    );
+    server.apply(USER_SERVICE);
     wait_synced(&server, 1);
     let r = server.http().get(format!("http://{outbound}/self")).header("host", "user-service").send().unwrap();
     assert_eq!(r.status().as_u16(), 200);
@@ -518,17 +516,8 @@ fn traffic_flows_while_the_control_plane_is_down_and_agents_resync_after() {
     let mesh_addr = server.mesh.trim_start_matches("https://").to_string();
     let fp = server.ca_fingerprint.clone();
     let app = crate::upstream::Upstream::start("steady");
-    server.apply(
-        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: user-service}\nspec:\n  hosts: [user-service]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  workloadSelector: {labels: {app: user-service}}\n",
-    );
-    let app_addr = format!("127.0.0.1:{}", app.port());
-    let t = token(&server, &["--service", "user-service"]);
-    let mut users = Agent::start(
-        &server,
-        &tmp.path().join("users"),
-        &["--token", &t, "--service", "user-service", "--ca-fingerprint", &fp, "--app", &app_addr],
-    );
-    users.wait_for("meshgate agent ready ");
+    server.apply(USER_SERVICE);
+    let (_users, _) = user_service_sidecar(&server, &tmp.path().join("users"), &app, &[]);
     let t = token(&server, &["--service", "orders"]);
     let mut orders = Agent::start(
         &server,

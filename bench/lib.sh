@@ -1,0 +1,24 @@
+# Shared by the mesh benchmarks (sourced): start_meshgate runs `meshgate
+# up` ($BIN) on loopback with its data in $W/data, appends its pid to PIDS,
+# sets ADMIN, MESH and FP (the CA root's fingerprint) and exports
+# MESHGATE_SERVER and MESHGATE_TOKEN for the CLI.
+start_meshgate() {
+  mkfifo "$W/up"
+  MESHGATE_LOG=warn "$BIN" up --data-dir "$W/data" --admin 127.0.0.1:0 --http 127.0.0.1:0 --https 127.0.0.1:0 \
+    --mesh 127.0.0.1:0 >"$W/up" &
+  PIDS+=($!)
+  local line
+  while read -r line; do
+    case "$line" in
+      "mesh CA root: "*) FP=$(awk '{print $4}' <<<"$line");;
+      "meshgate ready "*)
+        ADMIN=$(sed -E 's/.*admin=([^ ]+).*/\1/' <<<"$line")
+        MESH=$(sed -E 's/.* mesh=([^ ]+).*/\1/' <<<"$line")
+        break;;
+    esac
+  done <"$W/up"
+  cat "$W/up" >/dev/null &
+  MESHGATE_SERVER=$ADMIN
+  MESHGATE_TOKEN=$(cat "$W/data/admin.token")
+  export MESHGATE_SERVER MESHGATE_TOKEN
+}
