@@ -24,7 +24,12 @@ struct Agent {
 
 impl Agent {
     fn start(server: &Server, dir: &Path, args: &[&str]) -> Agent {
-        let mut child = agent_command(server, dir, args).stdout(Stdio::piped()).spawn().expect("spawn agent");
+        Agent::start_at(&server.mesh, dir, args)
+    }
+
+    /// An agent of the control plane at `mesh` (`https://ADDR`), up or not.
+    fn start_at(mesh: &str, dir: &Path, args: &[&str]) -> Agent {
+        let mut child = agent_command(mesh, dir, args).stdout(Stdio::piped()).spawn().expect("spawn agent");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -62,9 +67,9 @@ impl Drop for Agent {
     }
 }
 
-fn agent_command(server: &Server, dir: &Path, args: &[&str]) -> Command {
+fn agent_command(mesh: &str, dir: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(BIN);
-    cmd.args(["agent", "--join", &server.mesh, "--data-dir"]).arg(dir).args(args);
+    cmd.args(["agent", "--join", mesh, "--data-dir"]).arg(dir).args(args);
     // Port 0 unless the test chooses: tests run side by side.
     for flag in ["--inbound", "--outbound"] {
         if !args.contains(&flag) {
@@ -77,7 +82,7 @@ fn agent_command(server: &Server, dir: &Path, args: &[&str]) -> Command {
 
 /// Runs an agent that is expected to give up; returns its output.
 fn agent_fails(server: &Server, dir: &Path, args: &[&str]) -> Output {
-    let out = agent_command(server, dir, args).stdout(Stdio::piped()).output().expect("run agent");
+    let out = agent_command(&server.mesh, dir, args).stdout(Stdio::piped()).output().expect("run agent");
     assert!(!out.status.success(), "agent {args:?} should have failed:\n{}", text(&out.stdout));
     out
 }
@@ -536,6 +541,16 @@ fn traffic_flows_while_the_control_plane_is_down_and_agents_resync_after() {
     for _ in 0..20 {
         assert_eq!(get().unwrap(), 200, "a request failed while the control plane was down");
     }
+
+    // An agent restarted meanwhile serves from what it keeps on disk: certificate and configuration.
+    drop(orders);
+    let mut orders =
+        Agent::start_at(&format!("https://{mesh_addr}"), &tmp.path().join("orders"), &["--service", "orders"]);
+    orders.wait_for("resumed configuration ");
+    let outbound = field(&orders.wait_for("meshgate agent ready "), "outbound=").to_string();
+    let get =
+        || c.get(format!("http://{outbound}/")).header("host", "user-service").send().map(|r| r.status().as_u16());
+    assert_eq!(get().unwrap(), 200);
 
     // Back on the same data dir and mesh address: the agents find it again and catch up.
     let server = Server::start_in_with(&data, &["--mesh", &mesh_addr]);

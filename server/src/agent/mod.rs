@@ -185,7 +185,24 @@ pub async fn run(args: AgentArgs, shutdown: impl std::future::Future<Output = ()
     // Configuration: the first version before saying ready (briefly: a
     // control plane that is down does not stop the agent).
     let (first_tx, first_rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(follow_config(endpoint.clone(), sidecar.clone(), name.clone(), args.service.clone(), first_tx));
+    // The last configuration kept on disk serves at once, also while the control plane is down.
+    let first_tx = match load_config(&args.data_dir) {
+        Some((revision, resources)) => {
+            sidecar.apply(revision, resources);
+            println!("resumed configuration revision={revision} from {}", args.data_dir.display());
+            let _ = first_tx.send(());
+            None
+        }
+        None => Some(first_tx),
+    };
+    tokio::spawn(follow_config(
+        endpoint.clone(),
+        sidecar.clone(),
+        name.clone(),
+        args.service.clone(),
+        args.data_dir.clone(),
+        first_tx,
+    ));
     let _ = tokio::time::timeout(Duration::from_secs(10), first_rx).await;
     let registration = match inbound_addr {
         Some(addr) => {
@@ -255,6 +272,32 @@ pub async fn run(args: AgentArgs, shutdown: impl std::future::Future<Output = ()
     Ok(())
 }
 
+/// The configuration as last received (`config.json`, 0600), if any.
+fn load_config(dir: &Path) -> Option<(i64, Vec<meshgate_model::Resource>)> {
+    let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
+    let v: Value = match serde_json::from_str(&text) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(error = %e, "the kept configuration is unreadable; waiting for the control plane");
+            return None;
+        }
+    };
+    let resources = v["resources"]
+        .as_array()?
+        .iter()
+        .filter_map(|doc| meshgate_model::Resource::from_value(doc.clone(), meshgate_model::DEFAULT_NAMESPACE).ok())
+        .collect();
+    Some((v["revision"].as_i64()?, resources))
+}
+
+/// Keeps the configuration just applied, written by rename.
+fn save_config(dir: &Path, answer: &Value) -> anyhow::Result<()> {
+    let tmp = dir.join(".config.json.tmp");
+    crate::server::write_private(&tmp, &serde_json::to_string(answer)?)?;
+    std::fs::rename(&tmp, dir.join("config.json"))?;
+    Ok(())
+}
+
 /// This agent's name: `SERVICE-` and six hex digits, kept in the data dir.
 fn agent_name(dir: &Path, service: &str) -> anyhow::Result<String> {
     let path = dir.join("name");
@@ -304,9 +347,9 @@ async fn follow_config(
     sidecar: Arc<sidecar::Sidecar>,
     name: String,
     service: String,
-    first: tokio::sync::oneshot::Sender<()>,
+    data_dir: PathBuf,
+    mut first: Option<tokio::sync::oneshot::Sender<()>>,
 ) {
-    let mut first = Some(first);
     let mut after = -1i64;
     let mut failures = 0u32;
     loop {
@@ -328,6 +371,9 @@ async fn follow_config(
                 }
                 sidecar.apply(revision, resources);
                 tracing::debug!(revision, "configuration applied");
+                if let Err(e) = save_config(&data_dir, &v) {
+                    tracing::warn!(error = %format!("{e:#}"), "cannot keep the configuration on disk");
+                }
                 after = revision;
                 if let Some(tx) = first.take() {
                     let _ = tx.send(());
