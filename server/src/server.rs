@@ -98,7 +98,7 @@ pub async fn run(
         clients: clients.clone(),
         connection_limit: connection_limit.clone(),
         client_cert: None,
-        peer_identity: None,
+        peer_principal: None,
     });
     let secure = Arc::new(proxy::Listener {
         hub: hub.clone(),
@@ -107,7 +107,7 @@ pub async fn run(
         clients,
         connection_limit: connection_limit.clone(),
         client_cert: None,
-        peer_identity: None,
+        peer_principal: None,
     });
     let more_ports = tokio::spawn(proxy::listeners::manage(
         hub.clone(),
@@ -288,6 +288,11 @@ pub(crate) fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
     f.write_all(contents.as_bytes())?;
     f.sync_all()?;
     Ok(())
+}
+
+/// Completes once `stop` turns true (the one way tasks here watch a stop signal).
+pub async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -1,7 +1,6 @@
 //! The mesh's joining: the CA, join tokens and agents that get and renew
 //! their certificates (real `meshgate up` and `meshgate agent` processes).
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -30,33 +29,13 @@ impl Agent {
     /// An agent of the control plane at `mesh` (`https://ADDR`), up or not.
     fn start_at(mesh: &str, dir: &Path, args: &[&str]) -> Agent {
         let mut child = agent_command(mesh, dir, args).stdout(Stdio::piped()).spawn().expect("spawn agent");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = crate::support::line_reader(child.stdout.take().expect("stdout"));
         Agent { child, lines, seen: Vec::new() }
     }
 
     /// The next line starting with `prefix` (earlier lines are kept in `seen`).
     fn wait_for(&mut self, prefix: &str) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.starts_with(prefix) {
-                        return line;
-                    }
-                }
-                Err(_) => panic!("agent printed no line starting with {prefix:?}; saw {:?}", self.seen),
-            }
-        }
+        crate::support::wait_line(&self.lines, prefix, &mut self.seen)
     }
 }
 

@@ -78,14 +78,7 @@ impl Server {
         }
         let mut child = cmd.spawn().expect("spawn meshgate up");
         let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let rx = line_reader(stdout);
         let mut lines = Vec::new();
         let field = |rest: &str, key: &str| {
             rest.split_whitespace()
@@ -132,17 +125,7 @@ impl Server {
 
     /// The next stdout line that starts with `prefix` (later lines are skipped past).
     pub fn wait_stdout(&self, prefix: &str) -> String {
-        let deadline = std::time::Instant::now() + READY_TIMEOUT;
-        let more = self.more.lock().unwrap();
-        let mut seen = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match more.recv_timeout(left) {
-                Ok(line) if line.starts_with(prefix) => return line,
-                Ok(line) => seen.push(line),
-                Err(_) => panic!("no stdout line starting with {prefix:?}; saw {seen:?}"),
-            }
-        }
+        wait_line(&self.more.lock().unwrap(), prefix, &mut Vec::new())
     }
 
     pub fn token(&self) -> String {
@@ -266,6 +249,32 @@ fn wait_with_timeout(child: &mut Child, limit: Duration) -> std::process::ExitSt
             panic!("meshgate did not exit within {limit:?} of SIGTERM");
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A child's output as lines, read by a thread of its own as they come.
+pub fn line_reader(out: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// The next line from `lines` that starts with `prefix`; the lines before it go to `seen`.
+pub fn wait_line(lines: &mpsc::Receiver<String>, prefix: &str, seen: &mut Vec<String>) -> String {
+    let deadline = std::time::Instant::now() + READY_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.starts_with(prefix) => return line,
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("no line starting with {prefix:?}; saw {seen:?}"),
+        }
     }
 }
 

@@ -161,7 +161,7 @@ pub async fn run(args: AgentArgs, shutdown: impl std::future::Future<Output = ()
             clients: crate::proxy::Clients::new(),
             connection_limit: Arc::new(tokio::sync::Semaphore::new(10_000)),
             client_cert: None,
-            peer_identity: None,
+            peer_principal: None,
         })
     };
     let outbound = tokio::net::TcpListener::bind(args.outbound)
@@ -171,7 +171,7 @@ pub async fn run(args: AgentArgs, shutdown: impl std::future::Future<Output = ()
     let out_listener = base(sidecar.outbound.clone(), sidecar::OUTBOUND_PORT);
     let mut out_stop = stop_rx.clone();
     tokio::spawn(crate::proxy::serve(outbound, out_listener, None, async move {
-        let _ = out_stop.wait_for(|s| *s).await;
+        crate::server::stopped(&mut out_stop).await;
     }));
     let mut inbound_addr = None;
     if args.app.is_some() {

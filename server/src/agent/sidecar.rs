@@ -114,9 +114,8 @@ impl Sidecar {
         if let Some(app) = self.app {
             let compiler = Compiler { health: &self.inbound.health, ..compiler };
             let mut inbound = compiler.compile(revision, &inbound_resources(app));
-            let mut authz = crate::proxy::authz::Authz::compile(self.policies(resources));
+            let authz = crate::proxy::authz::Authz::compile(app.port(), self.policies(resources));
             if !authz.is_empty() {
-                authz.port = app.port();
                 inbound.authz = Some(Arc::new(authz));
             }
             self.inbound.install(inbound);
@@ -152,20 +151,7 @@ impl Sidecar {
 /// mesh are asked for and, when given, verified (whether one is required
 /// is PeerAuthentication's call, made per connection).
 fn server_config(identity: &MeshIdentity) -> anyhow::Result<rustls::ServerConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    for r in &identity.roots {
-        roots.add(r.clone())?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .allow_unauthenticated()
-        .build()?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(identity.chain.clone(), identity.key.clone_key())?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(config)
+    crate::ca::verify::server_config(identity.chain.clone(), identity.key.clone_key(), &identity.roots, &[b"http/1.1"])
 }
 
 /// The mode for this workload: the most specific PeerAuthentication wins
@@ -296,10 +282,6 @@ fn inbound_resources(app: SocketAddr) -> Vec<Resource> {
     out
 }
 
-async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
-}
-
 /// Serves the inbound port: TLS connections (by their first byte) are
 /// terminated with the agent's certificate and carry the peer's identity
 /// to the app; plaintext is served unless the mode is STRICT; STRICT also
@@ -312,7 +294,7 @@ pub async fn serve_inbound(
 ) {
     loop {
         let (stream, peer) = tokio::select! {
-            () = stopped(&mut stop) => return,
+            () = crate::server::stopped(&mut stop) => return,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -351,17 +333,15 @@ pub async fn serve_inbound(
             if caller.is_none() && mode == Mode::Strict {
                 return tracing::debug!(%peer, "inbound: TLS without a mesh client certificate refused (STRICT)");
             }
-            let caller_id = caller.clone().map(Arc::new);
             let own = sidecar.identity.load().id.to_string();
-            let xfcc = caller.and_then(|c| http::HeaderValue::from_str(&format!("By={own};URI={c}")).ok());
+            let caller = caller.map(|c| c.to_string());
             let listener = Arc::new(crate::proxy::Listener {
-                hub: base.hub.clone(),
-                gateway_port: base.gateway_port,
                 scheme: "https",
-                clients: base.clients.clone(),
-                connection_limit: base.connection_limit.clone(),
-                client_cert: xfcc,
-                peer_identity: caller_id,
+                client_cert: caller
+                    .as_ref()
+                    .and_then(|c| http::HeaderValue::from_str(&format!("By={own};URI={c}")).ok()),
+                peer_principal: caller.as_deref().and_then(|c| c.strip_prefix("spiffe://")).map(Arc::from),
+                ..(*base).clone()
             });
             let (rd, wr) = tokio::io::split(stream);
             crate::proxy::h1::server::serve(rd, wr, listener, peer, stop).await;

@@ -90,10 +90,6 @@ pub fn parse_all(specs: &[String]) -> anyhow::Result<Vec<SidecarSpec>> {
     Ok(parsed)
 }
 
-async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
-}
-
 /// Runs `spec`'s agent until `stop`, restarting it with backoff.
 pub async fn supervise(
     spec: SidecarSpec,
@@ -119,7 +115,7 @@ pub async fn supervise(
         let wait = Duration::from_millis((500u64 << failures.min(6)).min(30_000));
         tracing::warn!(service = %spec.service, retry_in_ms = wait.as_millis() as u64, "sidecar exited; restarting");
         tokio::select! {
-            () = stopped(&mut stop) => return,
+            () = crate::server::stopped(&mut stop) => return,
             () = tokio::time::sleep(wait) => {}
         }
     }
@@ -135,14 +131,12 @@ async fn run_once(
     stop: &mut tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<bool> {
     // A fresh single-use token each start: it is needed only when the agent holds no valid certificate.
-    let token = format!("mgj_{}", hex::encode(rand::random::<[u8; 32]>()));
     let scope = JoinScope {
         namespace: spec.namespace.clone(),
         service_account: spec.service_account.clone(),
         service: spec.service.clone(),
     };
-    let expires = chrono::Utc::now() + chrono::Duration::minutes(10);
-    store.add_join_token(&token, &scope, &expires.to_rfc3339_opts(chrono::SecondsFormat::Millis, true), true).await?;
+    let (_, token, _) = store.create_join_token(&scope, Duration::from_secs(600), true).await?;
     let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
     cmd.args(["agent", "--join", &format!("https://{mesh}"), "--service", &spec.service, "-n", &spec.namespace])
         .args(["--ca-fingerprint", fingerprint])
@@ -192,7 +186,7 @@ async fn run_once(
             tracing::warn!(service = %spec.service, status = %status?, "sidecar exited");
             Ok(false)
         }
-        () = stopped(stop) => {
+        () = crate::server::stopped(stop) => {
             // SIGTERM, so it deregisters; then wait for it (bounded).
             if let Some(pid) = child.id() {
                 let _ = tokio::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;

@@ -47,11 +47,8 @@ pub async fn create_token(
     if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
         return Err(field("ttl", format!("must be more than 0 and at most {} days", MAX_TOKEN_TTL.as_secs() / 86400)));
     }
-    let expires = chrono::Utc::now() + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::hours(1));
-    let expires_at = expires.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    let token = format!("mgj_{}", hex::encode(rand::random::<[u8; 32]>()));
     let scope = JoinScope { namespace, service_account, service: req.service };
-    let id = s.store.add_join_token(&token, &scope, &expires_at, req.single_use).await?;
+    let (id, token, expires_at) = s.store.create_join_token(&scope, ttl, req.single_use).await?;
     tracing::info!(%id, service = %scope.service, namespace = %scope.namespace, "join token created");
     Ok((
         StatusCode::CREATED,
@@ -80,7 +77,7 @@ pub async fn revoke_token(State(s): State<AppState>, Path(id): Path<String>) -> 
 }
 
 pub async fn ca(State(s): State<AppState>) -> Json<Value> {
-    Json(json!({ "trustDomain": s.ca.trust_domain(), "fingerprint": s.ca.fingerprint(), "roots": s.ca.roots_pem() }))
+    Json(s.ca.summary())
 }
 
 pub async fn certificates(State(s): State<AppState>) -> ApiResult<Json<Value>> {

@@ -186,6 +186,11 @@ impl Ca {
         fingerprint(&self.roots[0])
     }
 
+    /// Trust domain, root fingerprint and roots, as the admin API and the mesh port show them.
+    pub fn summary(&self) -> serde_json::Value {
+        serde_json::json!({ "trustDomain": self.trust_domain, "fingerprint": self.fingerprint(), "roots": self.roots_pem() })
+    }
+
     /// Checks that `csr` parses and its signature verifies.
     pub fn check_csr(&self, csr: &[u8]) -> Result<(), IssueError> {
         parse_csr(csr).map(|_| ())

@@ -140,3 +140,28 @@ impl ServerCertVerifier for MeshVerifier {
         self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
+
+/// A TLS server configuration with `chain`/`key` that asks peers for a
+/// mesh certificate and verifies it against `roots` when one is given
+/// (whether one is required is the caller's decision, per connection).
+pub fn server_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: rustls_pki_types::PrivateKeyDer<'static>,
+    roots: &[CertificateDer<'static>],
+    alpn: &[&[u8]],
+) -> anyhow::Result<rustls::ServerConfig> {
+    let mut store = rustls::RootCertStore::empty();
+    for r in roots {
+        store.add(r.clone())?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider.clone())
+        .allow_unauthenticated()
+        .build()?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}

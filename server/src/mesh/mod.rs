@@ -11,7 +11,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::server::WebPkiClientVerifier;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -59,20 +58,7 @@ pub fn tls_config(ca: &Ca, dns_names: &[String]) -> anyhow::Result<Arc<rustls::S
     let (issued, key) = ca.issue_own(&me, dns_names, crate::ca::MAX_TTL)?;
     let mut chain = issued.chain;
     chain.extend(ca.roots().iter().cloned());
-    let mut roots = rustls::RootCertStore::empty();
-    for r in ca.roots() {
-        roots.add(r.clone())?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .allow_unauthenticated()
-        .build()?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Ok(Arc::new(crate::ca::verify::server_config(chain, key, ca.roots(), &[b"h2", b"http/1.1"])?))
 }
 
 pub fn router(state: MeshState) -> Router {
@@ -98,7 +84,7 @@ pub async fn serve(
     let app = router(state);
     loop {
         let (stream, peer_addr) = tokio::select! {
-            () = stopped(&mut stop) => return,
+            () = crate::server::stopped(&mut stop) => return,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -125,17 +111,13 @@ pub async fn serve(
             tokio::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => {}
-                () = stopped(&mut stop) => {
+                () = crate::server::stopped(&mut stop) => {
                     conn.as_mut().graceful_shutdown();
                     let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
                 }
             }
         });
     }
-}
-
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
 }
 
 #[derive(Deserialize)]
@@ -214,7 +196,7 @@ async fn renew(
 }
 
 async fn roots(State(s): State<MeshState>) -> Json<Value> {
-    Json(json!({ "trustDomain": s.ca.trust_domain(), "fingerprint": s.ca.fingerprint(), "roots": s.ca.roots_pem() }))
+    Json(s.ca.summary())
 }
 
 async fn issue(s: &MeshState, req: &CertificateRequest, id: &SpiffeId) -> ApiResult<Value> {

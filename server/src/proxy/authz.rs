@@ -14,8 +14,8 @@ use meshgate_model::security::{Action, AuthorizationPolicySpec, Condition, Opera
 /// The compiled policies that select one workload.
 #[derive(Debug, Default)]
 pub struct Authz {
-    /// The workload's port (`destination.port`, operation `ports`).
-    pub port: u16,
+    /// The workload's port (`destination.port`, operation `ports`), as text.
+    port: String,
     deny: Vec<Policy>,
     allow: Vec<Policy>,
     audit: Vec<Policy>,
@@ -97,15 +97,15 @@ pub struct Facts<'a> {
     pub host: &'a str,
     pub method: &'a str,
     pub path: &'a str,
-    pub port: u16,
+    pub port: &'a str,
     pub headers: &'a HeaderMap,
 }
 
 impl Authz {
-    /// Compiles `policies` (already those that select the workload); each
-    /// is `(namespace/name, spec)`.
-    pub fn compile<'a>(policies: impl IntoIterator<Item = (String, &'a AuthorizationPolicySpec)>) -> Authz {
-        let mut out = Authz::default();
+    /// Compiles `policies` (already those that select the workload on
+    /// `port`); each is `(namespace/name, spec)`.
+    pub fn compile<'a>(port: u16, policies: impl IntoIterator<Item = (String, &'a AuthorizationPolicySpec)>) -> Authz {
+        let mut out = Authz { port: port.to_string(), ..Authz::default() };
         for (name, spec) in policies {
             let policy = Policy { name, rules: spec.rules.iter().map(compile_rule).collect() };
             match spec.action.unwrap_or(Action::Allow) {
@@ -119,6 +119,10 @@ impl Authz {
             }
         }
         out
+    }
+
+    pub fn port(&self) -> &str {
+        &self.port
     }
 
     pub fn is_empty(&self) -> bool {
@@ -171,17 +175,21 @@ impl OperationMatch {
             .host
             .rsplit_once(':')
             .map_or(f.host, |(h, p)| if p.bytes().all(|b| b.is_ascii_digit()) { h } else { f.host });
-        let port = f.port.to_string();
-        self.hosts.matches(host, |p, v| p.matches_ignore_case(v))
+        // Host patterns are lowercased when compiled; the host only if it needs it.
+        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            std::borrow::Cow::Owned(host.to_ascii_lowercase())
+        } else {
+            std::borrow::Cow::Borrowed(host)
+        };
+        self.hosts.matches(host.as_ref(), Pattern::matches)
             && self.methods.matches(f.method, Pattern::matches)
             && self.paths.matches(f.path.split('?').next().unwrap_or(""), Pattern::matches)
-            && self.ports.matches(port.as_str(), Pattern::matches)
+            && self.ports.matches(f.port, Pattern::matches)
     }
 }
 
 impl ConditionMatch {
     fn matches(&self, f: &Facts<'_>) -> bool {
-        let port;
         let value: Option<&str> = match &self.key {
             Key::Header(name) => f.headers.get(name).and_then(|v| v.to_str().ok()),
             Key::SourceIp => {
@@ -193,10 +201,7 @@ impl ConditionMatch {
             }
             Key::SourceNamespace => f.namespace,
             Key::SourcePrincipal => f.principal,
-            Key::DestinationPort => {
-                port = f.port.to_string();
-                Some(port.as_str())
-            }
+            Key::DestinationPort => Some(f.port),
             Key::Unknown => None,
         };
         self.values.matches_opt(value, Pattern::matches)
@@ -239,16 +244,6 @@ impl Pattern {
             Pattern::Suffix(p) => v.ends_with(p.as_str()),
         }
     }
-
-    fn matches_ignore_case(&self, v: &str) -> bool {
-        let v = v.to_ascii_lowercase();
-        match self {
-            Pattern::Any => true,
-            Pattern::Exact(s) => v == s.to_ascii_lowercase(),
-            Pattern::Prefix(p) => v.starts_with(&p.to_ascii_lowercase()),
-            Pattern::Suffix(p) => v.ends_with(&p.to_ascii_lowercase()),
-        }
-    }
 }
 
 impl Cidr {
@@ -285,6 +280,10 @@ fn patterns(any: &[String], none: &[String]) -> Field<Pattern> {
     Field { any: any.iter().map(|s| Pattern::new(s)).collect(), none: none.iter().map(|s| Pattern::new(s)).collect() }
 }
 
+fn lowercase(hosts: &[String]) -> Vec<String> {
+    hosts.iter().map(|h| h.to_ascii_lowercase()).collect()
+}
+
 fn compile_rule(r: &meshgate_model::security::Rule) -> Rule {
     Rule {
         from: r.from.iter().filter_map(|f| f.source.as_ref()).map(compile_source).collect(),
@@ -308,7 +307,7 @@ fn compile_source(s: &Source) -> SourceMatch {
 
 fn compile_operation(o: &Operation) -> OperationMatch {
     OperationMatch {
-        hosts: patterns(&o.hosts, &o.not_hosts),
+        hosts: patterns(&lowercase(&o.hosts), &lowercase(&o.not_hosts)),
         methods: patterns(&o.methods, &o.not_methods),
         paths: patterns(&o.paths, &o.not_paths),
         ports: patterns(&o.ports, &o.not_ports),
@@ -347,7 +346,7 @@ mod tests {
             host: "user-service:80",
             method,
             path,
-            port: 9001,
+            port: "9001",
             headers,
         }
     }
@@ -362,7 +361,7 @@ mod tests {
             "action: ALLOW\nrules:\n- from: [{source: {principals: [cluster.local/ns/shop/sa/orders]}}]\n  to: [{operation: {methods: [GET], paths: [/users/*]}}]\n",
         );
         let deny = policy("action: DENY\nrules:\n- to: [{operation: {paths: [/users/admin*]}}]\n");
-        let a = Authz::compile([("shop/allow".to_string(), &allow), ("shop/deny".to_string(), &deny)]);
+        let a = Authz::compile(9001, [("shop/allow".to_string(), &allow), ("shop/deny".to_string(), &deny)]);
         assert!(a.check(&facts(ORDERS, "GET", "/users/7", &h)).is_ok());
         assert!(a.check(&facts(ORDERS, "GET", "/users/7?x=1", &h)).is_ok(), "the query is not part of the path");
         assert!(a.check(&facts(ORDERS, "POST", "/users/7", &h)).is_err(), "method not allowed");
@@ -370,13 +369,13 @@ mod tests {
         assert!(a.check(&facts(None, "GET", "/users/7", &h)).is_err(), "plaintext has no principal");
         assert_eq!(a.check(&facts(ORDERS, "GET", "/users/admin", &h)), Err("denied by shop/deny".to_string()));
         // No policies: everything is allowed.
-        assert!(Authz::compile([]).check(&facts(None, "DELETE", "/", &h)).is_ok());
+        assert!(Authz::compile(9001, []).check(&facts(None, "DELETE", "/", &h)).is_ok());
         // An ALLOW policy without rules allows nothing.
         let nothing = policy("action: ALLOW\n");
-        assert!(Authz::compile([("x".to_string(), &nothing)]).check(&facts(ORDERS, "GET", "/", &h)).is_err());
+        assert!(Authz::compile(9001, [("x".to_string(), &nothing)]).check(&facts(ORDERS, "GET", "/", &h)).is_err());
         // A rule with nothing in it matches everything.
         let all = policy("rules: [{}]\n");
-        assert!(Authz::compile([("x".to_string(), &all)]).check(&facts(None, "GET", "/", &h)).is_ok());
+        assert!(Authz::compile(9001, [("x".to_string(), &all)]).check(&facts(None, "GET", "/", &h)).is_ok());
     }
 
     #[test]
@@ -386,7 +385,7 @@ mod tests {
         let p = policy(
             "action: DENY\nrules:\n- from: [{source: {notNamespaces: [shop]}}]\n- from: [{source: {ipBlocks: [192.168.0.0/16]}}]\n- when: [{key: 'request.headers[x-tenant]', values: [evil*]}]\n",
         );
-        let a = Authz::compile([("p".to_string(), &p)]);
+        let a = Authz::compile(9001, [("p".to_string(), &p)]);
         assert!(a.check(&facts(ORDERS, "GET", "/", &h)).is_ok());
         assert!(a.check(&facts(BILLING, "GET", "/", &h)).is_err(), "another namespace");
         let mut f = facts(ORDERS, "GET", "/", &h);
@@ -396,6 +395,6 @@ mod tests {
         assert!(a.check(&facts(ORDERS, "GET", "/", &h)).is_err(), "header condition");
         // Conditions on JWT claims match nothing until RequestAuthentication is enforced here.
         let jwt = policy("rules:\n- when: [{key: 'request.auth.claims[group]', values: [admins]}]\n");
-        assert!(Authz::compile([("j".to_string(), &jwt)]).check(&facts(ORDERS, "GET", "/", &h)).is_err());
+        assert!(Authz::compile(9001, [("j".to_string(), &jwt)]).check(&facts(ORDERS, "GET", "/", &h)).is_err());
     }
 }

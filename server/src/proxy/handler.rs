@@ -184,17 +184,17 @@ async fn route(l: &Listener, peer: SocketAddr, mut req: Request<ProxyBody>) -> R
 
 /// AuthorizationPolicy for a sidecar's inbound request.
 fn authorize<B>(authz: &super::authz::Authz, l: &Listener, peer: SocketAddr, req: &Request<B>) -> Result<(), String> {
-    let principal = l.peer_identity.as_ref().map(|id| id.to_string());
-    let principal = principal.as_deref().and_then(|p| p.strip_prefix("spiffe://"));
+    let principal = l.peer_principal.as_deref();
     let mut scratch = String::new();
     let facts = super::authz::Facts {
         principal,
-        namespace: l.peer_identity.as_ref().map(|id| id.namespace.as_str()),
+        // `TD/ns/NS/sa/SA`
+        namespace: principal.and_then(|p| p.split('/').nth(2)),
         ip: peer.ip(),
         host: request_host(req, &mut scratch),
         method: req.method().as_str(),
         path: req.uri().path_and_query().map_or("/", |p| p.as_str()),
-        port: authz.port,
+        port: authz.port(),
         headers: req.headers(),
     };
     authz.check(&facts)

@@ -73,7 +73,7 @@ pub async fn manage(
                         clients: clients.clone(),
                         connection_limit: connection_limit.clone(),
                         client_cert: None,
-                        peer_identity: None,
+                        peer_principal: None,
                     });
                     let acceptor = tls.then(|| super::tls::acceptor(hub.clone(), port));
                     tokio::spawn(super::serve(listener, state, acceptor, stopped));

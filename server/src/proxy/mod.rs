@@ -30,6 +30,7 @@ use crate::control::Hub;
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What every connection of one listener shares.
+#[derive(Clone)]
 pub struct Listener {
     pub hub: Arc<Hub>,
     /// The Gateway server port this listener serves (80 for `--http`).
@@ -41,8 +42,9 @@ pub struct Listener {
     /// A sidecar's inbound mTLS connection: the `x-forwarded-client-cert`
     /// value (`By=<own ID>;URI=<peer ID>`) its requests carry upstream.
     pub client_cert: Option<http::HeaderValue>,
-    /// The same connection's peer identity, for AuthorizationPolicy.
-    pub peer_identity: Option<Arc<crate::ca::SpiffeId>>,
+    /// The same connection's peer as AuthorizationPolicy names it
+    /// (`TD/ns/NS/sa/SA`), worked out once per connection.
+    pub peer_principal: Option<Arc<str>>,
 }
 
 /// The HTTP/2 upstream client (h2c with prior knowledge: gRPC and `HTTP2`

@@ -34,6 +34,16 @@ pub struct JoinScope {
     pub service: String,
 }
 
+impl JoinScope {
+    fn from_row(r: &sqlx::sqlite::SqliteRow) -> std::result::Result<JoinScope, sqlx::Error> {
+        Ok(JoinScope {
+            namespace: r.try_get("namespace")?,
+            service_account: r.try_get("service_account")?,
+            service: r.try_get("service")?,
+        })
+    }
+}
+
 /// A join token as listed (never its secret).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct JoinTokenInfo {
@@ -140,6 +150,21 @@ impl Store {
             .collect()
     }
 
+    /// Makes a join token for `scope`, valid for `ttl`: returns (id, the
+    /// token, its expiry as RFC 3339). Only its hash is stored.
+    pub async fn create_join_token(
+        &self,
+        scope: &JoinScope,
+        ttl: std::time::Duration,
+        single_use: bool,
+    ) -> Result<(String, String, String)> {
+        let token = format!("mgj_{}", hex::encode(rand::random::<[u8; 32]>()));
+        let expires = chrono::Utc::now() + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::hours(1));
+        let expires_at = expires.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let id = self.add_join_token(&token, scope, &expires_at, single_use).await?;
+        Ok((id, token, expires_at))
+    }
+
     /// Stores a join token (by its hash); returns its id.
     pub async fn add_join_token(
         &self,
@@ -197,11 +222,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(Ok(JoinScope {
-            namespace: r.try_get("namespace")?,
-            service_account: r.try_get("service_account")?,
-            service: r.try_get("service")?,
-        }))
+        Ok(Ok(JoinScope::from_row(&r)?))
     }
 
     pub async fn join_tokens(&self) -> Result<Vec<JoinTokenInfo>> {
@@ -215,11 +236,7 @@ impl Store {
             .map(|r| {
                 Ok(JoinTokenInfo {
                     id: r.try_get("id")?,
-                    scope: JoinScope {
-                        namespace: r.try_get("namespace")?,
-                        service_account: r.try_get("service_account")?,
-                        service: r.try_get("service")?,
-                    },
+                    scope: JoinScope::from_row(&r)?,
                     created_at: r.try_get("created_at")?,
                     expires_at: r.try_get("expires_at")?,
                     single_use: r.try_get("single_use")?,
