@@ -3,7 +3,9 @@
 
 mod gateway;
 mod grpc;
+mod hosts;
 mod l4;
+mod lab;
 mod mesh;
 mod support;
 mod tls;

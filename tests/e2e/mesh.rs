@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 use crate::support::{BIN, Server, text};
 
 /// `user-service`: the workloads that agents register with `app: user-service`.
-const USER_SERVICE: &str = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: user-service}\nspec:\n  hosts: [user-service]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  workloadSelector: {labels: {app: user-service}}\n";
+pub const USER_SERVICE: &str = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: user-service}\nspec:\n  hosts: [user-service]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  workloadSelector: {labels: {app: user-service}}\n";
 
 /// Bounds a wait that only a hang would exceed.
-const WAIT: Duration = Duration::from_secs(60);
+pub const WAIT: Duration = Duration::from_secs(60);
 
 /// A running `meshgate agent` whose stdout lines are read as they come.
-struct Agent {
+pub struct Agent {
     child: Child,
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
@@ -28,13 +28,18 @@ impl Agent {
 
     /// An agent of the control plane at `mesh` (`https://ADDR`), up or not.
     fn start_at(mesh: &str, dir: &Path, args: &[&str]) -> Agent {
-        let mut child = agent_command(mesh, dir, args).stdout(Stdio::piped()).spawn().expect("spawn agent");
+        Agent::spawn(agent_command(Command::new(BIN), mesh, dir, args))
+    }
+
+    /// Starts `cmd` (an [`agent_command`]).
+    pub fn spawn(mut cmd: Command) -> Agent {
+        let mut child = cmd.stdout(Stdio::piped()).spawn().expect("spawn agent");
         let lines = crate::support::line_reader(child.stdout.take().expect("stdout"));
         Agent { child, lines, seen: Vec::new() }
     }
 
     /// The next line starting with `prefix` (earlier lines are kept in `seen`).
-    fn wait_for(&mut self, prefix: &str) -> String {
+    pub fn wait_for(&mut self, prefix: &str) -> String {
         crate::support::wait_line(&self.lines, prefix, &mut self.seen)
     }
 }
@@ -46,8 +51,9 @@ impl Drop for Agent {
     }
 }
 
-fn agent_command(mesh: &str, dir: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
+/// `meshgate agent` of the control plane at `mesh`, run by `cmd` (the
+/// binary itself, or the binary on a lab host).
+pub fn agent_command(mut cmd: Command, mesh: &str, dir: &Path, args: &[&str]) -> Command {
     cmd.args(["agent", "--join", mesh, "--data-dir"]).arg(dir).args(args);
     // Port 0 unless the test chooses: tests run side by side.
     for flag in ["--inbound", "--outbound"] {
@@ -61,16 +67,17 @@ fn agent_command(mesh: &str, dir: &Path, args: &[&str]) -> Command {
 
 /// Runs an agent that is expected to give up; returns its output.
 fn agent_fails(server: &Server, dir: &Path, args: &[&str]) -> Output {
-    let out = agent_command(&server.mesh, dir, args).stdout(Stdio::piped()).output().expect("run agent");
+    let out =
+        agent_command(Command::new(BIN), &server.mesh, dir, args).stdout(Stdio::piped()).output().expect("run agent");
     assert!(!out.status.success(), "agent {args:?} should have failed:\n{}", text(&out.stdout));
     out
 }
 
-fn field<'a>(line: &'a str, key: &str) -> &'a str {
+pub fn field<'a>(line: &'a str, key: &str) -> &'a str {
     line.split_whitespace().find_map(|kv| kv.strip_prefix(key)).unwrap_or_else(|| panic!("{key} in {line:?}"))
 }
 
-fn token(server: &Server, args: &[&str]) -> String {
+pub fn token(server: &Server, args: &[&str]) -> String {
     let mut all = vec!["token", "create"];
     all.extend_from_slice(args);
     server.ok(&all).trim().to_string()
@@ -278,12 +285,12 @@ fn user_service_sidecar(
     (agent, ready)
 }
 
-fn proxy_status(server: &Server) -> serde_json::Value {
+pub fn proxy_status(server: &Server) -> serde_json::Value {
     server.http().get(server.url("/api/v1/proxy-status")).bearer_auth(server.token()).send().unwrap().json().unwrap()
 }
 
 /// Waits until every sidecar runs the control plane's current revision.
-fn wait_synced(server: &Server, sidecars: usize) {
+pub fn wait_synced(server: &Server, sidecars: usize) {
     let deadline = Instant::now() + WAIT;
     loop {
         let status = proxy_status(server);

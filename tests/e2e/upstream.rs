@@ -76,9 +76,18 @@ impl Upstream {
         Upstream::start_with(name, Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))))
     }
 
+    /// The service on a chosen address (for a host of the multi-host lab).
+    pub fn start_at(name: &str, addr: &str) -> Upstream {
+        Upstream::start_on(name, None, addr)
+    }
+
     fn start_with(name: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
+        Upstream::start_on(name, tls, "127.0.0.1:0")
+    }
+
+    fn start_on(name: &str, tls: Option<tokio_rustls::TlsAcceptor>, addr: &str) -> Upstream {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let listener = runtime.block_on(tokio::net::TcpListener::bind(addr)).unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(State::default());
         let (st, label) = (state.clone(), name.to_string());
