@@ -67,7 +67,7 @@ fn a_canary_splits_across_hosts_and_a_lost_host_fails_over_to_the_next_locality(
         "0.0.0.0:15006",
     ];
     let mut orders = Agent::spawn(agent_command(lab.command(0, BIN), &server.mesh, &tmp.path().join("orders"), &args));
-    orders.wait_for("meshgate agent ready ");
+    let orders_name = field(&orders.wait_for("meshgate agent ready "), "name=").to_string();
 
     let c = reqwest::blocking::Client::builder().timeout(std::time::Duration::from_secs(30)).build().unwrap();
     let call = || {
@@ -103,4 +103,15 @@ fn a_canary_splits_across_hosts_and_a_lost_host_fails_over_to_the_next_locality(
     for i in 0..20 {
         assert_eq!(call(), (200, "v2@host2".to_string()), "call {i} after host 1 went down");
     }
+    // The caller's sidecar says so itself: host 1's endpoint is ejected, host 2's healthy.
+    let endpoints = server.ok(&["proxy-config", "endpoints", &orders_name]);
+    let row = |host: usize| {
+        let address = format!("{}:15006", lab.addr(host));
+        endpoints
+            .lines()
+            .find(|l| l.starts_with(&address))
+            .map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string())
+    };
+    assert_eq!(row(1).as_deref(), Some("EJECTED"), "{endpoints}");
+    assert_eq!(row(2).as_deref(), Some("HEALTHY"), "{endpoints}");
 }

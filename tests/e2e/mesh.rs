@@ -544,3 +544,84 @@ fn traffic_flows_while_the_control_plane_is_down_and_agents_resync_after() {
     wait_synced(&server, 2);
     assert_eq!(get().unwrap(), 200);
 }
+
+#[test]
+fn proxy_config_shows_what_each_agent_runs_as_it_reports_it() {
+    let server = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let fp = server.ca_fingerprint.clone();
+    let (v1, v2) = (crate::upstream::Upstream::start("v1"), crate::upstream::Upstream::start("v2"));
+    server.apply(USER_SERVICE);
+    let (_a, ready_v1) = user_service_sidecar(&server, &tmp.path().join("v1"), &v1, &["--version", "v1"]);
+    let (_b, _) = user_service_sidecar(&server, &tmp.path().join("v2"), &v2, &["--version", "v2"]);
+    let t = token(&server, &["--service", "orders"]);
+    let mut orders = Agent::start(
+        &server,
+        &tmp.path().join("orders"),
+        &["--token", &t, "--service", "orders", "--ca-fingerprint", &fp],
+    );
+    let ready = orders.wait_for("meshgate agent ready ");
+    let name = field(&ready, "name=").to_string();
+    server.apply("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: user-service}\nspec:\n  host: user-service\n  subsets:\n  - {name: v1, labels: {version: v1}}\n  - {name: v2, labels: {version: v2}}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: user-service}\nspec:\n  hosts: [user-service]\n  http:\n  - match: [{uri: {prefix: /v2}}]\n    route: [{destination: {host: user-service, subset: v2}}]\n  - route:\n    - {destination: {host: user-service, subset: v1}, weight: 80}\n    - {destination: {host: user-service, subset: v2}, weight: 20}\n");
+    wait_synced(&server, 3);
+    let json = |section: &str, who: &str| -> serde_json::Value {
+        serde_json::from_str(&server.ok(&["proxy-config", section, who, "-o", "json"])).expect("JSON")
+    };
+
+    // Routes: the match and the 80/20 split, as orders' own sidecar compiled them.
+    let routes = json("routes", &name);
+    let split = routes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["domain"] == "user-service" && r["action"]["clusters"].as_array().is_some_and(|c| c.len() == 2))
+        .unwrap_or_else(|| panic!("no 80/20 route in {routes:#}"));
+    assert_eq!(split["action"]["clusters"][0]["weight"], 80, "{split}");
+    assert_eq!(split["action"]["clusters"][1]["cluster"], "outbound|80|v2|user-service.default.svc.cluster.local");
+    let table = server.ok(&["proxy-config", "routes", &name]);
+    assert!(table.contains("uri=prefix:/v2") && table.contains("(80%)"), "{table}");
+
+    // Clusters: mTLS to both subsets (auto mTLS: the endpoints are agents).
+    let clusters = json("clusters", &name);
+    let v1_cluster = clusters
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "outbound|80|v1|user-service.default.svc.cluster.local")
+        .unwrap_or_else(|| panic!("{clusters:#}"));
+    assert_eq!((v1_cluster["tls"].as_str(), v1_cluster["endpoints"].as_u64()), (Some("ISTIO_MUTUAL"), Some(1)));
+
+    // Endpoints: v1's inbound port, healthy.
+    let endpoints = json("endpoints", &name);
+    let inbound_v1 = field(&ready_v1, "inbound=").rsplit(':').next().unwrap().to_string();
+    assert!(
+        endpoints
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["cluster"] == "outbound|80|v1|user-service.default.svc.cluster.local"
+                && e["address"].as_str().unwrap().ends_with(&format!(":{inbound_v1}"))
+                && e["status"] == "HEALTHY"),
+        "{endpoints:#}"
+    );
+
+    // Secret: the agent's certificate (never its key).
+    let secret = json("secret", &name);
+    assert_eq!(secret["identity"], "spiffe://cluster.local/ns/default/sa/orders");
+    assert_eq!(secret["serial"], field(&ready, "serial="));
+    assert_eq!(secret["valid"], true);
+    assert!(!server.ok(&["proxy-config", "all", &name, "-o", "json"]).contains("PRIVATE KEY"));
+
+    // The gateway too; an unknown proxy is named in the error.
+    let gw = json("secret", "gateway");
+    assert_eq!(gw["identity"], "spiffe://cluster.local/ns/meshgate-system/sa/meshgate-gateway");
+    let err = server.fails(&["proxy-config", "routes", "nobody-1234"]);
+    assert!(err.contains("no proxy named \"nobody-1234\""), "{err}");
+
+    // A stopped agent no longer answers: its last report, said to be so.
+    let _ = orders.child.kill();
+    let _ = orders.child.wait();
+    let out = server.cli(&["proxy-config", "secret", &name]);
+    assert!(out.status.success());
+    assert!(text(&out.stderr).contains("did not answer in time"), "{}", text(&out.stderr));
+}

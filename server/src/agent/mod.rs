@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 
 use crate::ca::verify::{Accept, Anchors, MeshVerifier};
 use crate::ca::{MeshIdentity, SpiffeId};
+use crate::control::fleet::Nack;
 
 pub mod sidecar;
 pub mod supervise;
@@ -186,14 +187,14 @@ pub async fn run(args: AgentArgs, shutdown: impl std::future::Future<Output = ()
     // control plane that is down does not stop the agent).
     let (first_tx, first_rx) = tokio::sync::oneshot::channel();
     // The last configuration kept on disk serves at once, also while the control plane is down.
-    let first_tx = match load_config(&args.data_dir) {
+    let (first_tx, running) = match load_config(&args.data_dir) {
         Some((revision, resources)) => {
             sidecar.apply(revision, resources);
             println!("resumed configuration revision={revision} from {}", args.data_dir.display());
             let _ = first_tx.send(());
-            None
+            (None, revision)
         }
-        None => Some(first_tx),
+        None => (Some(first_tx), -1),
     };
     tokio::spawn(follow_config(
         endpoint.clone(),
@@ -201,6 +202,7 @@ pub async fn run(args: AgentArgs, shutdown: impl std::future::Future<Output = ()
         name.clone(),
         args.service.clone(),
         args.data_dir.clone(),
+        running,
         first_tx,
     ));
     let _ = tokio::time::timeout(Duration::from_secs(10), first_rx).await;
@@ -341,52 +343,101 @@ fn advertised_ip(inbound: SocketAddr, endpoint: &Endpoint) -> std::net::IpAddr {
 }
 
 /// Follows the control plane's configuration (long poll), applying each
-/// new version; the next request acknowledges it.
+/// new version and reporting it (ACK), or keeping the last one and saying
+/// why (NACK); sends its config dump when asked.
 async fn follow_config(
     endpoint: Endpoint,
     sidecar: Arc<sidecar::Sidecar>,
     name: String,
     service: String,
     data_dir: PathBuf,
+    mut acked: i64,
     mut first: Option<tokio::sync::oneshot::Sender<()>>,
 ) {
     let mut after = -1i64;
+    let mut nack: Option<Nack> = None;
     let mut failures = 0u32;
     loop {
-        let path = format!("/mesh/v1/config?name={name}&service={service}&after={after}");
+        let path = format!("/mesh/v1/config?name={name}&service={service}&after={after}&acked={acked}");
         let answer = match mtls(&sidecar) {
             Ok(tls) => call(&endpoint, tls, "GET", &path, None, None).await,
             Err(e) => Err(e),
         };
         match answer {
+            Ok(Some(v)) if v["dumpWanted"] == true => failures = 0,
             Ok(Some(v)) => {
                 failures = 0;
-                let revision = v["revision"].as_i64().unwrap_or(after);
-                let mut resources = Vec::new();
-                for doc in v["resources"].as_array().cloned().unwrap_or_default() {
-                    match meshgate_model::Resource::from_value(doc, meshgate_model::DEFAULT_NAMESPACE) {
-                        Ok(r) => resources.push(r),
-                        Err(errs) => tracing::warn!(?errs, "a pushed resource is not valid here; skipped"),
+                match accept(&v) {
+                    Ok((revision, resources)) => {
+                        sidecar.apply(revision, resources);
+                        tracing::debug!(revision, "configuration applied");
+                        if let Err(e) = save_config(&data_dir, &v) {
+                            tracing::warn!(error = %format!("{e:#}"), "cannot keep the configuration on disk");
+                        }
+                        (after, acked, nack) = (revision, revision, None);
+                    }
+                    Err(n) => {
+                        tracing::warn!(revision = n.revision, reason = %n.reason, "configuration rejected; keeping the last one");
+                        after = n.revision;
+                        nack = Some(n);
                     }
                 }
-                sidecar.apply(revision, resources);
-                tracing::debug!(revision, "configuration applied");
-                if let Err(e) = save_config(&data_dir, &v) {
-                    tracing::warn!(error = %format!("{e:#}"), "cannot keep the configuration on disk");
-                }
-                after = revision;
                 if let Some(tx) = first.take() {
                     let _ = tx.send(());
                 }
             }
-            Ok(None) => failures = 0,
+            Ok(None) => {
+                failures = 0;
+                continue;
+            }
             Err(e) => {
                 failures += 1;
                 tracing::warn!(error = %format!("{e:#}"), "cannot fetch configuration; keeping the last one");
                 tokio::time::sleep(backoff(failures)).await;
+                continue;
+            }
+        }
+        // ACK or NACK, with what this agent now runs.
+        let status = json!({
+            "name": name, "service": service, "revision": acked, "nack": nack, "dump": sidecar.dump(),
+        });
+        let sent = match mtls(&sidecar) {
+            Ok(tls) => call(&endpoint, tls, "POST", "/mesh/v1/status", None, Some(&status)).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = sent {
+            tracing::warn!(error = %format!("{e:#}"), "cannot report status to the control plane");
+        }
+    }
+}
+
+/// Checks a pushed configuration before running any of it: every resource
+/// must be one this agent understands (a newer control plane may send what
+/// an older agent cannot read). All or nothing, as Envoy takes xDS.
+fn accept(answer: &Value) -> Result<(i64, Vec<meshgate_model::Resource>), Nack> {
+    let revision = answer["revision"].as_i64().unwrap_or(-1);
+    let nack = |reason: String| Nack { revision, reason };
+    if revision < 0 {
+        return Err(nack("the answer carries no revision".into()));
+    }
+    let docs = answer["resources"].as_array().ok_or_else(|| nack("the answer carries no resources".into()))?;
+    let mut resources = Vec::with_capacity(docs.len());
+    for doc in docs {
+        match meshgate_model::Resource::from_value(doc.clone(), meshgate_model::DEFAULT_NAMESPACE) {
+            Ok(r) => resources.push(r),
+            Err(errs) => {
+                let what = format!(
+                    "{} {}/{}",
+                    doc["kind"].as_str().unwrap_or("?"),
+                    doc["metadata"]["namespace"].as_str().unwrap_or(meshgate_model::DEFAULT_NAMESPACE),
+                    doc["metadata"]["name"].as_str().unwrap_or("?")
+                );
+                let why: Vec<String> = errs.iter().map(|e| format!("{}: {}", e.path, e.reason)).collect();
+                return Err(nack(format!("{what}: {}", why.join("; "))));
             }
         }
     }
+    Ok((revision, resources))
 }
 
 /// Half the lifetime from its issue, give or take a tenth (so a fleet
@@ -667,4 +718,31 @@ async fn call(
         bail!("the control plane refused (HTTP {}): {message}", status.as_u16());
     }
     Ok(Some(value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_configuration_is_taken_whole_or_rejected_with_the_reason() {
+        let vs = json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": "users", "namespace": "shop"},
+            "spec": {"hosts": ["user-service"], "http": [{"route": [{"destination": {"host": "user-service"}}]}]},
+        });
+        let (revision, resources) = accept(&json!({"revision": 7, "resources": [vs.clone()]})).unwrap();
+        assert_eq!((revision, resources.len()), (7, 1));
+
+        // A field this agent does not know (as from a newer control plane): nothing of revision 8 runs.
+        let mut newer = vs.clone();
+        newer["spec"]["http"][0]["colour"] = json!("red");
+        let nack = accept(&json!({"revision": 8, "resources": [vs, newer]})).unwrap_err();
+        assert_eq!(nack.revision, 8);
+        assert!(nack.reason.starts_with("VirtualService shop/users: "), "{}", nack.reason);
+        assert!(nack.reason.contains("colour"), "{}", nack.reason);
+
+        let nack = accept(&json!({"revision": 9})).unwrap_err();
+        assert_eq!(nack.reason, "the answer carries no resources");
+    }
 }

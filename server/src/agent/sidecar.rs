@@ -96,6 +96,33 @@ impl Sidecar {
         Ok(())
     }
 
+    /// What this sidecar runs, for `meshgate proxy-config`: its outbound
+    /// and inbound routes, clusters and endpoints (health read now), its
+    /// certificate and its PeerAuthentication mode.
+    pub fn dump(&self) -> Value {
+        use crate::proxy::dump::Dump;
+        let (out, inb) =
+            (Dump::of(&self.outbound.snapshot(), "outbound"), Dump::of(&self.inbound.snapshot(), "inbound"));
+        let mode = match self.mode() {
+            Mode::Strict => "STRICT",
+            Mode::Permissive => "PERMISSIVE",
+            Mode::Disable => "DISABLE",
+        };
+        let (routes, clusters, endpoints) = (
+            [out.routes, inb.routes].concat(),
+            [out.clusters, inb.clusters].concat(),
+            [out.endpoints, inb.endpoints].concat(),
+        );
+        json!({
+            "revision": self.outbound.applied_revision(),
+            "routes": routes,
+            "clusters": clusters,
+            "endpoints": endpoints,
+            "secret": self.identity.load().describe(),
+            "peerAuthentication": mode,
+        })
+    }
+
     /// New configuration from the control plane.
     pub fn apply(&self, revision: i64, resources: Vec<Resource>) {
         self.compile(revision, &resources);

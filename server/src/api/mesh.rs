@@ -83,3 +83,48 @@ pub async fn ca(State(s): State<AppState>) -> Json<Value> {
 pub async fn certificates(State(s): State<AppState>) -> ApiResult<Json<Value>> {
     Ok(Json(json!({ "items": s.store.certificates(1000).await? })))
 }
+
+/// How long `proxy-config` waits for an agent's fresh config dump.
+const DUMP_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// `GET /api/v1/proxy-config/{name}`: what a proxy runs (routes, clusters,
+/// endpoints, certificate). Agents are asked over their config stream, so
+/// this is their own view, wherever they run; when one does not answer in
+/// time, its last report is given with `fresh: false`.
+pub async fn proxy_config(State(s): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+    if name == "gateway" {
+        let snapshot = s.hub.snapshot();
+        let dump = crate::proxy::dump::Dump::of(&snapshot, "gateway");
+        return Ok(Json(json!({
+            "name": name,
+            "role": "gateway",
+            "revision": snapshot.revision,
+            "fresh": true,
+            "routes": dump.routes,
+            "clusters": dump.clusters,
+            "endpoints": dump.endpoints,
+            "secret": s.hub.identity.load().as_ref().map(|id| id.describe()),
+        })));
+    }
+    let Some(record) = s.hub.fleet.get(&name) else {
+        return Err(ApiError::not_found(format!("no proxy named {name:?}; `meshgate proxy-status` lists them")));
+    };
+    let Some((report, fresh)) = s.hub.fleet.fresh_dump(&name, DUMP_WAIT).await else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("the agent {name:?} has not reported its configuration yet"),
+        ));
+    };
+    let mut v = report.dump.as_ref().clone();
+    let reported = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(report.at_ms) * 1_000_000)
+        .map(crate::ca::rfc3339)
+        .unwrap_or_default();
+    v["name"] = json!(name);
+    v["role"] = json!("sidecar");
+    v["identity"] = json!(record.identity);
+    v["nack"] = json!(s.hub.fleet.get(&name).and_then(|r| r.nack));
+    v["reportedAt"] = json!(reported);
+    v["fresh"] = json!(fresh);
+    Ok(Json(v))
+}

@@ -138,6 +138,21 @@ pub fn document() -> Value {
     add("/api/v1/tokens/{id}", "delete", op("Revoke a join token", &["path:id:string"], None, "200"));
     add("/api/v1/ca", "get", op("The mesh CA: trust domain, root fingerprint, roots (PEM)", &[], None, "200"));
     add("/api/v1/certificates", "get", op("Workload certificates issued, newest first", &[], None, "200"));
+    add(
+        "/api/v1/proxy-status",
+        "get",
+        op("Every proxy, the revision it runs: SYNCED, STALE or NACK", &[], None, "200"),
+    );
+    add(
+        "/api/v1/proxy-config/{name}",
+        "get",
+        op(
+            "What a proxy runs (`gateway` or an agent's name): routes, clusters, endpoints with live health, certificate",
+            &["path:name:string"],
+            None,
+            "200",
+        ),
+    );
     for kind in Kind::ALL {
         let (k, p) = (kind.name(), kind.plural());
         add(

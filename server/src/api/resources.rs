@@ -76,12 +76,15 @@ pub async fn proxy_status(State(state): State<AppState>) -> ApiResult<Json<Value
         "revision": applied,
         "status": if applied >= current { "SYNCED" } else { "STALE" },
     })];
-    let agents: Vec<crate::control::ProxyRecord> =
-        state.hub.proxies.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
-    for a in agents {
+    for a in state.hub.fleet.all() {
         let mut v = serde_json::to_value(&a).unwrap_or_default();
         v["role"] = json!("sidecar");
-        v["status"] = json!(if a.revision >= applied { "SYNCED" } else { "STALE" });
+        let status = match &a.nack {
+            _ if a.revision >= applied => "SYNCED",
+            Some(n) if n.revision >= applied => "NACK",
+            _ => "STALE",
+        };
+        v["status"] = json!(status);
         proxies.push(v);
     }
     Ok(Json(json!({ "listeners": listeners, "revision": current, "proxies": proxies })))

@@ -72,6 +72,30 @@ impl std::fmt::Debug for MeshIdentity {
     }
 }
 
+impl MeshIdentity {
+    /// The certificate as `proxy-config secret` shows it: identity, serial,
+    /// validity and the roots trusted (never the key).
+    pub fn describe(&self) -> serde_json::Value {
+        use x509_parser::prelude::FromDer as _;
+        let parsed = self.chain.first().and_then(|c| x509_parser::certificate::X509Certificate::from_der(c).ok());
+        let (serial, not_before, not_after) = parsed.map_or((String::new(), 0, 0), |(_, c)| {
+            let v = c.validity();
+            (hex::encode(c.raw_serial()), v.not_before.timestamp(), v.not_after.timestamp())
+        });
+        let at = |t: i64| rfc3339(OffsetDateTime::from_unix_timestamp(t).unwrap_or(OffsetDateTime::UNIX_EPOCH));
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        serde_json::json!({
+            "identity": self.id.to_string(),
+            "serial": serial,
+            "notBefore": at(not_before),
+            "notAfter": at(not_after),
+            "valid": not_before <= now && now < not_after,
+            "chainLength": self.chain.len(),
+            "roots": self.roots.iter().map(fingerprint).collect::<Vec<_>>(),
+        })
+    }
+}
+
 /// A certificate just issued.
 #[derive(Debug, Clone)]
 pub struct Issued {

@@ -51,6 +51,7 @@ pub fn run(client: &Client, command: Command) -> anyhow::Result<i32> {
         Command::Up(_) | Command::Agent(_) => unreachable!("handled by cli::main"),
         Command::Token { command } => token(client, command),
         Command::ProxyStatus { output } => proxy_status(client, output),
+        Command::ProxyConfig { section, name, output } => proxy_config(client, section, &name, output),
         Command::Apply { files, namespace, dry_run } => apply(client, &files, namespace.as_deref(), dry_run),
         Command::Get { kind, name, namespace, all_namespaces, selector, output } => {
             get(client, &kind, name.as_deref(), &namespace, all_namespaces, selector.as_deref(), output)
@@ -473,4 +474,76 @@ fn proxy_status(client: &Client, format: Format) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
+}
+
+fn proxy_config(client: &Client, section: super::ConfigSection, name: &str, format: Format) -> anyhow::Result<i32> {
+    use super::ConfigSection as S;
+    let v = client.get(&format!("/api/v1/proxy-config/{name}"))?;
+    if v["fresh"] == false {
+        eprintln!("note: {name} did not answer in time; this is its last report, from {}", v["reportedAt"]);
+    }
+    if let Some(n) = v["nack"].as_object() {
+        eprintln!("note: {name} rejected revision {}: {}", n["revision"], n["reason"].as_str().unwrap_or(""));
+    }
+    let part = match section {
+        S::Routes => v["routes"].clone(),
+        S::Clusters => v["clusters"].clone(),
+        S::Endpoints => v["endpoints"].clone(),
+        S::Secret => v["secret"].clone(),
+        S::All => v.clone(),
+    };
+    let text = match format {
+        Format::Json => output::json(&part),
+        Format::Yaml => output::yaml(&part),
+        Format::Table => config_table(section, &part),
+    };
+    print!("{text}");
+    Ok(0)
+}
+
+/// `proxy-config` tables, with istioctl's columns where they apply.
+fn config_table(section: super::ConfigSection, part: &Value) -> String {
+    use super::ConfigSection as S;
+    let s = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".to_string(),
+        other => other.to_string(),
+    };
+    let pick = |v: &Value, keys: &[&str]| keys.iter().map(|k| s(&v[*k])).collect::<Vec<_>>();
+    let rows = |cells: &dyn Fn(&Value) -> Vec<String>| part.as_array().into_iter().flatten().map(cells).collect();
+    match section {
+        S::Routes => {
+            let rows: Vec<Vec<String>> = rows(&|r| {
+                let matched: Vec<String> =
+                    r["match"].as_object().into_iter().flatten().map(|(k, v)| format!("{k}={}", s(v))).collect();
+                let to: Vec<String> = r["action"]["clusters"].as_array().map_or_else(
+                    || vec![r["action"].to_string()],
+                    |cs| cs.iter().map(|c| format!("{} ({}%)", s(&c["cluster"]), c["weight"])).collect(),
+                );
+                let matched = if matched.is_empty() { "/*".to_string() } else { matched.join(" ") };
+                vec![
+                    format!("{}:{}", s(&r["listener"]), r["port"]),
+                    s(&r["domain"]),
+                    matched,
+                    to.join(", "),
+                    s(&r["name"]),
+                ]
+            });
+            output::table(&["LISTENER", "DOMAIN", "MATCH", "ROUTE TO", "NAME"], &rows)
+        }
+        S::Clusters => {
+            let rows: Vec<Vec<String>> =
+                rows(&|c| pick(c, &["name", "direction", "endpoints", "lb", "tls", "outlierDetection"]));
+            output::table(&["NAME", "DIRECTION", "ENDPOINTS", "LB", "TLS", "OUTLIER DETECTION"], &rows)
+        }
+        S::Endpoints => {
+            let rows: Vec<Vec<String>> = rows(&|e| pick(e, &["address", "status", "localityPriority", "cluster"]));
+            output::table(&["ENDPOINT", "STATUS", "LOCALITY PRIORITY", "CLUSTER"], &rows)
+        }
+        S::Secret => output::table(
+            &["IDENTITY", "SERIAL", "NOT BEFORE", "NOT AFTER", "VALID"],
+            &[pick(part, &["identity", "serial", "notBefore", "notAfter", "valid"])],
+        ),
+        S::All => output::yaml(part),
+    }
 }

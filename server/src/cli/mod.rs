@@ -81,6 +81,15 @@ pub enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t = output::Format::Table)]
         output: output::Format,
     },
+    /// What one proxy runs, as it reports it: routes, clusters, endpoints (live health) or its certificate
+    ProxyConfig {
+        #[arg(value_enum)]
+        section: ConfigSection,
+        /// `gateway`, or an agent's name as `proxy-status` lists it
+        name: String,
+        #[arg(short = 'o', long, value_enum, default_value_t = output::Format::Table)]
+        output: output::Format,
+    },
     /// Join tokens for agents
     Token {
         #[command(subcommand)]
@@ -144,4 +153,13 @@ pub fn main() -> i32 {
             1
         }
     }
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum ConfigSection {
+    Routes,
+    Clusters,
+    Endpoints,
+    Secret,
+    All,
 }

@@ -3,6 +3,7 @@
 //! reads snapshots only; it never opens the database or waits on this.
 
 pub mod compile;
+pub mod fleet;
 
 use std::sync::Arc;
 
@@ -12,22 +13,6 @@ use tokio::sync::{Notify, watch};
 use crate::proxy::config::Snapshot;
 use crate::proxy::upstream::HealthRegistry;
 use crate::store::Store;
-
-/// An agent as the control plane last saw it.
-#[derive(Debug, Clone, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ProxyRecord {
-    pub name: String,
-    pub identity: String,
-    pub service: String,
-    pub namespace: String,
-    /// The revision the agent says it runs.
-    pub revision: i64,
-    /// Milliseconds since the Unix epoch of its last request.
-    pub last_seen_ms: i64,
-    /// Waiting for the next revision right now.
-    pub connected: bool,
-}
 
 /// Holds the current snapshot and wakes the compiler on changes.
 pub struct Hub {
@@ -39,8 +24,8 @@ pub struct Hub {
     compiled: watch::Sender<i64>,
     has_listener_manager: std::sync::atomic::AtomicBool,
     pub health: HealthRegistry,
-    /// Agents that fetch their configuration from the mesh port, by name.
-    pub proxies: std::sync::Mutex<std::collections::BTreeMap<String, ProxyRecord>>,
+    /// Agents that fetch their configuration from the mesh port.
+    pub fleet: fleet::Fleet,
     /// The gateway's mesh credentials (ISTIO_MUTUAL to upstreams).
     pub identity: arc_swap::ArcSwapOption<crate::ca::MeshIdentity>,
     /// Where each Gateway port is being served: port → (address, TLS?).
@@ -58,7 +43,7 @@ impl Hub {
             health: HealthRegistry::default(),
             listening: Default::default(),
             identity: Default::default(),
-            proxies: Default::default(),
+            fleet: Default::default(),
         })
     }
 

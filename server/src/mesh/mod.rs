@@ -18,6 +18,7 @@ use tokio::sync::watch;
 
 use crate::api::{ApiError, ApiResult};
 use crate::ca::{Ca, IssueError, SpiffeId};
+use crate::control::fleet::{Caller, Nack};
 use crate::store::{JoinRefusal, Store};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -67,6 +68,7 @@ pub fn router(state: MeshState) -> Router {
         .route("/mesh/v1/renew", post(renew))
         .route("/mesh/v1/roots", get(roots))
         .route("/mesh/v1/config", get(config))
+        .route("/mesh/v1/status", post(status))
         .route("/mesh/v1/register", post(register))
         .route("/mesh/v1/deregister", post(deregister))
         .fallback(|| async { ApiError::not_found("no such route on the mesh port") })
@@ -229,19 +231,17 @@ fn workload(peer: Option<SpiffeId>) -> ApiResult<SpiffeId> {
     })
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct ConfigQuery {
     /// The agent's name (its WorkloadEntry's).
     name: String,
     service: String,
-    /// The revision the agent runs; the answer waits for a newer one.
+    /// The newest revision the agent has seen; the answer waits for a newer one.
     #[serde(default = "minus_one")]
     after: i64,
+    /// The revision it runs, when that is not `after` (it rejected `after`).
+    acked: Option<i64>,
 }
 
 fn minus_one() -> i64 {
@@ -250,7 +250,9 @@ fn minus_one() -> i64 {
 
 /// The configuration for agents: the resources they act on at the newest
 /// revision, once it is newer than `after` (long poll); 204 when nothing
-/// changed within [`CONFIG_WAIT`]. Asking with `after=N` acknowledges N.
+/// changed within [`CONFIG_WAIT`]; `{"dumpWanted": true}` when someone
+/// runs `meshgate proxy-config` on this agent. Asking acknowledges
+/// `acked` (else `after`).
 async fn config(
     State(s): State<MeshState>,
     Extension(Peer(peer)): Extension<Peer>,
@@ -258,18 +260,18 @@ async fn config(
 ) -> ApiResult<axum::response::Response> {
     use axum::response::IntoResponse as _;
     let id = workload(peer)?;
-    let record = |connected: bool| crate::control::ProxyRecord {
-        name: q.name.clone(),
-        identity: id.to_string(),
-        service: q.service.clone(),
-        namespace: id.namespace.clone(),
-        revision: q.after,
-        last_seen_ms: now_ms(),
-        connected,
+    let identity = id.to_string();
+    let caller = Caller { name: &q.name, identity: &identity, service: &q.service, namespace: &id.namespace };
+    let acked = q.acked.unwrap_or(q.after);
+    s.hub.fleet.seen(&caller, acked, true).map_err(|_| not_yours(&q.name))?;
+    let newer = tokio::select! {
+        newer = s.hub.wait_newer(q.after, CONFIG_WAIT) => newer,
+        () = s.hub.fleet.dump_wanted(&q.name) => {
+            let _ = s.hub.fleet.seen(&caller, acked, false);
+            return Ok(Json(json!({ "dumpWanted": true })).into_response());
+        }
     };
-    s.hub.proxies.lock().unwrap_or_else(|e| e.into_inner()).insert(q.name.clone(), record(true));
-    let newer = s.hub.wait_newer(q.after, CONFIG_WAIT).await;
-    s.hub.proxies.lock().unwrap_or_else(|e| e.into_inner()).insert(q.name.clone(), record(false));
+    let _ = s.hub.fleet.seen(&caller, acked, false);
     if !newer {
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
@@ -283,6 +285,40 @@ async fn config(
         .map(meshgate_model::Resource::to_value)
         .collect();
     Ok(Json(json!({ "revision": revision, "resources": resources })).into_response())
+}
+
+fn not_yours(name: &str) -> ApiError {
+    ApiError::new(StatusCode::FORBIDDEN, "forbidden", format!("the agent name {name:?} belongs to another identity"))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Status {
+    name: String,
+    service: String,
+    /// The revision it runs.
+    revision: i64,
+    /// A newer revision it rejected, and why.
+    nack: Option<Nack>,
+    /// What it runs: routes, clusters, endpoints, its certificate (never the key).
+    dump: Value,
+}
+
+/// An agent's status after each configuration it got (ACK or NACK) and
+/// when its config dump is wanted.
+async fn status(
+    State(s): State<MeshState>,
+    Extension(Peer(peer)): Extension<Peer>,
+    Json(st): Json<Status>,
+) -> ApiResult<Json<Value>> {
+    let id = workload(peer)?;
+    let identity = id.to_string();
+    let caller = Caller { name: &st.name, identity: &identity, service: &st.service, namespace: &id.namespace };
+    if let Some(n) = &st.nack {
+        tracing::warn!(agent = %st.name, revision = n.revision, reason = %n.reason, "agent rejected a configuration (NACK)");
+    }
+    s.hub.fleet.report(&caller, st.revision, st.nack, st.dump).map_err(|_| not_yours(&st.name))?;
+    Ok(Json(json!({ "ok": true })))
 }
 
 #[derive(Deserialize)]
@@ -357,6 +393,6 @@ async fn deregister(
             .await?;
         s.hub.notify();
     }
-    s.hub.proxies.lock().unwrap_or_else(|e| e.into_inner()).remove(&d.name);
+    s.hub.fleet.remove(&d.name);
     Ok(Json(json!({ "removed": owned })))
 }

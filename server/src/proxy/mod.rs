@@ -5,6 +5,7 @@
 pub mod authz;
 mod body;
 pub mod config;
+pub mod dump;
 pub mod h1;
 mod handler;
 pub mod l4;

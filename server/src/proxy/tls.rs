@@ -170,6 +170,8 @@ pub struct UpstreamTls {
     /// Identifies these settings: pooled connections made under other
     /// settings (an earlier config) are not reused.
     pub fingerprint: u64,
+    /// The DestinationRule mode it implements, for config dumps.
+    pub mode: &'static str,
 }
 
 /// What an upstream TLS configuration is made of, resolved from the
@@ -216,6 +218,7 @@ impl UpstreamTls {
             // Mesh peers are checked by SPIFFE ID, not by name; the SNI is informational.
             server_name: rustls_pki_types::ServerName::try_from("outbound.mesh.internal").map_err(|e| e.to_string())?,
             fingerprint: u64::from_le_bytes(digest[..8].try_into().unwrap_or_default()),
+            mode: "ISTIO_MUTUAL",
         })
     }
 
@@ -283,7 +286,12 @@ impl UpstreamTls {
         fingerprint.update([u8::from(spec.insecure_skip_verify)]);
         let digest = fingerprint.finalize();
         let fingerprint = u64::from_le_bytes(digest[..8].try_into().unwrap_or_default());
-        Ok(UpstreamTls { connector: tokio_rustls::TlsConnector::from(Arc::new(config)), server_name, fingerprint })
+        Ok(UpstreamTls {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            server_name,
+            fingerprint,
+            mode: if spec.identity.is_some() { "MUTUAL" } else { "SIMPLE" },
+        })
     }
 }
 
