@@ -48,6 +48,9 @@ pub struct UpArgs {
     /// Gateway worker threads (each owns its connections) and API runtime threads [default: one per CPU core]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: Option<u16>,
+    /// How long an agent may be out of contact before its instance counts as unhealthy [default: 10s]
+    #[arg(long, value_name = "DURATION")]
+    pub agent_grace: Option<String>,
 }
 
 /// The `--config` file. Every field is optional.
@@ -92,6 +95,8 @@ pub struct Config {
     pub workers: usize,
     /// A plug-in CA (certificate file, key file) instead of the self-made root.
     pub ca: Option<(PathBuf, PathBuf)>,
+    /// How long an agent may be out of contact before its instance counts as unhealthy.
+    pub agent_grace: std::time::Duration,
 }
 
 fn parse_port_map(s: &str) -> Result<(u32, u16), String> {
@@ -120,6 +125,7 @@ impl Default for Config {
             max_connections: 50_000,
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             ca: None,
+            agent_grace: std::time::Duration::from_secs(10),
         }
     }
 }
@@ -138,6 +144,10 @@ impl Config {
         c.https = args.https.unwrap_or(c.https);
         c.mesh = args.mesh.unwrap_or(c.mesh);
         c.sidecars = args.sidecar.clone();
+        if let Some(g) = &args.agent_grace {
+            c.agent_grace =
+                meshgate_model::check::parse_duration(g).map_err(|e| anyhow::anyhow!("--agent-grace {g:?}: {e}"))?;
+        }
         if let (Some(cert), Some(key)) = (&args.ca_cert, &args.ca_key) {
             c.ca = Some((cert.clone(), key.clone()));
         }

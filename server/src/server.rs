@@ -135,6 +135,7 @@ pub async fn run(
     let https_task = tokio::spawn(proxy::serve_workers(https, secure, acceptor, workers_stop));
     let mesh_tls = crate::mesh::tls_config(&ca, &mesh_names())?;
     let mesh_state = crate::mesh::MeshState { store: store.clone(), ca: ca.clone(), hub: hub.clone() };
+    tokio::spawn(crate::mesh::health::reconcile(store.clone(), hub.clone(), config.agent_grace, mesh_stop.clone()));
     let mesh_task = tokio::spawn(crate::mesh::serve(mesh, mesh_tls, mesh_state, mesh_stop));
     let admin_server = axum::serve(admin, api::router(state)).with_graceful_shutdown(stopped());
     let admin_task = tokio::spawn(async move { admin_server.await });

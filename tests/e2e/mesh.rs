@@ -625,3 +625,80 @@ fn proxy_config_shows_what_each_agent_runs_as_it_reports_it() {
     assert!(out.status.success());
     assert!(text(&out.stderr).contains("did not answer in time"), "{}", text(&out.stderr));
 }
+
+/// Waits until `name`'s WorkloadEntry, as `get -o json` shows it, satisfies `ok`.
+fn wait_entry(server: &Server, name: &str, what: &str, ok: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let out = server.cli(&["get", "workloadentry", name, "-o", "json"]);
+        if out.status.success() {
+            let we: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+            if ok(&we) {
+                return we;
+            }
+            assert!(Instant::now() < deadline, "{name} never became {what}: {we:#}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn health_of(we: &serde_json::Value) -> (&str, &str) {
+    let notes = &we["metadata"]["annotations"];
+    (
+        notes["meshgate.io/health"].as_str().unwrap_or("healthy"),
+        notes["meshgate.io/health-reason"].as_str().unwrap_or(""),
+    )
+}
+
+#[test]
+fn unhealthy_instances_leave_every_proxy_and_come_back() {
+    let server = Server::start_with(&["--agent-grace", "1s"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let fp = server.ca_fingerprint.clone();
+    let (good, flaky) = (crate::upstream::Upstream::start("good"), crate::upstream::Upstream::start("flaky"));
+    server.apply(USER_SERVICE);
+    let probe = ["--health", "http:/healthz", "--health-interval", "100ms"];
+    let (_good_agent, _) = user_service_sidecar(&server, &tmp.path().join("good"), &good, &probe);
+    let (mut flaky_agent, ready) = user_service_sidecar(&server, &tmp.path().join("flaky"), &flaky, &probe);
+    let flaky_name = field(&ready, "name=").to_string();
+    let t = token(&server, &["--service", "orders"]);
+    let mut orders = Agent::start(
+        &server,
+        &tmp.path().join("orders"),
+        &["--token", &t, "--service", "orders", "--ca-fingerprint", &fp],
+    );
+    let outbound = field(&orders.wait_for("meshgate agent ready "), "outbound=").to_string();
+    wait_synced(&server, 3);
+    let c = server.http();
+    let answers = |n: usize| {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..n {
+            let r = c.get(format!("http://{outbound}/users")).header("host", "user-service").send().unwrap();
+            seen.insert(format!("{} {}", r.status().as_u16(), r.text().unwrap()));
+        }
+        seen
+    };
+    assert_eq!(answers(40), ["200 flaky", "200 good"].map(String::from).into(), "both instances serve");
+    assert!(flaky.hits() > 0 && flaky.state.seen.lock().unwrap().iter().any(|s| s.path == "/healthz"), "probed");
+
+    // The app fails its probe: its instance is marked unhealthy, and no proxy sends it traffic.
+    flaky.state.always_status.store(503, std::sync::atomic::Ordering::SeqCst);
+    let we = wait_entry(&server, &flaky_name, "unhealthy", |we| health_of(we).0 == "unhealthy");
+    assert_eq!(health_of(&we).1, "GET /healthz answered 503");
+    wait_synced(&server, 3);
+    assert_eq!(answers(20), ["200 good".to_string()].into());
+
+    // Healthy again: back in.
+    flaky.state.always_status.store(0, std::sync::atomic::Ordering::SeqCst);
+    wait_entry(&server, &flaky_name, "healthy", |we| health_of(we).0 == "healthy");
+    wait_synced(&server, 3);
+    assert!(answers(40).contains("200 flaky"));
+
+    // Its agent is lost (no deregistration): unhealthy once the grace period is over.
+    let _ = flaky_agent.child.kill();
+    let _ = flaky_agent.child.wait();
+    let we = wait_entry(&server, &flaky_name, "unhealthy", |we| health_of(we).0 == "unhealthy");
+    assert!(health_of(&we).1.starts_with("its agent has been out of contact since "), "{we:#}");
+    wait_synced(&server, 2);
+    assert_eq!(answers(20), ["200 good".to_string()].into());
+}

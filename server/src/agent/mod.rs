@@ -21,6 +21,8 @@ use crate::ca::verify::{Accept, Anchors, MeshVerifier};
 use crate::ca::{MeshIdentity, SpiffeId};
 use crate::control::fleet::Nack;
 
+pub mod health;
+mod link;
 pub mod sidecar;
 pub mod supervise;
 
@@ -70,6 +72,12 @@ pub struct AgentArgs {
     /// region/zone/subzone of this workload
     #[arg(long)]
     pub locality: Option<String>,
+    /// Probe the app: http:/PATH (2xx or 3xx is healthy) or tcp; unhealthy instances get no traffic
+    #[arg(long, value_name = "http:/PATH|tcp", requires = "app")]
+    pub health: Option<String>,
+    /// How often to probe the app
+    #[arg(long, value_name = "DURATION", default_value = "5s")]
+    pub health_interval: String,
 }
 
 /// The certificate the agent holds.
@@ -118,6 +126,14 @@ pub async fn run(args: AgentArgs, shutdown: impl std::future::Future<Output = ()
         None => None,
     };
     let endpoint = Endpoint::parse(&args.join)?;
+    let probe = match &args.health {
+        Some(spec) => Some(health::Probe::parse(spec).map_err(|e| anyhow::anyhow!("--health {e}"))?),
+        None => None,
+    };
+    let probe_every = meshgate_model::check::parse_duration(&args.health_interval)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| anyhow::anyhow!("--health-interval {:?}: expected a duration like 5s", args.health_interval))?;
     prepare_dir(&args.data_dir)?;
     let mut held = match load(&args.data_dir) {
         Ok(Some(h)) if h.not_after > now() => {
@@ -196,8 +212,9 @@ pub async fn run(args: AgentArgs, shutdown: impl std::future::Future<Output = ()
         }
         None => (Some(first_tx), -1),
     };
+    let link = Arc::new(link::Link::new(endpoint.clone(), sidecar.clone()));
     tokio::spawn(follow_config(
-        endpoint.clone(),
+        link.clone(),
         sidecar.clone(),
         name.clone(),
         args.service.clone(),
@@ -206,14 +223,24 @@ pub async fn run(args: AgentArgs, shutdown: impl std::future::Future<Output = ()
         first_tx,
     ));
     let _ = tokio::time::timeout(Duration::from_secs(10), first_rx).await;
+    // The app's health from a first probe on, so an instance that is not
+    // ready yet never takes traffic.
+    let (health_tx, health_rx) = tokio::sync::watch::channel(health::Status::healthy());
+    if let (Some(probe), Some(app)) = (&probe, args.app) {
+        if let Err(reason) = probe.check(app, probe_every.min(Duration::from_secs(1))).await {
+            health_tx.send_replace(health::Status { healthy: false, reason });
+        }
+        tokio::spawn(health::run(probe.clone(), app, probe_every, health_tx));
+    }
     let registration = match inbound_addr {
         Some(addr) => {
             let ip = args.address.unwrap_or_else(|| advertised_ip(addr, &endpoint));
+            let now = health_rx.borrow().clone();
             let body = json!({
                 "name": name, "service": args.service, "address": ip.to_string(), "port": addr.port(),
-                "labels": labels, "locality": locality,
+                "labels": labels, "locality": locality, "healthy": now.healthy, "healthReason": now.reason,
             });
-            match call(&endpoint, mtls(&sidecar)?, "POST", "/mesh/v1/register", None, Some(&body)).await {
+            match link.call("POST", "/mesh/v1/register", Some(&body)).await {
                 Ok(_) => Some(ip),
                 Err(e) => {
                     tracing::warn!(error = %format!("{e:#}"), "cannot register this instance; other proxies will not find it until a restart");
@@ -223,6 +250,9 @@ pub async fn run(args: AgentArgs, shutdown: impl std::future::Future<Output = ()
         }
         None => None,
     };
+    if probe.is_some() && registration.is_some() {
+        tokio::spawn(report_health(link.clone(), name.clone(), health_rx));
+    }
     println!(
         "meshgate agent ready name={} identity={} serial={} expires={} outbound={} inbound={} address={} data-dir={}",
         name,
@@ -261,11 +291,8 @@ pub async fn run(args: AgentArgs, shutdown: impl std::future::Future<Output = ()
     // Leaving: take this instance out of the mesh, then stop serving.
     if registration.is_some() {
         let body = json!({ "name": name });
-        let gone = tokio::time::timeout(
-            Duration::from_secs(5),
-            call(&endpoint, mtls(&sidecar)?, "POST", "/mesh/v1/deregister", None, Some(&body)),
-        )
-        .await;
+        let gone =
+            tokio::time::timeout(Duration::from_secs(5), link.call("POST", "/mesh/v1/deregister", Some(&body))).await;
         if !matches!(gone, Ok(Ok(_))) {
             tracing::warn!("cannot deregister this instance; its WorkloadEntry stays until removed");
         }
@@ -346,7 +373,7 @@ fn advertised_ip(inbound: SocketAddr, endpoint: &Endpoint) -> std::net::IpAddr {
 /// new version and reporting it (ACK), or keeping the last one and saying
 /// why (NACK); sends its config dump when asked.
 async fn follow_config(
-    endpoint: Endpoint,
+    link: Arc<link::Link>,
     sidecar: Arc<sidecar::Sidecar>,
     name: String,
     service: String,
@@ -359,10 +386,7 @@ async fn follow_config(
     let mut failures = 0u32;
     loop {
         let path = format!("/mesh/v1/config?name={name}&service={service}&after={after}&acked={acked}");
-        let answer = match mtls(&sidecar) {
-            Ok(tls) => call(&endpoint, tls, "GET", &path, None, None).await,
-            Err(e) => Err(e),
-        };
+        let answer = link.call("GET", &path, None).await;
         match answer {
             Ok(Some(v)) if v["dumpWanted"] == true => failures = 0,
             Ok(Some(v)) => {
@@ -401,12 +425,27 @@ async fn follow_config(
         let status = json!({
             "name": name, "service": service, "revision": acked, "nack": nack, "dump": sidecar.dump(),
         });
-        let sent = match mtls(&sidecar) {
-            Ok(tls) => call(&endpoint, tls, "POST", "/mesh/v1/status", None, Some(&status)).await,
-            Err(e) => Err(e),
-        };
+        let sent = link.call("POST", "/mesh/v1/status", Some(&status)).await;
         if let Err(e) = sent {
             tracing::warn!(error = %format!("{e:#}"), "cannot report status to the control plane");
+        }
+    }
+}
+
+/// Tells the control plane of every change in the app's health, and again
+/// on every new link (a restarted control plane learns it that way).
+async fn report_health(link: Arc<link::Link>, name: String, mut health: tokio::sync::watch::Receiver<health::Status>) {
+    let mut links = link.connections();
+    loop {
+        tokio::select! {
+            changed = health.changed() => if changed.is_err() { return },
+            changed = links.changed() => if changed.is_err() { return },
+        }
+        links.borrow_and_update();
+        let now = health.borrow_and_update().clone();
+        let body = json!({ "name": name, "healthy": now.healthy, "reason": now.reason });
+        if let Err(e) = link.call("POST", "/mesh/v1/health", Some(&body)).await {
+            tracing::warn!(error = %format!("{e:#}"), "cannot report the app's health; again on reconnect");
         }
     }
 }
@@ -666,7 +705,9 @@ async fn post(
     Ok(call(endpoint, tls, "POST", path, bearer, Some(body)).await?.unwrap_or(Value::Null))
 }
 
-/// One HTTPS request to the mesh port: the answer's JSON (`None` for 204), or its error message.
+/// One HTTPS request to the mesh port on a connection of its own (joining
+/// and renewing, before and between links): the answer's JSON (`None` for
+/// 204), or its error message.
 async fn call(
     endpoint: &Endpoint,
     tls: Arc<rustls::ClientConfig>,
@@ -675,22 +716,43 @@ async fn call(
     bearer: Option<&str>,
     body: Option<&Value>,
 ) -> anyhow::Result<Option<Value>> {
+    let stream = connect(endpoint, tls).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let req = request(method, path, endpoint, bearer, body)?;
+    let resp = tokio::time::timeout(Duration::from_secs(40), sender.send_request(req))
+        .await
+        .map_err(|_| anyhow::anyhow!("the control plane did not answer in time"))??;
+    answer(resp).await
+}
+
+/// TCP and TLS to the control plane, each bounded in time.
+async fn connect(
+    endpoint: &Endpoint,
+    tls: Arc<rustls::ClientConfig>,
+) -> anyhow::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     let address = (endpoint.host.as_str(), endpoint.port);
     let tcp = tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect(address))
         .await
         .map_err(|_| anyhow::anyhow!("connecting to {}:{} timed out", endpoint.host, endpoint.port))?
         .with_context(|| format!("cannot connect to {}:{}", endpoint.host, endpoint.port))?;
     let name = ServerName::try_from(endpoint.host.clone()).context("server name")?;
-    let stream =
-        tokio::time::timeout(Duration::from_secs(10), tokio_rustls::TlsConnector::from(tls).connect(name, tcp))
-            .await
-            .map_err(|_| anyhow::anyhow!("TLS handshake with the control plane timed out"))?
-            .context("TLS with the control plane failed")?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
+    tokio::time::timeout(Duration::from_secs(10), tokio_rustls::TlsConnector::from(tls).connect(name, tcp))
+        .await
+        .map_err(|_| anyhow::anyhow!("TLS handshake with the control plane timed out"))?
+        .context("TLS with the control plane failed")
+}
+
+fn request(
+    method: &str,
+    uri: &str,
+    endpoint: &Endpoint,
+    bearer: Option<&str>,
+    body: Option<&Value>,
+) -> anyhow::Result<http::Request<Full<bytes::Bytes>>> {
     let mut req = http::Request::builder()
         .method(method)
-        .uri(path)
+        .uri(uri)
         .header(http::header::HOST, format!("{}:{}", endpoint.host, endpoint.port))
         .header(http::header::CONTENT_TYPE, "application/json");
     if let Some(t) = bearer {
@@ -700,11 +762,11 @@ async fn call(
         Some(b) => bytes::Bytes::from(serde_json::to_vec(b)?),
         None => bytes::Bytes::new(),
     };
-    let req = req.body(Full::new(bytes))?;
-    // Long enough for a config long poll (the control plane answers within 25 s).
-    let resp = tokio::time::timeout(Duration::from_secs(40), sender.send_request(req))
-        .await
-        .map_err(|_| anyhow::anyhow!("the control plane did not answer in time"))??;
+    Ok(req.body(Full::new(bytes))?)
+}
+
+/// The answer's JSON (`None` for 204), or the control plane's error message.
+async fn answer(resp: http::Response<hyper::body::Incoming>) -> anyhow::Result<Option<Value>> {
     let status = resp.status();
     let bytes = resp.into_body().collect().await?.to_bytes();
     if status == http::StatusCode::NO_CONTENT {

@@ -24,6 +24,8 @@ pub struct SidecarSpec {
     pub app: Option<String>,
     pub inbound: Option<String>,
     pub outbound: Option<String>,
+    /// The app's probe: `http:/PATH` or `tcp` (as `agent --health`).
+    pub health: Option<String>,
 }
 
 const KEYS: &[&str] =
@@ -44,8 +46,13 @@ impl SidecarSpec {
                 bail!("--sidecar {spec:?}: {k} given twice");
             }
         }
-        if kv.contains_key("health") {
-            bail!("--sidecar {spec:?}: health= (probing the app) is not built yet");
+        if let Some(h) = kv.get("health") {
+            if let Err(e) = super::health::Probe::parse(h) {
+                bail!("--sidecar {spec:?}: health={e}");
+            }
+            if !kv.contains_key("app") {
+                bail!("--sidecar {spec:?}: health= probes the app, so it needs app=");
+            }
         }
         let Some(service) = kv.remove("service") else { bail!("--sidecar {spec:?}: service= is required") };
         let locality = match (kv.remove("region"), kv.remove("zone")) {
@@ -70,6 +77,7 @@ impl SidecarSpec {
             app: kv.remove("app"),
             inbound: kv.remove("inbound"),
             outbound: kv.remove("outbound"),
+            health: kv.remove("health"),
         })
     }
 }
@@ -155,6 +163,7 @@ async fn run_once(
         ("--outbound", &spec.outbound),
         ("--version", &spec.version),
         ("--locality", &spec.locality),
+        ("--health", &spec.health),
     ] {
         if let Some(v) = value {
             cmd.args([flag, v]);
@@ -212,6 +221,12 @@ mod tests {
         assert!(SidecarSpec::parse("version=v1").unwrap_err().to_string().contains("service= is required"));
         assert!(SidecarSpec::parse("service=a,colour=red").unwrap_err().to_string().contains("unknown key \"colour\""));
         assert!(SidecarSpec::parse("service=a,app=nowhere").unwrap_err().to_string().contains("app=\"nowhere\""));
+        let probed = SidecarSpec::parse("service=a,app=127.0.0.1:1,health=http:/healthz").unwrap();
+        assert_eq!(probed.health.as_deref(), Some("http:/healthz"));
+        assert!(
+            SidecarSpec::parse("service=a,app=127.0.0.1:1,health=exec").unwrap_err().to_string().contains("health=")
+        );
+        assert!(SidecarSpec::parse("service=a,health=tcp").unwrap_err().to_string().contains("needs app="));
         let two = ["service=a,app=127.0.0.1:1".to_string(), "service=b,outbound=127.0.0.1:2".to_string()];
         assert!(parse_all(&two).unwrap_err().to_string().contains("several sidecars share this host"));
     }

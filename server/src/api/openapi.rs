@@ -141,7 +141,7 @@ pub fn document() -> Value {
     add(
         "/api/v1/proxy-status",
         "get",
-        op("Every proxy, the revision it runs: SYNCED, STALE or NACK", &[], None, "200"),
+        op("Every proxy, the revision it runs: SYNCED, STALE, NACK or DISCONNECTED", &[], None, "200"),
     );
     add(
         "/api/v1/proxy-config/{name}",

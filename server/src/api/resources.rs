@@ -79,7 +79,10 @@ pub async fn proxy_status(State(state): State<AppState>) -> ApiResult<Json<Value
     for a in state.hub.fleet.all() {
         let mut v = serde_json::to_value(&a).unwrap_or_default();
         v["role"] = json!("sidecar");
+        // A live agent always has a config request waiting, but for a moment between two.
+        let gone = !a.connected && crate::control::fleet::now_ms() - a.last_seen_ms > 5_000;
         let status = match &a.nack {
+            _ if gone => "DISCONNECTED",
             _ if a.revision >= applied => "SYNCED",
             Some(n) if n.revision >= applied => "NACK",
             _ => "STALE",

@@ -509,6 +509,7 @@ impl Compiler<'_> {
                 for (we_res, we) in &ix.workloads {
                     if we_res.namespace() == se_res.namespace()
                         && sel.labels.iter().all(|(k, v)| we.labels.get(k) == Some(v))
+                        && !is_unhealthy(we_res)
                     {
                         add(we);
                     }
@@ -772,6 +773,18 @@ fn upstream_tls(
 
 /// `region/zone/subzone` of a workload: its `locality` field, else the
 /// Kubernetes topology labels, else plain `region`/`zone` labels.
+/// Set on a WorkloadEntry by the control plane: `unhealthy` while its
+/// agent's probe fails or the agent is out of contact past the grace
+/// period (Istio keeps this as the entry's `Healthy` condition).
+pub const HEALTH_ANNOTATION: &str = "meshgate.io/health";
+/// Why it is unhealthy.
+pub const HEALTH_REASON_ANNOTATION: &str = "meshgate.io/health-reason";
+
+/// An unhealthy instance gets no traffic from any proxy.
+fn is_unhealthy(we: &Resource) -> bool {
+    we.metadata.annotations.get(HEALTH_ANNOTATION).is_some_and(|h| h == "unhealthy")
+}
+
 fn endpoint_locality(we: &WorkloadEntrySpec) -> String {
     if let Some(l) = we.locality.as_deref().filter(|l| !l.is_empty()) {
         return l.to_string();

@@ -26,6 +26,10 @@ pub struct ProxyRecord {
     pub connected: bool,
     /// The newest revision it rejected, while it has not run a newer one.
     pub nack: Option<Nack>,
+    /// Its app's health as its probe last said (`None`: it does not probe).
+    pub healthy: Option<bool>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub health_reason: String,
     /// Its last config dump.
     #[serde(skip)]
     pub report: Option<Report>,
@@ -55,6 +59,8 @@ pub struct Fleet {
     wanted: watch::Sender<BTreeSet<String>>,
     reported: Notify,
     reports: std::sync::atomic::AtomicU64,
+    /// Wakes the health reconciler: an agent's app changed health or an agent left.
+    pub health_changed: Notify,
 }
 
 /// Who is asking, as the mesh port authenticated it.
@@ -86,6 +92,8 @@ impl Fleet {
             last_seen_ms: 0,
             connected,
             nack: None,
+            healthy: None,
+            health_reason: String::new(),
             report: None,
         });
         if record.identity != c.identity {
@@ -111,6 +119,25 @@ impl Fleet {
             record.report = Some(Report { at_ms: now_ms(), seq, dump: Arc::new(dump) });
         }
         self.reported.notify_waiters();
+        Ok(())
+    }
+
+    /// Marks `name` connected until the guard goes (its config request
+    /// answered, or dropped with the agent's link).
+    pub fn waiting<'a>(&'a self, name: &'a str) -> Waiting<'a> {
+        Waiting { fleet: self, name }
+    }
+
+    /// What an agent's probe says of its app.
+    pub fn set_health(&self, c: &Caller<'_>, healthy: bool, reason: &str) -> Result<(), NotYours> {
+        let connected = self.lock().get(c.name).is_some_and(|r| r.connected);
+        let revision = self.lock().get(c.name).map_or(-1, |r| r.revision);
+        self.seen(c, revision, connected)?;
+        if let Some(record) = self.lock().get_mut(c.name) {
+            record.healthy = Some(healthy);
+            record.health_reason = if healthy { String::new() } else { reason.to_string() };
+        }
+        self.health_changed.notify_one();
         Ok(())
     }
 
@@ -163,6 +190,20 @@ impl Fleet {
                 });
                 return newest.map(|r| (r, false));
             }
+        }
+    }
+}
+
+pub struct Waiting<'a> {
+    fleet: &'a Fleet,
+    name: &'a str,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if let Some(record) = self.fleet.lock().get_mut(self.name) {
+            record.connected = false;
+            record.last_seen_ms = now_ms();
         }
     }
 }

@@ -16,6 +16,8 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+pub mod health;
+
 use crate::api::{ApiError, ApiResult};
 use crate::ca::{Ca, IssueError, SpiffeId};
 use crate::control::fleet::{Caller, Nack};
@@ -69,11 +71,16 @@ pub fn router(state: MeshState) -> Router {
         .route("/mesh/v1/roots", get(roots))
         .route("/mesh/v1/config", get(config))
         .route("/mesh/v1/status", post(status))
+        .route("/mesh/v1/health", post(health_report))
         .route("/mesh/v1/register", post(register))
         .route("/mesh/v1/deregister", post(deregister))
         .fallback(|| async { ApiError::not_found("no such route on the mesh port") })
         .with_state(state)
 }
+
+/// How often the mesh port pings an agent's link, and how long a ping may take.
+const LINK_PING_EVERY: Duration = Duration::from_secs(10);
+const LINK_PING_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves the mesh port until `stop` turns true.
 pub async fn serve(
@@ -108,7 +115,14 @@ pub async fn serve(
             let identity = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(SpiffeId::from_cert);
             let app = app.layer(axum::Extension(Peer(identity)));
             let service = hyper_util::service::TowerToHyperService::new(app);
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            // Agents hold one HTTP/2 link each; pings find those that are gone
+            // (their config requests then end, and the agent counts as disconnected).
+            builder
+                .http2()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .keep_alive_interval(Some(LINK_PING_EVERY))
+                .keep_alive_timeout(LINK_PING_TIMEOUT);
             let conn = builder.serve_connection(TokioIo::new(tls), service);
             tokio::pin!(conn);
             tokio::select! {
@@ -264,14 +278,16 @@ async fn config(
     let caller = Caller { name: &q.name, identity: &identity, service: &q.service, namespace: &id.namespace };
     let acked = q.acked.unwrap_or(q.after);
     s.hub.fleet.seen(&caller, acked, true).map_err(|_| not_yours(&q.name))?;
+    // Connected while this request waits: until it answers, or is dropped
+    // because the agent's link went away.
+    let waiting = s.hub.fleet.waiting(&q.name);
     let newer = tokio::select! {
         newer = s.hub.wait_newer(q.after, CONFIG_WAIT) => newer,
         () = s.hub.fleet.dump_wanted(&q.name) => {
-            let _ = s.hub.fleet.seen(&caller, acked, false);
             return Ok(Json(json!({ "dumpWanted": true })).into_response());
         }
     };
-    let _ = s.hub.fleet.seen(&caller, acked, false);
+    drop(waiting);
     if !newer {
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
@@ -333,6 +349,11 @@ struct Registration {
     labels: std::collections::BTreeMap<String, String>,
     #[serde(default)]
     locality: Option<String>,
+    /// The app's health from the agent's first probe (absent: not probed).
+    #[serde(default)]
+    healthy: Option<bool>,
+    #[serde(default)]
+    health_reason: String,
 }
 
 /// An agent's instance as a WorkloadEntry named after the agent, in its
@@ -356,20 +377,53 @@ async fn register(
     if let Some(l) = reg.locality.filter(|l| !l.is_empty()) {
         spec["locality"] = json!(l);
     }
-    let doc = json!({
-        "apiVersion": "networking.istio.io/v1",
-        "kind": "WorkloadEntry",
-        "metadata": { "name": reg.name, "namespace": id.namespace, "labels": { "meshgate.io/agent": "true" } },
-        "spec": spec,
-    });
+    let mut metadata =
+        json!({ "name": reg.name, "namespace": id.namespace, "labels": { "meshgate.io/agent": "true" } });
+    if reg.healthy == Some(false) {
+        metadata["annotations"] = json!({
+            crate::control::compile::HEALTH_ANNOTATION: "unhealthy",
+            crate::control::compile::HEALTH_REASON_ANNOTATION: reg.health_reason,
+        });
+    }
+    let doc =
+        json!({ "apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry", "metadata": metadata, "spec": spec });
     let resource = meshgate_model::Resource::from_value(doc, &id.namespace).map_err(|errs| {
         let details = errs.into_iter().map(|e| crate::api::error::Detail { path: e.path, reason: e.reason }).collect();
         ApiError::invalid("the registration does not make a valid WorkloadEntry", details)
     })?;
     let changes = s.store.apply(&[resource], &format!("agent:{id}"), crate::store::WriteMode::Upsert).await?;
+    if let Some(healthy) = reg.healthy {
+        let identity = id.to_string();
+        let caller = Caller { name: &reg.name, identity: &identity, service: &reg.service, namespace: &id.namespace };
+        s.hub.fleet.set_health(&caller, healthy, &reg.health_reason).map_err(|_| not_yours(&reg.name))?;
+    }
     s.hub.notify();
     tracing::info!(agent = %reg.name, identity = %id, address = %reg.address, "agent registered");
     Ok(Json(json!({ "workloadEntry": format!("{}/{}", id.namespace, reg.name), "changes": changes.len() })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HealthReport {
+    name: String,
+    healthy: bool,
+    #[serde(default)]
+    reason: String,
+}
+
+/// An agent's probe changed its mind about its app; the reconciler marks
+/// the instance's WorkloadEntry.
+async fn health_report(
+    State(s): State<MeshState>,
+    Extension(Peer(peer)): Extension<Peer>,
+    Json(h): Json<HealthReport>,
+) -> ApiResult<Json<Value>> {
+    let id = workload(peer)?;
+    let identity = id.to_string();
+    let service = s.hub.fleet.get(&h.name).map(|r| r.service).unwrap_or_default();
+    let caller = Caller { name: &h.name, identity: &identity, service: &service, namespace: &id.namespace };
+    s.hub.fleet.set_health(&caller, h.healthy, &h.reason).map_err(|_| not_yours(&h.name))?;
+    Ok(Json(json!({ "ok": true })))
 }
 
 #[derive(Deserialize)]
