@@ -99,6 +99,7 @@ pub async fn run(
         connection_limit: connection_limit.clone(),
         client_cert: None,
         peer_principal: None,
+        tunnels: false,
     });
     let secure = Arc::new(proxy::Listener {
         hub: hub.clone(),
@@ -108,6 +109,7 @@ pub async fn run(
         connection_limit: connection_limit.clone(),
         client_cert: None,
         peer_principal: None,
+        tunnels: false,
     });
     let more_ports = tokio::spawn(proxy::listeners::manage(
         hub.clone(),

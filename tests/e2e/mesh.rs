@@ -702,3 +702,94 @@ fn unhealthy_instances_leave_every_proxy_and_come_back() {
     wait_synced(&server, 2);
     assert_eq!(answers(20), ["200 good".to_string()].into());
 }
+
+/// A TCP service that echoes each line back, prefixed with `name: `.
+fn tcp_echo(name: &'static str) -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                use std::io::{BufRead as _, Write as _};
+                let mut out = stream.try_clone().unwrap();
+                for line in std::io::BufReader::new(stream).lines().map_while(Result::ok) {
+                    if writeln!(out, "{name}: {line}").is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Opens a CONNECT tunnel to `target` through the proxy at `proxy`: the
+/// status line of the answer, and the stream when it is a 2xx.
+fn connect_via(proxy: &str, target: &str) -> (String, Option<std::io::BufReader<std::net::TcpStream>>) {
+    use std::io::{BufRead as _, Write as _};
+    let mut s = std::net::TcpStream::connect(proxy).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(s, "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").unwrap();
+    let mut r = std::io::BufReader::new(s);
+    let mut status = String::new();
+    r.read_line(&mut status).unwrap();
+    let mut line = String::new();
+    while r.read_line(&mut line).unwrap() > 2 {
+        line.clear();
+    }
+    let ok = status.split_whitespace().nth(1).is_some_and(|c| c.starts_with('2'));
+    (status.trim().to_string(), ok.then_some(r))
+}
+
+#[test]
+fn tcp_crosses_the_mesh_in_connect_tunnels_over_mtls() {
+    let server = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let fp = server.ca_fingerprint.clone();
+    let db = tcp_echo("user-db");
+    server.apply("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: user-db}\nspec:\n  hosts: [user-db]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports: [{number: 5432, name: tcp-postgres, protocol: TCP}]\n  workloadSelector: {labels: {app: user-db}}\n---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec:\n  mtls: {mode: STRICT}\n");
+    let t = token(&server, &["--service", "user-db"]);
+    let app = db.to_string();
+    let mut db_agent = Agent::start(
+        &server,
+        &tmp.path().join("db"),
+        &["--token", &t, "--service", "user-db", "--ca-fingerprint", &fp, "--app", &app],
+    );
+    db_agent.wait_for("meshgate agent ready ");
+    let mut outbound = std::collections::BTreeMap::new();
+    let mut agents = Vec::new();
+    for service in ["orders", "billing"] {
+        let t = token(&server, &["--service", service]);
+        let mut a = Agent::start(
+            &server,
+            &tmp.path().join(service),
+            &["--token", &t, "--service", service, "--ca-fingerprint", &fp],
+        );
+        outbound.insert(service, field(&a.wait_for("meshgate agent ready "), "outbound=").to_string());
+        agents.push(a);
+    }
+    wait_synced(&server, 3);
+
+    // orders → its sidecar (CONNECT) → mTLS → user-db's sidecar (CONNECT) → the database, bytes both ways.
+    use std::io::{BufRead as _, Write as _};
+    let (status, tunnel) = connect_via(&outbound["orders"], "user-db:5432");
+    let mut tunnel = tunnel.unwrap_or_else(|| panic!("no tunnel: {status}"));
+    for query in ["SELECT 1", "SELECT 2"] {
+        writeln!(tunnel.get_mut(), "{query}").unwrap();
+        let mut answer = String::new();
+        tunnel.read_line(&mut answer).unwrap();
+        assert_eq!(answer, format!("user-db: {query}\n"));
+    }
+
+    // AuthorizationPolicy holds for tunnels too: only orders may open one.
+    server.apply("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: db}\nspec:\n  selector: {matchLabels: {app: user-db}}\n  action: ALLOW\n  rules:\n  - from: [{source: {principals: [cluster.local/ns/default/sa/orders]}}]\n");
+    wait_synced(&server, 3);
+    assert!(connect_via(&outbound["orders"], "user-db:5432").1.is_some());
+    let (status, refused) = connect_via(&outbound["billing"], "user-db:5432");
+    assert!(refused.is_none() && status.contains(" 403 "), "{status}");
+
+    // The edge gateway does not open tunnels.
+    let (status, none) = connect_via(&server.http, "user-db:5432");
+    assert!(none.is_none() && status.contains(" 405 "), "{status}");
+    drop(agents);
+}

@@ -179,6 +179,7 @@ pub async fn run(args: AgentArgs, shutdown: impl std::future::Future<Output = ()
             connection_limit: Arc::new(tokio::sync::Semaphore::new(10_000)),
             client_cert: None,
             peer_principal: None,
+            tunnels: true,
         })
     };
     let outbound = tokio::net::TcpListener::bind(args.outbound)

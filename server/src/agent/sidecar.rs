@@ -27,7 +27,7 @@ pub const OUTBOUND_PORT: u32 = 15001;
 pub const INBOUND_PORT: u32 = 15006;
 const GATEWAY_NS: &str = "meshgate-system";
 /// Istio's root namespace: a PeerAuthentication there applies mesh-wide.
-const ROOT_NAMESPACES: [&str; 2] = ["istio-system", "meshgate-system"];
+pub const ROOT_NAMESPACES: [&str; 2] = ["istio-system", "meshgate-system"];
 
 /// How inbound connections must be secured (PeerAuthentication).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,7 +147,7 @@ impl Sidecar {
             }
             self.inbound.install(inbound);
         }
-        let mode = peer_mode(resources, &self.namespace, &self.labels);
+        let mode = peer_mode(resources, &self.namespace, &self.labels, self.app.map(|a| a.port()));
         self.mode.store(mode as u8, Ordering::Relaxed);
         self.strict.send_replace(mode == Mode::Strict);
     }
@@ -183,23 +183,34 @@ fn server_config(identity: &MeshIdentity) -> anyhow::Result<rustls::ServerConfig
 
 /// The mode for this workload: the most specific PeerAuthentication wins
 /// (workload selector, then namespace, then the root namespace); UNSET
-/// inherits; PERMISSIVE when none says anything (Istio's default).
-fn peer_mode(resources: &[Resource], namespace: &str, labels: &std::collections::BTreeMap<String, String>) -> Mode {
+/// inherits; PERMISSIVE when none says anything (Istio's default). A
+/// workload policy's `portLevelMtls` entry for the app's port comes first
+/// (as in Istio, only policies with a selector have port-level modes).
+fn peer_mode(
+    resources: &[Resource],
+    namespace: &str,
+    labels: &std::collections::BTreeMap<String, String>,
+    app_port: Option<u16>,
+) -> Mode {
+    let set = |m: Option<&meshgate_model::security::PeerMtls>| m.and_then(|m| m.mode).filter(|m| *m != MtlsMode::Unset);
     let mut by_workload = None;
     let mut by_namespace = None;
     let mut mesh_wide = None;
     for r in resources {
         let Body::PeerAuthentication(spec) = &r.body else { continue };
-        let Some(mode) = spec.mtls.as_ref().and_then(|m| m.mode).filter(|m| *m != MtlsMode::Unset) else { continue };
+        let mode = set(spec.mtls.as_ref());
         let selector = spec.selector.as_ref().map(|s| &s.match_labels).filter(|l| !l.is_empty());
         if r.namespace() == namespace {
             match selector {
-                Some(sel) if sel.iter().all(|(k, v)| labels.get(k) == Some(v)) => by_workload = Some(mode),
+                Some(sel) if sel.iter().all(|(k, v)| labels.get(k) == Some(v)) => {
+                    let port = app_port.and_then(|p| set(spec.port_level_mtls.get(&p.to_string())));
+                    by_workload = port.or(mode).or(by_workload);
+                }
                 Some(_) => {}
-                None => by_namespace = Some(mode),
+                None => by_namespace = mode.or(by_namespace),
             }
         } else if ROOT_NAMESPACES.contains(&r.namespace()) && selector.is_none() {
-            mesh_wide = Some(mode);
+            mesh_wide = mode.or(mesh_wide);
         }
     }
     match by_workload.or(by_namespace).or(mesh_wide) {
@@ -373,5 +384,38 @@ pub async fn serve_inbound(
             let (rd, wr) = tokio::io::split(stream);
             crate::proxy::h1::server::serve(rd, wr, listener, peer, stop).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policies(yaml: &str) -> Vec<Resource> {
+        meshgate_model::parse::decode("test.yaml", yaml, "default").unwrap()
+    }
+
+    #[test]
+    fn the_most_specific_peer_authentication_wins_down_to_the_port() {
+        let labels = [("app".to_string(), "users".to_string())].into();
+        let mode = |yaml: &str, port: Option<u16>| peer_mode(&policies(yaml), "default", &labels, port);
+        let mesh_strict = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}\n";
+        assert_eq!(mode(mesh_strict, Some(9001)), Mode::Strict);
+        assert_eq!(mode("", Some(9001)), Mode::Permissive);
+        let ns_permissive = format!(
+            "{mesh_strict}---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: ns}}\nspec: {{mtls: {{mode: PERMISSIVE}}}}\n"
+        );
+        assert_eq!(mode(&ns_permissive, Some(9001)), Mode::Permissive);
+        // A workload policy: its port-level mode for the app's port, else its own, else inherited.
+        let workload = format!(
+            "{mesh_strict}---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: users}}\nspec:\n  selector: {{matchLabels: {{app: users}}}}\n  mtls: {{mode: UNSET}}\n  portLevelMtls: {{\"9001\": {{mode: PERMISSIVE}}, \"9002\": {{mode: UNSET}}}}\n"
+        );
+        assert_eq!(mode(&workload, Some(9001)), Mode::Permissive, "port 9001 is PERMISSIVE");
+        assert_eq!(mode(&workload, Some(9002)), Mode::Strict, "UNSET inherits the mesh's STRICT");
+        assert_eq!(mode(&workload, Some(9003)), Mode::Strict, "no port entry: the policy's UNSET inherits");
+        assert_eq!(mode(&workload, None), Mode::Strict);
+        // Another workload's policy does not apply.
+        let other = workload.replace("app: users", "app: orders");
+        assert_eq!(mode(&other, Some(9001)), Mode::Strict);
     }
 }

@@ -497,21 +497,21 @@ impl Compiler<'_> {
             if port_number == 0 {
                 port_number = port.and_then(|p| p.number).unwrap_or(80);
             }
-            let mut add = |we: &WorkloadEntrySpec| {
+            let mut add = |we: &WorkloadEntrySpec, every_port: Option<u32>| {
                 let Some(addr) = we.address.as_deref() else { return };
-                let p = we.ports.get(&port_name).copied().unwrap_or(default_port);
+                let p = every_port.or_else(|| we.ports.get(&port_name).copied()).unwrap_or(default_port);
                 let addr =
                     if addr.contains(':') && !addr.starts_with('[') { format!("[{addr}]") } else { addr.to_string() };
                 endpoints.push((format!("{addr}:{p}"), we.labels.clone(), endpoint_locality(we)));
             };
-            se.endpoints.iter().for_each(&mut add);
+            se.endpoints.iter().for_each(|we| add(we, None));
             if let Some(sel) = &se.workload_selector {
                 for (we_res, we) in &ix.workloads {
                     if we_res.namespace() == se_res.namespace()
                         && sel.labels.iter().all(|(k, v)| we.labels.get(k) == Some(v))
                         && !is_unhealthy(we_res)
                     {
-                        add(we);
+                        add(we, inbound_port(we_res));
                     }
                 }
             }
@@ -779,6 +779,14 @@ fn upstream_tls(
 pub const HEALTH_ANNOTATION: &str = "meshgate.io/health";
 /// Why it is unhealthy.
 pub const HEALTH_REASON_ANNOTATION: &str = "meshgate.io/health-reason";
+
+/// Set on an agent's WorkloadEntry: its sidecar takes every port of the
+/// service on this one (its inbound port), HTTP and CONNECT alike.
+pub const INBOUND_PORT_ANNOTATION: &str = "meshgate.io/inbound-port";
+
+fn inbound_port(we: &Resource) -> Option<u32> {
+    we.metadata.annotations.get(INBOUND_PORT_ANNOTATION).and_then(|p| p.parse().ok())
+}
 
 /// An unhealthy instance gets no traffic from any proxy.
 fn is_unhealthy(we: &Resource) -> bool {

@@ -297,10 +297,33 @@ async fn config(
         .all_resources()
         .await?
         .iter()
-        .filter(|r| AGENT_KINDS.contains(&r.kind))
+        .filter(|r| for_agent(r, &id.namespace))
         .map(meshgate_model::Resource::to_value)
         .collect();
     Ok(Json(json!({ "revision": revision, "resources": resources })).into_response())
+}
+
+/// Whether an agent in `namespace` gets `r`: the kinds a sidecar acts on;
+/// of security policies only those that can apply to it (its namespace and
+/// the root namespace); of routing only what is exported to its namespace
+/// (`exportTo`, as in Istio: `*` everyone, `.` the resource's own
+/// namespace, `~` no one; unset is everyone).
+fn for_agent(r: &meshgate_model::Resource, namespace: &str) -> bool {
+    use meshgate_model::Body;
+    if !AGENT_KINDS.contains(&r.kind) {
+        return false;
+    }
+    let own = r.namespace() == namespace;
+    let exported = |to: &[String]| to.is_empty() || to.iter().any(|t| t == "*" || t == namespace || (t == "." && own));
+    match &r.body {
+        Body::PeerAuthentication(_) | Body::AuthorizationPolicy(_) | Body::RequestAuthentication(_) => {
+            own || crate::agent::sidecar::ROOT_NAMESPACES.contains(&r.namespace())
+        }
+        Body::VirtualService(s) => exported(&s.export_to),
+        Body::DestinationRule(s) => exported(&s.export_to),
+        Body::ServiceEntry(s) => exported(&s.export_to),
+        _ => true,
+    }
 }
 
 fn not_yours(name: &str) -> ApiError {
@@ -377,13 +400,13 @@ async fn register(
     if let Some(l) = reg.locality.filter(|l| !l.is_empty()) {
         spec["locality"] = json!(l);
     }
-    let mut metadata =
-        json!({ "name": reg.name, "namespace": id.namespace, "labels": { "meshgate.io/agent": "true" } });
+    let mut metadata = json!({
+        "name": reg.name, "namespace": id.namespace, "labels": { "meshgate.io/agent": "true" },
+        "annotations": { crate::control::compile::INBOUND_PORT_ANNOTATION: reg.port.to_string() },
+    });
     if reg.healthy == Some(false) {
-        metadata["annotations"] = json!({
-            crate::control::compile::HEALTH_ANNOTATION: "unhealthy",
-            crate::control::compile::HEALTH_REASON_ANNOTATION: reg.health_reason,
-        });
+        metadata["annotations"][crate::control::compile::HEALTH_ANNOTATION] = json!("unhealthy");
+        metadata["annotations"][crate::control::compile::HEALTH_REASON_ANNOTATION] = json!(reg.health_reason);
     }
     let doc =
         json!({ "apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry", "metadata": metadata, "spec": spec });
@@ -449,4 +472,21 @@ async fn deregister(
     }
     s.hub.fleet.remove(&d.name);
     Ok(Json(json!({ "removed": owned })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agents_get_only_what_can_apply_to_them() {
+        let yaml = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: shop-only, namespace: shop}\nspec: {action: DENY, rules: [{}]}\n---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: private, namespace: shop}\nspec: {hosts: [cart], exportTo: ['.'], http: [{route: [{destination: {host: cart}}]}]}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: to-billing, namespace: shop}\nspec: {host: cart, exportTo: [billing]}\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: hidden, namespace: shop}\nspec: {hosts: [hidden.example.com], exportTo: ['~'], ports: [{number: 80, name: http, protocol: HTTP}], resolution: DNS}\n---\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw, namespace: shop}\nspec: {selector: {istio: ingressgateway}, servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ['*']}]}\n";
+        let resources = meshgate_model::parse::decode("test.yaml", yaml, "default").unwrap();
+        let names = |ns: &str| -> Vec<String> {
+            resources.iter().filter(|r| for_agent(r, ns)).map(|r| r.name().to_string()).collect()
+        };
+        assert_eq!(names("shop"), ["shop-only", "default", "private"]);
+        assert_eq!(names("billing"), ["default", "to-billing"]);
+        assert_eq!(names("default"), ["default"]);
+    }
 }

@@ -97,7 +97,9 @@ async fn route(l: &Listener, peer: SocketAddr, mut req: Request<ProxyBody>) -> R
     // Request smuggling is refused by the HTTP/1 server before this point
     // (see `h1::server`).
     // Match and forward the normalized path, so `/a/../admin` cannot dodge a `/admin` rule.
-    if let Some(normalized) = normalize_path(req.uri().path()) {
+    // (CONNECT names an authority, not a path.)
+    let connect = req.method() == http::Method::CONNECT;
+    if let Some(normalized) = normalize_path(req.uri().path()).filter(|_| !connect) {
         let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
         let mut parts = req.uri().clone().into_parts();
         match format!("{normalized}{query}").parse() {
@@ -164,6 +166,7 @@ async fn route(l: &Listener, peer: SocketAddr, mut req: Request<ProxyBody>) -> R
             r
         }
         Action::Redirect(redirect) => redirect_response(redirect, &req, l.scheme, host),
+        Action::Forward(targets) if connect => tunnel(targets, &req).await,
         Action::Forward(targets) => forward(l, peer, route, targets, req).await,
     };
     if let (Some(cors), Some(origin)) = (&route.cors, origin)
@@ -350,6 +353,46 @@ enum Failure {
     Reset,
     Refused,
     Timeout,
+}
+
+/// HTTP CONNECT on a sidecar (TCP through the mesh): a byte stream to an
+/// endpoint of the route's cluster. A mesh workload is reached over mTLS
+/// and its sidecar's inbound is asked to CONNECT in turn (HBONE's way);
+/// the inbound, whose cluster is the app, opens plain TCP to it.
+async fn tunnel(targets: &WeightedClusters, req: &Request<ProxyBody>) -> Response<ProxyBody> {
+    use super::h1::client::{Through, Upgraded, connect_through, open};
+    let cluster = &targets.pick().cluster;
+    let Some(index) = cluster.pick(None, None) else {
+        return local(StatusCode::SERVICE_UNAVAILABLE, "UH", "no healthy upstream\n");
+    };
+    let address = cluster.endpoints[index].address.as_str();
+    let stream = match open(address, cluster.tls.as_deref(), &cluster.connections).await {
+        Ok(s) => s,
+        Err(e) => {
+            cluster.record(index, None);
+            tracing::debug!(error = %e, address, "tunnel: cannot connect");
+            return local(StatusCode::SERVICE_UNAVAILABLE, "UF", "upstream connect error\n");
+        }
+    };
+    let mesh_peer = cluster.tls.as_ref().is_some_and(|t| t.mode == "ISTIO_MUTUAL");
+    let (stream, pending) = if mesh_peer {
+        let authority = req.uri().authority().map_or("", |a| a.as_str());
+        match connect_through(stream, authority, cluster.connections.connect_timeout).await {
+            Ok(Through::Open(stream, pending)) => (stream, pending),
+            Ok(Through::Refused(status)) => return local(status, "UAEX", "the peer refused the tunnel\n"),
+            Err(e) => {
+                cluster.record(index, None);
+                tracing::debug!(error = %e, address, "tunnel: the peer did not open it");
+                return local(StatusCode::BAD_GATEWAY, "UF", "upstream tunnel error\n");
+            }
+        }
+    } else {
+        (stream, Bytes::new())
+    };
+    cluster.record(index, Some(200));
+    let mut resp = Response::new(ProxyBody::empty());
+    resp.extensions_mut().insert(Upgraded::new(stream, pending));
+    resp
 }
 
 async fn forward(

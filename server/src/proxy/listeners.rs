@@ -74,6 +74,7 @@ pub async fn manage(
                         connection_limit: connection_limit.clone(),
                         client_cert: None,
                         peer_principal: None,
+                        tunnels: false,
                     });
                     let acceptor = tls.then(|| super::tls::acceptor(hub.clone(), port));
                     tokio::spawn(super::serve(listener, state, acceptor, stopped));

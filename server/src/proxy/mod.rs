@@ -46,6 +46,9 @@ pub struct Listener {
     /// The same connection's peer as AuthorizationPolicy names it
     /// (`TD/ns/NS/sa/SA`), worked out once per connection.
     pub peer_principal: Option<Arc<str>>,
+    /// Serves HTTP CONNECT tunnels (a sidecar's ports: TCP through the
+    /// mesh); the gateway refuses CONNECT.
+    pub tunnels: bool,
 }
 
 /// The HTTP/2 upstream client (h2c with prior knowledge: gRPC and `HTTP2`

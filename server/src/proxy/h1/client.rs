@@ -158,6 +158,11 @@ impl tokio::io::AsyncWrite for Stream {
 pub struct Upgraded(Arc<Mutex<Option<(Stream, Bytes)>>>);
 
 impl Upgraded {
+    /// `stream` as the other end of a tunnel, with bytes already read from it.
+    pub fn new(stream: Stream, pending: Bytes) -> Upgraded {
+        Upgraded(Arc::new(Mutex::new(Some((stream, pending)))))
+    }
+
     pub fn take(&self) -> Option<(Stream, Bytes)> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
@@ -193,6 +198,50 @@ impl Pool {
             idle.push((stream, fingerprint, now));
         }
     }
+}
+
+/// A connection of its own to `address`, for a tunnel (never pooled).
+pub async fn open(address: &str, tls: Option<&UpstreamTls>, settings: &PoolSettings) -> Result<Stream, Error> {
+    connect(address, tls, settings).await
+}
+
+/// What the sidecar at the other end of a tunnel said.
+pub enum Through {
+    /// A 2xx: the stream is the tunnel now, with the bytes that came after the head.
+    Open(Stream, Bytes),
+    /// It refused (403 from its AuthorizationPolicy, say).
+    Refused(StatusCode),
+}
+
+/// Asks the sidecar at the other end of `stream` (its inbound port) to
+/// CONNECT to `authority`, as HBONE asks a mesh peer: the tunnel rides the
+/// mTLS connection already made.
+pub async fn connect_through(mut stream: Stream, authority: &str, limit: Duration) -> io::Result<Through> {
+    let mut buf = BytesMut::new();
+    let asking = async {
+        let head = format!("CONNECT {authority} HTTP/1.1\r\nhost: {authority}\r\n\r\n");
+        stream.write_all(head.as_bytes()).await?;
+        loop {
+            super::reserve(&mut buf, true);
+            if stream.read_buf(&mut buf).await? == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the peer closed the tunnel"));
+            }
+            if let Some(response) = parse_head(&mut buf)? {
+                return Ok(response.status());
+            }
+            if buf.len() >= MAX_HEAD {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "the peer's answer is too large"));
+            }
+        }
+    };
+    let status = match tokio::time::timeout(limit, asking).await {
+        Ok(status) => status?,
+        Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "the peer did not open the tunnel in time")),
+    };
+    if !status.is_success() {
+        return Ok(Through::Refused(status));
+    }
+    Ok(Through::Open(stream, buf.freeze()))
 }
 
 async fn connect(address: &str, tls: Option<&UpstreamTls>, settings: &PoolSettings) -> Result<Stream, Error> {

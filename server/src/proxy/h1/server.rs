@@ -106,7 +106,12 @@ pub async fn serve<R: ClientRead, W: AsyncWrite + Unpin + Send>(
                 return Box::pin(refuse(&mut w, StatusCode::REQUEST_TIMEOUT, why)).await;
             }
         };
-        let wants_upgrade = head.request.headers().contains_key(header::UPGRADE);
+        let connect = head.request.method() == Method::CONNECT;
+        if connect && !l.tunnels {
+            return Box::pin(refuse(&mut w, StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported here\n")).await;
+        }
+        // After a 101, or a 2xx to CONNECT, the connection carries bytes both ways.
+        let wants_upgrade = connect || head.request.headers().contains_key(header::UPGRADE);
         // Boxed: the request's state (handler, body pump, response writer)
         // lives on the heap for the request only; an idle connection's task
         // stays small.
@@ -143,6 +148,7 @@ async fn exchange<R: ClientRead, W: AsyncWrite + Unpin + Send>(
 ) -> io::Result<(Option<super::client::Upgraded>, bool)> {
     let RequestHead { request, decoder, keep_alive, expect_continue } = head;
     let head_request = request.method() == Method::HEAD;
+    let connect = request.method() == Method::CONNECT;
     let version = request.version();
 
     // The body: none, already read, or streamed by this task as the handler consumes it.
@@ -161,7 +167,7 @@ async fn exchange<R: ClientRead, W: AsyncWrite + Unpin + Send>(
     }
     let request = request.map(|()| body);
     let handler = std::pin::pin!(handler::handle(l, peer, request));
-    let reply = Reply { head_request, version, keep_alive };
+    let reply = Reply { head_request, connect, version, keep_alive };
     let Some(pump) = pump else {
         let resp = handler.await;
         return reply.write(w, resp, shutdown).await;
@@ -175,6 +181,8 @@ async fn exchange<R: ClientRead, W: AsyncWrite + Unpin + Send>(
 #[derive(Clone, Copy)]
 struct Reply {
     head_request: bool,
+    /// A 2xx to CONNECT opens a tunnel: no body, no framing fields.
+    connect: bool,
     version: Version,
     keep_alive: bool,
 }
@@ -187,7 +195,7 @@ impl Reply {
         shutdown: &watch::Receiver<bool>,
     ) -> io::Result<(Option<super::client::Upgraded>, bool)> {
         let keep_alive = self.keep_alive && !*shutdown.borrow();
-        write_response(w, resp, self.head_request, self.version, keep_alive).await
+        write_response(w, resp, self.head_request, self.connect, self.version, keep_alive).await
     }
 }
 
@@ -231,7 +239,7 @@ async fn with_body<R: ClientRead, W: AsyncWrite + Unpin + Send>(
 }
 
 async fn refuse<W: AsyncWrite + Unpin + Send>(w: &mut W, status: StatusCode, why: &'static str) {
-    let _ = write_response(w, handler::local(status, "DPE", why), false, Version::HTTP_11, false).await;
+    let _ = write_response(w, handler::local(status, "DPE", why), false, false, Version::HTTP_11, false).await;
     let _ = w.shutdown().await;
 }
 
@@ -298,9 +306,6 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<RequestHead>, HeadError> {
         return Err(bad("malformed request head\n"));
     };
     let method = Method::from_bytes(method.as_bytes()).map_err(|_| bad("invalid method\n"))?;
-    if method == Method::CONNECT {
-        return Err(HeadError::Refused(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported\n"));
-    }
     let path_at = super::offset(buf, path.as_bytes());
     let count = parsed.headers.len();
     for (slot, f) in at.iter_mut().zip(parsed.headers.iter()) {
@@ -500,16 +505,19 @@ async fn write_response<W: AsyncWrite + Unpin + Send>(
     w: &mut W,
     mut resp: Response<ProxyBody>,
     head_request: bool,
+    connect: bool,
     version: Version,
     mut keep_alive: bool,
 ) -> io::Result<(Option<super::client::Upgraded>, bool)> {
     let status = resp.status();
-    let upgraded = if status == StatusCode::SWITCHING_PROTOCOLS {
+    let tunnel = connect && status.is_success();
+    let upgraded = if status == StatusCode::SWITCHING_PROTOCOLS || tunnel {
         resp.extensions_mut().remove::<super::client::Upgraded>()
     } else {
         None
     };
     let bodiless = head_request
+        || tunnel
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
