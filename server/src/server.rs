@@ -45,7 +45,9 @@ pub async fn run(
     let metrics = Arc::new(Metrics::new());
     let hub = Hub::new();
 
+    let mesh_tls = Arc::new(crate::mesh::MeshTls::new(&ca, mesh_names())?);
     let state = AppState {
+        mesh_tls: Some(mesh_tls.clone()),
         ca: ca.clone(),
         hub: hub.clone(),
         store: store.clone(),
@@ -135,7 +137,6 @@ pub async fn run(
     let http_task = tokio::spawn(proxy::serve_workers(http, plain, None, workers_stop.clone()));
     let acceptor = Some(proxy::tls::acceptor(hub.clone(), 443));
     let https_task = tokio::spawn(proxy::serve_workers(https, secure, acceptor, workers_stop));
-    let mesh_tls = crate::mesh::tls_config(&ca, &mesh_names())?;
     let mesh_state = crate::mesh::MeshState { store: store.clone(), ca: ca.clone(), hub: hub.clone() };
     tokio::spawn(crate::mesh::health::reconcile(store.clone(), hub.clone(), config.agent_grace, mesh_stop.clone()));
     let mesh_task = tokio::spawn(crate::mesh::serve(mesh, mesh_tls, mesh_state, mesh_stop));

@@ -793,3 +793,73 @@ fn tcp_crosses_the_mesh_in_connect_tunnels_over_mtls() {
     assert!(none.is_none() && status.contains(" 405 "), "{status}");
     drop(agents);
 }
+
+#[test]
+fn the_ca_root_rotates_under_live_traffic() {
+    let server = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let old = server.ca_fingerprint.clone();
+    let app = crate::upstream::Upstream::start("users");
+    server.apply(&format!("{USER_SERVICE}---\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: gw}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: 80, name: http, protocol: HTTP}}\n    hosts: [api.example.com]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: edge}}\nspec:\n  hosts: [api.example.com]\n  gateways: [gw]\n  http:\n  - route: [{{destination: {{host: user-service}}}}]\n"));
+    let ttl = ["--cert-ttl", "6s"];
+    let (_users, _) = user_service_sidecar(&server, &tmp.path().join("users"), &app, &ttl);
+    let join = |service: &str, pin: &str| {
+        let t = token(&server, &["--service", service]);
+        let mut a = Agent::start(
+            &server,
+            &tmp.path().join(service),
+            &["--token", &t, "--service", service, "--ca-fingerprint", pin, "--cert-ttl", "6s"],
+        );
+        let ready = a.wait_for("meshgate agent ready ");
+        (a, field(&ready, "outbound=").to_string(), field(&ready, "name=").to_string())
+    };
+    let mut outbound = std::collections::BTreeMap::new();
+    let (orders, to, _) = join("orders", &old);
+    outbound.insert("orders", to);
+    wait_synced(&server, 2);
+    let c = server.http();
+    let call = |from: &str| {
+        c.get(format!("http://{from}/users")).header("host", "user-service").send().map(|r| r.status().as_u16())
+    };
+    let edge = || server.gateway(&c, "api.example.com", "/edge").send().map(|r| r.status().as_u16());
+    assert_eq!((call(&outbound["orders"]).unwrap(), edge().unwrap()), (200, 200));
+
+    // Rotate: a new root signs; the old stays trusted. Calls go on at once:
+    // peers that trust only the old root verify new certificates by the cross-signed root.
+    let out = server.ok(&["ca", "rotate"]);
+    let new = out.lines().next().unwrap().strip_prefix("new signing root: ").unwrap().to_string();
+    assert_ne!(new, old);
+    assert_eq!((call(&outbound["orders"]).unwrap(), edge().unwrap()), (200, 200));
+    // An agent that joins now, pinned to the old fingerprint, gets a certificate from the new root.
+    let (billing, to, billing_name) = join("billing", &old);
+    outbound.insert("billing", to);
+    wait_synced(&server, 3);
+    assert_eq!(call(&outbound["billing"]).unwrap(), 200);
+    let secret: serde_json::Value =
+        serde_json::from_str(&server.ok(&["proxy-config", "secret", &billing_name, "-o", "json"])).unwrap();
+    assert_eq!(secret["roots"], serde_json::json!([new, old]), "{secret}");
+
+    // Retiring the old root waits until every workload has renewed...
+    let err = server.fails(&["ca", "retire"]);
+    assert!(err.contains("from the old root are still valid"), "{err}");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let ca: serde_json::Value = serde_json::from_str(&server.ok(&["ca", "show", "-o", "json"])).unwrap();
+        if ca["rotation"]["oldRootCertificatesValid"] == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "old-root certificates never ran out: {ca}");
+        assert_eq!(call(&outbound["orders"]).unwrap(), 200, "a call failed during the rotation");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // ...then the new root alone is trusted, and the mesh and the edge carry on.
+    let out = server.ok(&["ca", "retire"]);
+    assert!(out.contains(&format!("retired root {old}")), "{out}");
+    for from in ["orders", "billing"] {
+        assert_eq!(call(&outbound[from]).unwrap(), 200);
+    }
+    assert_eq!(edge().unwrap(), 200);
+    let ca: serde_json::Value = serde_json::from_str(&server.ok(&["ca", "show", "-o", "json"])).unwrap();
+    assert_eq!(ca["bundle"].as_array().unwrap().len(), 1);
+    drop((orders, billing));
+}

@@ -76,8 +76,58 @@ pub async fn revoke_token(State(s): State<AppState>, Path(id): Path<String>) -> 
     Ok(Json(json!({ "revoked": id })))
 }
 
-pub async fn ca(State(s): State<AppState>) -> Json<Value> {
-    Json(s.ca.summary())
+/// `GET /api/v1/ca`: trust domain, signing root, the trusted bundle, and
+/// how far a rotation has got.
+pub async fn ca(State(s): State<AppState>) -> ApiResult<Json<Value>> {
+    Ok(Json(s.ca.status(&s.store).await.map_err(|e| ApiError::internal(format!("{e:#}")))?))
+}
+
+/// `POST /api/v1/ca/rotate`: a new root signs from now on; the old one stays trusted.
+pub async fn rotate_ca(State(s): State<AppState>) -> ApiResult<Json<Value>> {
+    let previous = s.ca.fingerprint();
+    let fingerprint = s.ca.rotate(&s.store).await.map_err(rotate_error)?;
+    ca_changed(&s)?;
+    Ok(Json(json!({ "fingerprint": fingerprint, "previous": previous, "trusted": s.ca.roots().len() })))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RetireQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+/// `POST /api/v1/ca/retire`: the roots that no longer sign stop being trusted.
+pub async fn retire_ca(
+    State(s): State<AppState>,
+    axum::extract::Query(q): axum::extract::Query<RetireQuery>,
+) -> ApiResult<Json<Value>> {
+    let retired = s.ca.retire(&s.store, q.force).await.map_err(rotate_error)?;
+    ca_changed(&s)?;
+    Ok(Json(json!({ "retired": retired, "fingerprint": s.ca.fingerprint() })))
+}
+
+fn rotate_error(e: crate::ca::RotateError) -> ApiError {
+    use crate::ca::RotateError as R;
+    match e {
+        R::PluggedIn => ApiError::bad_request(e.to_string()),
+        R::NothingToRetire | R::StillInUse { .. } => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+        R::Other(e) => ApiError::internal(format!("{e:#}")),
+    }
+}
+
+/// After the CA changed: the mesh port and the gateway take certificates
+/// from the new signing root, and proxies recompile with them.
+fn ca_changed(s: &AppState) -> ApiResult<()> {
+    let fail = |e: String| ApiError::internal(format!("the CA changed but re-issuing failed: {e}"));
+    if let Some(tls) = &s.mesh_tls {
+        tls.refresh(&s.ca).map_err(|e| fail(format!("{e:#}")))?;
+    }
+    let id = SpiffeId::gateway(s.ca.trust_domain());
+    let identity = s.ca.identity(&id, crate::ca::DEFAULT_TTL).map_err(|e| fail(e.to_string()))?;
+    s.hub.identity.store(Some(std::sync::Arc::new(identity)));
+    s.hub.notify();
+    Ok(())
 }
 
 pub async fn certificates(State(s): State<AppState>) -> ApiResult<Json<Value>> {

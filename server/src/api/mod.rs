@@ -40,6 +40,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub settings: Arc<Settings>,
     pub ca: Arc<crate::ca::Ca>,
+    /// The mesh port's TLS, made again after a CA rotation (`None` in tests without one).
+    pub mesh_tls: Option<Arc<crate::mesh::MeshTls>>,
 }
 
 /// The whole admin router. Tests drive it with `oneshot`, no socket needed.
@@ -57,6 +59,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/tokens", get(mesh::list_tokens).post(mesh::create_token))
         .route("/api/v1/tokens/{id}", axum::routing::delete(mesh::revoke_token))
         .route("/api/v1/ca", get(mesh::ca))
+        .route("/api/v1/ca/rotate", post(mesh::rotate_ca))
+        .route("/api/v1/ca/retire", post(mesh::retire_ca))
         .route("/api/v1/certificates", get(mesh::certificates))
         .route("/api/v1/logout", post(auth::logout))
         .route("/api/v1/namespaces/{ns}/{plural}", get(resources::list_namespaced).post(resources::create))

@@ -136,7 +136,26 @@ pub fn document() -> Value {
     );
     add("/api/v1/tokens", "get", op("Join tokens (never their secrets)", &[], None, "200"));
     add("/api/v1/tokens/{id}", "delete", op("Revoke a join token", &["path:id:string"], None, "200"));
-    add("/api/v1/ca", "get", op("The mesh CA: trust domain, root fingerprint, roots (PEM)", &[], None, "200"));
+    add(
+        "/api/v1/ca",
+        "get",
+        op("The mesh CA: trust domain, signing root, trusted roots, rotation progress", &[], None, "200"),
+    );
+    add(
+        "/api/v1/ca/rotate",
+        "post",
+        op("Start a root rotation: a new root signs, the old stays trusted", &[], None, "200"),
+    );
+    add(
+        "/api/v1/ca/retire",
+        "post",
+        op(
+            "End a rotation: stop trusting old roots (409 while their certificates are valid)",
+            &["query:force:boolean"],
+            None,
+            "200",
+        ),
+    );
     add("/api/v1/certificates", "get", op("Workload certificates issued, newest first", &[], None, "200"));
     add(
         "/api/v1/proxy-status",

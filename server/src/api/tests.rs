@@ -31,6 +31,7 @@ async fn api(pool: SqlitePool) -> Api {
     let ca = Arc::new(crate::ca::Ca::load(&store, &ca_dir, "cluster.local", None).await.unwrap());
     let state = AppState {
         ca,
+        mesh_tls: None,
         hub,
         store: store.clone(),
         metrics: Arc::new(Metrics::new()),

@@ -16,6 +16,7 @@ pub mod identity;
 pub mod verify;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -46,14 +47,26 @@ pub const BACKDATE: Duration = Duration::from_secs(5 * 60);
 const SEAL_CONTEXT: &[u8] = b"meshgate CA key v1";
 
 /// The CA: its signing key and certificate, the chain to send after a leaf,
-/// and the roots workloads trust.
+/// and the roots workloads trust. A rotation swaps these while serving.
 pub struct Ca {
     trust_domain: String,
+    current: arc_swap::ArcSwap<Signing>,
+    /// The key that seals self-made roots' keys; `None` for a plug-in CA,
+    /// which is rotated by restarting with new files.
+    kek: Option<[u8; 32]>,
+}
+
+struct Signing {
     signer: KeyPair,
     signer_cert: CertificateDer<'static>,
-    /// Certificates between a leaf and the root, signer first (empty when the root signs).
+    /// Certificates between a leaf and the root, signer first: a plug-in
+    /// CA's intermediates, or during a rotation the new root cross-signed
+    /// by the old one (so peers that trust only the old root verify it).
     intermediates: Vec<CertificateDer<'static>>,
+    /// The signing root first, then any older one still trusted.
     roots: Vec<CertificateDer<'static>>,
+    /// When the signing root was made (stored form), for a self-made root.
+    since: Option<String>,
 }
 
 /// A proxy's own mesh credentials: its certificate chain and key, and the
@@ -131,44 +144,100 @@ impl Ca {
         let kek = key_encryption_key(data_dir)?;
         let mut stored = store.ca_roots().await?;
         if !stored.iter().any(|r| r.active) {
-            let (cert_pem, key) = make_root(trust_domain)?;
+            let (cert_pem, key) = make_root(trust_domain, "meshgate mesh CA")?;
             let sealed = seal(&kek, &key.serialize_der())?;
             let der = first_cert(&cert_pem).context("the new root")?;
             let not_after = OffsetDateTime::now_utc() + ROOT_TTL;
-            store.add_ca_root(&cert_pem, &sealed, &fingerprint(&der), &rfc3339(not_after)).await?;
+            store.add_ca_root(&cert_pem, &sealed, &fingerprint(&der), &rfc3339(not_after), None).await?;
             tracing::info!(fingerprint = %fingerprint(&der), "created the mesh CA root");
             stored = store.ca_roots().await?;
         }
-        let active = stored.iter().rev().find(|r| r.active).context("no active CA root in the store")?;
-        let key_der = open(&kek, &active.sealed_key).with_context(|| {
+        let signing = signing_from(&stored, &kek).with_context(|| {
             format!(
                 "cannot open the CA key with {}: the key file does not belong to this database",
                 data_dir.join("ca.key").display()
             )
         })?;
-        let signer = key_pair(&key_der)?;
-        let signer_cert = first_cert(&active.cert_pem).context("the stored CA root")?;
-        let ca = Ca {
+        Ok(Ca {
             trust_domain: trust_domain.to_string(),
-            signer,
-            signer_cert: signer_cert.clone(),
-            intermediates: Vec::new(),
-            roots: vec![signer_cert],
-        };
-        Ok(ca.with_roots(&stored))
+            current: arc_swap::ArcSwap::from_pointee(signing),
+            kek: Some(kek),
+        })
     }
 
-    /// Every stored root is trusted (a rotation keeps the old ones until
-    /// they are removed), the active one first.
-    fn with_roots(mut self, stored: &[crate::store::StoredRoot]) -> Ca {
-        for r in stored {
-            if let Ok(der) = first_cert(&r.cert_pem)
-                && !self.roots.contains(&der)
-            {
-                self.roots.push(der);
+    /// Starts a root rotation: a new self-made root signs from now on; the
+    /// old one stays trusted, and each new leaf carries the new root
+    /// cross-signed by the old, so peers that have not renewed yet (and
+    /// trust only the old root) verify it. Returns the new fingerprint.
+    pub async fn rotate(&self, store: &Store) -> Result<String, RotateError> {
+        let kek = self.kek.ok_or(RotateError::PluggedIn)?;
+        let old = self.current.load_full();
+        let name = format!("meshgate mesh CA {}", rfc3339(OffsetDateTime::now_utc()));
+        let (params, key) = root_params(&self.trust_domain, &name).map_err(RotateError::other)?;
+        let cert = params.self_signed(&key).map_err(RotateError::other)?;
+        let old_issuer = Issuer::from_ca_cert_der(&old.signer_cert, &old.signer).map_err(RotateError::other)?;
+        let mut cross_params = params.clone();
+        cross_params.serial_number = Some(random_serial());
+        let cross = cross_params.signed_by(&key, &old_issuer).map_err(RotateError::other)?;
+        let sealed = seal(&kek, &key.serialize_der()).map_err(RotateError::Other)?;
+        let der = cert.der().clone();
+        store
+            .add_ca_root(&cert.pem(), &sealed, &fingerprint(&der), &rfc3339(params.not_after), Some(&cross.pem()))
+            .await
+            .map_err(|e| RotateError::Other(e.into()))?;
+        let stored = store.ca_roots().await.map_err(|e| RotateError::Other(e.into()))?;
+        self.current.store(Arc::new(signing_from(&stored, &kek).map_err(RotateError::Other)?));
+        tracing::info!(fingerprint = %fingerprint(&der), previous = %fingerprint(&old.signer_cert), "mesh CA root rotated; the previous root stays trusted until retired");
+        Ok(fingerprint(&der))
+    }
+
+    /// Ends a rotation: roots that no longer sign stop being trusted. While
+    /// workload certificates from them are still valid this is refused
+    /// (they renew at half their lifetime), unless `force`.
+    pub async fn retire(&self, store: &Store, force: bool) -> Result<Vec<String>, RotateError> {
+        let kek = self.kek.ok_or(RotateError::PluggedIn)?;
+        let current = self.current.load_full();
+        if current.roots.len() < 2 {
+            return Err(RotateError::NothingToRetire);
+        }
+        let since = current.since.clone().unwrap_or_default();
+        let (left, last) =
+            store.certificates_valid_from_before(&since).await.map_err(|e| RotateError::Other(e.into()))?;
+        if left > 0 && !force {
+            return Err(RotateError::StillInUse { left, last: last.unwrap_or_default() });
+        }
+        let gone = store.retire_ca_roots().await.map_err(|e| RotateError::Other(e.into()))?;
+        let stored = store.ca_roots().await.map_err(|e| RotateError::Other(e.into()))?;
+        self.current.store(Arc::new(signing_from(&stored, &kek).map_err(RotateError::Other)?));
+        tracing::info!(retired = ?gone, "old mesh CA roots retired");
+        Ok(gone)
+    }
+
+    /// The stored roots as the admin API shows them (self-made CA), and
+    /// whether a rotation is under way.
+    pub async fn status(&self, store: &Store) -> anyhow::Result<serde_json::Value> {
+        let current = self.current.load_full();
+        let mut v = self.summary();
+        v["pluggedIn"] = serde_json::json!(self.kek.is_none());
+        if self.kek.is_some() {
+            let stored = store.ca_roots().await?;
+            v["bundle"] = stored
+                .iter()
+                .rev()
+                .map(|r| {
+                    serde_json::json!({
+                        "fingerprint": r.fingerprint, "signing": r.active,
+                        "createdAt": r.created_at, "notAfter": r.not_after,
+                    })
+                })
+                .collect();
+            if current.roots.len() > 1 {
+                let (left, last) =
+                    store.certificates_valid_from_before(current.since.as_deref().unwrap_or_default()).await?;
+                v["rotation"] = serde_json::json!({ "oldRootCertificatesValid": left, "lastExpires": last });
             }
         }
-        self
+        Ok(v)
     }
 
     fn plug_in(cert: &Path, key: &Path, trust_domain: &str) -> anyhow::Result<Ca> {
@@ -189,7 +258,8 @@ impl Ca {
         // The last certificate is the root the workloads trust; the others go after each leaf.
         let root = certs.last().cloned().unwrap_or_else(|| signer_cert.clone());
         let intermediates = if certs.len() > 1 { certs[..certs.len() - 1].to_vec() } else { Vec::new() };
-        Ok(Ca { trust_domain: trust_domain.to_string(), signer, signer_cert, intermediates, roots: vec![root] })
+        let signing = Signing { signer, signer_cert, intermediates, roots: vec![root], since: None };
+        Ok(Ca { trust_domain: trust_domain.to_string(), current: arc_swap::ArcSwap::from_pointee(signing), kek: None })
     }
 
     pub fn trust_domain(&self) -> &str {
@@ -197,17 +267,17 @@ impl Ca {
     }
 
     /// The roots workloads trust, the signing one first.
-    pub fn roots(&self) -> &[CertificateDer<'static>] {
-        &self.roots
+    pub fn roots(&self) -> Vec<CertificateDer<'static>> {
+        self.current.load().roots.clone()
     }
 
     pub fn roots_pem(&self) -> String {
-        self.roots.iter().map(pem_cert).collect()
+        self.current.load().roots.iter().map(pem_cert).collect()
     }
 
-    /// `sha256:HEX` of the trusted root, what agents pin with `--ca-fingerprint`.
+    /// `sha256:HEX` of the signing root, what agents pin with `--ca-fingerprint`.
     pub fn fingerprint(&self) -> String {
-        fingerprint(&self.roots[0])
+        fingerprint(&self.current.load().roots[0])
     }
 
     /// Trust domain, root fingerprint and roots, as the admin API and the mesh port show them.
@@ -226,9 +296,9 @@ impl Ca {
         let request = parse_csr(csr)?;
         let params = leaf_params(identity, ttl, &[])?;
         let signed = CertificateSigningRequestParams { params: params.clone(), public_key: request.public_key };
-        let issuer = self.issuer()?;
-        let cert = signed.signed_by(&issuer).map_err(|e| IssueError::Signing(e.to_string()))?;
-        Ok(self.issued(identity, cert.der().clone(), &params))
+        let current = self.current.load();
+        let cert = signed.signed_by(&current.issuer()?).map_err(|e| IssueError::Signing(e.to_string()))?;
+        Ok(current.issued(identity, cert.der().clone(), &params))
     }
 
     /// A certificate and key for meshgate's own use (the mesh listener, the
@@ -241,24 +311,20 @@ impl Ca {
     ) -> Result<(Issued, PrivateKeyDer<'static>), IssueError> {
         let key = KeyPair::generate().map_err(|e| IssueError::Signing(e.to_string()))?;
         let params = leaf_params(identity, ttl, dns_names)?;
-        let issuer = self.issuer()?;
-        let cert = params.signed_by(&key, &issuer).map_err(|e| IssueError::Signing(e.to_string()))?;
+        let current = self.current.load();
+        let cert = params.signed_by(&key, &current.issuer()?).map_err(|e| IssueError::Signing(e.to_string()))?;
         let key_der = PrivateKeyDer::try_from(key.serialize_der()).map_err(|e| IssueError::Signing(e.to_string()))?;
-        Ok((self.issued(identity, cert.der().clone(), &params), key_der))
+        Ok((current.issued(identity, cert.der().clone(), &params), key_der))
     }
 
     /// Credentials for one of meshgate's own proxies (the gateway), made here.
     pub fn identity(&self, id: &SpiffeId, ttl: Duration) -> Result<MeshIdentity, IssueError> {
         let (issued, key) = self.issue_own(id, &[], ttl)?;
-        Ok(MeshIdentity {
-            id: id.clone(),
-            chain: issued.chain,
-            key,
-            roots: self.roots.clone(),
-            not_after: issued.not_after,
-        })
+        Ok(MeshIdentity { id: id.clone(), chain: issued.chain, key, roots: self.roots(), not_after: issued.not_after })
     }
+}
 
+impl Signing {
     fn issuer(&self) -> Result<Issuer<'static, &KeyPair>, IssueError> {
         Issuer::from_ca_cert_der(&self.signer_cert, &self.signer).map_err(|e| IssueError::Signing(e.to_string()))
     }
@@ -290,10 +356,7 @@ fn leaf_params(identity: &SpiffeId, ttl: Duration, dns_names: &[String]) -> Resu
     let mut params = CertificateParams::default();
     params.not_before = now - BACKDATE;
     params.not_after = now + ttl.clamp(MIN_TTL, MAX_TTL);
-    let mut serial: [u8; 16] = rand::random();
-    serial[0] &= 0x7f; // positive
-    serial[0] |= 0x01; // and 16 bytes long, so its hex is unambiguous
-    params.serial_number = Some(SerialNumber::from_slice(&serial));
+    params.serial_number = Some(random_serial());
     params.distinguished_name = DistinguishedName::new();
     let uri = identity.to_string().try_into().map_err(|e: rcgen::Error| IssueError::Signing(e.to_string()))?;
     params.subject_alt_names.push(SanType::URI(uri));
@@ -308,21 +371,75 @@ fn leaf_params(identity: &SpiffeId, ttl: Duration, dns_names: &[String]) -> Resu
     Ok(params)
 }
 
-fn make_root(trust_domain: &str) -> anyhow::Result<(String, KeyPair)> {
+fn make_root(trust_domain: &str, name: &str) -> anyhow::Result<(String, KeyPair)> {
+    let (params, key) = root_params(trust_domain, name)?;
+    let cert = params.self_signed(&key).context("signing the CA root")?;
+    Ok((cert.pem(), key))
+}
+
+/// A new root's key and certificate parameters (ECDSA P-256, 10 years).
+fn root_params(trust_domain: &str, name: &str) -> anyhow::Result<(CertificateParams, KeyPair)> {
     let key = KeyPair::generate().context("generating the CA key")?;
     let mut params = CertificateParams::default();
     let now = OffsetDateTime::now_utc();
     params.not_before = now - BACKDATE;
     params.not_after = now + ROOT_TTL;
     params.distinguished_name.push(DnType::OrganizationName, trust_domain);
-    params.distinguished_name.push(DnType::CommonName, "meshgate mesh CA");
+    params.distinguished_name.push(DnType::CommonName, name);
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params.serial_number = Some(random_serial());
+    Ok((params, key))
+}
+
+/// 16 random bytes, positive and 16 bytes long (so its hex is unambiguous).
+fn random_serial() -> SerialNumber {
     let mut serial: [u8; 16] = rand::random();
     serial[0] &= 0x7f;
-    params.serial_number = Some(SerialNumber::from_slice(&serial));
-    let cert = params.self_signed(&key).context("signing the CA root")?;
-    Ok((cert.pem(), key))
+    serial[0] |= 0x01;
+    SerialNumber::from_slice(&serial)
+}
+
+/// The signing state from the stored roots: the active one signs; while
+/// older ones remain, its cross-signed certificate goes after each leaf.
+fn signing_from(stored: &[crate::store::StoredRoot], kek: &[u8; 32]) -> anyhow::Result<Signing> {
+    let active = stored.iter().rev().find(|r| r.active).context("no active CA root in the store")?;
+    let signer = key_pair(&open(kek, &active.sealed_key)?)?;
+    let signer_cert = first_cert(&active.cert_pem).context("the stored CA root")?;
+    let mut roots = vec![signer_cert.clone()];
+    for r in stored.iter().rev().filter(|r| !r.active) {
+        if let Ok(der) = first_cert(&r.cert_pem)
+            && !roots.contains(&der)
+        {
+            roots.push(der);
+        }
+    }
+    let intermediates = match &active.cross_signed_pem {
+        Some(pem) if roots.len() > 1 => vec![first_cert(pem).context("the cross-signed root")?],
+        _ => Vec::new(),
+    };
+    Ok(Signing { signer, signer_cert, intermediates, roots, since: Some(active.created_at.clone()) })
+}
+
+/// Why a rotation step was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RotateError {
+    #[error("this CA is plugged in (--ca-cert/--ca-key): rotate it by restarting with the new files")]
+    PluggedIn,
+    #[error("no rotation is under way: only the signing root is trusted")]
+    NothingToRetire,
+    #[error(
+        "{left} workload certificate(s) from the old root are still valid (the last until {last}); agents renew at half their lifetime, so retire after that, or force it"
+    )]
+    StillInUse { left: i64, last: String },
+    #[error("{0:#}")]
+    Other(anyhow::Error),
+}
+
+impl RotateError {
+    fn other(e: impl std::fmt::Display) -> RotateError {
+        RotateError::Other(anyhow::anyhow!("{e}"))
+    }
 }
 
 fn key_pair(der: &[u8]) -> anyhow::Result<KeyPair> {

@@ -97,7 +97,7 @@ async fn bad_csrs_are_refused_with_a_reason() {
 #[tokio::test]
 async fn a_plug_in_intermediate_signs_and_its_root_is_trusted() {
     let dir = tempfile::tempdir().unwrap();
-    let (root_pem, root_key) = make_root("corp.example").unwrap();
+    let (root_pem, root_key) = make_root("corp.example", "corp root").unwrap();
     let root_der = first_cert(&root_pem).unwrap();
     let int_key = KeyPair::generate().unwrap();
     let mut p = CertificateParams::default();
@@ -139,4 +139,60 @@ async fn a_pinned_fingerprint_finds_the_root_in_the_chain() {
     let other = MeshVerifier::new(Anchors::Pinned(format!("sha256:{}", "0".repeat(64))), Accept::ControlPlane);
     let err = other.check(&issued.chain[0], &[root], now()).unwrap_err();
     assert!(err.to_string().contains("no certificate with fingerprint"), "{err}");
+}
+
+#[tokio::test]
+async fn a_rotated_root_is_trusted_alongside_the_old_until_retired() {
+    let (dir, store, ca) = fresh().await;
+    let id = SpiffeId::new("cluster.local", "default", "user-service").unwrap();
+    let key = KeyPair::generate().unwrap();
+    let csr = csr_for(&key, "x");
+    let before = ca.issue(csr.as_bytes(), &id, Duration::from_secs(3600)).unwrap();
+    store.record_certificate(&before.serial, &id.to_string(), &rfc3339(before.not_after)).await.unwrap();
+    let old_roots = ca.roots();
+    let old = ca.fingerprint();
+
+    let new = ca.rotate(&store).await.unwrap();
+    assert_ne!(new, old);
+    assert_eq!(ca.fingerprint(), new);
+    let roots = ca.roots();
+    assert_eq!(roots.len(), 2);
+    assert_eq!(fingerprint(&roots[1]), old, "the old root stays trusted");
+
+    // A certificate from the new root carries it cross-signed by the old one...
+    let after = ca.issue(csr.as_bytes(), &id, Duration::from_secs(3600)).unwrap();
+    assert_eq!(after.chain.len(), 2);
+    // ...so a peer that still trusts only the old root verifies it,
+    let stale_peer = MeshVerifier::new(Anchors::Roots(old_roots.clone()), Accept::Any);
+    assert_eq!(stale_peer.check(&after.chain[0], &after.chain[1..], now()).unwrap(), id);
+    // a peer with the new bundle verifies both,
+    let renewed_peer = MeshVerifier::new(Anchors::Roots(roots.clone()), Accept::Any);
+    assert!(renewed_peer.check(&before.chain[0], &before.chain[1..], now()).is_ok());
+    assert!(renewed_peer.check(&after.chain[0], &after.chain[1..], now()).is_ok());
+    // and an agent that pinned either fingerprint finds it in what the mesh port sends.
+    let mut sent = after.chain.clone();
+    sent.extend(roots.iter().cloned());
+    for pin in [&old, &new] {
+        let pinned = MeshVerifier::new(Anchors::Pinned(pin.clone()), Accept::Any);
+        assert!(pinned.check(&sent[0], &sent[1..], now()).is_ok(), "pinned {pin}");
+    }
+
+    // A restart picks the rotation up where it was.
+    let again = Ca::load(&store, dir.path(), "cluster.local", None).await.unwrap();
+    assert_eq!((again.fingerprint(), again.roots().len()), (new.clone(), 2));
+    assert_eq!(again.issue(csr.as_bytes(), &id, Duration::from_secs(60)).unwrap().chain.len(), 2);
+
+    // Retiring waits for the old root's certificates to be renewed, or is forced.
+    let err = ca.retire(&store, false).await.unwrap_err();
+    assert!(err.to_string().starts_with("1 workload certificate(s) from the old root are still valid"), "{err}");
+    assert_eq!(ca.retire(&store, true).await.unwrap(), vec![old.clone()]);
+    assert_eq!(ca.roots().len(), 1);
+    let only_new = MeshVerifier::new(Anchors::Roots(ca.roots()), Accept::Any);
+    assert!(only_new.check(&before.chain[0], &before.chain[1..], now()).is_err(), "the old root is no longer trusted");
+    assert_eq!(
+        ca.issue(csr.as_bytes(), &id, Duration::from_secs(60)).unwrap().chain.len(),
+        1,
+        "no cross-signed root now"
+    );
+    assert!(matches!(ca.retire(&store, false).await, Err(RotateError::NothingToRetire)));
 }

@@ -50,6 +50,7 @@ pub fn run(client: &Client, command: Command) -> anyhow::Result<i32> {
     match command {
         Command::Up(_) | Command::Agent(_) => unreachable!("handled by cli::main"),
         Command::Token { command } => token(client, command),
+        Command::Ca { command } => ca(client, command),
         Command::ProxyStatus { output } => proxy_status(client, output),
         Command::ProxyConfig { section, name, output } => proxy_config(client, section, &name, output),
         Command::Apply { files, namespace, dry_run } => apply(client, &files, namespace.as_deref(), dry_run),
@@ -452,6 +453,60 @@ fn token(client: &Client, command: TokenCommand) -> anyhow::Result<i32> {
             Ok(0)
         }
     }
+}
+
+fn ca(client: &Client, command: super::CaCommand) -> anyhow::Result<i32> {
+    use super::CaCommand as C;
+    match command {
+        C::Show { output: format } => {
+            let v = client.get("/api/v1/ca")?;
+            match format {
+                Format::Json => print!("{}", output::json(&v)),
+                Format::Yaml => print!("{}", output::yaml(&v)),
+                Format::Table => {
+                    println!("trust domain: {}", v["trustDomain"].as_str().unwrap_or("-"));
+                    println!("signing root: {}", v["fingerprint"].as_str().unwrap_or("-"));
+                    let rows: Vec<Vec<String>> = v["bundle"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|r| {
+                            let s = |k: &str| r[k].as_str().unwrap_or("-").to_string();
+                            let role = if r["signing"] == true { "signing" } else { "trusted (old)" };
+                            vec![s("fingerprint"), role.to_string(), s("createdAt"), s("notAfter")]
+                        })
+                        .collect();
+                    if !rows.is_empty() {
+                        print!("{}", output::table(&["ROOT", "ROLE", "CREATED", "NOT AFTER"], &rows));
+                    }
+                    if let Some(r) = v["rotation"].as_object() {
+                        println!(
+                            "rotation under way: {} certificate(s) from the old root still valid (last until {})",
+                            r["oldRootCertificatesValid"],
+                            r["lastExpires"].as_str().unwrap_or("-")
+                        );
+                    }
+                }
+            }
+        }
+        C::Rotate => {
+            let v = client.send(client.request(Method::POST, "/api/v1/ca/rotate"))?;
+            println!("new signing root: {}", v["fingerprint"].as_str().unwrap_or("-"));
+            println!(
+                "the previous root {} stays trusted; run `meshgate ca retire` once every workload has renewed",
+                v["previous"].as_str().unwrap_or("-")
+            );
+        }
+        C::Retire { force } => {
+            let path = if force { "/api/v1/ca/retire?force=true" } else { "/api/v1/ca/retire" };
+            let v = client.send(client.request(Method::POST, path))?;
+            for fp in v["retired"].as_array().into_iter().flatten() {
+                println!("retired root {}", fp.as_str().unwrap_or("-"));
+            }
+            println!("trusted now: {} only", v["fingerprint"].as_str().unwrap_or("-"));
+        }
+    }
+    Ok(0)
 }
 
 fn proxy_status(client: &Client, format: Format) -> anyhow::Result<i32> {

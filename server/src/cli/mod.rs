@@ -90,6 +90,11 @@ pub enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t = output::Format::Table)]
         output: output::Format,
     },
+    /// The mesh CA: show it, rotate its root, retire the old root
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
     /// Join tokens for agents
     Token {
         #[command(subcommand)]
@@ -106,6 +111,24 @@ pub enum Command {
         namespace: Option<String>,
         #[arg(short = 'o', long, value_enum, default_value_t = output::Format::Table)]
         output: output::Format,
+    },
+}
+
+/// `meshgate ca ...`
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// The signing root, the roots trusted, and how far a rotation has got
+    Show {
+        #[arg(short = 'o', long, value_enum, default_value_t = output::Format::Table)]
+        output: output::Format,
+    },
+    /// Start a root rotation: a new root signs; the old stays trusted until retired
+    Rotate,
+    /// End a rotation: stop trusting the old root once every workload has renewed
+    Retire {
+        /// Retire even though certificates from the old root are still valid
+        #[arg(long)]
+        force: bool,
     },
 }
 

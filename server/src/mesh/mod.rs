@@ -54,14 +54,33 @@ const AGENT_KINDS: &[meshgate_model::Kind] = &[
 struct Peer(Option<SpiffeId>);
 
 /// The mesh port's TLS: the control plane's own certificate (its SPIFFE ID
-/// and `dns_names`), sent with the root so a joining agent can check it
-/// against the fingerprint it was given.
-pub fn tls_config(ca: &Ca, dns_names: &[String]) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+/// and DNS names), sent with the roots so a joining agent can check it
+/// against the fingerprint it was given; made again after a CA rotation.
+pub struct MeshTls {
+    config: arc_swap::ArcSwap<rustls::ServerConfig>,
+    dns_names: Vec<String>,
+}
+
+impl MeshTls {
+    pub fn new(ca: &Ca, dns_names: Vec<String>) -> anyhow::Result<MeshTls> {
+        let config = arc_swap::ArcSwap::from_pointee(tls_config(ca, &dns_names)?);
+        Ok(MeshTls { config, dns_names })
+    }
+
+    /// New handshakes use the CA's current signing root and trust bundle.
+    pub fn refresh(&self, ca: &Ca) -> anyhow::Result<()> {
+        self.config.store(Arc::new(tls_config(ca, &self.dns_names)?));
+        Ok(())
+    }
+}
+
+fn tls_config(ca: &Ca, dns_names: &[String]) -> anyhow::Result<rustls::ServerConfig> {
     let me = SpiffeId::control_plane(ca.trust_domain());
     let (issued, key) = ca.issue_own(&me, dns_names, crate::ca::MAX_TTL)?;
+    let roots = ca.roots();
     let mut chain = issued.chain;
-    chain.extend(ca.roots().iter().cloned());
-    Ok(Arc::new(crate::ca::verify::server_config(chain, key, ca.roots(), &[b"h2", b"http/1.1"])?))
+    chain.extend(roots.iter().cloned());
+    crate::ca::verify::server_config(chain, key, &roots, &[b"h2", b"http/1.1"])
 }
 
 pub fn router(state: MeshState) -> Router {
@@ -83,13 +102,7 @@ const LINK_PING_EVERY: Duration = Duration::from_secs(10);
 const LINK_PING_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves the mesh port until `stop` turns true.
-pub async fn serve(
-    listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
-    state: MeshState,
-    mut stop: watch::Receiver<bool>,
-) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+pub async fn serve(listener: TcpListener, tls: Arc<MeshTls>, state: MeshState, mut stop: watch::Receiver<bool>) {
     let app = router(state);
     loop {
         let (stream, peer_addr) = tokio::select! {
@@ -103,7 +116,7 @@ pub async fn serve(
                 }
             },
         };
-        let acceptor = acceptor.clone();
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.load_full());
         let app = app.clone();
         let mut stop = stop.clone();
         tokio::spawn(async move {

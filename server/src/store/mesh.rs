@@ -12,6 +12,11 @@ pub struct StoredRoot {
     pub cert_pem: String,
     pub sealed_key: Vec<u8>,
     pub active: bool,
+    pub fingerprint: String,
+    pub created_at: String,
+    pub not_after: String,
+    /// This root's certificate signed by the root before it (a rotation).
+    pub cross_signed_pem: Option<String>,
 }
 
 /// A certificate the CA issued.
@@ -76,9 +81,12 @@ pub enum JoinRefusal {
 
 impl Store {
     pub async fn ca_roots(&self) -> Result<Vec<StoredRoot>> {
-        let rows = sqlx::query("SELECT id, cert_pem, sealed_key, active FROM ca_roots ORDER BY id")
-            .fetch_all(self.pool())
-            .await?;
+        let rows = sqlx::query(
+            "SELECT id, cert_pem, sealed_key, active, fingerprint, created_at, not_after, cross_signed_pem \
+             FROM ca_roots ORDER BY id",
+        )
+        .fetch_all(self.pool())
+        .await?;
         rows.into_iter()
             .map(|r| {
                 Ok(StoredRoot {
@@ -86,36 +94,70 @@ impl Store {
                     cert_pem: r.try_get("cert_pem")?,
                     sealed_key: r.try_get("sealed_key")?,
                     active: r.try_get::<i64, _>("active")? != 0,
+                    fingerprint: r.try_get("fingerprint")?,
+                    created_at: r.try_get("created_at")?,
+                    not_after: r.try_get("not_after")?,
+                    cross_signed_pem: r.try_get("cross_signed_pem")?,
                 })
             })
             .collect()
     }
 
-    /// Stores a new root and makes it the one that signs.
+    /// Stores a new root and makes it the one that signs (`cross_signed`:
+    /// the same certificate signed by the root before it, in a rotation).
     pub async fn add_ca_root(
         &self,
         cert_pem: &str,
         sealed_key: &[u8],
         fingerprint: &str,
         not_after: &str,
+        cross_signed: Option<&str>,
     ) -> Result<i64> {
         let _turn = self.writer.lock().await;
         let mut tx = self.pool().begin().await?;
         sqlx::query("UPDATE ca_roots SET active = 0").execute(&mut *tx).await?;
         let id = sqlx::query(
-            "INSERT INTO ca_roots (cert_pem, sealed_key, fingerprint, created_at, not_after, active) \
-             VALUES (?, ?, ?, ?, ?, 1)",
+            "INSERT INTO ca_roots (cert_pem, sealed_key, fingerprint, created_at, not_after, active, cross_signed_pem) \
+             VALUES (?, ?, ?, ?, ?, 1, ?)",
         )
         .bind(cert_pem)
         .bind(sealed_key)
         .bind(fingerprint)
         .bind(now())
         .bind(not_after)
+        .bind(cross_signed)
         .execute(&mut *tx)
         .await?
         .last_insert_rowid();
         tx.commit().await?;
         Ok(id)
+    }
+
+    /// Ends a rotation: the roots that no longer sign are forgotten, and
+    /// with them the cross-signed certificate that led to them.
+    pub async fn retire_ca_roots(&self) -> Result<Vec<String>> {
+        let _turn = self.writer.lock().await;
+        let mut tx = self.pool().begin().await?;
+        let gone: Vec<String> = sqlx::query_scalar("SELECT fingerprint FROM ca_roots WHERE active = 0 ORDER BY id")
+            .fetch_all(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM ca_roots WHERE active = 0").execute(&mut *tx).await?;
+        sqlx::query("UPDATE ca_roots SET cross_signed_pem = NULL").execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(gone)
+    }
+
+    /// Workload certificates issued before `since` that are still valid:
+    /// how many, and when the last of them expires.
+    pub async fn certificates_valid_from_before(&self, since: &str) -> Result<(i64, Option<String>)> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n, MAX(not_after) AS last FROM certificates \
+             WHERE julianday(issued_at) < julianday(?) AND julianday(not_after) > julianday('now')",
+        )
+        .bind(since)
+        .fetch_one(self.pool())
+        .await?;
+        Ok((row.try_get("n")?, row.try_get("last")?))
     }
 
     pub async fn record_certificate(&self, serial: &str, identity: &str, not_after: &str) -> Result<()> {
