@@ -14,7 +14,7 @@ const UNSUPPORTED: &[(Kind, &str, &str)] = &[
     (
         Kind::VirtualService,
         "spec.exportTo",
-        "visibility scoping (exportTo) is not built; resources are visible everywhere",
+        "exportTo scopes what sidecars are sent; the edge gateway sees every namespace",
     ),
     (Kind::VirtualService, "spec.tcp[*].match[*].sourceSubnet", "source-subnet matching is not built yet"),
     (Kind::VirtualService, "spec.tcp[*].match[*].destinationSubnets", "destination-subnet matching is not built yet"),
@@ -27,7 +27,11 @@ const UNSUPPORTED: &[(Kind, &str, &str)] = &[
     (Kind::VirtualService, "spec.http[*].match[*].statPrefix", "per-match stat prefixes are not built"),
     (Kind::VirtualService, "spec.http[*].fault.abort.grpcStatus", "gRPC status aborts are not built"),
     (Kind::VirtualService, "spec.http[*].fault.abort.http2Error", "HTTP/2 error aborts are not built"),
-    (Kind::DestinationRule, "spec.exportTo", "visibility scoping (exportTo) is not built"),
+    (
+        Kind::DestinationRule,
+        "spec.exportTo",
+        "exportTo scopes what sidecars are sent; the edge gateway sees every namespace",
+    ),
     (Kind::DestinationRule, "spec.workloadSelector", "workload-scoped DestinationRules are not built"),
     (Kind::DestinationRule, "spec.trafficPolicy.tunnel", "HTTP CONNECT tunnelling is not built"),
     (Kind::DestinationRule, "spec.trafficPolicy.proxyProtocol", "PROXY protocol to upstreams is not built"),
@@ -50,20 +54,13 @@ const UNSUPPORTED: &[(Kind, &str, &str)] = &[
         "spec.trafficPolicy.outlierDetection.consecutiveLocalOriginFailures",
         "local-origin error tracking is not built yet",
     ),
-    (Kind::ServiceEntry, "spec.exportTo", "visibility scoping (exportTo) is not built"),
+    (
+        Kind::ServiceEntry,
+        "spec.exportTo",
+        "exportTo scopes what sidecars are sent; the edge gateway sees every namespace",
+    ),
     (Kind::ServiceEntry, "spec.addresses", "virtual IPs for ServiceEntries are not allocated"),
     (Kind::WorkloadEntry, "spec.network", "multi-network gateways are not built"),
-    (Kind::PeerAuthentication, "spec.portLevelMtls", "per-port modes are not applied yet; the workload-wide mode is"),
-    (Kind::RequestAuthentication, "spec.jwtRules", "JWT validation is not built yet"),
-    (Kind::RequestAuthentication, "spec.targetRef", "Gateway API policy attachment is not built; use selector"),
-    (Kind::RequestAuthentication, "spec.targetRefs", "Gateway API policy attachment is not built; use selector"),
-    (
-        Kind::AuthorizationPolicy,
-        "spec.rules",
-        "enforced by sidecars (inbound); at the edge gateway, and requestPrincipals / request.auth conditions, not yet",
-    ),
-    (Kind::AuthorizationPolicy, "spec.targetRef", "Gateway API policy attachment is not built; use selector"),
-    (Kind::AuthorizationPolicy, "spec.targetRefs", "Gateway API policy attachment is not built; use selector"),
     (Kind::AuthorizationPolicy, "spec.provider", "external authorization (action CUSTOM) is not built"),
 ];
 

@@ -4,6 +4,7 @@
 mod gateway;
 mod grpc;
 mod hosts;
+mod jwt;
 mod l4;
 mod lab;
 mod mesh;

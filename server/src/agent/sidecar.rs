@@ -145,6 +145,11 @@ impl Sidecar {
             if !authz.is_empty() {
                 inbound.authz = Some(Arc::new(authz));
             }
+            let authn =
+                crate::proxy::authn::Authn::compile(self.request_authentications(resources), &self.inbound.jwks);
+            if !authn.is_empty() {
+                inbound.authn = Some(Arc::new(authn));
+            }
             self.inbound.install(inbound);
         }
         let mode = peer_mode(resources, &self.namespace, &self.labels, self.app.map(|a| a.port()));
@@ -163,14 +168,37 @@ impl Sidecar {
     ) -> impl Iterator<Item = (String, &'a meshgate_model::security::AuthorizationPolicySpec)> + 'a {
         resources.iter().filter_map(move |r| {
             let Body::AuthorizationPolicy(spec) = &r.body else { return None };
-            let here = r.namespace() == self.namespace || ROOT_NAMESPACES.contains(&r.namespace());
-            let targeted = spec.target_ref.is_some() || !spec.target_refs.is_empty();
-            let selected = spec
-                .selector
-                .as_ref()
-                .is_none_or(|s| s.match_labels.iter().all(|(k, v)| self.labels.get(k) == Some(v)));
-            (here && !targeted && selected).then(|| (format!("{}/{}", r.namespace(), r.name()), spec))
+            let mine =
+                self.selects(r, spec.selector.as_ref(), spec.target_ref.is_some() || !spec.target_refs.is_empty());
+            mine.then(|| (format!("{}/{}", r.namespace(), r.name()), spec))
         })
+    }
+
+    /// The RequestAuthentications that select this workload, the same way.
+    fn request_authentications<'a>(
+        &'a self,
+        resources: &'a [Resource],
+    ) -> impl Iterator<Item = (String, &'a meshgate_model::security::RequestAuthenticationSpec)> + 'a {
+        resources.iter().filter_map(move |r| {
+            let Body::RequestAuthentication(spec) = &r.body else { return None };
+            let mine =
+                self.selects(r, spec.selector.as_ref(), spec.target_ref.is_some() || !spec.target_refs.is_empty());
+            mine.then(|| (format!("{}/{}", r.namespace(), r.name()), spec))
+        })
+    }
+
+    /// A policy in this workload's namespace or the root namespace, without
+    /// a selector or with one its labels match (those with a `targetRef`
+    /// are for gateways).
+    fn selects(
+        &self,
+        r: &Resource,
+        selector: Option<&meshgate_model::security::WorkloadSelector>,
+        targeted: bool,
+    ) -> bool {
+        let here = r.namespace() == self.namespace || ROOT_NAMESPACES.contains(&r.namespace());
+        let selected = selector.is_none_or(|s| s.match_labels.iter().all(|(k, v)| self.labels.get(k) == Some(v)));
+        here && !targeted && selected
     }
 }
 

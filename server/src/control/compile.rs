@@ -267,6 +267,7 @@ impl Compiler<'_> {
                 })
                 .collect(),
             authz: None,
+            authn: None,
         };
         for (port, hosts) in hosts_by_port {
             let mut table = PortRoutes::default();
@@ -773,6 +774,55 @@ fn upstream_tls(
 
 /// `region/zone/subzone` of a workload: its `locality` field, else the
 /// Kubernetes topology labels, else plain `region`/`zone` labels.
+/// Istio's root namespaces: policies there without a selector apply mesh-wide.
+const ROOT_NAMESPACES: [&str; 2] = ["istio-system", "meshgate-system"];
+
+/// The RequestAuthentication and AuthorizationPolicy that apply to the
+/// built-in gateway: in a root namespace, without a selector (mesh-wide) or
+/// with one the gateway's labels satisfy; or, anywhere, with a `targetRef`
+/// to a Gateway.
+pub fn gateway_security(
+    resources: &[Resource],
+    jwks: &crate::proxy::authn::JwksRegistry,
+) -> (Option<Arc<crate::proxy::authn::Authn>>, Option<Arc<crate::proxy::authz::Authz>>) {
+    use meshgate_model::security::{PolicyTargetReference, WorkloadSelector};
+    let applies = |r: &Resource,
+                   selector: Option<&WorkloadSelector>,
+                   target: Option<&PolicyTargetReference>,
+                   targets: &[PolicyTargetReference]| {
+        let targeted = target.into_iter().chain(targets).any(|t| t.kind.as_deref() == Some("Gateway"));
+        let selected = ROOT_NAMESPACES.contains(&r.namespace())
+            && target.is_none()
+            && targets.is_empty()
+            && selector.is_none_or(|s| {
+                s.match_labels.iter().all(|(k, v)| GATEWAY_LABELS.iter().any(|(gk, gv)| gk == k && gv == v))
+            });
+        targeted || selected
+    };
+    let name = |r: &Resource| format!("{}/{}", r.namespace(), r.name());
+    let authn = crate::proxy::authn::Authn::compile(
+        resources.iter().filter_map(|r| match &r.body {
+            Body::RequestAuthentication(s)
+                if applies(r, s.selector.as_ref(), s.target_ref.as_ref(), &s.target_refs) =>
+            {
+                Some((name(r), s))
+            }
+            _ => None,
+        }),
+        jwks,
+    );
+    let authz = crate::proxy::authz::Authz::compile(
+        0,
+        resources.iter().filter_map(|r| match &r.body {
+            Body::AuthorizationPolicy(s) if applies(r, s.selector.as_ref(), s.target_ref.as_ref(), &s.target_refs) => {
+                Some((name(r), s))
+            }
+            _ => None,
+        }),
+    );
+    ((!authn.is_empty()).then(|| Arc::new(authn)), (!authz.is_empty()).then(|| Arc::new(authz)))
+}
+
 /// Set on a WorkloadEntry by the control plane: `unhealthy` while its
 /// agent's probe fails or the agent is out of contact past the grace
 /// period (Istio keeps this as the entry's `Healthy` condition).
@@ -978,8 +1028,19 @@ fn request_match(m: &HttpMatchRequest) -> RequestMatch {
     let ignore_case = m.ignore_uri_case.unwrap_or(false);
     let headers = |map: &BTreeMap<String, StringMatch>| {
         map.iter()
+            .filter(|(k, _)| !k.starts_with("@request.auth.claims."))
+            .map(|(k, v)| match HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()) {
+                Ok(name) => (name, str_match(v, false)),
+                // A name that cannot be a header never matches (fail closed).
+                Err(_) => (HeaderName::from_static("x-meshgate-invalid-header-name"), Some(StrMatch::Never)),
+            })
+            .collect()
+    };
+    let claims = |map: &BTreeMap<String, StringMatch>| {
+        map.iter()
             .filter_map(|(k, v)| {
-                Some((HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()).ok()?, str_match(v, false)))
+                let path = k.strip_prefix("@request.auth.claims.")?;
+                Some((path.split('.').map(str::to_string).collect(), str_match(v, false)))
             })
             .collect()
     };
@@ -992,6 +1053,8 @@ fn request_match(m: &HttpMatchRequest) -> RequestMatch {
         headers: headers(&m.headers),
         without_headers: headers(&m.without_headers),
         query: m.query_params.iter().map(|(k, v)| (k.clone(), str_match(v, false))).collect(),
+        claims: claims(&m.headers),
+        without_claims: claims(&m.without_headers),
     }
 }
 

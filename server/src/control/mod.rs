@@ -26,6 +26,8 @@ pub struct Hub {
     pub health: HealthRegistry,
     /// Agents that fetch their configuration from the mesh port.
     pub fleet: fleet::Fleet,
+    /// Remote JWKS of RequestAuthentication, fetched in the background.
+    pub jwks: crate::proxy::authn::JwksRegistry,
     /// The gateway's mesh credentials (ISTIO_MUTUAL to upstreams).
     pub identity: arc_swap::ArcSwapOption<crate::ca::MeshIdentity>,
     /// Where each Gateway port is being served: port → (address, TLS?).
@@ -44,6 +46,7 @@ impl Hub {
             listening: Default::default(),
             identity: Default::default(),
             fleet: Default::default(),
+            jwks: Default::default(),
         })
     }
 
@@ -114,7 +117,10 @@ async fn compile_once(hub: &Hub, store: &Store, cluster_domain: &str, locality: 
     let resources = store.all_resources().await?;
     let identity = hub.identity.load_full();
     let compiler = compile::Compiler { cluster_domain, locality, health: &hub.health, mesh: identity.as_deref() };
-    let snapshot = compiler.compile(revision, &resources);
+    let mut snapshot = compiler.compile(revision, &resources);
+    let (authn, authz) = compile::gateway_security(&resources, &hub.jwks);
+    snapshot.authn = authn;
+    snapshot.authz = authz;
     hub.snapshot.store(Arc::new(snapshot));
     if hub.has_listener_manager.load(std::sync::atomic::Ordering::SeqCst) {
         hub.compiled.send_replace(revision);

@@ -58,6 +58,8 @@ struct Cidr {
 #[derive(Debug)]
 struct SourceMatch {
     principals: Field<Pattern>,
+    /// JWT principals (`iss/sub`) from RequestAuthentication.
+    request_principals: Field<Pattern>,
     namespaces: Field<Pattern>,
     ips: Field<Cidr>,
 }
@@ -83,8 +85,15 @@ enum Key {
     SourceNamespace,
     SourcePrincipal,
     DestinationPort,
-    /// Keys about things this proxy does not have (JWT claims before
-    /// RequestAuthentication exists here): they match no value.
+    /// `request.auth.principal`: `iss/sub` of the request's JWT.
+    RequestPrincipal,
+    /// `request.auth.audiences`.
+    Audiences,
+    /// `request.auth.presenter` (the `azp` claim).
+    Presenter,
+    /// `request.auth.claims[a][b]`: a claim, nested objects by name.
+    Claim(Vec<String>),
+    /// Keys this proxy does not know: they match no value.
     Unknown,
 }
 
@@ -99,13 +108,17 @@ pub struct Facts<'a> {
     pub path: &'a str,
     pub port: &'a str,
     pub headers: &'a HeaderMap,
+    /// The request's checked JWT, if it had one.
+    pub request: Option<&'a super::authn::Identity>,
 }
 
 impl Authz {
     /// Compiles `policies` (already those that select the workload on
-    /// `port`); each is `(namespace/name, spec)`.
+    /// `port`); each is `(namespace/name, spec)`. Port 0: the gateway,
+    /// whose port is the listener's.
     pub fn compile<'a>(port: u16, policies: impl IntoIterator<Item = (String, &'a AuthorizationPolicySpec)>) -> Authz {
-        let mut out = Authz { port: port.to_string(), ..Authz::default() };
+        let port = if port == 0 { String::new() } else { port.to_string() };
+        let mut out = Authz { port, ..Authz::default() };
         for (name, spec) in policies {
             let policy = Policy { name, rules: spec.rules.iter().map(compile_rule).collect() };
             match spec.action.unwrap_or(Action::Allow) {
@@ -121,6 +134,7 @@ impl Authz {
         out
     }
 
+    /// The workload's port; empty at the gateway (the listener's port counts).
     pub fn port(&self) -> &str {
         &self.port
     }
@@ -164,6 +178,7 @@ impl Rule {
 impl SourceMatch {
     fn matches(&self, f: &Facts<'_>) -> bool {
         self.principals.matches_opt(f.principal, Pattern::matches)
+            && self.request_principals.matches_opt(f.request.map(|r| r.principal.as_str()), Pattern::matches)
             && self.namespaces.matches_opt(f.namespace, Pattern::matches)
             && self.ips.matches(&f.ip, Cidr::contains)
     }
@@ -202,6 +217,22 @@ impl ConditionMatch {
             Key::SourceNamespace => f.namespace,
             Key::SourcePrincipal => f.principal,
             Key::DestinationPort => Some(f.port),
+            Key::RequestPrincipal => f.request.map(|r| r.principal.as_str()),
+            Key::Presenter => f.request.and_then(|r| r.claims.get("azp")).and_then(|v| v.as_str()),
+            // Several values: any of them matches `values`, none of them `notValues`.
+            Key::Audiences | Key::Claim(_) => {
+                let values = match (&self.key, f.request) {
+                    (Key::Audiences, Some(r)) => r.claim(&["aud"]),
+                    (Key::Claim(path), Some(r)) => r.claim(&path.iter().map(String::as_str).collect::<Vec<_>>()),
+                    _ => Vec::new(),
+                };
+                if values.is_empty() {
+                    return self.values.any.is_empty();
+                }
+                let any =
+                    self.values.any.is_empty() || values.iter().any(|v| self.values.any.iter().any(|p| p.matches(v)));
+                return any && !values.iter().any(|v| self.values.none.iter().any(|p| p.matches(v)));
+            }
             Key::Unknown => None,
         };
         self.values.matches_opt(value, Pattern::matches)
@@ -300,6 +331,7 @@ fn compile_source(s: &Source) -> SourceMatch {
     ips.none.extend(cidrs(&s.not_remote_ip_blocks));
     SourceMatch {
         principals: patterns(&s.principals, &s.not_principals),
+        request_principals: patterns(&s.request_principals, &s.not_request_principals),
         namespaces: patterns(&s.namespaces, &s.not_namespaces),
         ips,
     }
@@ -324,7 +356,16 @@ fn compile_condition(c: &Condition) -> ConditionMatch {
             "source.namespace" => Key::SourceNamespace,
             "source.principal" => Key::SourcePrincipal,
             "destination.port" => Key::DestinationPort,
-            _ => Key::Unknown,
+            "request.auth.principal" => Key::RequestPrincipal,
+            "request.auth.audiences" => Key::Audiences,
+            "request.auth.presenter" => Key::Presenter,
+            k => match k.strip_prefix("request.auth.claims") {
+                // `[a][b]`: nested claims.
+                Some(rest) if rest.starts_with('[') && rest.ends_with(']') => {
+                    Key::Claim(rest[1..rest.len() - 1].split("][").map(str::to_string).collect())
+                }
+                _ => Key::Unknown,
+            },
         }
     };
     ConditionMatch { key, values: patterns(&c.values, &c.not_values) }
@@ -348,6 +389,7 @@ mod tests {
             path,
             port: "9001",
             headers,
+            request: None,
         }
     }
 
@@ -393,8 +435,39 @@ mod tests {
         assert!(a.check(&f).is_err(), "in the blocked range");
         h.insert("x-tenant", "evil-corp".parse().unwrap());
         assert!(a.check(&facts(ORDERS, "GET", "/", &h)).is_err(), "header condition");
-        // Conditions on JWT claims match nothing until RequestAuthentication is enforced here.
+        // Conditions on JWT claims match nothing without a checked token.
         let jwt = policy("rules:\n- when: [{key: 'request.auth.claims[group]', values: [admins]}]\n");
         assert!(Authz::compile(9001, [("j".to_string(), &jwt)]).check(&facts(ORDERS, "GET", "/", &h)).is_err());
+    }
+
+    #[test]
+    fn request_principals_and_claims() {
+        let h = HeaderMap::new();
+        let claims = serde_json::json!({"iss": "https://auth.example.com", "sub": "alice", "aud": ["api"],
+            "groups": ["staff", "admins"], "scope": "read write", "org": {"tier": "gold"}});
+        let id = super::super::authn::Identity::for_tests("https://auth.example.com/alice", claims);
+        let check = |yaml: &str, jwt: bool| {
+            let p = policy(yaml);
+            let a = Authz::compile(0, [("p".to_string(), &p)]);
+            let mut f = facts(None, "GET", "/", &h);
+            if jwt {
+                f.request = Some(&id);
+            }
+            a.check(&f).is_ok()
+        };
+        let any_jwt = "rules:\n- from: [{source: {requestPrincipals: ['*']}}]\n";
+        assert!(check(any_jwt, true));
+        assert!(!check(any_jwt, false), "requestPrincipals [*] needs a token");
+        assert!(check("rules:\n- from: [{source: {requestPrincipals: [https://auth.example.com/*]}}]\n", true));
+        assert!(!check("rules:\n- from: [{source: {requestPrincipals: [https://other/*]}}]\n", true));
+        assert!(check("rules:\n- when: [{key: 'request.auth.claims[groups]', values: [admins]}]\n", true));
+        assert!(!check("rules:\n- when: [{key: 'request.auth.claims[groups]', notValues: [staff]}]\n", true));
+        assert!(
+            check("rules:\n- when: [{key: 'request.auth.claims[scope]', values: [write]}]\n", true),
+            "space-delimited"
+        );
+        assert!(check("rules:\n- when: [{key: 'request.auth.claims[org][tier]', values: [gold]}]\n", true), "nested");
+        assert!(check("rules:\n- when: [{key: request.auth.audiences, values: [api]}]\n", true));
+        assert!(check("rules:\n- when: [{key: request.auth.principal, values: ['*/alice']}]\n", true));
     }
 }

@@ -24,8 +24,10 @@ pub struct Snapshot {
     pub listeners: std::collections::BTreeMap<u32, ListenerKind>,
     /// TCP and TLS-passthrough routes by Gateway port, first match wins.
     pub l4: HashMap<u32, Arc<Vec<L4Route>>>,
-    /// A sidecar's inbound AuthorizationPolicies, checked before routing.
+    /// AuthorizationPolicies that apply to this proxy, checked before routing.
     pub authz: Option<Arc<super::authz::Authz>>,
+    /// RequestAuthentication: JWTs checked before authorization.
+    pub authn: Option<Arc<super::authn::Authn>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,6 +169,10 @@ pub struct RequestMatch {
     pub headers: Vec<(HeaderName, Option<StrMatch>)>,
     pub without_headers: Vec<(HeaderName, Option<StrMatch>)>,
     pub query: Vec<(String, Option<StrMatch>)>,
+    /// Istio's `@request.auth.claims.NAME` header keys: claims of the
+    /// request's checked JWT (a request without one matches none).
+    pub claims: Vec<(Vec<String>, Option<StrMatch>)>,
+    pub without_claims: Vec<(Vec<String>, Option<StrMatch>)>,
 }
 
 pub enum StrMatch {
@@ -211,6 +217,20 @@ impl RequestMatch {
             None => false,
             Some(v) => want.as_ref().is_none_or(|w| v.to_str().is_ok_and(|v| w.matches(v))),
         };
+        if !self.claims.is_empty() || !self.without_claims.is_empty() {
+            let identity = req.extensions().get::<Arc<super::authn::Identity>>();
+            let claim_ok = |path: &Vec<String>, want: &Option<StrMatch>| {
+                identity.is_some_and(|id| {
+                    let values = id.claim(&path.iter().map(String::as_str).collect::<Vec<_>>());
+                    !values.is_empty() && want.as_ref().is_none_or(|w| values.iter().any(|v| w.matches(v)))
+                })
+            };
+            if !self.claims.iter().all(|(p, w)| claim_ok(p, w))
+                || self.without_claims.iter().any(|(p, w)| claim_ok(p, w))
+            {
+                return false;
+            }
+        }
         if !self.headers.iter().all(|(n, w)| header_ok(n, w)) {
             return false;
         }
@@ -241,6 +261,8 @@ impl RequestMatch {
             && self.headers.is_empty()
             && self.without_headers.is_empty()
             && self.query.is_empty()
+            && self.claims.is_empty()
+            && self.without_claims.is_empty()
     }
 }
 

@@ -112,8 +112,26 @@ async fn route(l: &Listener, peer: SocketAddr, mut req: Request<ProxyBody>) -> R
         }
     }
     let snapshot = l.hub.snapshot();
+    // RequestAuthentication: a bad token is 401; none at all passes as anonymous.
+    let identity = match &snapshot.authn {
+        Some(authn) => {
+            let uri = req.uri().clone();
+            match authn.authenticate(&uri, req.headers_mut(), unix_now()) {
+                super::authn::Outcome::Anonymous => None,
+                super::authn::Outcome::Authenticated(id) => {
+                    req.extensions_mut().insert(id.clone());
+                    Some(id)
+                }
+                super::authn::Outcome::Refused(e) => {
+                    tracing::debug!(%peer, reason = %e, "JWT refused");
+                    return super::authn::unauthorized(&e);
+                }
+            }
+        }
+        None => None,
+    };
     if let Some(authz) = &snapshot.authz
-        && let Err(why) = authorize(authz, l, peer, &req)
+        && let Err(why) = authorize(authz, l, peer, &req, identity.as_deref())
     {
         tracing::debug!(%peer, reason = %why, "RBAC: access denied");
         return local(StatusCode::FORBIDDEN, "RBAC", "RBAC: access denied\n");
@@ -186,9 +204,18 @@ async fn route(l: &Listener, peer: SocketAddr, mut req: Request<ProxyBody>) -> R
 }
 
 /// AuthorizationPolicy for a sidecar's inbound request.
-fn authorize<B>(authz: &super::authz::Authz, l: &Listener, peer: SocketAddr, req: &Request<B>) -> Result<(), String> {
+fn authorize<B>(
+    authz: &super::authz::Authz,
+    l: &Listener,
+    peer: SocketAddr,
+    req: &Request<B>,
+    request: Option<&super::authn::Identity>,
+) -> Result<(), String> {
     let principal = l.peer_principal.as_deref();
     let mut scratch = String::new();
+    // At the gateway the policy's port is the listener's (Gateway server port).
+    let mut port_text = itoa::Buffer::new();
+    let port = if authz.port().is_empty() { port_text.format(l.gateway_port) } else { authz.port() };
     let facts = super::authz::Facts {
         principal,
         // `TD/ns/NS/sa/SA`
@@ -197,8 +224,9 @@ fn authorize<B>(authz: &super::authz::Authz, l: &Listener, peer: SocketAddr, req
         host: request_host(req, &mut scratch),
         method: req.method().as_str(),
         path: req.uri().path_and_query().map_or("/", |p| p.as_str()),
-        port: authz.port(),
+        port,
         headers: req.headers(),
+        request,
     };
     authz.check(&facts)
 }
@@ -271,6 +299,10 @@ fn decode_unreserved(path: &str) -> String {
         i += 1;
     }
     String::from_utf8(out).unwrap_or_else(|_| path.to_string())
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
 fn chance(pct: f64) -> bool {

@@ -2,12 +2,14 @@
 //! sidecar inbound and outbound). It runs from the immutable [`Snapshot`]
 //! the control plane swaps in, never from the database.
 
+pub mod authn;
 pub mod authz;
 mod body;
 pub mod config;
 pub mod dump;
 pub mod h1;
 mod handler;
+pub mod jwt;
 pub mod l4;
 pub mod listeners;
 pub mod route_index;

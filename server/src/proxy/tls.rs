@@ -295,6 +295,24 @@ impl UpstreamTls {
     }
 }
 
+/// A client configuration that trusts the host's roots (for fetching a
+/// JWKS and the like), made once.
+pub fn web_client_config() -> Result<Arc<rustls::ClientConfig>, String> {
+    static CONFIG: std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, String>> = std::sync::OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let roots = system_roots()?;
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            Ok(Arc::new(config))
+        })
+        .clone()
+}
+
 /// The host's trusted roots (Debian/Ubuntu, Fedora/RHEL, Alpine, or
 /// `SSL_CERT_FILE`), read once.
 fn system_roots() -> Result<rustls::RootCertStore, String> {
