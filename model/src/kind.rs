@@ -15,6 +15,7 @@ pub enum Kind {
     AuthorizationPolicy,
     Secret,
     TrafficSplit,
+    RateLimitPolicy,
 }
 
 const NETWORKING: &[&str] = &["networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"];
@@ -23,7 +24,7 @@ const CORE: &[&str] = &["v1"];
 const MESHGATE: &[&str] = &["meshgate.io/v1"];
 
 impl Kind {
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Gateway,
         Kind::VirtualService,
         Kind::DestinationRule,
@@ -34,6 +35,7 @@ impl Kind {
         Kind::AuthorizationPolicy,
         Kind::Secret,
         Kind::TrafficSplit,
+        Kind::RateLimitPolicy,
     ];
 
     /// The `kind:` string, e.g. `VirtualService`.
@@ -49,6 +51,7 @@ impl Kind {
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::Secret => "Secret",
             Kind::TrafficSplit => "TrafficSplit",
+            Kind::RateLimitPolicy => "RateLimitPolicy",
         }
     }
 
@@ -65,6 +68,7 @@ impl Kind {
             Kind::AuthorizationPolicy => "authorizationpolicies",
             Kind::Secret => "secrets",
             Kind::TrafficSplit => "trafficsplits",
+            Kind::RateLimitPolicy => "ratelimitpolicies",
         }
     }
 
@@ -81,6 +85,7 @@ impl Kind {
             Kind::AuthorizationPolicy => &["ap"],
             Kind::Secret => &[],
             Kind::TrafficSplit => &["ts"],
+            Kind::RateLimitPolicy => &["rlp"],
         }
     }
 
@@ -92,7 +97,7 @@ impl Kind {
             }
             Kind::PeerAuthentication | Kind::RequestAuthentication | Kind::AuthorizationPolicy => SECURITY,
             Kind::Secret => CORE,
-            Kind::TrafficSplit => MESHGATE,
+            Kind::TrafficSplit | Kind::RateLimitPolicy => MESHGATE,
         }
     }
 

@@ -12,6 +12,7 @@ pub mod hosts;
 pub mod kind;
 pub mod networking;
 pub mod parse;
+pub mod policy;
 pub mod resource;
 pub mod security;
 pub mod suggest;

@@ -113,6 +113,7 @@ pub enum Body {
     AuthorizationPolicy(AuthorizationPolicySpec),
     Secret(SecretBody),
     TrafficSplit(TrafficSplitSpec),
+    RateLimitPolicy(crate::policy::RateLimitPolicySpec),
 }
 
 /// One checked resource.
@@ -245,6 +246,7 @@ impl Body {
             Body::AuthorizationPolicy(s) => serde_json::to_value(s),
             Body::Secret(s) => serde_json::to_value(s),
             Body::TrafficSplit(s) => serde_json::to_value(s),
+            Body::RateLimitPolicy(s) => serde_json::to_value(s),
         };
         v.unwrap_or(Value::Null)
     }
@@ -283,6 +285,7 @@ impl Body {
             Body::AuthorizationPolicy(s) => s.validate(errs),
             Body::Secret(s) => validate_secret(s, errs),
             Body::TrafficSplit(s) => validate_split(s, errs),
+            Body::RateLimitPolicy(s) => s.validate(errs),
         }
     }
 }
@@ -299,6 +302,7 @@ fn decode_body(kind: Kind, spec: Value, errs: &mut Errors) -> Option<Body> {
         Kind::RequestAuthentication => decode(spec, p, errs).map(Body::RequestAuthentication),
         Kind::AuthorizationPolicy => decode(spec, p, errs).map(Body::AuthorizationPolicy),
         Kind::TrafficSplit => decode(spec, p, errs).map(Body::TrafficSplit),
+        Kind::RateLimitPolicy => decode(spec, p, errs).map(Body::RateLimitPolicy),
         Kind::Secret => decode(spec, p, errs).map(Body::Secret),
     }
 }

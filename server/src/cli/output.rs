@@ -78,6 +78,7 @@ pub fn summary_columns(kind: meshgate_model::Kind) -> &'static [&'static str] {
         Secret => &["TYPE"],
         TrafficSplit => &["SERVICE", "SUBSETS"],
         RequestAuthentication => &["ISSUERS"],
+        RateLimitPolicy => &["TARGETS", "LIMITS"],
     }
 }
 
@@ -123,5 +124,20 @@ pub fn summary(kind: meshgate_model::Kind, doc: &Value) -> Vec<String> {
                 .unwrap_or_default(),
         ],
         RequestAuthentication => vec![names(&spec["jwtRules"], "issuer")],
+        RateLimitPolicy => vec![
+            spec["targetRefs"]
+                .as_array()
+                .map(|a| a.iter().map(|t| format!("{}/{}", s(&t["kind"]), s(&t["name"]))).collect::<Vec<_>>().join(","))
+                .unwrap_or_default(),
+            spec["limits"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|l| format!("{}/{}", l["requests"], l["per"].as_str().unwrap_or("minute")))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default(),
+        ],
     }
 }

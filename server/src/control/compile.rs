@@ -35,6 +35,8 @@ pub struct Compiler<'a> {
     pub health: &'a HealthRegistry,
     /// This proxy's mesh credentials, for ISTIO_MUTUAL destinations.
     pub mesh: Option<&'a crate::ca::MeshIdentity>,
+    /// Where RateLimitPolicy buckets are kept (the edge gateway's); `None`: no rate limits here.
+    pub limiters: Option<&'a crate::proxy::ratelimit::LimiterRegistry>,
 }
 
 struct Index<'r> {
@@ -46,6 +48,7 @@ struct Index<'r> {
     workloads: Vec<(&'r Resource, &'r WorkloadEntrySpec)>,
     secrets: HashMap<(&'r str, &'r str), &'r meshgate_model::resource::SecretBody>,
     splits: Vec<(&'r Resource, &'r meshgate_model::resource::TrafficSplitSpec)>,
+    rate_limits: Vec<(&'r Resource, &'r meshgate_model::policy::RateLimitPolicySpec)>,
 }
 
 impl Compiler<'_> {
@@ -59,6 +62,7 @@ impl Compiler<'_> {
             workloads: Vec::new(),
             secrets: HashMap::new(),
             splits: Vec::new(),
+            rate_limits: Vec::new(),
         };
         for r in resources {
             match &r.body {
@@ -68,6 +72,7 @@ impl Compiler<'_> {
                 Body::ServiceEntry(s) => ix.entries.push((r, s)),
                 Body::WorkloadEntry(s) => ix.workloads.push((r, s)),
                 Body::TrafficSplit(s) => ix.splits.push((r, s)),
+                Body::RateLimitPolicy(s) => ix.rate_limits.push((r, s)),
                 Body::Secret(s) => {
                     ix.secrets.insert((r.namespace(), r.name()), s);
                 }
@@ -114,15 +119,10 @@ impl Compiler<'_> {
                                 vs.name(),
                                 route.name.clone().unwrap_or_else(|| i.to_string())
                             );
-                            vhost.routes.extend(self.routes(
-                                &ix,
-                                &mut clusters,
-                                vs.namespace(),
-                                &gw_ref,
-                                port,
-                                &name,
-                                route,
-                            ));
+                            let limits =
+                                self.limiters.and_then(|reg| route_limits(&ix, reg, vs, route, &name, &gw_ref));
+                            let routes = self.routes(&ix, &mut clusters, vs.namespace(), &gw_ref, port, &name, route);
+                            vhost.routes.extend(routes.into_iter().map(|r| Route { limits: limits.clone(), ..r }));
                         }
                     }
                 }
@@ -432,6 +432,7 @@ impl Compiler<'_> {
                     rewrite,
                     cors: cors.clone(),
                     mirrors: mirrors.clone(),
+                    limits: None,
                 }
             })
             .collect()
@@ -774,6 +775,65 @@ fn upstream_tls(
 
 /// `region/zone/subzone` of a workload: its `locality` field, else the
 /// Kubernetes topology labels, else plain `region`/`zone` labels.
+/// The RateLimitPolicies on one route of VirtualService `vs` (`name` is
+/// the compiled route's `ns/vs/route`), served through Gateway `gateway`
+/// (`ns/name`): their limits in policy order, buckets shared by every
+/// route a policy targets; the first policy's concurrency cap, per route.
+fn route_limits(
+    ix: &Index<'_>,
+    registry: &crate::proxy::ratelimit::LimiterRegistry,
+    vs: &Resource,
+    route: &HttpRoute,
+    name: &str,
+    gateway: &str,
+) -> Option<Arc<crate::proxy::ratelimit::RouteLimits>> {
+    use crate::proxy::ratelimit::{RouteLimits, Rule};
+    use meshgate_model::policy::{LimitKey, parse_period};
+    let mut policies: Vec<_> = ix
+        .rate_limits
+        .iter()
+        .filter(|(r, spec)| {
+            spec.target_refs.iter().any(|t| match t.kind.as_str() {
+                "VirtualService" => {
+                    t.name == vs.name()
+                        && r.namespace() == vs.namespace()
+                        && t.section_name.as_ref().is_none_or(|s| route.name.as_ref() == Some(s))
+                }
+                "Gateway" => qualify(&t.name, r.namespace()) == gateway,
+                _ => false,
+            })
+        })
+        .collect();
+    if policies.is_empty() {
+        return None;
+    }
+    policies.sort_by_key(|(r, _)| (r.namespace(), r.name()));
+    let mut out = RouteLimits { rules: Vec::new(), concurrency: None };
+    for (r, spec) in policies {
+        let id = format!("{}/{}", r.namespace(), r.name());
+        for (i, l) in spec.limits.iter().enumerate() {
+            let (Ok(key), Ok(per)) = (LimitKey::parse(l.key.as_deref()), parse_period(l.per.as_deref())) else {
+                continue;
+            };
+            let when = l.when.as_ref();
+            out.rules.push(Rule {
+                consumers: when.map(|w| w.consumers.clone()).unwrap_or_default(),
+                header: when.and_then(|w| w.header.as_ref()).and_then(|h| {
+                    Some((HeaderName::from_bytes(h.name.to_ascii_lowercase().as_bytes()).ok()?, h.values.clone()))
+                }),
+                key,
+                limiter: registry.limiter(&format!("{id}#{i}"), l.requests, per, l.burst),
+            });
+        }
+        if out.concurrency.is_none()
+            && let Some(cap) = spec.concurrency
+        {
+            out.concurrency = Some((cap, registry.in_flight(&format!("{id}@{name}"))));
+        }
+    }
+    Some(Arc::new(out))
+}
+
 /// Istio's root namespaces: policies there without a selector apply mesh-wide.
 const ROOT_NAMESPACES: [&str; 2] = ["istio-system", "meshgate-system"];
 
@@ -1091,8 +1151,9 @@ mod tests {
         let yaml = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: [\"*\"]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: vs}\nspec:\n  hosts: [h.example.com]\n  gateways: [gw]\n  http:\n  - name: header\n    match: [{uri: {prefix: /a}, headers: {x-canary: {exact: \"1\"}}}]\n    route: [{destination: {host: s0}}]\n  - name: prefix-ab\n    match: [{uri: {prefix: /a/b}}]\n    route: [{destination: {host: s1}}]\n  - name: exact-abc\n    match: [{uri: {exact: /a/b/c}}]\n    route: [{destination: {host: s2}}]\n  - name: regex\n    match: [{uri: {regex: \"/z/[0-9]+\"}}]\n    route: [{destination: {host: s3}}]\n  - name: rest\n    route: [{destination: {host: s4}}]\n";
         let resources = meshgate_model::decode("t", yaml, "default").unwrap();
         let health = HealthRegistry::default();
-        let snap = Compiler { cluster_domain: "svc.cluster.local", locality: "", health: &health, mesh: None }
-            .compile(1, &resources);
+        let snap =
+            Compiler { cluster_domain: "svc.cluster.local", locality: "", health: &health, mesh: None, limiters: None }
+                .compile(1, &resources);
         let vhost = snap.ports[&80].find("h.example.com").unwrap();
         let route = |path: &str, canary: bool| {
             let mut req = http::Request::get(path);

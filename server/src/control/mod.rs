@@ -28,6 +28,8 @@ pub struct Hub {
     pub fleet: fleet::Fleet,
     /// Remote JWKS of RequestAuthentication, fetched in the background.
     pub jwks: crate::proxy::authn::JwksRegistry,
+    /// RateLimitPolicy buckets, kept across snapshots.
+    pub limiters: crate::proxy::ratelimit::LimiterRegistry,
     /// The gateway's mesh credentials (ISTIO_MUTUAL to upstreams).
     pub identity: arc_swap::ArcSwapOption<crate::ca::MeshIdentity>,
     /// Where each Gateway port is being served: port → (address, TLS?).
@@ -47,6 +49,7 @@ impl Hub {
             identity: Default::default(),
             fleet: Default::default(),
             jwks: Default::default(),
+            limiters: Default::default(),
         })
     }
 
@@ -116,7 +119,13 @@ async fn compile_once(hub: &Hub, store: &Store, cluster_domain: &str, locality: 
     let revision = store.current_revision().await?;
     let resources = store.all_resources().await?;
     let identity = hub.identity.load_full();
-    let compiler = compile::Compiler { cluster_domain, locality, health: &hub.health, mesh: identity.as_deref() };
+    let compiler = compile::Compiler {
+        cluster_domain,
+        locality,
+        health: &hub.health,
+        mesh: identity.as_deref(),
+        limiters: Some(&hub.limiters),
+    };
     let mut snapshot = compiler.compile(revision, &resources);
     let (authn, authz) = compile::gateway_security(&resources, &hub.jwks);
     snapshot.authn = authn;

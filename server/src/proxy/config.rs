@@ -111,6 +111,8 @@ pub struct Route {
     pub cors: Option<Arc<Cors>>,
     /// Where copies go (`mirror`/`mirrors`), with the percentage of requests copied.
     pub mirrors: Vec<(Arc<Cluster>, f64)>,
+    /// RateLimitPolicies on this route.
+    pub limits: Option<Arc<super::ratelimit::RouteLimits>>,
 }
 
 /// A route's `corsPolicy`, with its response header values built once.
@@ -155,6 +157,7 @@ impl Route {
             rewrite: None,
             cors: None,
             mirrors: Vec::new(),
+            limits: None,
         }
     }
 }

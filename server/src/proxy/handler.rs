@@ -148,6 +148,39 @@ async fn route(l: &Listener, peer: SocketAddr, mut req: Request<ProxyBody>) -> R
         return local(StatusCode::NOT_FOUND, "NR", "no route matched\n");
     };
 
+    // RateLimitPolicy: the in-flight cap, then a token from the request's bucket.
+    let mut _in_flight = None;
+    let mut quota = None;
+    if let Some(limits) = &route.limits {
+        if let Some((cap, counter)) = &limits.concurrency {
+            match super::ratelimit::InFlight::enter(counter, *cap) {
+                Some(guard) => _in_flight = Some(guard),
+                None => {
+                    let mut resp = local(StatusCode::TOO_MANY_REQUESTS, "RL", "too many requests in flight\n");
+                    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                    return resp;
+                }
+            }
+        }
+        let caller = super::ratelimit::Caller {
+            ip: peer.ip(),
+            path: req.uri().path(),
+            headers: req.headers(),
+            consumer: None,
+            identity: identity.as_deref(),
+        };
+        match limits.check(&caller) {
+            super::ratelimit::Verdict::Limited(d, limiter) => {
+                let mut resp = local(StatusCode::TOO_MANY_REQUESTS, "RL", "rate limit exceeded\n");
+                super::ratelimit::headers(resp.headers_mut(), &d, &limiter);
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(d.retry_after_secs));
+                return resp;
+            }
+            super::ratelimit::Verdict::Allowed(Some(d), Some(limiter)) => quota = Some((d, limiter)),
+            super::ratelimit::Verdict::Allowed(..) => {}
+        }
+    }
+
     if let Some(fault) = &route.fault {
         if let Some((pct, status)) = fault.abort
             && chance(pct)
@@ -198,6 +231,9 @@ async fn route(l: &Listener, peer: SocketAddr, mut req: Request<ProxyBody>) -> R
         if let Some(v) = &cors.expose_headers {
             h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, v.clone());
         }
+    }
+    if let Some((d, limiter)) = &quota {
+        super::ratelimit::headers(resp.headers_mut(), d, limiter);
     }
     route.response_headers.apply(resp.headers_mut());
     resp

@@ -12,6 +12,7 @@ mod handler;
 pub mod jwt;
 pub mod l4;
 pub mod listeners;
+pub mod ratelimit;
 pub mod route_index;
 pub mod tls;
 pub mod upstream;

@@ -1,0 +1,108 @@
+//! Edge policies of meshgate's own (`meshgate.io/v1`): rate limits.
+
+use std::time::{Duration, Instant};
+
+use crate::support::Server;
+use crate::upstream::Upstream;
+
+fn routes(server: &Server, app: &Upstream) {
+    server.apply(&format!(
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: gw}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: 80, name: http, protocol: HTTP}}\n    hosts: [api.example.com]\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: users}}\nspec:\n  hosts: [users.internal]\n  resolution: STATIC\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  endpoints: [{{address: 127.0.0.1, ports: {{http: {}}}}}]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: api}}\nspec:\n  hosts: [api.example.com]\n  gateways: [gw]\n  http:\n  - name: users\n    match: [{{uri: {{prefix: /v1/users}}}}]\n    route: [{{destination: {{host: users.internal}}}}]\n  - name: fast\n    match: [{{uri: {{prefix: /fast}}}}]\n    route: [{{destination: {{host: users.internal}}}}]\n  - name: slow\n    match: [{{uri: {{prefix: /slow}}}}]\n    route: [{{destination: {{host: users.internal}}}}]\n  - name: rest\n    route: [{{destination: {{host: users.internal}}}}]\n",
+        app.port()
+    ));
+}
+
+#[test]
+fn rate_limits_count_per_key_refuse_with_429_and_refill() {
+    let server = Server::start();
+    let app = Upstream::start("users");
+    routes(&server, &app);
+    server.apply("apiVersion: meshgate.io/v1\nkind: RateLimitPolicy\nmetadata: {name: users}\nspec:\n  targetRefs: [{kind: VirtualService, name: api, sectionName: users}]\n  limits:\n  - name: gold\n    when: {header: {name: x-plan, values: [gold]}}\n    requests: 5\n    per: minute\n    key: header:x-client\n  - requests: 3\n    per: minute\n---\napiVersion: meshgate.io/v1\nkind: RateLimitPolicy\nmetadata: {name: fast}\nspec:\n  targetRefs: [{kind: VirtualService, name: api, sectionName: fast}]\n  limits: [{requests: 2, per: second, key: global}]\n");
+    let c = server.http();
+    let get = |path: &str, headers: &[(&str, &str)]| {
+        let mut req = server.gateway(&c, "api.example.com", path);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let r = req.send().unwrap();
+        let h = |n: &str| r.headers().get(n).map(|v| v.to_str().unwrap().to_string());
+        (r.status().as_u16(), h("ratelimit-remaining"), h("retry-after"), h("ratelimit-limit"))
+    };
+
+    // Everyone else: 3 a minute per client address, then 429 with when to come back.
+    for left in ["2", "1", "0"] {
+        let (status, remaining, _, limit) = get("/v1/users", &[]);
+        assert_eq!((status, remaining.as_deref()), (200, Some(left)));
+        assert_eq!(limit.as_deref(), Some("3, 3;w=60"));
+    }
+    let hits = app.hits();
+    let (status, remaining, retry, _) = get("/v1/users", &[]);
+    assert_eq!((status, remaining.as_deref(), retry.as_deref()), (429, Some("0"), Some("20")));
+    assert_eq!(app.hits(), hits, "a limited request never reaches the upstream");
+    // Other routes are not limited by it.
+    assert_eq!(get("/other", &[]).0, 200);
+
+    // The gold plan: its own limit, a bucket per client.
+    for _ in 0..5 {
+        assert_eq!(get("/v1/users", &[("x-plan", "gold"), ("x-client", "a")]).0, 200);
+    }
+    assert_eq!(get("/v1/users", &[("x-plan", "gold"), ("x-client", "a")]).0, 429);
+    assert_eq!(get("/v1/users", &[("x-plan", "gold"), ("x-client", "b")]).0, 200);
+
+    // A change elsewhere in the configuration does not refill the buckets.
+    server.apply("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: unrelated}\nspec:\n  hosts: [unrelated.internal]\n  resolution: STATIC\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  endpoints: [{address: 127.0.0.1}]\n");
+    assert_eq!(get("/v1/users", &[]).0, 429);
+
+    // 2 a second for everyone together: the third waits for the refill.
+    assert_eq!(get("/fast", &[]).0, 200);
+    assert_eq!(get("/fast", &[]).0, 200);
+    let refused = Instant::now();
+    assert_eq!(get("/fast", &[]).0, 429);
+    loop {
+        let status = get("/fast", &[]).0;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 429);
+        assert!(refused.elapsed() < Duration::from_secs(5), "the bucket never refilled");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(refused.elapsed() >= Duration::from_millis(300), "refilled too early: {:?}", refused.elapsed());
+
+    // A bad policy is refused, every wrong field named.
+    let out = server.cli_with_stdin(
+        &["apply", "-f", "-"],
+        Some("apiVersion: meshgate.io/v1\nkind: RateLimitPolicy\nmetadata: {name: bad}\nspec:\n  targetRefs: [{kind: Service, name: x}]\n  limits: [{requests: 0, per: fortnight, key: colour}]\n"),
+    );
+    assert!(!out.status.success());
+    let err = crate::support::text(&out.stderr);
+    for field in ["spec.targetRefs[0].kind", "spec.limits[0].requests", "spec.limits[0].per", "spec.limits[0].key"] {
+        assert!(err.contains(field), "{field} in {err}");
+    }
+}
+
+#[test]
+fn a_concurrency_cap_refuses_what_is_over_it() {
+    let server = Server::start();
+    let app = Upstream::start("slow");
+    routes(&server, &app);
+    server.apply("apiVersion: meshgate.io/v1\nkind: RateLimitPolicy\nmetadata: {name: slow}\nspec:\n  targetRefs: [{kind: VirtualService, name: api, sectionName: slow}]\n  concurrency: 1\n");
+    app.state.delay_ms.store(700, std::sync::atomic::Ordering::SeqCst);
+    let first = {
+        let (c, url) = (server.http(), format!("http://{}/slow", server.http));
+        std::thread::spawn(move || c.get(url).header("host", "api.example.com").send().unwrap().status().as_u16())
+    };
+    // Wait until the first is in flight at the upstream.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while app.hits() == 0 {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let c = server.http();
+    let r = server.gateway(&c, "api.example.com", "/slow").send().unwrap();
+    assert_eq!(r.status().as_u16(), 429);
+    assert_eq!(r.text().unwrap(), "too many requests in flight\n");
+    assert_eq!(first.join().unwrap(), 200);
+    app.state.delay_ms.store(0, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(server.gateway(&c, "api.example.com", "/slow").send().unwrap().status().as_u16(), 200);
+}
