@@ -16,6 +16,8 @@ pub enum Kind {
     Secret,
     TrafficSplit,
     RateLimitPolicy,
+    Consumer,
+    ApiKeyAuth,
 }
 
 const NETWORKING: &[&str] = &["networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"];
@@ -24,7 +26,7 @@ const CORE: &[&str] = &["v1"];
 const MESHGATE: &[&str] = &["meshgate.io/v1"];
 
 impl Kind {
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 13] = [
         Kind::Gateway,
         Kind::VirtualService,
         Kind::DestinationRule,
@@ -36,6 +38,8 @@ impl Kind {
         Kind::Secret,
         Kind::TrafficSplit,
         Kind::RateLimitPolicy,
+        Kind::Consumer,
+        Kind::ApiKeyAuth,
     ];
 
     /// The `kind:` string, e.g. `VirtualService`.
@@ -52,6 +56,8 @@ impl Kind {
             Kind::Secret => "Secret",
             Kind::TrafficSplit => "TrafficSplit",
             Kind::RateLimitPolicy => "RateLimitPolicy",
+            Kind::Consumer => "Consumer",
+            Kind::ApiKeyAuth => "ApiKeyAuth",
         }
     }
 
@@ -69,6 +75,8 @@ impl Kind {
             Kind::Secret => "secrets",
             Kind::TrafficSplit => "trafficsplits",
             Kind::RateLimitPolicy => "ratelimitpolicies",
+            Kind::Consumer => "consumers",
+            Kind::ApiKeyAuth => "apikeyauths",
         }
     }
 
@@ -86,6 +94,8 @@ impl Kind {
             Kind::Secret => &[],
             Kind::TrafficSplit => &["ts"],
             Kind::RateLimitPolicy => &["rlp"],
+            Kind::Consumer => &[],
+            Kind::ApiKeyAuth => &["aka"],
         }
     }
 
@@ -97,7 +107,7 @@ impl Kind {
             }
             Kind::PeerAuthentication | Kind::RequestAuthentication | Kind::AuthorizationPolicy => SECURITY,
             Kind::Secret => CORE,
-            Kind::TrafficSplit | Kind::RateLimitPolicy => MESHGATE,
+            Kind::TrafficSplit | Kind::RateLimitPolicy | Kind::Consumer | Kind::ApiKeyAuth => MESHGATE,
         }
     }
 

@@ -1,5 +1,5 @@
 //! meshgate's own edge policies (`meshgate.io/v1`), for what Istio has no
-//! resource for: rate limits.
+//! resource for: rate limits, consumers and API keys.
 
 use serde::{Deserialize, Serialize};
 
@@ -122,21 +122,7 @@ pub fn parse_period(per: Option<&str>) -> Result<std::time::Duration, String> {
 
 impl RateLimitPolicySpec {
     pub fn validate(&self, errs: &mut Errors) {
-        if self.target_refs.is_empty() {
-            errs.push("spec.targetRefs", "missing: name the VirtualService or Gateway this policy limits");
-        }
-        for (i, t) in self.target_refs.iter().enumerate() {
-            let p = format!("spec.targetRefs[{i}]");
-            if !matches!(t.kind.as_str(), "VirtualService" | "Gateway") {
-                errs.push(format!("{p}.kind"), format!("{:?}: must be VirtualService or Gateway", t.kind));
-            }
-            if t.name.is_empty() {
-                errs.push(format!("{p}.name"), "missing");
-            }
-            if t.section_name.is_some() && t.kind != "VirtualService" {
-                errs.push(format!("{p}.sectionName"), "names a route, so the target must be a VirtualService");
-            }
-        }
+        validate_targets(&self.target_refs, errs);
         if self.limits.is_empty() && self.concurrency.is_none() {
             errs.push("spec.limits", "missing: give at least one limit, or a concurrency cap");
         }
@@ -162,6 +148,89 @@ impl RateLimitPolicySpec {
             {
                 errs.push(format!("{p}.when.header"), "needs a name and at least one value");
             }
+        }
+    }
+}
+
+/// `Consumer`: a caller of the APIs, known by its API keys (made with
+/// `meshgate apikey create`, kept hashed outside the resource).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConsumerSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+}
+
+/// `ApiKeyAuth`: the routes it targets take API keys; a valid key names
+/// the consumer (forwarded in `consumerHeader`, used by rate limits); an
+/// unknown or revoked key is 401; no key is 401 when `required`, unless
+/// `allowJwt` and the request carries a checked JWT.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ApiKeyAuthSpec {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub target_refs: Vec<TargetRef>,
+    /// Where the key is looked for [default: header `x-api-key`, then query `apikey`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from: Vec<KeyLocation>,
+    /// [default: true]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub required: Option<bool>,
+    /// A request with a checked JWT needs no key [default: false].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_jwt: Option<bool>,
+    /// The header the consumer's name goes upstream in [default: `x-consumer`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer_header: Option<String>,
+    /// Keep the key on the request sent upstream [default: false].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward_key: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KeyLocation {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+}
+
+fn validate_targets(targets: &[TargetRef], errs: &mut Errors) {
+    if targets.is_empty() {
+        errs.push("spec.targetRefs", "missing: name the VirtualService or Gateway this policy applies to");
+    }
+    for (i, t) in targets.iter().enumerate() {
+        let p = format!("spec.targetRefs[{i}]");
+        if !matches!(t.kind.as_str(), "VirtualService" | "Gateway") {
+            errs.push(format!("{p}.kind"), format!("{:?}: must be VirtualService or Gateway", t.kind));
+        }
+        if t.name.is_empty() {
+            errs.push(format!("{p}.name"), "missing");
+        }
+        if t.section_name.is_some() && t.kind != "VirtualService" {
+            errs.push(format!("{p}.sectionName"), "names a route, so the target must be a VirtualService");
+        }
+    }
+}
+
+impl ConsumerSpec {
+    pub fn validate(&self, _errs: &mut Errors) {}
+}
+
+impl ApiKeyAuthSpec {
+    pub fn validate(&self, errs: &mut Errors) {
+        validate_targets(&self.target_refs, errs);
+        for (i, l) in self.from.iter().enumerate() {
+            let p = format!("spec.from[{i}]");
+            match (&l.header, &l.query) {
+                (Some(h), None) => crate::networking::header_name(errs, format!("{p}.header"), h),
+                (None, Some(q)) if !q.is_empty() => {}
+                _ => errs.push(p, "give exactly one of header or query"),
+            }
+        }
+        if let Some(h) = &self.consumer_header {
+            crate::networking::header_name(errs, "spec.consumerHeader".to_string(), h);
         }
     }
 }

@@ -114,6 +114,8 @@ pub enum Body {
     Secret(SecretBody),
     TrafficSplit(TrafficSplitSpec),
     RateLimitPolicy(crate::policy::RateLimitPolicySpec),
+    Consumer(crate::policy::ConsumerSpec),
+    ApiKeyAuth(crate::policy::ApiKeyAuthSpec),
 }
 
 /// One checked resource.
@@ -247,6 +249,8 @@ impl Body {
             Body::Secret(s) => serde_json::to_value(s),
             Body::TrafficSplit(s) => serde_json::to_value(s),
             Body::RateLimitPolicy(s) => serde_json::to_value(s),
+            Body::Consumer(s) => serde_json::to_value(s),
+            Body::ApiKeyAuth(s) => serde_json::to_value(s),
         };
         v.unwrap_or(Value::Null)
     }
@@ -286,6 +290,8 @@ impl Body {
             Body::Secret(s) => validate_secret(s, errs),
             Body::TrafficSplit(s) => validate_split(s, errs),
             Body::RateLimitPolicy(s) => s.validate(errs),
+            Body::Consumer(s) => s.validate(errs),
+            Body::ApiKeyAuth(s) => s.validate(errs),
         }
     }
 }
@@ -303,6 +309,8 @@ fn decode_body(kind: Kind, spec: Value, errs: &mut Errors) -> Option<Body> {
         Kind::AuthorizationPolicy => decode(spec, p, errs).map(Body::AuthorizationPolicy),
         Kind::TrafficSplit => decode(spec, p, errs).map(Body::TrafficSplit),
         Kind::RateLimitPolicy => decode(spec, p, errs).map(Body::RateLimitPolicy),
+        Kind::Consumer => decode(spec, p, errs).map(Body::Consumer),
+        Kind::ApiKeyAuth => decode(spec, p, errs).map(Body::ApiKeyAuth),
         Kind::Secret => decode(spec, p, errs).map(Body::Secret),
     }
 }

@@ -106,3 +106,68 @@ fn a_concurrency_cap_refuses_what_is_over_it() {
     app.state.delay_ms.store(0, std::sync::atomic::Ordering::SeqCst);
     assert_eq!(server.gateway(&c, "api.example.com", "/slow").send().unwrap().status().as_u16(), 200);
 }
+
+#[test]
+fn api_keys_name_consumers_who_get_their_own_limits_and_can_be_revoked() {
+    let server = Server::start();
+    let app = Upstream::start("users");
+    routes(&server, &app);
+    server.apply("apiVersion: meshgate.io/v1\nkind: Consumer\nmetadata: {name: acme}\nspec: {displayName: ACME Corp}\n---\napiVersion: meshgate.io/v1\nkind: Consumer\nmetadata: {name: beta}\nspec: {}\n---\napiVersion: meshgate.io/v1\nkind: ApiKeyAuth\nmetadata: {name: users}\nspec:\n  targetRefs: [{kind: VirtualService, name: api, sectionName: users}]\n---\napiVersion: meshgate.io/v1\nkind: RateLimitPolicy\nmetadata: {name: plans}\nspec:\n  targetRefs: [{kind: VirtualService, name: api, sectionName: users}]\n  limits:\n  - {when: {consumers: [acme]}, requests: 4, per: minute, key: consumer}\n  - {requests: 2, per: minute, key: clientIp}\n");
+    let acme = server.ok(&["apikey", "create", "--consumer", "acme"]).trim().to_string();
+    let beta = server.ok(&["apikey", "create", "--consumer", "beta"]).trim().to_string();
+    assert!(acme.starts_with("mgk_") && acme.len() > 40, "{acme}");
+    let err = server.fails(&["apikey", "create", "--consumer", "nobody"]);
+    assert!(err.contains("no Consumer default/nobody"), "{err}");
+
+    let c = server.http();
+    let get = |path: &str, key: Option<&str>| {
+        let mut req = server.gateway(&c, "api.example.com", path).header("x-consumer", "spoofed");
+        if let Some(k) = key {
+            req = req.header("x-api-key", k);
+        }
+        let r = req.send().unwrap();
+        let challenge = r.headers().contains_key("www-authenticate");
+        (r.status().as_u16(), r.text().unwrap(), challenge)
+    };
+    // The keys take effect with the snapshot compiled after they were made.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get("/v1/users", Some(&acme)).0 != 200 {
+        assert!(Instant::now() < deadline, "the key never worked");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let seen = app.last();
+    assert_eq!(seen.headers["x-consumer"], "acme", "the consumer goes upstream, the client's own header does not");
+    assert!(seen.headers.get("x-api-key").is_none(), "the key does not go upstream");
+
+    assert_eq!(get("/v1/users", None), (401, "No API key found in request\n".to_string(), true));
+    assert_eq!(get("/v1/users", Some("mgk_guessed")), (401, "Invalid API key\n".to_string(), true));
+    assert_eq!(get("/other", None).0, 200, "routes without ApiKeyAuth need no key");
+    assert_eq!(get(&format!("/v1/users?apikey={beta}"), None).0, 200, "a key in the query string");
+
+    // acme's plan: 4 a minute (one used above); beta falls under the default 2 per address (one used).
+    for _ in 0..3 {
+        assert_eq!(get("/v1/users", Some(&acme)).0, 200);
+    }
+    assert_eq!(get("/v1/users", Some(&acme)).0, 429);
+    assert_eq!(get("/v1/users", Some(&beta)).0, 200);
+    assert_eq!(get("/v1/users", Some(&beta)).0, 429);
+
+    // Keys are listed without their secret, and revoked at once.
+    let list: serde_json::Value = serde_json::from_str(&server.ok(&["apikey", "list", "-o", "json"])).unwrap();
+    let beta_id =
+        list.as_array().unwrap().iter().find(|k| k["consumer"] == "beta").unwrap()["id"].as_str().unwrap().to_string();
+    assert!(!list.to_string().contains(&beta[10..]), "no key in the list");
+    server.ok(&["apikey", "revoke", &beta_id]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get("/v1/users", Some(&beta)).0 != 401 {
+        assert!(Instant::now() < deadline, "the revoked key kept working");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A consumer deleted: its keys stop too.
+    server.ok(&["delete", "consumer", "acme"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get("/v1/users", Some(&acme)).1 != "Invalid API key\n" {
+        assert!(Instant::now() < deadline, "a deleted consumer's key kept working");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -136,7 +136,7 @@ impl Sidecar {
             locality: &self.locality,
             health: &self.outbound.health,
             mesh: Some(&identity),
-            limiters: None,
+            edge: None,
         };
         self.outbound.install(compiler.compile(revision, &outbound_resources(resources)));
         if let Some(app) = self.app {

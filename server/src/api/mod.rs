@@ -2,6 +2,7 @@
 //! analyze, login, plus `/healthz` and `/metrics`. The console and the CLI
 //! use nothing else.
 
+mod apikeys;
 mod auth;
 pub mod error;
 mod mesh;
@@ -58,6 +59,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/proxy-config/{name}", get(mesh::proxy_config))
         .route("/api/v1/tokens", get(mesh::list_tokens).post(mesh::create_token))
         .route("/api/v1/tokens/{id}", axum::routing::delete(mesh::revoke_token))
+        .route("/api/v1/apikeys", get(apikeys::list).post(apikeys::create))
+        .route("/api/v1/apikeys/{id}", axum::routing::delete(apikeys::revoke))
         .route("/api/v1/ca", get(mesh::ca))
         .route("/api/v1/ca/rotate", post(mesh::rotate_ca))
         .route("/api/v1/ca/retire", post(mesh::retire_ca))

@@ -158,6 +158,27 @@ pub fn document() -> Value {
     );
     add("/api/v1/certificates", "get", op("Workload certificates issued, newest first", &[], None, "200"));
     add(
+        "/api/v1/apikeys",
+        "post",
+        op(
+            "Make an API key for a Consumer {consumer, namespace?}; the key is in this answer only",
+            &[],
+            Some("The consumer"),
+            "201",
+        ),
+    );
+    add(
+        "/api/v1/apikeys",
+        "get",
+        op(
+            "API keys (never the keys), newest first",
+            &["query:consumer:string", "query:namespace:string"],
+            None,
+            "200",
+        ),
+    );
+    add("/api/v1/apikeys/{id}", "delete", op("Revoke an API key", &["path:id:string"], None, "200"));
+    add(
         "/api/v1/proxy-status",
         "get",
         op("Every proxy, the revision it runs: SYNCED, STALE, NACK or DISCONNECTED", &[], None, "200"),

@@ -51,6 +51,7 @@ pub fn run(client: &Client, command: Command) -> anyhow::Result<i32> {
         Command::Up(_) | Command::Agent(_) => unreachable!("handled by cli::main"),
         Command::Token { command } => token(client, command),
         Command::Ca { command } => ca(client, command),
+        Command::Apikey { command } => apikey(client, command),
         Command::ProxyStatus { output } => proxy_status(client, output),
         Command::ProxyConfig { section, name, output } => proxy_config(client, section, &name, output),
         Command::Apply { files, namespace, dry_run } => apply(client, &files, namespace.as_deref(), dry_run),
@@ -453,6 +454,52 @@ fn token(client: &Client, command: TokenCommand) -> anyhow::Result<i32> {
             Ok(0)
         }
     }
+}
+
+fn apikey(client: &Client, command: super::ApiKeyCommand) -> anyhow::Result<i32> {
+    use super::ApiKeyCommand as K;
+    match command {
+        K::Create { consumer, namespace } => {
+            let body = serde_json::json!({ "consumer": consumer, "namespace": namespace });
+            let v = client.send(client.request(Method::POST, "/api/v1/apikeys").json(&body))?;
+            println!("{}", v["key"].as_str().unwrap_or(""));
+            eprintln!(
+                "API key {} for consumer {namespace}/{consumer}; shown once. Callers send it as `x-api-key: KEY`.",
+                v["id"].as_str().unwrap_or("")
+            );
+        }
+        K::List { consumer, namespace, output: format } => {
+            let mut path = format!("/api/v1/apikeys?namespace={namespace}");
+            if let Some(c) = &consumer {
+                path.push_str(&format!("&consumer={c}"));
+            }
+            let v = client.get(&path)?;
+            match format {
+                Format::Json => print!("{}", output::json(&v["items"])),
+                Format::Yaml => print!("{}", output::yaml(&v["items"])),
+                Format::Table => {
+                    let rows: Vec<Vec<String>> = v["items"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|k| {
+                            let s = |f: &str| k[f].as_str().unwrap_or("-").to_string();
+                            let consumer = format!("{}/{}", s("namespace"), s("consumer"));
+                            let state =
+                                if k["revokedAt"].is_null() { "active".to_string() } else { "revoked".to_string() };
+                            vec![s("id"), consumer, format!("{}...", s("prefix")), s("createdAt"), state]
+                        })
+                        .collect();
+                    print!("{}", output::table(&["ID", "CONSUMER", "KEY", "CREATED", "STATE"], &rows));
+                }
+            }
+        }
+        K::Revoke { id } => {
+            client.send(client.request(Method::DELETE, &format!("/api/v1/apikeys/{id}")))?;
+            println!("API key {id} revoked");
+        }
+    }
+    Ok(0)
 }
 
 fn ca(client: &Client, command: super::CaCommand) -> anyhow::Result<i32> {

@@ -95,6 +95,11 @@ pub enum Command {
         #[command(subcommand)]
         command: CaCommand,
     },
+    /// API keys of Consumers (for ApiKeyAuth)
+    Apikey {
+        #[command(subcommand)]
+        command: ApiKeyCommand,
+    },
     /// Join tokens for agents
     Token {
         #[command(subcommand)]
@@ -130,6 +135,29 @@ pub enum CaCommand {
         #[arg(long)]
         force: bool,
     },
+}
+
+/// `meshgate apikey ...`
+#[derive(Debug, Subcommand)]
+pub enum ApiKeyCommand {
+    /// Make an API key for a Consumer; the key is printed once
+    Create {
+        #[arg(long)]
+        consumer: String,
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+    },
+    /// List API keys (never the keys themselves)
+    List {
+        #[arg(long)]
+        consumer: Option<String>,
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+        #[arg(short = 'o', long, value_enum, default_value_t = output::Format::Table)]
+        output: output::Format,
+    },
+    /// Revoke an API key by its id
+    Revoke { id: String },
 }
 
 /// `meshgate token ...`

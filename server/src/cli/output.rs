@@ -79,7 +79,20 @@ pub fn summary_columns(kind: meshgate_model::Kind) -> &'static [&'static str] {
         TrafficSplit => &["SERVICE", "SUBSETS"],
         RequestAuthentication => &["ISSUERS"],
         RateLimitPolicy => &["TARGETS", "LIMITS"],
+        Consumer => &["DISPLAY NAME"],
+        ApiKeyAuth => &["TARGETS", "REQUIRED"],
     }
+}
+
+fn targets(v: &Value) -> String {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .map(|t| format!("{}/{}", t["kind"].as_str().unwrap_or(""), t["name"].as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
 }
 
 pub fn summary(kind: meshgate_model::Kind, doc: &Value) -> Vec<String> {
@@ -124,6 +137,8 @@ pub fn summary(kind: meshgate_model::Kind, doc: &Value) -> Vec<String> {
                 .unwrap_or_default(),
         ],
         RequestAuthentication => vec![names(&spec["jwtRules"], "issuer")],
+        Consumer => vec![s(&spec["displayName"])],
+        ApiKeyAuth => vec![targets(&spec["targetRefs"]), spec["required"].as_bool().unwrap_or(true).to_string()],
         RateLimitPolicy => vec![
             spec["targetRefs"]
                 .as_array()

@@ -35,8 +35,15 @@ pub struct Compiler<'a> {
     pub health: &'a HealthRegistry,
     /// This proxy's mesh credentials, for ISTIO_MUTUAL destinations.
     pub mesh: Option<&'a crate::ca::MeshIdentity>,
-    /// Where RateLimitPolicy buckets are kept (the edge gateway's); `None`: no rate limits here.
-    pub limiters: Option<&'a crate::proxy::ratelimit::LimiterRegistry>,
+    /// What only the edge gateway compiles; `None` on sidecars.
+    pub edge: Option<Edge<'a>>,
+}
+
+/// The edge gateway's own: where RateLimitPolicy buckets are kept, and the
+/// API keys in force.
+pub struct Edge<'a> {
+    pub limiters: &'a crate::proxy::ratelimit::LimiterRegistry,
+    pub api_keys: Arc<crate::proxy::keyauth::ApiKeys>,
 }
 
 struct Index<'r> {
@@ -49,6 +56,7 @@ struct Index<'r> {
     secrets: HashMap<(&'r str, &'r str), &'r meshgate_model::resource::SecretBody>,
     splits: Vec<(&'r Resource, &'r meshgate_model::resource::TrafficSplitSpec)>,
     rate_limits: Vec<(&'r Resource, &'r meshgate_model::policy::RateLimitPolicySpec)>,
+    key_auths: Vec<(&'r Resource, &'r meshgate_model::policy::ApiKeyAuthSpec)>,
 }
 
 impl Compiler<'_> {
@@ -63,6 +71,7 @@ impl Compiler<'_> {
             secrets: HashMap::new(),
             splits: Vec::new(),
             rate_limits: Vec::new(),
+            key_auths: Vec::new(),
         };
         for r in resources {
             match &r.body {
@@ -73,6 +82,7 @@ impl Compiler<'_> {
                 Body::WorkloadEntry(s) => ix.workloads.push((r, s)),
                 Body::TrafficSplit(s) => ix.splits.push((r, s)),
                 Body::RateLimitPolicy(s) => ix.rate_limits.push((r, s)),
+                Body::ApiKeyAuth(s) => ix.key_auths.push((r, s)),
                 Body::Secret(s) => {
                     ix.secrets.insert((r.namespace(), r.name()), s);
                 }
@@ -119,10 +129,17 @@ impl Compiler<'_> {
                                 vs.name(),
                                 route.name.clone().unwrap_or_else(|| i.to_string())
                             );
-                            let limits =
-                                self.limiters.and_then(|reg| route_limits(&ix, reg, vs, route, &name, &gw_ref));
+                            let limits = self
+                                .edge
+                                .as_ref()
+                                .and_then(|e| route_limits(&ix, e.limiters, vs, route, &name, &gw_ref));
+                            let key_auth = self.edge.as_ref().and_then(|e| route_key_auth(&ix, e, vs, route, &gw_ref));
                             let routes = self.routes(&ix, &mut clusters, vs.namespace(), &gw_ref, port, &name, route);
-                            vhost.routes.extend(routes.into_iter().map(|r| Route { limits: limits.clone(), ..r }));
+                            vhost.routes.extend(routes.into_iter().map(|r| Route {
+                                limits: limits.clone(),
+                                key_auth: key_auth.clone(),
+                                ..r
+                            }));
                         }
                     }
                 }
@@ -433,6 +450,7 @@ impl Compiler<'_> {
                     cors: cors.clone(),
                     mirrors: mirrors.clone(),
                     limits: None,
+                    key_auth: None,
                 }
             })
             .collect()
@@ -789,21 +807,8 @@ fn route_limits(
 ) -> Option<Arc<crate::proxy::ratelimit::RouteLimits>> {
     use crate::proxy::ratelimit::{RouteLimits, Rule};
     use meshgate_model::policy::{LimitKey, parse_period};
-    let mut policies: Vec<_> = ix
-        .rate_limits
-        .iter()
-        .filter(|(r, spec)| {
-            spec.target_refs.iter().any(|t| match t.kind.as_str() {
-                "VirtualService" => {
-                    t.name == vs.name()
-                        && r.namespace() == vs.namespace()
-                        && t.section_name.as_ref().is_none_or(|s| route.name.as_ref() == Some(s))
-                }
-                "Gateway" => qualify(&t.name, r.namespace()) == gateway,
-                _ => false,
-            })
-        })
-        .collect();
+    let mut policies: Vec<_> =
+        ix.rate_limits.iter().filter(|(r, spec)| targets(r, &spec.target_refs, vs, route, gateway)).collect();
     if policies.is_empty() {
         return None;
     }
@@ -832,6 +837,42 @@ fn route_limits(
         }
     }
     Some(Arc::new(out))
+}
+
+/// Whether a meshgate policy in `r`'s namespace with `refs` targets this
+/// route of VirtualService `vs` served through Gateway `gateway` (`ns/name`).
+fn targets(
+    r: &Resource,
+    refs: &[meshgate_model::policy::TargetRef],
+    vs: &Resource,
+    route: &HttpRoute,
+    gateway: &str,
+) -> bool {
+    refs.iter().any(|t| match t.kind.as_str() {
+        "VirtualService" => {
+            t.name == vs.name()
+                && r.namespace() == vs.namespace()
+                && t.section_name.as_ref().is_none_or(|s| route.name.as_ref() == Some(s))
+        }
+        "Gateway" => qualify(&t.name, r.namespace()) == gateway,
+        _ => false,
+    })
+}
+
+/// The ApiKeyAuth on a route (the first by namespace and name, if several target it).
+fn route_key_auth(
+    ix: &Index<'_>,
+    edge: &Edge<'_>,
+    vs: &Resource,
+    route: &HttpRoute,
+    gateway: &str,
+) -> Option<Arc<crate::proxy::keyauth::KeyAuth>> {
+    let (_, spec) = ix
+        .key_auths
+        .iter()
+        .filter(|(r, spec)| targets(r, &spec.target_refs, vs, route, gateway))
+        .min_by_key(|(r, _)| (r.namespace(), r.name()))?;
+    Some(Arc::new(crate::proxy::keyauth::KeyAuth::new(spec, edge.api_keys.clone())))
 }
 
 /// Istio's root namespaces: policies there without a selector apply mesh-wide.
@@ -1152,7 +1193,7 @@ mod tests {
         let resources = meshgate_model::decode("t", yaml, "default").unwrap();
         let health = HealthRegistry::default();
         let snap =
-            Compiler { cluster_domain: "svc.cluster.local", locality: "", health: &health, mesh: None, limiters: None }
+            Compiler { cluster_domain: "svc.cluster.local", locality: "", health: &health, mesh: None, edge: None }
                 .compile(1, &resources);
         let vhost = snap.ports[&80].find("h.example.com").unwrap();
         let route = |path: &str, canary: bool| {

@@ -118,13 +118,20 @@ async fn compile_once(hub: &Hub, store: &Store, cluster_domain: &str, locality: 
     // Read the revision first: the resources read after it are at least that new.
     let revision = store.current_revision().await?;
     let resources = store.all_resources().await?;
+    let consumers: std::collections::HashSet<(&str, &str)> = resources
+        .iter()
+        .filter(|r| r.kind == meshgate_model::Kind::Consumer)
+        .map(|r| (r.namespace(), r.name()))
+        .collect();
+    let api_keys =
+        crate::proxy::keyauth::ApiKeys::new(store.active_api_keys().await?, |ns, name| consumers.contains(&(ns, name)));
     let identity = hub.identity.load_full();
     let compiler = compile::Compiler {
         cluster_domain,
         locality,
         health: &hub.health,
         mesh: identity.as_deref(),
-        limiters: Some(&hub.limiters),
+        edge: Some(compile::Edge { limiters: &hub.limiters, api_keys: Arc::new(api_keys) }),
     };
     let mut snapshot = compiler.compile(revision, &resources);
     let (authn, authz) = compile::gateway_security(&resources, &hub.jwks);

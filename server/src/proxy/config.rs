@@ -113,6 +113,8 @@ pub struct Route {
     pub mirrors: Vec<(Arc<Cluster>, f64)>,
     /// RateLimitPolicies on this route.
     pub limits: Option<Arc<super::ratelimit::RouteLimits>>,
+    /// The ApiKeyAuth on this route.
+    pub key_auth: Option<Arc<super::keyauth::KeyAuth>>,
 }
 
 /// A route's `corsPolicy`, with its response header values built once.
@@ -158,6 +160,7 @@ impl Route {
             cors: None,
             mirrors: Vec::new(),
             limits: None,
+            key_auth: None,
         }
     }
 }

@@ -130,23 +130,46 @@ async fn route(l: &Listener, peer: SocketAddr, mut req: Request<ProxyBody>) -> R
         }
         None => None,
     };
+    // The route first (as Envoy resolves it before its RBAC filter), then
+    // the route's API key, then AuthorizationPolicy, which sees the
+    // consumer; a request with no route is refused by policy before it is 404.
+    let routed = {
+        let mut lowercased = String::new();
+        let host = request_host(&req, &mut lowercased);
+        match snapshot.ports.get(&l.gateway_port) {
+            None => Err("no route: no Gateway serves this port\n"),
+            Some(port) => match port.find(host) {
+                None => Err("no route: no VirtualService serves this host\n"),
+                Some(vhost) => vhost.route_for(&req, l.scheme).ok_or("no route matched\n"),
+            },
+        }
+    };
+    let mut consumer = None;
+    if let Ok(route) = &routed
+        && let Some(key_auth) = &route.key_auth
+    {
+        let uri = req.uri().clone();
+        match key_auth.check(&uri, req.headers_mut(), identity.is_some()) {
+            super::keyauth::Outcome::Consumer(c) => {
+                req.extensions_mut().insert(c.clone());
+                consumer = Some(c);
+            }
+            super::keyauth::Outcome::Anonymous => {}
+            super::keyauth::Outcome::Refused(why) => return super::keyauth::unauthorized(why),
+        }
+    }
     if let Some(authz) = &snapshot.authz
         && let Err(why) = authorize(authz, l, peer, &req, identity.as_deref())
     {
         tracing::debug!(%peer, reason = %why, "RBAC: access denied");
         return local(StatusCode::FORBIDDEN, "RBAC", "RBAC: access denied\n");
     }
-    let Some(port) = snapshot.ports.get(&l.gateway_port) else {
-        return local(StatusCode::NOT_FOUND, "NR", "no route: no Gateway serves this port\n");
+    let route = match routed {
+        Ok(route) => route,
+        Err(why) => return local(StatusCode::NOT_FOUND, "NR", why),
     };
     let mut lowercased = String::new();
     let host = request_host(&req, &mut lowercased);
-    let Some(vhost) = port.find(host) else {
-        return local(StatusCode::NOT_FOUND, "NR", "no route: no VirtualService serves this host\n");
-    };
-    let Some(route) = vhost.route_for(&req, l.scheme) else {
-        return local(StatusCode::NOT_FOUND, "NR", "no route matched\n");
-    };
 
     // RateLimitPolicy: the in-flight cap, then a token from the request's bucket.
     let mut _in_flight = None;
@@ -166,7 +189,7 @@ async fn route(l: &Listener, peer: SocketAddr, mut req: Request<ProxyBody>) -> R
             ip: peer.ip(),
             path: req.uri().path(),
             headers: req.headers(),
-            consumer: None,
+            consumer: consumer.as_deref(),
             identity: identity.as_deref(),
         };
         match limits.check(&caller) {

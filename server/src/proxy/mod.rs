@@ -10,6 +10,7 @@ pub mod dump;
 pub mod h1;
 mod handler;
 pub mod jwt;
+pub mod keyauth;
 pub mod l4;
 pub mod listeners;
 pub mod ratelimit;

@@ -145,7 +145,7 @@ pub struct Caller<'a> {
     pub ip: std::net::IpAddr,
     pub path: &'a str,
     pub headers: &'a HeaderMap,
-    pub consumer: Option<&'a str>,
+    pub consumer: Option<&'a super::keyauth::Consumer>,
     pub identity: Option<&'a super::authn::Identity>,
 }
 
@@ -165,7 +165,7 @@ impl RouteLimits {
             LimitKey::ClientIp => super::upstream::stable_hash(c.ip.to_string().as_bytes()),
             LimitKey::Path => super::upstream::stable_hash(c.path.as_bytes()),
             LimitKey::Consumer => match c.consumer {
-                Some(name) => super::upstream::stable_hash(name.as_bytes()),
+                Some(who) => super::upstream::stable_hash(format!("{}/{}", who.namespace, who.name).as_bytes()),
                 // Without a consumer, the caller's address stands in.
                 None => super::upstream::stable_hash(c.ip.to_string().as_bytes()) ^ 1,
             },
@@ -188,7 +188,7 @@ impl RouteLimits {
 
 impl Rule {
     fn applies(&self, c: &Caller<'_>) -> bool {
-        (self.consumers.is_empty() || c.consumer.is_some_and(|n| self.consumers.iter().any(|x| x == n)))
+        (self.consumers.is_empty() || c.consumer.is_some_and(|who| who.is_one_of(&self.consumers)))
             && self.header.as_ref().is_none_or(|(name, values)| {
                 c.headers.get(name).and_then(|v| v.to_str().ok()).is_some_and(|v| values.iter().any(|x| x == v))
             })

@@ -6,6 +6,7 @@
 //! one writer anyway, and taking turns here avoids lock-upgrade deadlocks
 //! between deferred transactions.
 
+mod apikeys;
 mod auth;
 mod mesh;
 mod open;
@@ -17,6 +18,7 @@ use serde_json::Value;
 use sqlx::{Row, SqlitePool, sqlite::SqliteRow};
 use tokio::sync::Mutex;
 
+pub use apikeys::ApiKeyInfo;
 pub use auth::{TokenInfo, hash_token, new_token};
 pub use mesh::{IssuedRecord, JoinRefusal, JoinScope, JoinTokenInfo, StoredRoot};
 pub use open::open;
@@ -449,7 +451,7 @@ fn check_version(current: &Object, given: &str) -> Result<()> {
     Ok(())
 }
 
-fn now() -> String {
+pub(crate) fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
