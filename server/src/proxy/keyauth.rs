@@ -181,7 +181,10 @@ mod tests {
         assert!(matches!(auth.check(&uri, &mut HeaderMap::new(), false), Outcome::Refused(_)));
         let by_query: Uri = "/x?apikey=mgk_secret".parse().unwrap();
         assert!(matches!(auth.check(&by_query, &mut HeaderMap::new(), false), Outcome::Consumer(_)));
-        assert!(matches!(auth.check(&uri, &mut HeaderMap::new(), true), Outcome::Refused(_)), "a JWT alone is not enough");
+        assert!(
+            matches!(auth.check(&uri, &mut HeaderMap::new(), true), Outcome::Refused(_)),
+            "a JWT alone is not enough"
+        );
 
         // "A valid JWT or a valid API key": allowJwt.
         let either: meshgate_model::policy::ApiKeyAuthSpec =
