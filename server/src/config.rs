@@ -48,6 +48,9 @@ pub struct UpArgs {
     /// Gateway worker threads (each owns its connections) and API runtime threads [default: one per CPU core]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: Option<u16>,
+    /// Proxies in front of the gateway (CIDRs, e.g. 10.0.0.0/8,192.168.1.5): only their X-Forwarded-For entries name the client [default: none]
+    #[arg(long, value_name = "CIDR,...", value_delimiter = ',')]
+    pub trusted_proxies: Vec<String>,
     /// How long an agent may be out of contact before its instance counts as unhealthy [default: 10s]
     #[arg(long, value_name = "DURATION")]
     pub agent_grace: Option<String>,
@@ -97,6 +100,8 @@ pub struct Config {
     pub ca: Option<(PathBuf, PathBuf)>,
     /// How long an agent may be out of contact before its instance counts as unhealthy.
     pub agent_grace: std::time::Duration,
+    /// Proxies whose `X-Forwarded-For` entries are believed.
+    pub trusted_proxies: Vec<crate::proxy::authz::Cidr>,
 }
 
 fn parse_port_map(s: &str) -> Result<(u32, u16), String> {
@@ -126,6 +131,7 @@ impl Default for Config {
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             ca: None,
             agent_grace: std::time::Duration::from_secs(10),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -144,6 +150,12 @@ impl Config {
         c.https = args.https.unwrap_or(c.https);
         c.mesh = args.mesh.unwrap_or(c.mesh);
         c.sidecars = args.sidecar.clone();
+        for p in args.trusted_proxies.iter().filter(|p| !p.trim().is_empty()) {
+            let cidr = crate::proxy::authz::Cidr::parse(p).ok_or_else(|| {
+                anyhow::anyhow!("--trusted-proxies {p:?}: expected an address or CIDR block, e.g. 10.0.0.0/8")
+            })?;
+            c.trusted_proxies.push(cidr);
+        }
         if let Some(g) = &args.agent_grace {
             c.agent_grace =
                 meshgate_model::check::parse_duration(g).map_err(|e| anyhow::anyhow!("--agent-grace {g:?}: {e}"))?;

@@ -97,27 +97,18 @@ pub async fn run(
         hub: hub.clone(),
         gateway_port: 80,
         scheme: "http",
-        clients: clients.clone(),
-        connection_limit: connection_limit.clone(),
-        client_cert: None,
-        peer_principal: None,
-        tunnels: false,
-    });
-    let secure = Arc::new(proxy::Listener {
-        hub: hub.clone(),
-        gateway_port: 443,
-        scheme: "https",
         clients,
-        connection_limit: connection_limit.clone(),
+        connection_limit,
         client_cert: None,
         peer_principal: None,
         tunnels: false,
+        trusted_proxies: config.trusted_proxies.clone().into(),
     });
+    let secure = Arc::new(proxy::Listener { gateway_port: 443, scheme: "https", ..(*plain).clone() });
+    // Listeners of the other Gateway ports are made like port 80's.
     let more_ports = tokio::spawn(proxy::listeners::manage(
-        hub.clone(),
         hub.take_over_applied(),
-        plain.clients.clone(),
-        connection_limit,
+        (*plain).clone(),
         config.http.ip(),
         config.port_map.clone(),
         manager_stop,

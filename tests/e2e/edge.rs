@@ -171,3 +171,61 @@ fn api_keys_name_consumers_who_get_their_own_limits_and_can_be_revoked() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn client_addresses_come_from_trusted_proxies_only() {
+    let trusting = Server::start_with(&["--trusted-proxies", "127.0.0.0/8,10.1.2.3"]);
+    let naive = Server::start();
+    let app = Upstream::start("users");
+    let policy = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: block, namespace: istio-system}\nspec:\n  selector: {matchLabels: {istio: ingressgateway}}\n  action: DENY\n  rules:\n  - from: [{source: {remoteIpBlocks: [203.0.113.0/24]}}]\n---\napiVersion: meshgate.io/v1\nkind: RateLimitPolicy\nmetadata: {name: per-client}\nspec:\n  targetRefs: [{kind: VirtualService, name: api, sectionName: fast}]\n  limits: [{requests: 1, per: minute, key: clientIp}]\n";
+    for s in [&trusting, &naive] {
+        routes(s, &app);
+        s.apply(policy);
+    }
+    let c = reqwest::blocking::Client::new();
+    let status = |s: &Server, path: &str, xff: &str| {
+        s.gateway(&c, "api.example.com", path).header("x-forwarded-for", xff).send().unwrap().status().as_u16()
+    };
+    // Behind trusted proxies, the client is the rightmost address they did not add themselves.
+    assert_eq!(status(&trusting, "/x", "203.0.113.7"), 403);
+    assert_eq!(status(&trusting, "/x", "198.51.100.1"), 200);
+    assert_eq!(
+        status(&trusting, "/x", "203.0.113.7, 198.51.100.1"),
+        200,
+        "what the client wrote itself does not count"
+    );
+    assert_eq!(status(&trusting, "/x", "203.0.113.7, 10.1.2.3"), 403, "a trusted hop is skipped");
+    // Without --trusted-proxies, nothing in X-Forwarded-For is believed.
+    assert_eq!(status(&naive, "/x", "203.0.113.7"), 200);
+    // Rate limits key on the same client address.
+    assert_eq!(status(&trusting, "/fast", "198.51.100.1"), 200);
+    assert_eq!(status(&trusting, "/fast", "198.51.100.1"), 429);
+    assert_eq!(status(&trusting, "/fast", "198.51.100.2"), 200);
+    // Upstreams see the chain with the gateway's own hop added.
+    assert_eq!(app.last().headers["x-forwarded-for"], "198.51.100.2, 127.0.0.1");
+    // A bad --trusted-proxies is refused at start, naming the value.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(crate::support::BIN)
+        .args([
+            "up",
+            "--admin",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--https",
+            "127.0.0.1:0",
+            "--mesh",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(tmp.path().join("d"))
+        .args(["--trusted-proxies", "10.0.0.0/99"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        crate::support::text(&out.stderr).contains("--trusted-proxies \"10.0.0.0/99\""),
+        "{}",
+        crate::support::text(&out.stderr)
+    );
+}

@@ -180,6 +180,7 @@ pub async fn run(args: AgentArgs, shutdown: impl std::future::Future<Output = ()
             client_cert: None,
             peer_principal: None,
             tunnels: true,
+            trusted_proxies: Arc::from([]),
         })
     };
     let outbound = tokio::net::TcpListener::bind(args.outbound)

@@ -49,8 +49,9 @@ enum Pattern {
     Suffix(String),
 }
 
+/// An address block (`10.0.0.0/8`, `2001:db8::/32`, or one address).
 #[derive(Debug, Clone, Copy)]
-struct Cidr {
+pub struct Cidr {
     net: IpAddr,
     bits: u8,
 }
@@ -61,7 +62,10 @@ struct SourceMatch {
     /// JWT principals (`iss/sub`) from RequestAuthentication.
     request_principals: Field<Pattern>,
     namespaces: Field<Pattern>,
+    /// `ipBlocks`: the address the connection comes from.
     ips: Field<Cidr>,
+    /// `remoteIpBlocks`: the client's, from `X-Forwarded-For` as far as trusted proxies wrote it.
+    remote_ips: Field<Cidr>,
 }
 
 #[derive(Debug)]
@@ -82,6 +86,7 @@ struct ConditionMatch {
 enum Key {
     Header(http::HeaderName),
     SourceIp,
+    RemoteIp,
     SourceNamespace,
     SourcePrincipal,
     DestinationPort,
@@ -103,6 +108,8 @@ pub struct Facts<'a> {
     pub principal: Option<&'a str>,
     pub namespace: Option<&'a str>,
     pub ip: IpAddr,
+    /// The original client's address (`ip` unless trusted proxies forwarded the request).
+    pub remote_ip: IpAddr,
     pub host: &'a str,
     pub method: &'a str,
     pub path: &'a str,
@@ -181,6 +188,7 @@ impl SourceMatch {
             && self.request_principals.matches_opt(f.request.map(|r| r.principal.as_str()), Pattern::matches)
             && self.namespaces.matches_opt(f.namespace, Pattern::matches)
             && self.ips.matches(&f.ip, Cidr::contains)
+            && self.remote_ips.matches(&f.remote_ip, Cidr::contains)
     }
 }
 
@@ -207,9 +215,10 @@ impl ConditionMatch {
     fn matches(&self, f: &Facts<'_>) -> bool {
         let value: Option<&str> = match &self.key {
             Key::Header(name) => f.headers.get(name).and_then(|v| v.to_str().ok()),
-            Key::SourceIp => {
+            Key::SourceIp | Key::RemoteIp => {
                 // IP conditions take CIDRs too.
-                return self.values.matches(&f.ip, |p, ip| match p {
+                let ip = if matches!(self.key, Key::SourceIp) { f.ip } else { f.remote_ip };
+                return self.values.matches(&ip, |p, ip| match p {
                     Pattern::Exact(s) => parse_cidr(s).is_some_and(|c| c.contains(ip)),
                     other => other.matches(&ip.to_string()),
                 });
@@ -278,7 +287,11 @@ impl Pattern {
 }
 
 impl Cidr {
-    fn contains(&self, ip: &IpAddr) -> bool {
+    pub fn parse(s: &str) -> Option<Cidr> {
+        parse_cidr(s.trim())
+    }
+
+    pub fn contains(&self, ip: &IpAddr) -> bool {
         let bits = u32::from(self.bits);
         match (self.net, ip) {
             (IpAddr::V4(n), IpAddr::V4(a)) => {
@@ -298,7 +311,11 @@ impl Cidr {
 
 fn parse_cidr(s: &str) -> Option<Cidr> {
     let (ip, bits) = match s.split_once('/') {
-        Some((ip, bits)) => (ip.parse::<IpAddr>().ok()?, bits.parse::<u8>().ok()?),
+        Some((ip, bits)) => {
+            let ip = ip.parse::<IpAddr>().ok()?;
+            let bits = bits.parse::<u8>().ok().filter(|b| *b <= if ip.is_ipv4() { 32 } else { 128 })?;
+            (ip, bits)
+        }
         None => {
             let ip = s.parse::<IpAddr>().ok()?;
             (ip, if ip.is_ipv4() { 32 } else { 128 })
@@ -325,15 +342,14 @@ fn compile_rule(r: &meshgate_model::security::Rule) -> Rule {
 
 fn compile_source(s: &Source) -> SourceMatch {
     let cidrs = |v: &[String]| v.iter().filter_map(|c| parse_cidr(c)).collect::<Vec<_>>();
-    // Behind a sidecar the peer is the caller: remoteIpBlocks equal ipBlocks here.
-    let mut ips = Field { any: cidrs(&s.ip_blocks), none: cidrs(&s.not_ip_blocks) };
-    ips.any.extend(cidrs(&s.remote_ip_blocks));
-    ips.none.extend(cidrs(&s.not_remote_ip_blocks));
+    let ips = Field { any: cidrs(&s.ip_blocks), none: cidrs(&s.not_ip_blocks) };
+    let remote_ips = Field { any: cidrs(&s.remote_ip_blocks), none: cidrs(&s.not_remote_ip_blocks) };
     SourceMatch {
         principals: patterns(&s.principals, &s.not_principals),
         request_principals: patterns(&s.request_principals, &s.not_request_principals),
         namespaces: patterns(&s.namespaces, &s.not_namespaces),
         ips,
+        remote_ips,
     }
 }
 
@@ -352,7 +368,8 @@ fn compile_condition(c: &Condition) -> ConditionMatch {
         http::HeaderName::from_bytes(name.as_bytes()).map_or(Key::Unknown, Key::Header)
     } else {
         match key {
-            "source.ip" | "remote.ip" => Key::SourceIp,
+            "source.ip" => Key::SourceIp,
+            "remote.ip" => Key::RemoteIp,
             "source.namespace" => Key::SourceNamespace,
             "source.principal" => Key::SourcePrincipal,
             "destination.port" => Key::DestinationPort,
@@ -384,6 +401,7 @@ mod tests {
             principal,
             namespace: principal.and_then(|p| p.split('/').nth(2)),
             ip: "10.0.0.5".parse().unwrap(),
+            remote_ip: "10.0.0.5".parse().unwrap(),
             host: "user-service:80",
             method,
             path,

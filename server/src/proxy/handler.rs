@@ -158,8 +158,9 @@ async fn route(l: &Listener, peer: SocketAddr, mut req: Request<ProxyBody>) -> R
             super::keyauth::Outcome::Refused(why) => return super::keyauth::unauthorized(why),
         }
     }
+    let remote_ip = client_ip(l, peer.ip(), req.headers());
     if let Some(authz) = &snapshot.authz
-        && let Err(why) = authorize(authz, l, peer, &req, identity.as_deref())
+        && let Err(why) = authorize(authz, l, peer, remote_ip, &req, identity.as_deref())
     {
         tracing::debug!(%peer, reason = %why, "RBAC: access denied");
         return local(StatusCode::FORBIDDEN, "RBAC", "RBAC: access denied\n");
@@ -186,7 +187,7 @@ async fn route(l: &Listener, peer: SocketAddr, mut req: Request<ProxyBody>) -> R
             }
         }
         let caller = super::ratelimit::Caller {
-            ip: peer.ip(),
+            ip: remote_ip,
             path: req.uri().path(),
             headers: req.headers(),
             consumer: consumer.as_deref(),
@@ -263,10 +264,34 @@ async fn route(l: &Listener, peer: SocketAddr, mut req: Request<ProxyBody>) -> R
 }
 
 /// AuthorizationPolicy for a sidecar's inbound request.
+/// The client's address: the peer's, or, when the peer is a trusted proxy
+/// (`--trusted-proxies`), the rightmost `X-Forwarded-For` entry that is not
+/// one (nginx's `real_ip_recursive`). Nothing a client writes counts
+/// unless a trusted proxy passed it on.
+fn client_ip(l: &Listener, peer: std::net::IpAddr, headers: &HeaderMap) -> std::net::IpAddr {
+    let trusted = |ip: &std::net::IpAddr| l.trusted_proxies.iter().any(|c| c.contains(ip));
+    if l.trusted_proxies.is_empty() || !trusted(&peer) {
+        return peer;
+    }
+    let mut client = peer;
+    for value in headers.get_all(&X_FORWARDED_FOR).iter().rev() {
+        let Ok(text) = value.to_str() else { return client };
+        for part in text.rsplit(',') {
+            let Ok(ip) = part.trim().parse::<std::net::IpAddr>() else { return client };
+            client = ip;
+            if !trusted(&ip) {
+                return ip;
+            }
+        }
+    }
+    client
+}
+
 fn authorize<B>(
     authz: &super::authz::Authz,
     l: &Listener,
     peer: SocketAddr,
+    remote_ip: std::net::IpAddr,
     req: &Request<B>,
     request: Option<&super::authn::Identity>,
 ) -> Result<(), String> {
@@ -280,6 +305,7 @@ fn authorize<B>(
         // `TD/ns/NS/sa/SA`
         namespace: principal.and_then(|p| p.split('/').nth(2)),
         ip: peer.ip(),
+        remote_ip,
         host: request_host(req, &mut scratch),
         method: req.method().as_str(),
         path: req.uri().path_and_query().map_or("/", |p| p.as_str()),

@@ -9,9 +9,8 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use super::Listener;
 use super::config::ListenerKind;
-use super::{Clients, Listener};
-use crate::control::Hub;
 
 struct Running {
     kind: ListenerKind,
@@ -23,14 +22,13 @@ struct Running {
 /// comes from [`Hub::take_over_applied`]. Returns when `shutdown` fires,
 /// closing every listener it opened.
 pub async fn manage(
-    hub: Arc<Hub>,
     mut changes: watch::Receiver<i64>,
-    clients: Clients,
-    connection_limit: Arc<tokio::sync::Semaphore>,
+    base: Listener,
     ip: IpAddr,
     port_map: BTreeMap<u32, u16>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let hub = base.hub.clone();
     let mut running: BTreeMap<u32, Running> = BTreeMap::new();
     loop {
         let revision = *changes.borrow_and_update();
@@ -66,16 +64,8 @@ pub async fn manage(
             };
             match kind {
                 ListenerKind::Http | ListenerKind::Https => {
-                    let state = Arc::new(Listener {
-                        hub: hub.clone(),
-                        gateway_port: port,
-                        scheme: if tls { "https" } else { "http" },
-                        clients: clients.clone(),
-                        connection_limit: connection_limit.clone(),
-                        client_cert: None,
-                        peer_principal: None,
-                        tunnels: false,
-                    });
+                    let scheme = if tls { "https" } else { "http" };
+                    let state = Arc::new(Listener { gateway_port: port, scheme, ..base.clone() });
                     let acceptor = tls.then(|| super::tls::acceptor(hub.clone(), port));
                     tokio::spawn(super::serve(listener, state, acceptor, stopped));
                 }
@@ -86,7 +76,7 @@ pub async fn manage(
                         listener,
                         hub.clone(),
                         super::l4::L4Port { port, kind, acceptor },
-                        connection_limit.clone(),
+                        base.connection_limit.clone(),
                         stopped,
                     ));
                 }

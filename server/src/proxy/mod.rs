@@ -53,6 +53,9 @@ pub struct Listener {
     /// Serves HTTP CONNECT tunnels (a sidecar's ports: TCP through the
     /// mesh); the gateway refuses CONNECT.
     pub tunnels: bool,
+    /// Proxies in front of this one (`--trusted-proxies`): only their
+    /// `X-Forwarded-For` entries count when finding the client's address.
+    pub trusted_proxies: Arc<[authz::Cidr]>,
 }
 
 /// The HTTP/2 upstream client (h2c with prior knowledge: gRPC and `HTTP2`
