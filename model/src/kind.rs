@@ -18,6 +18,7 @@ pub enum Kind {
     RateLimitPolicy,
     Consumer,
     ApiKeyAuth,
+    RequestSizeLimit,
 }
 
 const NETWORKING: &[&str] = &["networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"];
@@ -26,7 +27,7 @@ const CORE: &[&str] = &["v1"];
 const MESHGATE: &[&str] = &["meshgate.io/v1"];
 
 impl Kind {
-    pub const ALL: [Kind; 13] = [
+    pub const ALL: [Kind; 14] = [
         Kind::Gateway,
         Kind::VirtualService,
         Kind::DestinationRule,
@@ -40,6 +41,7 @@ impl Kind {
         Kind::RateLimitPolicy,
         Kind::Consumer,
         Kind::ApiKeyAuth,
+        Kind::RequestSizeLimit,
     ];
 
     /// The `kind:` string, e.g. `VirtualService`.
@@ -58,6 +60,7 @@ impl Kind {
             Kind::RateLimitPolicy => "RateLimitPolicy",
             Kind::Consumer => "Consumer",
             Kind::ApiKeyAuth => "ApiKeyAuth",
+            Kind::RequestSizeLimit => "RequestSizeLimit",
         }
     }
 
@@ -77,6 +80,7 @@ impl Kind {
             Kind::RateLimitPolicy => "ratelimitpolicies",
             Kind::Consumer => "consumers",
             Kind::ApiKeyAuth => "apikeyauths",
+            Kind::RequestSizeLimit => "requestsizelimits",
         }
     }
 
@@ -96,6 +100,7 @@ impl Kind {
             Kind::RateLimitPolicy => &["rlp"],
             Kind::Consumer => &[],
             Kind::ApiKeyAuth => &["aka"],
+            Kind::RequestSizeLimit => &["rsl"],
         }
     }
 
@@ -107,7 +112,9 @@ impl Kind {
             }
             Kind::PeerAuthentication | Kind::RequestAuthentication | Kind::AuthorizationPolicy => SECURITY,
             Kind::Secret => CORE,
-            Kind::TrafficSplit | Kind::RateLimitPolicy | Kind::Consumer | Kind::ApiKeyAuth => MESHGATE,
+            Kind::TrafficSplit | Kind::RateLimitPolicy | Kind::Consumer | Kind::ApiKeyAuth | Kind::RequestSizeLimit => {
+                MESHGATE
+            }
         }
     }
 

@@ -234,3 +234,24 @@ impl ApiKeyAuthSpec {
         }
     }
 }
+
+/// `RequestSizeLimit`: requests to the routes it targets may carry at most
+/// `maxBytes` of body; larger ones are refused with 413 before anything
+/// reaches the upstream.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RequestSizeLimitSpec {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub target_refs: Vec<TargetRef>,
+    #[serde(default)]
+    pub max_bytes: u64,
+}
+
+impl RequestSizeLimitSpec {
+    pub fn validate(&self, errs: &mut Errors) {
+        validate_targets(&self.target_refs, errs);
+        if self.max_bytes == 0 {
+            errs.push("spec.maxBytes", "missing: the largest request body allowed, in bytes (at least 1)");
+        }
+    }
+}

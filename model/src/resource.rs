@@ -116,6 +116,7 @@ pub enum Body {
     RateLimitPolicy(crate::policy::RateLimitPolicySpec),
     Consumer(crate::policy::ConsumerSpec),
     ApiKeyAuth(crate::policy::ApiKeyAuthSpec),
+    RequestSizeLimit(crate::policy::RequestSizeLimitSpec),
 }
 
 /// One checked resource.
@@ -251,6 +252,7 @@ impl Body {
             Body::RateLimitPolicy(s) => serde_json::to_value(s),
             Body::Consumer(s) => serde_json::to_value(s),
             Body::ApiKeyAuth(s) => serde_json::to_value(s),
+            Body::RequestSizeLimit(s) => serde_json::to_value(s),
         };
         v.unwrap_or(Value::Null)
     }
@@ -292,6 +294,7 @@ impl Body {
             Body::RateLimitPolicy(s) => s.validate(errs),
             Body::Consumer(s) => s.validate(errs),
             Body::ApiKeyAuth(s) => s.validate(errs),
+            Body::RequestSizeLimit(s) => s.validate(errs),
         }
     }
 }
@@ -311,6 +314,7 @@ fn decode_body(kind: Kind, spec: Value, errs: &mut Errors) -> Option<Body> {
         Kind::RateLimitPolicy => decode(spec, p, errs).map(Body::RateLimitPolicy),
         Kind::Consumer => decode(spec, p, errs).map(Body::Consumer),
         Kind::ApiKeyAuth => decode(spec, p, errs).map(Body::ApiKeyAuth),
+        Kind::RequestSizeLimit => decode(spec, p, errs).map(Body::RequestSizeLimit),
         Kind::Secret => decode(spec, p, errs).map(Body::Secret),
     }
 }

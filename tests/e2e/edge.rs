@@ -229,3 +229,31 @@ fn client_addresses_come_from_trusted_proxies_only() {
         crate::support::text(&out.stderr)
     );
 }
+
+#[test]
+fn request_bodies_over_the_size_limit_are_refused_with_413() {
+    let server = Server::start();
+    let app = Upstream::start("users");
+    routes(&server, &app);
+    server.apply("apiVersion: meshgate.io/v1\nkind: RequestSizeLimit\nmetadata: {name: small}\nspec:\n  targetRefs: [{kind: VirtualService, name: api, sectionName: rest}]\n  maxBytes: 100\n");
+    let c = server.http();
+    let post = |body: reqwest::blocking::Body| {
+        let r =
+            c.post(format!("http://{}/echo", server.http)).header("host", "api.example.com").body(body).send().unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    };
+    let small = "x".repeat(100);
+    let big = "y".repeat(101);
+    assert_eq!(post(small.clone().into()), (200, small.clone()));
+    let hits = app.hits();
+    assert_eq!(post(big.clone().into()), (413, "request body too large\n".to_string()));
+    // Without a Content-Length (chunked): read up to the limit, then refused, or sent on whole.
+    let chunked = |s: &str| reqwest::blocking::Body::new(std::io::Cursor::new(s.as_bytes().to_vec()));
+    assert_eq!(post(chunked(&big)).0, 413);
+    assert_eq!(app.hits(), hits, "refused bodies never reach the upstream");
+    assert_eq!(post(chunked(&small)), (200, small));
+    // Routes the limit does not target take any size.
+    let r =
+        c.post(format!("http://{}/v1/users", server.http)).header("host", "api.example.com").body(big).send().unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+}

@@ -81,6 +81,7 @@ pub fn summary_columns(kind: meshgate_model::Kind) -> &'static [&'static str] {
         RateLimitPolicy => &["TARGETS", "LIMITS"],
         Consumer => &["DISPLAY NAME"],
         ApiKeyAuth => &["TARGETS", "REQUIRED"],
+        RequestSizeLimit => &["TARGETS", "MAX BYTES"],
     }
 }
 
@@ -138,6 +139,7 @@ pub fn summary(kind: meshgate_model::Kind, doc: &Value) -> Vec<String> {
         ],
         RequestAuthentication => vec![names(&spec["jwtRules"], "issuer")],
         Consumer => vec![s(&spec["displayName"])],
+        RequestSizeLimit => vec![targets(&spec["targetRefs"]), spec["maxBytes"].to_string()],
         ApiKeyAuth => vec![targets(&spec["targetRefs"]), spec["required"].as_bool().unwrap_or(true).to_string()],
         RateLimitPolicy => vec![
             spec["targetRefs"]

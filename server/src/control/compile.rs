@@ -57,6 +57,7 @@ struct Index<'r> {
     splits: Vec<(&'r Resource, &'r meshgate_model::resource::TrafficSplitSpec)>,
     rate_limits: Vec<(&'r Resource, &'r meshgate_model::policy::RateLimitPolicySpec)>,
     key_auths: Vec<(&'r Resource, &'r meshgate_model::policy::ApiKeyAuthSpec)>,
+    size_limits: Vec<(&'r Resource, &'r meshgate_model::policy::RequestSizeLimitSpec)>,
 }
 
 impl Compiler<'_> {
@@ -72,6 +73,7 @@ impl Compiler<'_> {
             splits: Vec::new(),
             rate_limits: Vec::new(),
             key_auths: Vec::new(),
+            size_limits: Vec::new(),
         };
         for r in resources {
             match &r.body {
@@ -83,6 +85,7 @@ impl Compiler<'_> {
                 Body::TrafficSplit(s) => ix.splits.push((r, s)),
                 Body::RateLimitPolicy(s) => ix.rate_limits.push((r, s)),
                 Body::ApiKeyAuth(s) => ix.key_auths.push((r, s)),
+                Body::RequestSizeLimit(s) => ix.size_limits.push((r, s)),
                 Body::Secret(s) => {
                     ix.secrets.insert((r.namespace(), r.name()), s);
                 }
@@ -134,10 +137,18 @@ impl Compiler<'_> {
                                 .as_ref()
                                 .and_then(|e| route_limits(&ix, e.limiters, vs, route, &name, &gw_ref));
                             let key_auth = self.edge.as_ref().and_then(|e| route_key_auth(&ix, e, vs, route, &gw_ref));
+                            // The smallest limit of those that target the route.
+                            let max_body = ix
+                                .size_limits
+                                .iter()
+                                .filter(|(r, spec)| targets(r, &spec.target_refs, vs, route, &gw_ref))
+                                .map(|(_, spec)| spec.max_bytes)
+                                .min();
                             let routes = self.routes(&ix, &mut clusters, vs.namespace(), &gw_ref, port, &name, route);
                             vhost.routes.extend(routes.into_iter().map(|r| Route {
                                 limits: limits.clone(),
                                 key_auth: key_auth.clone(),
+                                max_body,
                                 ..r
                             }));
                         }
@@ -451,6 +462,7 @@ impl Compiler<'_> {
                     mirrors: mirrors.clone(),
                     limits: None,
                     key_auth: None,
+                    max_body: None,
                 }
             })
             .collect()

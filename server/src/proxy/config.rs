@@ -115,6 +115,8 @@ pub struct Route {
     pub limits: Option<Arc<super::ratelimit::RouteLimits>>,
     /// The ApiKeyAuth on this route.
     pub key_auth: Option<Arc<super::keyauth::KeyAuth>>,
+    /// RequestSizeLimit: the largest request body allowed.
+    pub max_body: Option<u64>,
 }
 
 /// A route's `corsPolicy`, with its response header values built once.
@@ -161,6 +163,7 @@ impl Route {
             mirrors: Vec::new(),
             limits: None,
             key_auth: None,
+            max_body: None,
         }
     }
 }

@@ -169,8 +169,25 @@ async fn route(l: &Listener, peer: SocketAddr, mut req: Request<ProxyBody>) -> R
         Ok(route) => route,
         Err(why) => return local(StatusCode::NOT_FOUND, "NR", why),
     };
-    let mut lowercased = String::new();
-    let host = request_host(&req, &mut lowercased);
+    // RequestSizeLimit: a declared length over it is refused at once; a body
+    // of unknown length is read up to the limit (and sent on from memory).
+    if let Some(max) = route.max_body {
+        let too_large = || local(StatusCode::PAYLOAD_TOO_LARGE, "DPE", "request body too large\n");
+        match hyper::body::Body::size_hint(req.body()).exact() {
+            Some(n) if n > max => return too_large(),
+            Some(_) => {}
+            None => {
+                let body = std::mem::replace(req.body_mut(), ProxyBody::empty());
+                let limited = http_body_util::Limited::new(body, max.min(usize::MAX as u64) as usize);
+                match tokio::time::timeout(BODY_READ_TIMEOUT, limited.collect()).await {
+                    Ok(Ok(b)) => *req.body_mut() = ProxyBody::full(b.to_bytes()),
+                    Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
+                    Ok(Err(_)) => return local(StatusCode::BAD_REQUEST, "DPE", "request body could not be read\n"),
+                    Err(_) => return local(StatusCode::REQUEST_TIMEOUT, "DPE", "request body not received in time\n"),
+                }
+            }
+        }
+    }
 
     // RateLimitPolicy: the in-flight cap, then a token from the request's bucket.
     let mut _in_flight = None;
@@ -234,6 +251,8 @@ async fn route(l: &Listener, peer: SocketAddr, mut req: Request<ProxyBody>) -> R
             return resp;
         }
     }
+    let mut lowercased = String::new();
+    let host = request_host(&req, &mut lowercased);
     let mut resp = match route.action.as_ref() {
         Action::Direct { status, body } => {
             let mut r = Response::new(ProxyBody::full(body.clone()));
