@@ -31,7 +31,29 @@ pub struct Authn {
     /// Headers a checked token writes: removed from every request first,
     /// so a client cannot send them itself.
     outputs: Vec<HeaderName>,
+    cache: Cache,
 }
+
+/// Tokens checked lately (Envoy's JWT cache): a client that sends the same
+/// token again costs a hash lookup, not a signature check. Time claims are
+/// checked again on every use; an entry lives at most [`CACHE_FOR`].
+#[derive(Default)]
+struct Cache {
+    shards: [Mutex<HashMap<u64, Cached>>; 8],
+}
+
+struct Cached {
+    token: Box<str>,
+    location: Location,
+    rule: usize,
+    identity: Arc<Identity>,
+    exp: Option<i64>,
+    nbf: Option<i64>,
+    until_ms: u64,
+}
+
+const CACHE_FOR: Duration = Duration::from_secs(300);
+const CACHE_PER_SHARD: usize = 512;
 
 struct Rule {
     issuer: String,
@@ -195,16 +217,37 @@ impl Authn {
             headers.remove(h);
         }
         let Some((location, token)) = self.find(uri, headers) else { return Outcome::Anonymous };
+        let key = super::upstream::stable_hash(token.as_bytes());
+        let shard = &self.cache.shards[(key % 8) as usize];
+        let hit = {
+            let cached = shard.lock().unwrap_or_else(|e| e.into_inner());
+            cached
+                .get(&key)
+                .filter(|c| *c.token == *token && c.location == location && c.until_ms > clock_ms())
+                .map(|c| (c.rule, c.identity.clone(), c.exp, c.nbf))
+        };
+        if let Some((rule, identity, exp, nbf)) = hit {
+            if exp.is_some_and(|exp| now > exp + jwt::SKEW_SECS) {
+                return Outcome::Refused(JwtError::Expired);
+            }
+            if nbf.is_some_and(|nbf| now + jwt::SKEW_SECS < nbf) {
+                return Outcome::Refused(JwtError::NotYetValid);
+            }
+            return self.accept(&self.rules[rule], &location, &token, identity, headers);
+        }
         let decoded = match jwt::decode(&token) {
             Ok(d) => d,
             Err(e) => return Outcome::Refused(e),
         };
         // The token's issuer picks the rule, among those that look where it was found.
-        let Some(rule) =
-            self.rules.iter().find(|r| Some(r.issuer.as_str()) == decoded.issuer() && r.locations.contains(&location))
+        let Some(rule_index) = self
+            .rules
+            .iter()
+            .position(|r| Some(r.issuer.as_str()) == decoded.issuer() && r.locations.contains(&location))
         else {
             return Outcome::Refused(JwtError::Issuer);
         };
+        let rule = &self.rules[rule_index];
         let checked = match &rule.keys {
             Keys::Inline(keys) => jwt::verify(&decoded, keys),
             Keys::Remote(remote) => match remote.keys.load_full() {
@@ -223,13 +266,50 @@ impl Authn {
             return Outcome::Refused(e);
         }
         let sub = decoded.claims.get("sub").and_then(Value::as_str).unwrap_or_default();
-        let identity = Identity {
+        let time = |name: &str| decoded.claims.get(name).and_then(Value::as_f64).map(|t| t as i64);
+        let (exp, nbf) = (time("exp"), time("nbf"));
+        let identity = Arc::new(Identity {
             principal: format!("{}/{sub}", rule.issuer),
             claims: decoded.claims,
             space_delimited: rule.space_delimited.clone(),
-        };
+        });
+        {
+            let mut cached = shard.lock().unwrap_or_else(|e| e.into_inner());
+            if cached.len() >= CACHE_PER_SHARD {
+                let now_ms = clock_ms();
+                cached.retain(|_, c| c.until_ms > now_ms);
+                if cached.len() >= CACHE_PER_SHARD {
+                    cached.clear();
+                }
+            }
+            cached.insert(
+                key,
+                Cached {
+                    token: token.as_str().into(),
+                    location: location.clone(),
+                    rule: rule_index,
+                    identity: identity.clone(),
+                    exp,
+                    nbf,
+                    until_ms: clock_ms() + CACHE_FOR.as_millis() as u64,
+                },
+            );
+        }
+        self.accept(rule, &location, &token, identity, headers)
+    }
+
+    /// A checked token: drops it unless `forwardOriginalToken`, writes the
+    /// payload and claim headers.
+    fn accept(
+        &self,
+        rule: &Rule,
+        location: &Location,
+        token: &str,
+        identity: Arc<Identity>,
+        headers: &mut HeaderMap,
+    ) -> Outcome {
         if !rule.forward
-            && let Location::Header { name, .. } = &location
+            && let Location::Header { name, .. } = location
         {
             headers.remove(name);
         }
@@ -247,7 +327,7 @@ impl Authn {
                 headers.insert(h.clone(), v);
             }
         }
-        Outcome::Authenticated(Arc::new(identity))
+        Outcome::Authenticated(identity)
     }
 
     /// The first token found, in rule order, and where.
@@ -421,4 +501,35 @@ pub async fn fetch(uri: &str, limit: Duration) -> Result<String, String> {
         String::from_utf8(bytes.to_vec()).map_err(|_| "the body is not UTF-8".to_string())
     };
     tokio::time::timeout(limit, work).await.map_err(|_| format!("no answer within {}ms", limit.as_millis()))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_cached_token_is_checked_for_time_on_every_use() {
+        let (key, jwk) = jwt::tests::es256("k");
+        let spec: RequestAuthenticationSpec = serde_json::from_value(
+            json!({"jwtRules": [{"issuer": "i", "jwks": json!({"keys": [jwk]}).to_string(), "forwardOriginalToken": true}]}),
+        )
+        .unwrap();
+        let authn = Authn::compile([("ns/ra".to_string(), &spec)], &JwksRegistry::default());
+        let claims = json!({"iss": "i", "sub": "s", "exp": 1000});
+        let token = jwt::tests::sign_es256(&key, &json!({"alg": "ES256", "kid": "k"}), &claims);
+        let uri: Uri = "/".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(http::header::AUTHORIZATION, HeaderValue::from_str(&format!("Bearer {token}")).unwrap());
+        for _ in 0..2 {
+            match authn.authenticate(&uri, &mut h.clone(), 900) {
+                Outcome::Authenticated(id) => assert_eq!(id.principal, "i/s"),
+                _ => panic!("the token should pass (checked, then from the cache)"),
+            }
+        }
+        assert!(matches!(authn.authenticate(&uri, &mut h.clone(), 1100), Outcome::Refused(JwtError::Expired)));
+        // The same token in another place is not taken from the cache for the first.
+        let by_query: Uri = format!("/?access_token={token}").parse().unwrap();
+        assert!(matches!(authn.authenticate(&by_query, &mut HeaderMap::new(), 900), Outcome::Authenticated(_)));
+    }
 }
