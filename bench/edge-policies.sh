@@ -90,11 +90,13 @@ YAML
 echo "meshgate $(git rev-parse --short HEAD) pid $PID on 127.0.0.1:$PORT, workers ${WORKERS:-1}, $(date -u +%F)"
 for round in $(seq 1 "$ROUNDS"); do
   "$BIN" delete -f "$W/policies.yaml" >/dev/null 2>&1 || true
-  plain=$("$YARDSTICK" --gateway "http://127.0.0.1:$PORT/" --gateway-pid "$PID" | tee /dev/stderr | awk '$1=="gateway"{sub("rps=","",$2); print $2}')
+  out=$("$YARDSTICK" --gateway "http://127.0.0.1:$PORT/" --gateway-pid "$PID"); echo "$out" >&2
+  plain=$(awk '$1=="gateway"{sub("rps=","",$2); print $2}' <<<"$out")
   "$BIN" apply -f "$W/policies.yaml" >/dev/null
   code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/")
   [ "$code" = 403 ] || { echo "without a token the gateway answered $code, not 403: policies not in force" >&2; exit 1; }
-  guarded=$("$YARDSTICK" --gateway "http://127.0.0.1:$PORT/?access_token=$TOKEN" --gateway-pid "$PID" | tee /dev/stderr | awk '$1=="gateway"{sub("rps=","",$2); print $2}')
+  out=$("$YARDSTICK" --gateway "http://127.0.0.1:$PORT/?access_token=$TOKEN" --gateway-pid "$PID"); echo "$out" >&2
+  guarded=$(awk '$1=="gateway"{sub("rps=","",$2); print $2}' <<<"$out")
   echo "round $round: plain $plain rps, policies $guarded rps, kept $(awk -v a="$guarded" -v b="$plain" 'BEGIN{printf "%.2f", a/b}')" | tee -a "$W/rounds"
 done
 awk '{print $NF}' "$W/rounds" | sort -n | awk '{v[NR]=$1} END{print "median kept: " v[int((NR+1)/2)]}'

@@ -223,7 +223,7 @@ impl Authn {
             let cached = shard.lock().unwrap_or_else(|e| e.into_inner());
             cached
                 .get(&key)
-                .filter(|c| *c.token == *token && c.location == location && c.until_ms > clock_ms())
+                .filter(|c| *c.token == *token && c.location == *location && c.until_ms > clock_ms())
                 .map(|c| (c.rule, c.identity.clone(), c.exp, c.nbf))
         };
         if let Some((rule, identity, exp, nbf)) = hit {
@@ -233,7 +233,7 @@ impl Authn {
             if nbf.is_some_and(|nbf| now + jwt::SKEW_SECS < nbf) {
                 return Outcome::Refused(JwtError::NotYetValid);
             }
-            return self.accept(&self.rules[rule], &location, &token, identity, headers);
+            return self.accept(&self.rules[rule], location, &token, identity, headers);
         }
         let decoded = match jwt::decode(&token) {
             Ok(d) => d,
@@ -243,7 +243,7 @@ impl Authn {
         let Some(rule_index) = self
             .rules
             .iter()
-            .position(|r| Some(r.issuer.as_str()) == decoded.issuer() && r.locations.contains(&location))
+            .position(|r| Some(r.issuer.as_str()) == decoded.issuer() && r.locations.contains(location))
         else {
             return Outcome::Refused(JwtError::Issuer);
         };
@@ -295,7 +295,7 @@ impl Authn {
                 },
             );
         }
-        self.accept(rule, &location, &token, identity, headers)
+        self.accept(rule, location, &token, identity, headers)
     }
 
     /// A checked token: drops it unless `forwardOriginalToken`, writes the
@@ -331,7 +331,7 @@ impl Authn {
     }
 
     /// The first token found, in rule order, and where.
-    fn find(&self, uri: &Uri, headers: &HeaderMap) -> Option<(Location, String)> {
+    fn find(&self, uri: &Uri, headers: &HeaderMap) -> Option<(&Location, String)> {
         for rule in &self.rules {
             for location in &rule.locations {
                 let found = match location {
@@ -351,7 +351,7 @@ impl Authn {
                     }),
                 };
                 if let Some(token) = found.filter(|t| !t.is_empty()) {
-                    return Some((location.clone(), token));
+                    return Some((location, token));
                 }
             }
         }

@@ -14,6 +14,9 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use meshgate_model::policy::LimitKey;
 
 const SHARDS: usize = 16;
+static RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+static RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 /// Keys kept per shard before stale ones are swept (and, past twice
 /// this, the oldest dropped: a flood of new keys costs memory no more).
 const SHARD_KEYS: usize = 16_384;
@@ -24,6 +27,8 @@ pub struct Limiter {
     /// `requests` and `per`, for the `RateLimit-Limit` header.
     pub requests: u32,
     pub per: Duration,
+    /// `RateLimit-Limit`, made once.
+    limit_header: HeaderValue,
     interval_ns: u64,
     shards: [Mutex<HashMap<u64, u64>>; SHARDS],
 }
@@ -43,10 +48,14 @@ pub struct Decision {
 impl Limiter {
     pub fn new(requests: u32, per: Duration, burst: Option<u32>) -> Limiter {
         let requests = requests.max(1);
+        let capacity = burst.unwrap_or(requests).max(1);
+        let limit_header = HeaderValue::from_str(&format!("{capacity}, {requests};w={}", per.as_secs().max(1)))
+            .unwrap_or(HeaderValue::from_static("0"));
         Limiter {
-            capacity: burst.unwrap_or(requests).max(1),
+            capacity,
             requests,
             per,
+            limit_header,
             interval_ns: (per.as_nanos() / u128::from(requests)).max(1) as u64,
             shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
         }
@@ -162,12 +171,12 @@ impl RouteLimits {
         let Some(rule) = self.rules.iter().find(|r| r.applies(c)) else { return Verdict::Allowed(None, None) };
         let key = match &rule.key {
             LimitKey::Global => 0,
-            LimitKey::ClientIp => super::upstream::stable_hash(c.ip.to_string().as_bytes()),
+            LimitKey::ClientIp => ip_key(c.ip),
             LimitKey::Path => super::upstream::stable_hash(c.path.as_bytes()),
             LimitKey::Consumer => match c.consumer {
                 Some(who) => super::upstream::stable_hash(format!("{}/{}", who.namespace, who.name).as_bytes()),
                 // Without a consumer, the caller's address stands in.
-                None => super::upstream::stable_hash(c.ip.to_string().as_bytes()) ^ 1,
+                None => ip_key(c.ip) ^ 1,
             },
             LimitKey::Header(name) => {
                 super::upstream::stable_hash(c.headers.get(name.as_str()).map_or(&b""[..], |v| v.as_bytes()))
@@ -186,6 +195,14 @@ impl RouteLimits {
     }
 }
 
+/// An address as a bucket key, without formatting it.
+fn ip_key(ip: std::net::IpAddr) -> u64 {
+    match ip {
+        std::net::IpAddr::V4(a) => super::upstream::mix(u64::from(u32::from(a)) | (4 << 32)),
+        std::net::IpAddr::V6(a) => super::upstream::stable_hash(&a.octets()),
+    }
+}
+
 impl Rule {
     fn applies(&self, c: &Caller<'_>) -> bool {
         (self.consumers.is_empty() || c.consumer.is_some_and(|who| who.is_one_of(&self.consumers)))
@@ -197,12 +214,9 @@ impl Rule {
 
 /// `RateLimit-Limit`, `-Remaining` and `-Reset` (the IETF draft's fields).
 pub fn headers(h: &mut HeaderMap, d: &Decision, l: &Limiter) {
-    let policy = format!("{}, {};w={}", l.capacity, l.requests, l.per.as_secs().max(1));
-    if let Ok(v) = HeaderValue::from_str(&policy) {
-        h.insert("ratelimit-limit", v);
-    }
-    h.insert("ratelimit-remaining", HeaderValue::from(d.remaining));
-    h.insert("ratelimit-reset", HeaderValue::from(d.reset_secs));
+    h.insert(&RATELIMIT_LIMIT, l.limit_header.clone());
+    h.insert(&RATELIMIT_REMAINING, HeaderValue::from(d.remaining));
+    h.insert(&RATELIMIT_RESET, HeaderValue::from(d.reset_secs));
 }
 
 /// Counts a request in flight until dropped.
