@@ -248,4 +248,14 @@ fn gateway_mutual_tls_requires_client_certificates_from_the_secret_ca() {
     assert_eq!(get_with_identity(&server.https, "open.example.com", ca, None), Ok(200));
     let hits = up.hits();
     assert_eq!(hits, 2, "only the two accepted requests reached the service");
+
+    // The client certificate goes upstream (x-forwarded-client-cert) and is who AuthorizationPolicy sees.
+    assert_eq!(get_with_identity(&server.https, "mtls.example.com", ca, Some((&client_cert, &client_key))), Ok(200));
+    let xfcc = up.last().headers["x-forwarded-client-cert"].to_str().unwrap().to_string();
+    assert!(xfcc.starts_with("Hash=") && xfcc.ends_with(";DNS=partner"), "{xfcc}");
+    server.apply("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: partners, namespace: istio-system}\nspec:\n  selector: {matchLabels: {istio: ingressgateway}}\n  action: ALLOW\n  rules:\n  - from: [{source: {principals: [partner]}}]\n  - to: [{operation: {hosts: [open.example.com]}}]\n");
+    let (intern_cert, intern_key) = client_ca.leaf("intern", rcgen::ExtendedKeyUsagePurpose::ClientAuth);
+    assert_eq!(get_with_identity(&server.https, "mtls.example.com", ca, Some((&client_cert, &client_key))), Ok(200));
+    assert_eq!(get_with_identity(&server.https, "mtls.example.com", ca, Some((&intern_cert, &intern_key))), Ok(403));
+    assert_eq!(get_with_identity(&server.https, "open.example.com", ca, None), Ok(200));
 }

@@ -134,6 +134,22 @@ pub async fn serve(
                             Ok(Err(e)) => return tracing::debug!(error = %e, %peer, "TLS handshake failed"),
                             Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
                         };
+                        // A client certificate (Gateway MUTUAL): its identity for
+                        // AuthorizationPolicy and the upstream's x-forwarded-client-cert.
+                        let client = stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .and_then(tls::client_identity);
+                        let state = match client {
+                            Some((principal, xfcc)) => Arc::new(Listener {
+                                client_cert: Some(xfcc),
+                                peer_principal: Some(Arc::from(principal)),
+                                ..(*state).clone()
+                            }),
+                            None => state,
+                        };
                         if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
                             return serve_h2(TokioIo::new(stream), state, peer, watcher).await;
                         }

@@ -161,6 +161,46 @@ pub fn acceptor(hub: Arc<Hub>, port: u32) -> GatewayTls {
     GatewayTls { hub, port, simple: Arc::new(config) }
 }
 
+/// A client certificate at the gateway (MUTUAL): its principal as
+/// AuthorizationPolicy's `principals` match it (the URI SAN without
+/// `spiffe://`, else the first DNS SAN, else the subject's CN, as Envoy
+/// picks it) and the `x-forwarded-client-cert` value sent upstream
+/// (`Hash=...;Subject="...";URI=...;DNS=...`, Envoy's format).
+pub fn client_identity(cert: &CertificateDer<'_>) -> Option<(String, http::HeaderValue)> {
+    use sha2::Digest as _;
+    use x509_parser::prelude::{FromDer as _, GeneralName};
+    let (_, parsed) = x509_parser::certificate::X509Certificate::from_der(cert).ok()?;
+    let (mut uris, mut dns) = (Vec::new(), Vec::new());
+    if let Ok(Some(san)) = parsed.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                GeneralName::URI(u) => uris.push(u.to_string()),
+                GeneralName::DNSName(d) => dns.push(d.to_string()),
+                _ => {}
+            }
+        }
+    }
+    let subject = parsed.subject().to_string();
+    let cn = parsed.subject().iter_common_name().next().and_then(|c| c.as_str().ok()).map(str::to_string);
+    let principal = uris
+        .first()
+        .map(|u| u.strip_prefix("spiffe://").unwrap_or(u).to_string())
+        .or_else(|| dns.first().cloned())
+        .or(cn)?;
+    let mut xfcc = format!(
+        "Hash={};Subject=\"{}\"",
+        hex::encode(sha2::Sha256::digest(cert.as_ref())),
+        subject.replace('"', "\\\"")
+    );
+    for u in &uris {
+        xfcc.push_str(&format!(";URI={u}"));
+    }
+    for d in &dns {
+        xfcc.push_str(&format!(";DNS={d}"));
+    }
+    Some((principal, http::HeaderValue::from_str(&xfcc).ok()?))
+}
+
 /// TLS towards an upstream, from a DestinationRule's `tls` (SIMPLE or
 /// MUTUAL): the client configuration and the name sent as SNI and
 /// verified in the upstream's certificate.
