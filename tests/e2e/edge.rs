@@ -204,25 +204,7 @@ fn client_addresses_come_from_trusted_proxies_only() {
     // Upstreams see the chain with the gateway's own hop added.
     assert_eq!(app.last().headers["x-forwarded-for"], "198.51.100.2, 127.0.0.1");
     // A bad --trusted-proxies is refused at start, naming the value.
-    let tmp = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(crate::support::BIN)
-        .args([
-            "up",
-            "--admin",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-            "--https",
-            "127.0.0.1:0",
-            "--mesh",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(tmp.path().join("d"))
-        .args(["--trusted-proxies", "10.0.0.0/99"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
+    let out = crate::support::up_fails(&["--trusted-proxies", "10.0.0.0/99"]);
     assert!(
         crate::support::text(&out.stderr).contains("--trusted-proxies \"10.0.0.0/99\""),
         "{}",

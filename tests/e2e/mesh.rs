@@ -381,6 +381,24 @@ fn sidecars_carry_calls_over_mtls_and_peer_authentication_decides() {
     }
 }
 
+/// Client-only agents for `services`, each in `dir/SERVICE`: their outbound addresses by service, and the agents.
+fn client_agents<'a>(
+    server: &Server,
+    dir: &Path,
+    services: &[&'a str],
+) -> (std::collections::BTreeMap<&'a str, String>, Vec<Agent>) {
+    let mut outbound = std::collections::BTreeMap::new();
+    let mut agents = Vec::new();
+    for service in services {
+        let t = token(server, &["--service", service]);
+        let args = ["--token", &t, "--service", service, "--ca-fingerprint", &server.ca_fingerprint];
+        let mut a = Agent::start(server, &dir.join(service), &args);
+        outbound.insert(*service, field(&a.wait_for("meshgate agent ready "), "outbound=").to_string());
+        agents.push(a);
+    }
+    (outbound, agents)
+}
+
 /// Stops an agent with SIGTERM (as a service manager does) and waits for it.
 fn unsafe_terminate(agent: &mut Agent) {
     let _ = Command::new("kill").arg("-TERM").arg(agent.child.id().to_string()).status();
@@ -391,22 +409,10 @@ fn unsafe_terminate(agent: &mut Agent) {
 fn authorization_policies_allow_and_deny_between_services() {
     let server = Server::start();
     let tmp = tempfile::tempdir().unwrap();
-    let fp = server.ca_fingerprint.clone();
     let app = crate::upstream::Upstream::start("users");
     server.apply(USER_SERVICE);
     let (_users, _) = user_service_sidecar(&server, &tmp.path().join("users"), &app, &[]);
-    let mut outbound = std::collections::BTreeMap::new();
-    let mut agents = Vec::new();
-    for service in ["orders", "billing"] {
-        let t = token(&server, &["--service", service]);
-        let mut a = Agent::start(
-            &server,
-            &tmp.path().join(service),
-            &["--token", &t, "--service", service, "--ca-fingerprint", &fp],
-        );
-        outbound.insert(service, field(&a.wait_for("meshgate agent ready "), "outbound=").to_string());
-        agents.push(a);
-    }
+    let (outbound, agents) = client_agents(&server, tmp.path(), &["orders", "billing"]);
     let c = server.http();
     let call = |from: &str, method: reqwest::Method, path: &str| {
         let r = c
@@ -463,24 +469,7 @@ fn up_runs_and_supervises_sidecars_for_local_services() {
     server.wait_stdout("[user-service] meshgate agent ready ");
 
     // Bad specs are refused before anything starts.
-    let tmp = tempfile::tempdir().unwrap();
-    let out = Command::new(BIN)
-        .args([
-            "up",
-            "--admin",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-            "--https",
-            "127.0.0.1:0",
-            "--mesh",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(tmp.path().join("d"))
-        .args(["--sidecar", "service=a,colour=red"])
-        .output()
-        .unwrap();
+    let out = crate::support::up_fails(&["--sidecar", "service=a,colour=red"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("unknown key \"colour\""), "{}", text(&out.stderr));
 }
@@ -756,18 +745,7 @@ fn tcp_crosses_the_mesh_in_connect_tunnels_over_mtls() {
         &["--token", &t, "--service", "user-db", "--ca-fingerprint", &fp, "--app", &app],
     );
     db_agent.wait_for("meshgate agent ready ");
-    let mut outbound = std::collections::BTreeMap::new();
-    let mut agents = Vec::new();
-    for service in ["orders", "billing"] {
-        let t = token(&server, &["--service", service]);
-        let mut a = Agent::start(
-            &server,
-            &tmp.path().join(service),
-            &["--token", &t, "--service", service, "--ca-fingerprint", &fp],
-        );
-        outbound.insert(service, field(&a.wait_for("meshgate agent ready "), "outbound=").to_string());
-        agents.push(a);
-    }
+    let (outbound, agents) = client_agents(&server, tmp.path(), &["orders", "billing"]);
     wait_synced(&server, 3);
 
     // orders → its sidecar (CONNECT) → mTLS → user-db's sidecar (CONNECT) → the database, bytes both ways.

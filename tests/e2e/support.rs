@@ -278,6 +278,31 @@ pub fn wait_line(lines: &mpsc::Receiver<String>, prefix: &str, seen: &mut Vec<St
     }
 }
 
+/// Runs `meshgate up` (listeners on port 0, a fresh data dir) with `extra`
+/// flags that must make it refuse to start; returns its output.
+pub fn up_fails(extra: &[&str]) -> Output {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(BIN)
+        .args([
+            "up",
+            "--admin",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--https",
+            "127.0.0.1:0",
+            "--mesh",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(tmp.path().join("d"))
+        .args(extra)
+        .output()
+        .expect("run meshgate up");
+    assert!(!out.status.success(), "meshgate up {extra:?} should have refused to start");
+    out
+}
+
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
