@@ -169,3 +169,66 @@ fn grpc_unary_and_server_streaming_through_the_gateway() {
     assert_eq!(headers["grpc-status"], "14", "{headers:?}");
     assert_eq!(unary.headers["content-type"], "application/grpc");
 }
+
+/// A gRPC-Web body: its messages and its trailer block (the frame flagged 0x80).
+fn web_frames(mut data: &[u8]) -> (Vec<String>, String) {
+    let (mut messages, mut trailers) = (Vec::new(), String::new());
+    while data.len() >= 5 {
+        let len = u32::from_be_bytes([data[1], data[2], data[3], data[4]]) as usize;
+        let payload = String::from_utf8_lossy(&data[5..5 + len]).into_owned();
+        if data[0] & 0x80 != 0 {
+            trailers = payload;
+        } else {
+            messages.push(payload);
+        }
+        data = &data[5 + len..];
+    }
+    (messages, trailers)
+}
+
+#[test]
+fn grpc_web_from_browsers_reaches_grpc_upstreams() {
+    use base64::Engine as _;
+    let up = grpc_upstream();
+    let server = Server::start();
+    server.apply(&format!(
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: gw}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: 80, name: http, protocol: HTTP}}\n    hosts: [grpc.example.com]\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: echo}}\nspec:\n  hosts: [echo]\n  resolution: STATIC\n  ports: [{{number: 50051, name: grpc, protocol: GRPC}}]\n  endpoints: [{{address: 127.0.0.1, ports: {{grpc: {}}}}}]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: echo}}\nspec:\n  hosts: [grpc.example.com]\n  gateways: [gw]\n  http:\n  - match: [{{uri: {{prefix: /echo.Echo/}}}}]\n    route: [{{destination: {{host: echo}}}}]\n  - route: [{{destination: {{host: missing}}}}]\n",
+        up.port
+    ));
+    // HTTP/1.1, as a browser's gRPC-Web client sends it.
+    let c = reqwest::blocking::Client::builder().http1_only().build().unwrap();
+    let post = |path: &str, ct: &str, body: Vec<u8>| {
+        let r = c
+            .post(format!("http://{}{path}", server.http))
+            .header("host", "grpc.example.com")
+            .header("content-type", ct)
+            .header("x-grpc-web", "1")
+            .body(body)
+            .send()
+            .unwrap();
+        let ct = r.headers()["content-type"].to_str().unwrap().to_string();
+        (r.status().as_u16(), ct, r.bytes().unwrap().to_vec())
+    };
+    let (status, ct, body) = post("/echo.Echo/Unary", "application/grpc-web+proto", frame(b"hello").to_vec());
+    assert_eq!((status, ct.as_str()), (200, "application/grpc-web+proto"));
+    assert_eq!(web_frames(&body), (vec!["echo: hello".to_string()], "grpc-status:0\r\n".to_string()));
+    assert_eq!(up.versions.lock().unwrap().last(), Some(&http::Version::HTTP_2), "gRPC over HTTP/2 upstream");
+
+    // Server streaming: the messages, then the trailers.
+    let (_, _, body) = post("/echo.Echo/Stream", "application/grpc-web+proto", frame(b"").to_vec());
+    assert_eq!(web_frames(&body).0, ["one", "two", "three"]);
+
+    // The text form: base64 both ways.
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let (status, ct, body) =
+        post("/echo.Echo/Unary", "application/grpc-web-text", b64.encode(frame(b"text")).into_bytes());
+    assert_eq!((status, ct.as_str()), (200, "application/grpc-web-text+proto"));
+    let decoded = b64.decode(&body).expect("base64 answer");
+    assert_eq!(web_frames(&decoded), (vec!["echo: text".to_string()], "grpc-status:0\r\n".to_string()));
+
+    // No upstream: the gRPC status in the closing message.
+    let (status, _, body) = post("/other.Svc/Call", "application/grpc-web+proto", frame(b"x").to_vec());
+    assert_eq!(status, 200);
+    let (messages, trailers) = web_frames(&body);
+    assert!(messages.is_empty() && trailers.starts_with("grpc-status:14\r\n"), "{trailers:?}");
+}

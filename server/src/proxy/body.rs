@@ -23,6 +23,8 @@ pub enum ProxyBody {
     Downstream(h1::server::RequestBody),
     /// An upstream's HTTP/1 response body, read straight from its connection.
     Upstream(h1::client::ResponseBody),
+    /// A gRPC answer made gRPC-Web (its trailers as a last message).
+    GrpcWeb(Box<super::grpcweb::WebBody>),
 }
 
 impl ProxyBody {
@@ -49,6 +51,7 @@ impl Body for ProxyBody {
             ProxyBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             ProxyBody::Downstream(b) => b.poll_frame(cx).map_err(Into::into),
             ProxyBody::Upstream(b) => b.poll_frame(cx).map_err(Into::into),
+            ProxyBody::GrpcWeb(b) => b.poll_frame(cx),
         }
     }
 
@@ -58,6 +61,7 @@ impl Body for ProxyBody {
             ProxyBody::Hyper(b) => b.is_end_stream(),
             ProxyBody::Downstream(b) => b.is_end_stream(),
             ProxyBody::Upstream(b) => b.is_end_stream(),
+            ProxyBody::GrpcWeb(b) => b.is_end_stream(),
         }
     }
 
@@ -67,6 +71,7 @@ impl Body for ProxyBody {
             ProxyBody::Hyper(b) => b.size_hint(),
             ProxyBody::Downstream(b) => b.size_hint(),
             ProxyBody::Upstream(b) => b.size_hint(),
+            ProxyBody::GrpcWeb(_) => SizeHint::default(),
         }
     }
 }

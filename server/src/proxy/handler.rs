@@ -50,17 +50,28 @@ pub(crate) fn local(status: StatusCode, flag: &'static str, body: &'static str) 
     resp
 }
 
-pub async fn handle(l: &Listener, peer: SocketAddr, req: Request<ProxyBody>) -> Response<ProxyBody> {
+pub async fn handle(l: &Listener, peer: SocketAddr, mut req: Request<ProxyBody>) -> Response<ProxyBody> {
     let grpc = req
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("application/grpc"));
-    let resp = route(l, peer, req).await;
-    if grpc && resp.status() != StatusCode::OK && resp.headers().contains_key(RESPONSE_FLAGS) {
-        return grpc_error(resp);
+    // gRPC-Web from browsers goes upstream as gRPC, and comes back as gRPC-Web.
+    let web = if grpc { super::grpcweb::kind(req.headers()) } else { None };
+    if let Some(text) = web {
+        req = match super::grpcweb::request(req, text).await {
+            Ok(req) => req,
+            Err(resp) => return resp,
+        };
     }
-    resp
+    let mut resp = route(l, peer, req).await;
+    if grpc && resp.status() != StatusCode::OK && resp.headers().contains_key(RESPONSE_FLAGS) {
+        resp = grpc_error(resp);
+    }
+    match web {
+        Some(text) if resp.status() == StatusCode::OK => super::grpcweb::response(resp, text),
+        _ => resp,
+    }
 }
 
 /// A gRPC client expects errors as a trailers-only response with a

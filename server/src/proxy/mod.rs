@@ -7,6 +7,7 @@ pub mod authz;
 mod body;
 pub mod config;
 pub mod dump;
+pub mod grpcweb;
 pub mod h1;
 mod handler;
 pub mod jwt;
