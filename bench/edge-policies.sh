@@ -23,15 +23,9 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$W"; }
 trap cleanup EXIT
 PORT=${GW_PORT:-18090}
-mkfifo "$W/out"
-MESHGATE_LOG=warn "$BIN" up --data-dir "$W/data" --admin 127.0.0.1:0 --mesh 127.0.0.1:0 --https 127.0.0.1:0 \
-  --http 127.0.0.1:$PORT --workers "${WORKERS:-1}" >"$W/out" &
-PID=$!; PIDS+=($PID)
-while read -r line; do
-  case "$line" in "meshgate ready "*) ADMIN=$(sed -E 's/.*admin=([^ ]+).*/\1/' <<<"$line"); break;; esac
-done <"$W/out"
-cat "$W/out" >/dev/null &
-export MESHGATE_SERVER=$ADMIN MESHGATE_TOKEN; MESHGATE_TOKEN=$(cat "$W/data/admin.token")
+. bench/lib.sh
+HTTP_ADDR=127.0.0.1:$PORT UP_ARGS="--workers ${WORKERS:-1}" start_meshgate
+PID=$MESHGATE_PID
 
 # An ES256 key made now: its public JWK and a token signed with it.
 python3 - "$W" <<'PY'

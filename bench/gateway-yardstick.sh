@@ -12,17 +12,15 @@ YARDSTICK=${1:-../shared/bench/proxy-yardstick.sh}
 shift || true
 BIN=target/release/meshgate
 [ -x "$BIN" ] || cargo build --release -p meshgate
-WORK=$(mktemp -d)
-trap 'kill "$PID" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
+W=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$W"; }
+trap cleanup EXIT
 
 GW_PORT=${GW_PORT:-18090}
-mkfifo "$WORK/out"
-MESHGATE_LOG=warn "$BIN" up --data-dir "$WORK/data" --admin 127.0.0.1:0 --mesh 127.0.0.1:0 --http 127.0.0.1:$GW_PORT ${GW_ARGS:-} >"$WORK/out" &
-PID=$!
-while read -r line; do
-  case "$line" in "meshgate ready "*) ADMIN=$(sed -E 's/.*admin=([^ ]+).*/\1/' <<<"$line"); break;; esac
-done <"$WORK/out"
-cat "$WORK/out" >/dev/null &
+. bench/lib.sh
+HTTP_ADDR=127.0.0.1:$GW_PORT UP_ARGS=${GW_ARGS:-} start_meshgate
+PID=$MESHGATE_PID
 
 {
   cat <<'YAML'
@@ -56,8 +54,8 @@ YAML
     printf '  - match: [{uri: {prefix: /route-%03d/}}]\n    route: [{destination: {host: upstream}}]\n' "$i"
   done
   printf '  - match: [{uri: {prefix: /}}]\n    route: [{destination: {host: upstream}}]\n'
-} >"$WORK/bench.yaml"
-MESHGATE_SERVER="$ADMIN" MESHGATE_TOKEN=$(cat "$WORK/data/admin.token") "$BIN" apply -f "$WORK/bench.yaml" >/dev/null
+} >"$W/bench.yaml"
+"$BIN" apply -f "$W/bench.yaml" >/dev/null
 
 echo "meshgate $(git rev-parse --short HEAD) pid $PID on 127.0.0.1:$GW_PORT, 100 routes (last one matches)"
 "$YARDSTICK" --gateway "http://127.0.0.1:$GW_PORT/" --gateway-pid "$PID" "$@"

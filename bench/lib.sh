@@ -1,12 +1,15 @@
-# Shared by the mesh benchmarks (sourced): start_meshgate runs `meshgate
-# up` ($BIN) on loopback with its data in $W/data, appends its pid to PIDS,
-# sets ADMIN, MESH and FP (the CA root's fingerprint) and exports
-# MESHGATE_SERVER and MESHGATE_TOKEN for the CLI.
+# Shared by the benchmarks (sourced): start_meshgate runs `meshgate up`
+# ($BIN) on loopback with its data in $W/data (the gateway's --http on
+# $HTTP_ADDR, port 0 unless set; more flags in $UP_ARGS), appends its pid to
+# PIDS and sets MESHGATE_PID, ADMIN, MESH and FP (the CA root's
+# fingerprint), and exports MESHGATE_SERVER and MESHGATE_TOKEN for the CLI.
 start_meshgate() {
   mkfifo "$W/up"
-  MESHGATE_LOG=warn "$BIN" up --data-dir "$W/data" --admin 127.0.0.1:0 --http 127.0.0.1:0 --https 127.0.0.1:0 \
-    --mesh 127.0.0.1:0 >"$W/up" &
-  PIDS+=($!)
+  # shellcheck disable=SC2086 # UP_ARGS is a list of flags
+  MESHGATE_LOG=warn "$BIN" up --data-dir "$W/data" --admin 127.0.0.1:0 --http "${HTTP_ADDR:-127.0.0.1:0}" \
+    --https 127.0.0.1:0 --mesh 127.0.0.1:0 ${UP_ARGS:-} >"$W/up" &
+  MESHGATE_PID=$!
+  PIDS+=($MESHGATE_PID)
   local line
   while read -r line; do
     case "$line" in

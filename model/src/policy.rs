@@ -86,7 +86,8 @@ pub enum LimitKey {
     Path,
     Global,
     Header(String),
-    Claim(String),
+    /// A JWT claim's path: nested objects by name (`org.tier`).
+    Claim(Vec<String>),
 }
 
 impl LimitKey {
@@ -98,7 +99,9 @@ impl LimitKey {
             "global" => Ok(LimitKey::Global),
             k => match k.split_once(':') {
                 Some(("header", name)) if !name.is_empty() => Ok(LimitKey::Header(name.to_ascii_lowercase())),
-                Some(("claim", name)) if !name.is_empty() => Ok(LimitKey::Claim(name.to_string())),
+                Some(("claim", name)) if !name.is_empty() => {
+                    Ok(LimitKey::Claim(name.split('.').map(str::to_string).collect()))
+                }
                 _ => Err(format!("unknown key {k:?}: use clientIp, consumer, path, global, header:NAME or claim:NAME")),
             },
         }

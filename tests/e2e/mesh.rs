@@ -494,17 +494,11 @@ fn traffic_flows_while_the_control_plane_is_down_and_agents_resync_after() {
     let data = tmp.path().join("data");
     let server = Server::start_in(&data, &[]);
     let mesh_addr = server.mesh.trim_start_matches("https://").to_string();
-    let fp = server.ca_fingerprint.clone();
     let app = crate::upstream::Upstream::start("steady");
     server.apply(USER_SERVICE);
     let (_users, _) = user_service_sidecar(&server, &tmp.path().join("users"), &app, &[]);
-    let t = token(&server, &["--service", "orders"]);
-    let mut orders = Agent::start(
-        &server,
-        &tmp.path().join("orders"),
-        &["--token", &t, "--service", "orders", "--ca-fingerprint", &fp],
-    );
-    let outbound = field(&orders.wait_for("meshgate agent ready "), "outbound=").to_string();
+    let (outbound, orders) = client_agents(&server, tmp.path(), &["orders"]);
+    let outbound = outbound["orders"].clone();
     wait_synced(&server, 2);
     let c = server.http();
     let get =
@@ -643,20 +637,14 @@ fn health_of(we: &serde_json::Value) -> (&str, &str) {
 fn unhealthy_instances_leave_every_proxy_and_come_back() {
     let server = Server::start_with(&["--agent-grace", "1s"]);
     let tmp = tempfile::tempdir().unwrap();
-    let fp = server.ca_fingerprint.clone();
     let (good, flaky) = (crate::upstream::Upstream::start("good"), crate::upstream::Upstream::start("flaky"));
     server.apply(USER_SERVICE);
     let probe = ["--health", "http:/healthz", "--health-interval", "100ms"];
     let (_good_agent, _) = user_service_sidecar(&server, &tmp.path().join("good"), &good, &probe);
     let (mut flaky_agent, ready) = user_service_sidecar(&server, &tmp.path().join("flaky"), &flaky, &probe);
     let flaky_name = field(&ready, "name=").to_string();
-    let t = token(&server, &["--service", "orders"]);
-    let mut orders = Agent::start(
-        &server,
-        &tmp.path().join("orders"),
-        &["--token", &t, "--service", "orders", "--ca-fingerprint", &fp],
-    );
-    let outbound = field(&orders.wait_for("meshgate agent ready "), "outbound=").to_string();
+    let (outbound, _orders) = client_agents(&server, tmp.path(), &["orders"]);
+    let outbound = outbound["orders"].clone();
     wait_synced(&server, 3);
     let c = server.http();
     let answers = |n: usize| {

@@ -183,9 +183,8 @@ impl Ca {
         let der = cert.der().clone();
         store
             .add_ca_root(&cert.pem(), &sealed, &fingerprint(&der), &rfc3339(params.not_after), Some(&cross.pem()))
-            .await
-            .map_err(|e| RotateError::Other(e.into()))?;
-        let stored = store.ca_roots().await.map_err(|e| RotateError::Other(e.into()))?;
+            .await?;
+        let stored = store.ca_roots().await?;
         self.current.store(Arc::new(signing_from(&stored, &kek).map_err(RotateError::Other)?));
         tracing::info!(fingerprint = %fingerprint(&der), previous = %fingerprint(&old.signer_cert), "mesh CA root rotated; the previous root stays trusted until retired");
         Ok(fingerprint(&der))
@@ -201,13 +200,12 @@ impl Ca {
             return Err(RotateError::NothingToRetire);
         }
         let since = current.since.clone().unwrap_or_default();
-        let (left, last) =
-            store.certificates_valid_from_before(&since).await.map_err(|e| RotateError::Other(e.into()))?;
+        let (left, last) = store.certificates_valid_from_before(&since).await?;
         if left > 0 && !force {
             return Err(RotateError::StillInUse { left, last: last.unwrap_or_default() });
         }
-        let gone = store.retire_ca_roots().await.map_err(|e| RotateError::Other(e.into()))?;
-        let stored = store.ca_roots().await.map_err(|e| RotateError::Other(e.into()))?;
+        let gone = store.retire_ca_roots().await?;
+        let stored = store.ca_roots().await?;
         self.current.store(Arc::new(signing_from(&stored, &kek).map_err(RotateError::Other)?));
         tracing::info!(retired = ?gone, "old mesh CA roots retired");
         Ok(gone)
@@ -434,6 +432,12 @@ pub enum RotateError {
     StillInUse { left: i64, last: String },
     #[error("{0:#}")]
     Other(anyhow::Error),
+}
+
+impl From<crate::store::StoreError> for RotateError {
+    fn from(e: crate::store::StoreError) -> RotateError {
+        RotateError::Other(e.into())
+    }
 }
 
 impl RotateError {

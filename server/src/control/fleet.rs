@@ -44,6 +44,16 @@ pub struct Report {
     pub dump: Arc<Value>,
 }
 
+impl ProxyRecord {
+    /// The agent runs `revision`: a NACK of it or of an older one is over.
+    fn runs(&mut self, revision: i64) {
+        self.revision = revision;
+        if self.nack.as_ref().is_some_and(|n| n.revision <= revision) {
+            self.nack = None;
+        }
+    }
+}
+
 /// A revision an agent would not run, with its reason.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct Nack {
@@ -79,18 +89,24 @@ impl Fleet {
         self.proxies.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Records a config request: the agent runs `revision`. An agent's name
+    /// The record of `c`'s agent (made on first contact, running
+    /// `first_revision`), seen now, for `change` to update. An agent's name
     /// stays with the identity that first used it.
-    pub fn seen(&self, c: &Caller<'_>, revision: i64, connected: bool) -> Result<(), NotYours> {
+    fn with_record(
+        &self,
+        c: &Caller<'_>,
+        first_revision: i64,
+        change: impl FnOnce(&mut ProxyRecord),
+    ) -> Result<(), NotYours> {
         let mut all = self.lock();
         let record = all.entry(c.name.to_string()).or_insert_with(|| ProxyRecord {
             name: c.name.to_string(),
             identity: c.identity.to_string(),
             service: c.service.to_string(),
             namespace: c.namespace.to_string(),
-            revision,
+            revision: first_revision,
             last_seen_ms: 0,
-            connected,
+            connected: false,
             nack: None,
             healthy: None,
             health_reason: String::new(),
@@ -100,24 +116,27 @@ impl Fleet {
             return Err(NotYours);
         }
         record.service = c.service.to_string();
-        record.revision = revision;
         record.last_seen_ms = now_ms();
-        record.connected = connected;
-        if record.nack.as_ref().is_some_and(|n| n.revision <= revision) {
-            record.nack = None;
-        }
+        change(record);
         Ok(())
+    }
+
+    /// Records a config request: the agent runs `revision`.
+    pub fn seen(&self, c: &Caller<'_>, revision: i64, connected: bool) -> Result<(), NotYours> {
+        self.with_record(c, revision, |r| {
+            r.connected = connected;
+            r.runs(revision);
+        })
     }
 
     /// An agent's status: the revision it runs, what it rejected, its config dump.
     pub fn report(&self, c: &Caller<'_>, revision: i64, nack: Option<Nack>, dump: Value) -> Result<(), NotYours> {
-        let connected = self.lock().get(c.name).is_some_and(|r| r.connected);
-        self.seen(c, revision, connected)?;
-        if let Some(record) = self.lock().get_mut(c.name) {
-            record.nack = nack.filter(|n| n.revision > revision);
-            let seq = self.reports.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-            record.report = Some(Report { at_ms: now_ms(), seq, dump: Arc::new(dump) });
-        }
+        let seq = self.reports.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        self.with_record(c, revision, |r| {
+            r.runs(revision);
+            r.nack = nack.filter(|n| n.revision > revision);
+            r.report = Some(Report { at_ms: now_ms(), seq, dump: Arc::new(dump) });
+        })?;
         self.reported.notify_waiters();
         Ok(())
     }
@@ -130,13 +149,10 @@ impl Fleet {
 
     /// What an agent's probe says of its app.
     pub fn set_health(&self, c: &Caller<'_>, healthy: bool, reason: &str) -> Result<(), NotYours> {
-        let connected = self.lock().get(c.name).is_some_and(|r| r.connected);
-        let revision = self.lock().get(c.name).map_or(-1, |r| r.revision);
-        self.seen(c, revision, connected)?;
-        if let Some(record) = self.lock().get_mut(c.name) {
-            record.healthy = Some(healthy);
-            record.health_reason = if healthy { String::new() } else { reason.to_string() };
-        }
+        self.with_record(c, -1, |r| {
+            r.healthy = Some(healthy);
+            r.health_reason = if healthy { String::new() } else { reason.to_string() };
+        })?;
         self.health_changed.notify_one();
         Ok(())
     }

@@ -137,6 +137,9 @@ async fn compile_once(hub: &Hub, store: &Store, cluster_domain: &str, locality: 
     let (authn, authz) = compile::gateway_security(&resources, &hub.jwks);
     snapshot.authn = authn;
     snapshot.authz = authz;
+    // What the previous snapshot alone used goes with it.
+    hub.jwks.prune();
+    hub.limiters.prune();
     hub.snapshot.store(Arc::new(snapshot));
     if hub.has_listener_manager.load(std::sync::atomic::Ordering::SeqCst) {
         hub.compiled.send_replace(revision);

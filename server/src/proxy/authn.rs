@@ -62,7 +62,8 @@ struct Rule {
     keys: Keys,
     forward: bool,
     payload_header: Option<HeaderName>,
-    claim_headers: Vec<(HeaderName, String)>,
+    /// Header ← claim (its path, nested objects by name).
+    claim_headers: Vec<(HeaderName, Vec<String>)>,
     space_delimited: Vec<String>,
 }
 
@@ -102,11 +103,12 @@ impl Identity {
 
     /// The values of the claim at `path` (nested objects by name), as text:
     /// each element of a list, and each word of a space-delimited claim.
-    pub fn claim(&self, path: &[&str]) -> Vec<String> {
+    pub fn claim<S: AsRef<str>>(&self, path: &[S]) -> Vec<String> {
         let Some((first, rest)) = path.split_first() else { return Vec::new() };
-        let mut v = self.claims.get(*first);
+        let first = first.as_ref();
+        let mut v = self.claims.get(first);
         for name in rest {
-            v = v.and_then(|v| v.get(name));
+            v = v.and_then(|v| v.get(name.as_ref()));
         }
         let split = path.len() == 1 && self.space_delimited.iter().any(|c| c == first);
         let text = |v: &Value| match v {
@@ -181,10 +183,13 @@ impl Authn {
                 };
                 let header = |h: &str| HeaderName::from_bytes(h.as_bytes()).ok();
                 let payload_header = r.output_payload_to_header.as_deref().and_then(header);
-                let claim_headers: Vec<(HeaderName, String)> = r
+                let claim_headers: Vec<(HeaderName, Vec<String>)> = r
                     .output_claim_to_headers
                     .iter()
-                    .filter_map(|c| Some((header(c.header.as_deref()?)?, c.claim.clone()?)))
+                    .filter_map(|c| {
+                        let path = c.claim.as_deref()?.split('.').map(str::to_string).collect();
+                        Some((header(c.header.as_deref()?)?, path))
+                    })
                     .collect();
                 out.outputs.extend(payload_header.iter().cloned());
                 out.outputs.extend(claim_headers.iter().map(|(h, _)| h.clone()));
@@ -319,9 +324,8 @@ impl Authn {
         {
             headers.insert(h.clone(), v);
         }
-        for (h, claim) in &rule.claim_headers {
-            let path: Vec<&str> = claim.split('.').collect();
-            let values = identity.claim(&path);
+        for (h, path) in &rule.claim_headers {
+            let values = identity.claim(path);
             if let Some(v) = (!values.is_empty()).then(|| values.join(",")).and_then(|v| HeaderValue::from_str(&v).ok())
             {
                 headers.insert(h.clone(), v);
@@ -340,15 +344,8 @@ impl Authn {
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.strip_prefix(prefix.as_str()))
                         .map(|t| t.trim().to_string()),
-                    Location::Param(p) => uri.query().and_then(|q| {
-                        q.split('&')
-                            .find_map(|kv| kv.split_once('=').filter(|(k, _)| k == p).map(|(_, v)| v.to_string()))
-                    }),
-                    Location::Cookie(c) => headers.get_all(http::header::COOKIE).iter().find_map(|v| {
-                        v.to_str().ok()?.split(';').find_map(|kv| {
-                            kv.trim().split_once('=').filter(|(k, _)| k == c).map(|(_, v)| v.to_string())
-                        })
-                    }),
+                    Location::Param(p) => uri.query().and_then(|q| super::query_value(q, p)).map(str::to_string),
+                    Location::Cookie(c) => super::cookie_value(headers, c).map(str::to_string),
                 };
                 if let Some(token) = found.filter(|t| !t.is_empty()) {
                     return Some((location, token));
@@ -405,27 +402,25 @@ fn clock_ms() -> u64 {
 /// fetcher stops once no snapshot does.
 #[derive(Default)]
 pub struct JwksRegistry {
-    map: Mutex<HashMap<String, Weak<RemoteJwks>>>,
+    kept: super::kept::Kept<String, RemoteJwks>,
 }
 
 impl JwksRegistry {
     pub fn get(&self, uri: &str, timeout: Duration) -> Arc<RemoteJwks> {
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(found) = map.get(uri).and_then(Weak::upgrade) {
-            return found;
-        }
-        map.retain(|_, w| w.strong_count() > 0);
-        let remote = Arc::new(RemoteJwks {
+        let (remote, new) = self.kept.get_or(uri.to_string(), || RemoteJwks {
             uri: uri.to_string(),
             keys: ArcSwapOption::empty(),
             wake: Arc::new(tokio::sync::Notify::new()),
             asked_ms: AtomicU64::new(0),
         });
-        map.insert(uri.to_string(), Arc::downgrade(&remote));
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        if new && let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(keep_fetched(Arc::downgrade(&remote), remote.wake.clone(), timeout));
         }
         remote
+    }
+
+    pub fn prune(&self) {
+        self.kept.prune();
     }
 }
 

@@ -232,7 +232,7 @@ impl ConditionMatch {
             Key::Audiences | Key::Claim(_) => {
                 let values = match (&self.key, f.request) {
                     (Key::Audiences, Some(r)) => r.claim(&["aud"]),
-                    (Key::Claim(path), Some(r)) => r.claim(&path.iter().map(String::as_str).collect::<Vec<_>>()),
+                    (Key::Claim(path), Some(r)) => r.claim(path),
                     _ => Vec::new(),
                 };
                 if values.is_empty() {

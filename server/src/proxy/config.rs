@@ -230,7 +230,7 @@ impl RequestMatch {
             let identity = req.extensions().get::<Arc<super::authn::Identity>>();
             let claim_ok = |path: &Vec<String>, want: &Option<StrMatch>| {
                 identity.is_some_and(|id| {
-                    let values = id.claim(&path.iter().map(String::as_str).collect::<Vec<_>>());
+                    let values = id.claim(path);
                     !values.is_empty() && want.as_ref().is_none_or(|w| values.iter().any(|v| w.matches(v)))
                 })
             };
@@ -248,12 +248,7 @@ impl RequestMatch {
         }
         if !self.query.is_empty() {
             let query = req.uri().query().unwrap_or("");
-            let value = |key: &str| {
-                query.split('&').find_map(|pair| {
-                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                    (k == key).then_some(v)
-                })
-            };
+            let value = |key: &str| super::query_value(query, key);
             if !self.query.iter().all(|(k, w)| value(k).is_some_and(|v| w.as_ref().is_none_or(|w| w.matches(v)))) {
                 return false;
             }

@@ -837,20 +837,10 @@ fn hash_of<B>(key: &super::upstream::HashKey, req: &Request<B>, peer: SocketAddr
     match key {
         HashKey::Header(name) => req.headers().get(name).map(|v| stable_hash(v.as_bytes())),
         HashKey::SourceIp => Some(stable_hash(peer.ip().to_string().as_bytes())),
-        HashKey::Query(name) => req.uri().query().and_then(|q| {
-            q.split('&').find_map(|pair| {
-                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                (k == name).then(|| stable_hash(v.as_bytes()))
-            })
-        }),
-        HashKey::Cookie { name, .. } => {
-            req.headers().get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).find_map(|v| {
-                v.split(';').find_map(|c| {
-                    let (k, val) = c.trim().split_once('=')?;
-                    (k == name).then(|| stable_hash(val.as_bytes()))
-                })
-            })
+        HashKey::Query(name) => {
+            req.uri().query().and_then(|q| super::query_value(q, name)).map(|v| stable_hash(v.as_bytes()))
         }
+        HashKey::Cookie { name, .. } => super::cookie_value(req.headers(), name).map(|v| stable_hash(v.as_bytes())),
     }
 }
 

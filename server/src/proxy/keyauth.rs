@@ -119,11 +119,9 @@ impl KeyAuth {
         headers.remove(&self.consumer_header);
         let found = self.locations.iter().find_map(|l| match l {
             Location::Header(h) => headers.get(h).and_then(|v| v.to_str().ok()).map(|k| (l, k.trim().to_string())),
-            Location::Query(q) => uri.query().and_then(|query| {
-                query
-                    .split('&')
-                    .find_map(|kv| kv.split_once('=').filter(|(k, _)| k == q).map(|(_, v)| (l, v.to_string())))
-            }),
+            Location::Query(q) => {
+                uri.query().and_then(|query| super::query_value(query, q)).map(|k| (l, k.to_string()))
+            }
         });
         let Some((location, key)) = found.filter(|(_, k)| !k.is_empty()) else {
             return if self.required && !(self.allow_jwt && has_jwt) {

@@ -11,6 +11,7 @@ pub mod grpcweb;
 pub mod h1;
 mod handler;
 pub mod jwt;
+pub mod kept;
 pub mod keyauth;
 pub mod l4;
 pub mod listeners;
@@ -34,6 +35,25 @@ use h1::server::HEAD_TIMEOUT;
 use crate::control::Hub;
 
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The value of query parameter `key` in `query` (`a=1&b=2`; a key
+/// without `=` has the empty value).
+pub fn query_value<'a>(query: &'a str, key: &str) -> Option<&'a str> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == key).then_some(v)
+    })
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers.
+pub fn cookie_value<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get_all(http::header::COOKIE).iter().filter_map(|v| v.to_str().ok()).find_map(|v| {
+        v.split(';').find_map(|c| {
+            let (k, val) = c.trim().split_once('=')?;
+            (k == name).then_some(val)
+        })
+    })
+}
 
 /// What every connection of one listener shares.
 #[derive(Clone)]

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -105,33 +105,24 @@ pub fn now_ns() -> u64 {
 /// their parameters stay the same.
 #[derive(Default)]
 pub struct LimiterRegistry {
-    map: Mutex<HashMap<String, Weak<Limiter>>>,
-    concurrency: Mutex<HashMap<String, Weak<AtomicU32>>>,
+    limiters: super::kept::Kept<String, Limiter>,
+    in_flight: super::kept::Kept<String, AtomicU32>,
 }
 
 impl LimiterRegistry {
     pub fn limiter(&self, id: &str, requests: u32, per: Duration, burst: Option<u32>) -> Arc<Limiter> {
         let key = format!("{id}|{requests}|{}|{burst:?}", per.as_nanos());
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(l) = map.get(&key).and_then(Weak::upgrade) {
-            return l;
-        }
-        map.retain(|_, w| w.strong_count() > 0);
-        let l = Arc::new(Limiter::new(requests, per, burst));
-        map.insert(key, Arc::downgrade(&l));
-        l
+        self.limiters.get_or(key, || Limiter::new(requests, per, burst)).0
     }
 
     /// The in-flight counter of one route under one policy.
     pub fn in_flight(&self, id: &str) -> Arc<AtomicU32> {
-        let mut map = self.concurrency.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = map.get(id).and_then(Weak::upgrade) {
-            return c;
-        }
-        map.retain(|_, w| w.strong_count() > 0);
-        let c = Arc::new(AtomicU32::new(0));
-        map.insert(id.to_string(), Arc::downgrade(&c));
-        c
+        self.in_flight.get_or(id.to_string(), || AtomicU32::new(0)).0
+    }
+
+    pub fn prune(&self) {
+        self.limiters.prune();
+        self.in_flight.prune();
     }
 }
 
@@ -181,8 +172,8 @@ impl RouteLimits {
             LimitKey::Header(name) => {
                 super::upstream::stable_hash(c.headers.get(name.as_str()).map_or(&b""[..], |v| v.as_bytes()))
             }
-            LimitKey::Claim(name) => {
-                let values = c.identity.map(|id| id.claim(&name.split('.').collect::<Vec<_>>())).unwrap_or_default();
+            LimitKey::Claim(path) => {
+                let values = c.identity.map(|id| id.claim(path)).unwrap_or_default();
                 super::upstream::stable_hash(values.join(",").as_bytes())
             }
         };

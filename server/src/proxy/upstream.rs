@@ -2,9 +2,9 @@
 //! Endpoint health lives in [`Health`] objects shared across snapshots, so
 //! an ejection survives a configuration change.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// One upstream cluster: a service host, subset and port.
@@ -179,36 +179,23 @@ impl Health {
 /// name and endpoint address. Entries die with the last snapshot using them.
 #[derive(Default)]
 pub struct HealthRegistry {
-    map: Mutex<HashMap<(String, String), Weak<Health>>>,
-    clusters: Mutex<HashMap<String, Weak<ClusterCounters>>>,
+    map: super::kept::Kept<(String, String), Health>,
+    clusters: super::kept::Kept<String, ClusterCounters>,
 }
 
 impl HealthRegistry {
     pub fn get(&self, cluster: &str, address: &str) -> Arc<Health> {
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (cluster.to_string(), address.to_string());
-        if let Some(h) = map.get(&key).and_then(Weak::upgrade) {
-            return h;
-        }
-        let h = Arc::new(Health::default());
-        map.insert(key, Arc::downgrade(&h));
-        h
+        self.map.get_or((cluster.to_string(), address.to_string()), Health::default).0
     }
 
     pub fn counters(&self, cluster: &str) -> Arc<ClusterCounters> {
-        let mut map = self.clusters.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = map.get(cluster).and_then(Weak::upgrade) {
-            return c;
-        }
-        let c = Arc::new(ClusterCounters::default());
-        map.insert(cluster.to_string(), Arc::downgrade(&c));
-        c
+        self.clusters.get_or(cluster.to_string(), ClusterCounters::default).0
     }
 
     /// Drops entries whose endpoints or clusters are gone.
     pub fn prune(&self) {
-        self.map.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, w| w.strong_count() > 0);
-        self.clusters.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, w| w.strong_count() > 0);
+        self.map.prune();
+        self.clusters.prune();
     }
 }
 
