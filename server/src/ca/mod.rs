@@ -118,6 +118,8 @@ pub struct Issued {
     pub chain: Vec<CertificateDer<'static>>,
     pub serial: String,
     pub not_after: OffsetDateTime,
+    /// Fingerprint of the root it chains to (the signing root).
+    pub root: String,
 }
 
 /// Why a CSR was not signed.
@@ -199,8 +201,7 @@ impl Ca {
         if current.roots.len() < 2 {
             return Err(RotateError::NothingToRetire);
         }
-        let since = current.since.clone().unwrap_or_default();
-        let (left, last) = store.certificates_valid_from_before(&since).await?;
+        let (left, last) = store.certificates_valid_from_other_roots(&current.signing_root()).await?;
         if left > 0 && !force {
             return Err(RotateError::StillInUse { left, last: last.unwrap_or_default() });
         }
@@ -230,8 +231,7 @@ impl Ca {
                 })
                 .collect();
             if current.roots.len() > 1 {
-                let (left, last) =
-                    store.certificates_valid_from_before(current.since.as_deref().unwrap_or_default()).await?;
+                let (left, last) = store.certificates_valid_from_other_roots(&current.signing_root()).await?;
                 v["rotation"] = serde_json::json!({ "oldRootCertificatesValid": left, "lastExpires": last });
             }
         }
@@ -323,6 +323,14 @@ impl Ca {
 }
 
 impl Signing {
+    /// The signing root, and when it was made (stored form; self-made root).
+    fn signing_root(&self) -> crate::store::SigningRoot {
+        crate::store::SigningRoot {
+            fingerprint: fingerprint(&self.roots[0]),
+            since: self.since.clone().unwrap_or_default(),
+        }
+    }
+
     fn issuer(&self) -> Result<Issuer<'static, &KeyPair>, IssueError> {
         Issuer::from_ca_cert_der(&self.signer_cert, &self.signer).map_err(|e| IssueError::Signing(e.to_string()))
     }
@@ -337,6 +345,7 @@ impl Signing {
             chain,
             serial,
             not_after: params.not_after,
+            root: fingerprint(&self.roots[0]),
         }
     }
 }

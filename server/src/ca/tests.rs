@@ -148,7 +148,7 @@ async fn a_rotated_root_is_trusted_alongside_the_old_until_retired() {
     let key = KeyPair::generate().unwrap();
     let csr = csr_for(&key, "x");
     let before = ca.issue(csr.as_bytes(), &id, Duration::from_secs(3600)).unwrap();
-    store.record_certificate(&before.serial, &id.to_string(), &rfc3339(before.not_after)).await.unwrap();
+    store.record_certificate(&before.serial, &id.to_string(), &rfc3339(before.not_after), &before.root).await.unwrap();
     let old_roots = ca.roots();
     let old = ca.fingerprint();
 
@@ -162,6 +162,10 @@ async fn a_rotated_root_is_trusted_alongside_the_old_until_retired() {
     // A certificate from the new root carries it cross-signed by the old one...
     let after = ca.issue(csr.as_bytes(), &id, Duration::from_secs(3600)).unwrap();
     assert_eq!(after.chain.len(), 2);
+    assert_eq!((before.root.as_str(), after.root.as_str()), (old.as_str(), new.as_str()));
+    // (recorded with its root: only `before` holds the old root in use, even
+    // if both were issued within the same millisecond as the rotation)
+    store.record_certificate(&after.serial, &id.to_string(), &rfc3339(after.not_after), &after.root).await.unwrap();
     // ...so a peer that still trusts only the old root verifies it,
     let stale_peer = MeshVerifier::new(Anchors::Roots(old_roots.clone()), Accept::Any);
     assert_eq!(stale_peer.check(&after.chain[0], &after.chain[1..], now()).unwrap(), id);

@@ -232,7 +232,7 @@ async fn issue(s: &MeshState, req: &CertificateRequest, id: &SpiffeId) -> ApiRes
     let ttl = req.ttl_seconds.map_or(crate::ca::DEFAULT_TTL, Duration::from_secs);
     let issued = s.ca.issue(req.csr.as_bytes(), id, ttl).map_err(issue_error)?;
     let not_after = crate::ca::rfc3339(issued.not_after);
-    s.store.record_certificate(&issued.serial, &id.to_string(), &not_after).await?;
+    s.store.record_certificate(&issued.serial, &id.to_string(), &not_after, &issued.root).await?;
     Ok(json!({
         "identity": id.to_string(),
         "serial": issued.serial,

@@ -28,6 +28,17 @@ pub struct IssuedRecord {
     pub issued_at: String,
     #[serde(rename = "notAfter")]
     pub not_after: String,
+    /// Fingerprint of the root that signed it (unknown for rows older than
+    /// migration 0005).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub root: Option<String>,
+}
+
+/// The root the CA signs with now, for counting certificates of the others.
+pub struct SigningRoot {
+    pub fingerprint: String,
+    /// When it was made (stored form): rows without a root count by this.
+    pub since: String,
 }
 
 /// What a join token lets its holder become.
@@ -147,26 +158,30 @@ impl Store {
         Ok(gone)
     }
 
-    /// Workload certificates issued before `since` that are still valid:
-    /// how many, and when the last of them expires.
-    pub async fn certificates_valid_from_before(&self, since: &str) -> Result<(i64, Option<String>)> {
+    /// Workload certificates from roots other than the signing one that
+    /// are still valid: how many, and when the last of them expires. Rows
+    /// recorded before roots were (migration 0005) count by issue time.
+    pub async fn certificates_valid_from_other_roots(&self, signing: &SigningRoot) -> Result<(i64, Option<String>)> {
         let row = sqlx::query(
             "SELECT COUNT(*) AS n, MAX(not_after) AS last FROM certificates \
-             WHERE julianday(issued_at) < julianday(?) AND julianday(not_after) > julianday('now')",
+             WHERE (root <> ? OR (root IS NULL AND julianday(issued_at) < julianday(?))) \
+             AND julianday(not_after) > julianday('now')",
         )
-        .bind(since)
+        .bind(&signing.fingerprint)
+        .bind(&signing.since)
         .fetch_one(self.pool())
         .await?;
         Ok((row.try_get("n")?, row.try_get("last")?))
     }
 
-    pub async fn record_certificate(&self, serial: &str, identity: &str, not_after: &str) -> Result<()> {
+    pub async fn record_certificate(&self, serial: &str, identity: &str, not_after: &str, root: &str) -> Result<()> {
         let _turn = self.writer.lock().await;
-        sqlx::query("INSERT INTO certificates (serial, identity, issued_at, not_after) VALUES (?, ?, ?, ?)")
+        sqlx::query("INSERT INTO certificates (serial, identity, issued_at, not_after, root) VALUES (?, ?, ?, ?, ?)")
             .bind(serial)
             .bind(identity)
             .bind(now())
             .bind(not_after)
+            .bind(root)
             .execute(self.pool())
             .await?;
         Ok(())
@@ -175,7 +190,7 @@ impl Store {
     /// The latest certificates issued, newest first.
     pub async fn certificates(&self, limit: i64) -> Result<Vec<IssuedRecord>> {
         let rows = sqlx::query(
-            "SELECT serial, identity, issued_at, not_after FROM certificates ORDER BY issued_at DESC LIMIT ?",
+            "SELECT serial, identity, issued_at, not_after, root FROM certificates ORDER BY issued_at DESC LIMIT ?",
         )
         .bind(limit)
         .fetch_all(self.pool())
@@ -187,6 +202,7 @@ impl Store {
                     identity: r.try_get("identity")?,
                     issued_at: r.try_get("issued_at")?,
                     not_after: r.try_get("not_after")?,
+                    root: r.try_get("root")?,
                 })
             })
             .collect()

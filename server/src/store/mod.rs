@@ -20,7 +20,7 @@ use tokio::sync::Mutex;
 
 pub use apikeys::ApiKeyInfo;
 pub use auth::{TokenInfo, hash_token, new_token};
-pub use mesh::{IssuedRecord, JoinRefusal, JoinScope, JoinTokenInfo, StoredRoot};
+pub use mesh::{IssuedRecord, JoinRefusal, JoinScope, JoinTokenInfo, SigningRoot, StoredRoot};
 pub use open::open;
 
 /// Errors from the store, mapped to HTTP statuses by `api::error`.
