@@ -19,6 +19,7 @@ pub enum Kind {
     Consumer,
     ApiKeyAuth,
     RequestSizeLimit,
+    GrpcTranscoder,
 }
 
 const NETWORKING: &[&str] = &["networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"];
@@ -27,7 +28,7 @@ const CORE: &[&str] = &["v1"];
 const MESHGATE: &[&str] = &["meshgate.io/v1"];
 
 impl Kind {
-    pub const ALL: [Kind; 14] = [
+    pub const ALL: [Kind; 15] = [
         Kind::Gateway,
         Kind::VirtualService,
         Kind::DestinationRule,
@@ -42,6 +43,7 @@ impl Kind {
         Kind::Consumer,
         Kind::ApiKeyAuth,
         Kind::RequestSizeLimit,
+        Kind::GrpcTranscoder,
     ];
 
     /// The `kind:` string, e.g. `VirtualService`.
@@ -61,6 +63,7 @@ impl Kind {
             Kind::Consumer => "Consumer",
             Kind::ApiKeyAuth => "ApiKeyAuth",
             Kind::RequestSizeLimit => "RequestSizeLimit",
+            Kind::GrpcTranscoder => "GrpcTranscoder",
         }
     }
 
@@ -81,6 +84,7 @@ impl Kind {
             Kind::Consumer => "consumers",
             Kind::ApiKeyAuth => "apikeyauths",
             Kind::RequestSizeLimit => "requestsizelimits",
+            Kind::GrpcTranscoder => "grpctranscoders",
         }
     }
 
@@ -101,6 +105,7 @@ impl Kind {
             Kind::Consumer => &[],
             Kind::ApiKeyAuth => &["aka"],
             Kind::RequestSizeLimit => &["rsl"],
+            Kind::GrpcTranscoder => &["gt"],
         }
     }
 
@@ -112,9 +117,12 @@ impl Kind {
             }
             Kind::PeerAuthentication | Kind::RequestAuthentication | Kind::AuthorizationPolicy => SECURITY,
             Kind::Secret => CORE,
-            Kind::TrafficSplit | Kind::RateLimitPolicy | Kind::Consumer | Kind::ApiKeyAuth | Kind::RequestSizeLimit => {
-                MESHGATE
-            }
+            Kind::TrafficSplit
+            | Kind::RateLimitPolicy
+            | Kind::Consumer
+            | Kind::ApiKeyAuth
+            | Kind::RequestSizeLimit
+            | Kind::GrpcTranscoder => MESHGATE,
         }
     }
 

@@ -199,7 +199,7 @@ pub struct KeyLocation {
     pub query: Option<String>,
 }
 
-fn validate_targets(targets: &[TargetRef], errs: &mut Errors) {
+pub(crate) fn validate_targets(targets: &[TargetRef], errs: &mut Errors) {
     if targets.is_empty() {
         errs.push("spec.targetRefs", "missing: name the VirtualService or Gateway this policy applies to");
     }

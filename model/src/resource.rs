@@ -117,6 +117,7 @@ pub enum Body {
     Consumer(crate::policy::ConsumerSpec),
     ApiKeyAuth(crate::policy::ApiKeyAuthSpec),
     RequestSizeLimit(crate::policy::RequestSizeLimitSpec),
+    GrpcTranscoder(crate::transcode::GrpcTranscoderSpec),
 }
 
 /// One checked resource.
@@ -253,6 +254,7 @@ impl Body {
             Body::Consumer(s) => serde_json::to_value(s),
             Body::ApiKeyAuth(s) => serde_json::to_value(s),
             Body::RequestSizeLimit(s) => serde_json::to_value(s),
+            Body::GrpcTranscoder(s) => serde_json::to_value(s),
         };
         v.unwrap_or(Value::Null)
     }
@@ -295,6 +297,7 @@ impl Body {
             Body::Consumer(s) => s.validate(errs),
             Body::ApiKeyAuth(s) => s.validate(errs),
             Body::RequestSizeLimit(s) => s.validate(errs),
+            Body::GrpcTranscoder(s) => s.validate(errs),
         }
     }
 }
@@ -315,6 +318,7 @@ fn decode_body(kind: Kind, spec: Value, errs: &mut Errors) -> Option<Body> {
         Kind::Consumer => decode(spec, p, errs).map(Body::Consumer),
         Kind::ApiKeyAuth => decode(spec, p, errs).map(Body::ApiKeyAuth),
         Kind::RequestSizeLimit => decode(spec, p, errs).map(Body::RequestSizeLimit),
+        Kind::GrpcTranscoder => decode(spec, p, errs).map(Body::GrpcTranscoder),
         Kind::Secret => decode(spec, p, errs).map(Body::Secret),
     }
 }

@@ -11,6 +11,7 @@ mod lab;
 mod mesh;
 mod support;
 mod tls;
+mod transcode;
 mod upstream;
 
 use std::os::unix::fs::PermissionsExt;

@@ -82,6 +82,7 @@ pub fn summary_columns(kind: meshgate_model::Kind) -> &'static [&'static str] {
         Consumer => &["DISPLAY NAME"],
         ApiKeyAuth => &["TARGETS", "REQUIRED"],
         RequestSizeLimit => &["TARGETS", "MAX BYTES"],
+        GrpcTranscoder => &["TARGETS", "SERVICES"],
     }
 }
 
@@ -140,6 +141,7 @@ pub fn summary(kind: meshgate_model::Kind, doc: &Value) -> Vec<String> {
         RequestAuthentication => vec![names(&spec["jwtRules"], "issuer")],
         Consumer => vec![s(&spec["displayName"])],
         RequestSizeLimit => vec![targets(&spec["targetRefs"]), spec["maxBytes"].to_string()],
+        GrpcTranscoder => vec![targets(&spec["targetRefs"]), join(&spec["services"])],
         ApiKeyAuth => vec![targets(&spec["targetRefs"]), spec["required"].as_bool().unwrap_or(true).to_string()],
         RateLimitPolicy => vec![
             spec["targetRefs"]

@@ -23,6 +23,7 @@ use crate::proxy::config::{
 };
 use crate::proxy::h1::client::PoolSettings;
 use crate::proxy::tls::{Certificates, Served, certified_key, mutual_config};
+use crate::proxy::transcode::Transcoder;
 use crate::proxy::upstream::{Cluster, Endpoint, HashKey, HealthRegistry, Lb, OutlierPolicy, stable_hash};
 
 /// Labels of the built-in edge gateway, which `Gateway.spec.selector` picks.
@@ -58,6 +59,7 @@ struct Index<'r> {
     rate_limits: Vec<(&'r Resource, &'r meshgate_model::policy::RateLimitPolicySpec)>,
     key_auths: Vec<(&'r Resource, &'r meshgate_model::policy::ApiKeyAuthSpec)>,
     size_limits: Vec<(&'r Resource, &'r meshgate_model::policy::RequestSizeLimitSpec)>,
+    transcoders: Vec<(&'r Resource, &'r meshgate_model::transcode::GrpcTranscoderSpec)>,
 }
 
 impl Compiler<'_> {
@@ -74,6 +76,7 @@ impl Compiler<'_> {
             rate_limits: Vec::new(),
             key_auths: Vec::new(),
             size_limits: Vec::new(),
+            transcoders: Vec::new(),
         };
         for r in resources {
             match &r.body {
@@ -86,6 +89,7 @@ impl Compiler<'_> {
                 Body::RateLimitPolicy(s) => ix.rate_limits.push((r, s)),
                 Body::ApiKeyAuth(s) => ix.key_auths.push((r, s)),
                 Body::RequestSizeLimit(s) => ix.size_limits.push((r, s)),
+                Body::GrpcTranscoder(s) => ix.transcoders.push((r, s)),
                 Body::Secret(s) => {
                     ix.secrets.insert((r.namespace(), r.name()), s);
                 }
@@ -101,6 +105,16 @@ impl Compiler<'_> {
             ))
         });
 
+        // Each GrpcTranscoder's descriptors are read once per snapshot, then shared by its routes.
+        ix.transcoders.sort_by_key(|(r, _)| (r.namespace(), r.name()));
+        let transcoders: Vec<Option<Arc<Transcoder>>> = ix
+            .transcoders
+            .iter()
+            .map(|(r, spec)| {
+                self.edge.as_ref()?;
+                Transcoder::new(format!("{}/{}", r.namespace(), r.name()), spec).map(Arc::new)
+            })
+            .collect();
         let mut clusters: HashMap<(String, String, u32), Arc<Cluster>> = HashMap::new();
         let mut hosts_by_port: BTreeMap<u32, BTreeMap<String, VirtualHost>> = BTreeMap::new();
         for (gw, spec) in &ix.gateways {
@@ -144,11 +158,19 @@ impl Compiler<'_> {
                                 .filter(|(r, spec)| targets(r, &spec.target_refs, vs, route, &gw_ref))
                                 .map(|(_, spec)| spec.max_bytes)
                                 .min();
+                            // The first GrpcTranscoder (by namespace and name) that targets the route.
+                            let transcoder = ix
+                                .transcoders
+                                .iter()
+                                .zip(&transcoders)
+                                .find(|((r, spec), t)| t.is_some() && targets(r, &spec.target_refs, vs, route, &gw_ref))
+                                .and_then(|(_, t)| t.clone());
                             let routes = self.routes(&ix, &mut clusters, vs.namespace(), &gw_ref, port, &name, route);
                             vhost.routes.extend(routes.into_iter().map(|r| Route {
                                 limits: limits.clone(),
                                 key_auth: key_auth.clone(),
                                 max_body,
+                                transcoder: transcoder.clone(),
                                 ..r
                             }));
                         }
@@ -463,6 +485,7 @@ impl Compiler<'_> {
                     limits: None,
                     key_auth: None,
                     max_body: None,
+                    transcoder: None,
                 }
             })
             .collect()

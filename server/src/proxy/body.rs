@@ -25,6 +25,8 @@ pub enum ProxyBody {
     Upstream(h1::client::ResponseBody),
     /// A gRPC answer made gRPC-Web (its trailers as a last message).
     GrpcWeb(Box<super::grpcweb::WebBody>),
+    /// A gRPC server stream transcoded to JSON lines.
+    Json(Box<super::transcode::JsonLines>),
 }
 
 impl ProxyBody {
@@ -52,6 +54,7 @@ impl Body for ProxyBody {
             ProxyBody::Downstream(b) => b.poll_frame(cx).map_err(Into::into),
             ProxyBody::Upstream(b) => b.poll_frame(cx).map_err(Into::into),
             ProxyBody::GrpcWeb(b) => b.poll_frame(cx),
+            ProxyBody::Json(b) => b.poll_frame(cx),
         }
     }
 
@@ -62,6 +65,7 @@ impl Body for ProxyBody {
             ProxyBody::Downstream(b) => b.is_end_stream(),
             ProxyBody::Upstream(b) => b.is_end_stream(),
             ProxyBody::GrpcWeb(b) => b.is_end_stream(),
+            ProxyBody::Json(b) => b.is_end_stream(),
         }
     }
 
@@ -71,7 +75,7 @@ impl Body for ProxyBody {
             ProxyBody::Hyper(b) => b.size_hint(),
             ProxyBody::Downstream(b) => b.size_hint(),
             ProxyBody::Upstream(b) => b.size_hint(),
-            ProxyBody::GrpcWeb(_) => SizeHint::default(),
+            ProxyBody::GrpcWeb(_) | ProxyBody::Json(_) => SizeHint::default(),
         }
     }
 }

@@ -117,6 +117,8 @@ pub struct Route {
     pub key_auth: Option<Arc<super::keyauth::KeyAuth>>,
     /// RequestSizeLimit: the largest request body allowed.
     pub max_body: Option<u64>,
+    /// GrpcTranscoder: REST+JSON requests become gRPC calls.
+    pub transcoder: Option<Arc<super::transcode::Transcoder>>,
 }
 
 /// A route's `corsPolicy`, with its response header values built once.
@@ -164,6 +166,7 @@ impl Route {
             limits: None,
             key_auth: None,
             max_body: None,
+            transcoder: None,
         }
     }
 }

@@ -45,6 +45,11 @@ impl Dump {
                     for (mirror, _) in &route.mirrors {
                         clusters.insert(mirror.name.clone(), mirror.clone());
                     }
+                    let transcoder = route.transcoder.as_ref().map(|t| {
+                        let bindings: Vec<String> =
+                            t.bindings().map(|(method, path, to)| format!("{method} {path} -> {to}")).collect();
+                        json!({ "name": t.name, "bindings": bindings })
+                    });
                     routes.push(json!({
                         "listener": listener,
                         "port": port,
@@ -55,6 +60,7 @@ impl Dump {
                         "timeout": route.timeout.map(|t| format!("{}ms", t.as_millis())),
                         "retries": route.retry.attempts,
                         "fault": route.fault.is_some(),
+                        "grpcTranscoder": transcoder,
                     }));
                 }
             }

@@ -272,7 +272,14 @@ async fn route(l: &Listener, peer: SocketAddr, mut req: Request<ProxyBody>) -> R
         }
         Action::Redirect(redirect) => redirect_response(redirect, &req, l.scheme, host),
         Action::Forward(targets) if connect => tunnel(targets, &req).await,
-        Action::Forward(targets) => forward(l, peer, route, targets, req).await,
+        Action::Forward(targets) => match route.transcoder.as_deref().and_then(|t| Some((t, t.find(&req)?))) {
+            // GrpcTranscoder: REST+JSON in, a gRPC call upstream, JSON back.
+            Some((t, call)) => match t.request(&call, req).await {
+                Ok(req) => t.response(&call, forward(l, peer, route, targets, req).await).await,
+                Err(resp) => resp,
+            },
+            None => forward(l, peer, route, targets, req).await,
+        },
     };
     if let (Some(cors), Some(origin)) = (&route.cors, origin)
         && origin.to_str().is_ok_and(|o| cors.allows(o))

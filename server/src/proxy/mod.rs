@@ -18,6 +18,7 @@ pub mod listeners;
 pub mod ratelimit;
 pub mod route_index;
 pub mod tls;
+pub mod transcode;
 pub mod upstream;
 
 use std::net::SocketAddr;
