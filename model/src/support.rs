@@ -41,11 +41,6 @@ const UNSUPPORTED: &[(Kind, &str, &str)] = &[
     (Kind::DestinationRule, "spec.trafficPolicy.loadBalancer.warmup", "slow-start warmup is not built"),
     (
         Kind::DestinationRule,
-        "spec.trafficPolicy.connectionPool.http.useClientProtocol",
-        "following the client's protocol is not built yet; GRPC/HTTP2 ports and h2UpgradePolicy choose HTTP/2",
-    ),
-    (
-        Kind::DestinationRule,
         "spec.trafficPolicy.outlierDetection.splitExternalLocalOriginErrors",
         "local-origin error tracking is not built yet",
     ),
@@ -138,14 +133,14 @@ mod tests {
     fn finds_traffic_policy_fields_on_subsets_and_ports() {
         let doc = serde_json::json!({"spec": {
             "trafficPolicy": {"portLevelSettings": [{"port": {"number": 80}, "tls": {"mode": "SIMPLE", "caCrl": "/x"}}]},
-            "subsets": [{"name": "v1", "trafficPolicy": {"connectionPool": {"http": {"useClientProtocol": true}}}}],
+            "subsets": [{"name": "v1", "trafficPolicy": {"loadBalancer": {"warmupDurationSecs": "30s"}}}],
         }});
         let found: Vec<String> = unsupported_fields(Kind::DestinationRule, &doc).into_iter().map(|f| f.0).collect();
         assert_eq!(
             found,
             [
                 "spec.trafficPolicy.portLevelSettings[0].tls.caCrl",
-                "spec.subsets[0].trafficPolicy.connectionPool.http.useClientProtocol"
+                "spec.subsets[0].trafficPolicy.loadBalancer.warmupDurationSecs"
             ]
         );
     }

@@ -829,3 +829,99 @@ fn the_ca_root_rotates_under_live_traffic() {
     assert_eq!(ca["bundle"].as_array().unwrap().len(), 1);
     drop((orders, billing));
 }
+
+/// A unary gRPC call over h2c (prior knowledge) to `addr` with `:authority`
+/// `authority`: the decoded answers and the `grpc-status`.
+pub fn grpc_call<Req: prost::Message, Resp: prost::Message + Default>(
+    addr: &str,
+    authority: &str,
+    path: &str,
+    request: &Req,
+) -> (Vec<Resp>, String) {
+    use http_body_util::BodyExt as _;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await.unwrap();
+        tokio::spawn(conn);
+        let msg = request.encode_to_vec();
+        let mut framed = vec![0u8];
+        framed.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+        framed.extend_from_slice(&msg);
+        let req = http::Request::post(format!("http://{authority}{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(http_body_util::Full::new(bytes::Bytes::from(framed)))
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        let headers = resp.headers().clone();
+        let collected = resp.into_body().collect().await.unwrap();
+        let trailers = collected.trailers().cloned().unwrap_or_default();
+        let status = trailers
+            .get("grpc-status")
+            .or(headers.get("grpc-status"))
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        let mut data = &collected.to_bytes()[..];
+        let mut out = Vec::new();
+        while data.len() >= 5 {
+            let len = u32::from_be_bytes([data[1], data[2], data[3], data[4]]) as usize;
+            out.push(Resp::decode(&data[5..5 + len]).unwrap());
+            data = &data[5 + len..];
+        }
+        (out, status)
+    })
+}
+
+#[test]
+fn grpc_crosses_the_mesh_over_mtls_http2() {
+    use crate::transcode::{GetUserRequest, ListUsersRequest, User};
+    let server = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let app = crate::transcode::user_service();
+    server.apply("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: user-service}\nspec:\n  hosts: [user-service]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports: [{number: 50051, name: grpc, protocol: GRPC}]\n  workloadSelector: {labels: {app: user-service}}\n");
+    let t = token(&server, &["--service", "user-service"]);
+    let app_addr = format!("127.0.0.1:{}", app.port);
+    let args =
+        ["--token", &t, "--service", "user-service", "--ca-fingerprint", &server.ca_fingerprint, "--app", &app_addr];
+    let mut users = Agent::start(&server, &tmp.path().join("users"), &args);
+    users.wait_for("meshgate agent ready ");
+    let (outbound, agents) = client_agents(&server, tmp.path(), &["orders"]);
+    // STRICT: only mTLS reaches the app's sidecar.
+    server.apply("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec:\n  mtls: {mode: STRICT}\n");
+    wait_synced(&server, 2);
+
+    // orders → its sidecar (h2c) → mTLS with ALPN h2 → user-service's sidecar → the app (h2c).
+    let path = "/users.v1.UserService/GetUser";
+    let ask = |view: &str| {
+        grpc_call::<_, User>(&outbound["orders"], "user-service", path, &GetUserRequest { id: 7, view: view.into() })
+    };
+    let (answers, status) = ask("");
+    assert_eq!((answers.len(), status.as_str()), (1, "0"));
+    assert_eq!(answers[0].display_name, "user 7");
+    // The app learns its caller's mesh identity.
+    let (answers, _) = ask("caller");
+    assert_eq!(
+        answers[0].display_name,
+        "By=spiffe://cluster.local/ns/default/sa/user-service;URI=spiffe://cluster.local/ns/default/sa/orders"
+    );
+    // A gRPC error status crosses unchanged; a server stream arrives whole.
+    let (_, status) = grpc_call::<_, User>(
+        &outbound["orders"],
+        "user-service",
+        path,
+        &GetUserRequest { id: 404, view: String::new() },
+    );
+    assert_eq!(status, "5");
+    let (stream, status) = grpc_call::<_, User>(
+        &outbound["orders"],
+        "user-service",
+        "/users.v1.UserService/WatchUsers",
+        &ListUsersRequest { team: "core".into(), page_size: 0 },
+    );
+    assert_eq!((stream.len(), status.as_str()), (3, "0"));
+    assert_eq!(stream[2].display_name, "core 3");
+    drop((users, agents));
+}

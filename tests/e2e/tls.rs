@@ -259,3 +259,41 @@ fn gateway_mutual_tls_requires_client_certificates_from_the_secret_ca() {
     assert_eq!(get_with_identity(&server.https, "mtls.example.com", ca, Some((&intern_cert, &intern_key))), Ok(403));
     assert_eq!(get_with_identity(&server.https, "open.example.com", ca, None), Ok(200));
 }
+
+#[test]
+fn grpc_to_upstreams_over_tls_speaks_http2() {
+    use crate::transcode::{GetUserRequest, User};
+    let ca = Pki::new("server CA");
+    let (cert, key) = ca.leaf("users.internal", rcgen::ExtendedKeyUsagePurpose::ServerAuth);
+    let up = crate::transcode::user_service_tls(&cert, &key);
+    let server = Server::start();
+    server.apply(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: users-ca}}\ntype: Opaque\nstringData:\n{}---\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: gw}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: 80, name: http, protocol: HTTP}}\n    hosts: [api.example.com]\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: users}}\nspec:\n  hosts: [users.internal]\n  location: MESH_EXTERNAL\n  resolution: STATIC\n  ports: [{{number: 50051, name: grpc, protocol: GRPC}}]\n  endpoints: [{{address: 127.0.0.1, ports: {{grpc: {}}}}}]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: users}}\nspec:\n  hosts: [api.example.com]\n  gateways: [gw]\n  http:\n  - route: [{{destination: {{host: users.internal}}}}]\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: users}}\nspec:\n  host: users.internal\n  trafficPolicy:\n    tls: {{mode: SIMPLE, credentialName: users-ca}}\n",
+        pem_field("ca.crt", &ca.ca_pem),
+        up.port
+    ));
+    // gRPC in over h2c, out over TLS with ALPN h2 to a server that speaks nothing else.
+    for id in [3, 4] {
+        let (answers, status) = crate::mesh::grpc_call::<_, User>(
+            &server.http,
+            "api.example.com",
+            "/users.v1.UserService/GetUser",
+            &GetUserRequest { id, view: String::new() },
+        );
+        assert_eq!((answers.len(), status.as_str()), (1, "0"));
+        assert_eq!(answers[0].display_name, format!("user {id}"));
+    }
+    // A CA that did not sign the upstream's certificate: no call goes out in the clear.
+    let other = Pki::new("other CA");
+    server.apply(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: users-ca}}\ntype: Opaque\nstringData:\n{}",
+        pem_field("ca.crt", &other.ca_pem)
+    ));
+    let (answers, status) = crate::mesh::grpc_call::<_, User>(
+        &server.http,
+        "api.example.com",
+        "/users.v1.UserService/GetUser",
+        &GetUserRequest { id: 5, view: String::new() },
+    );
+    assert_eq!((answers.len(), status.as_str()), (0, "14"), "UNAVAILABLE");
+}

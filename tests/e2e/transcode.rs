@@ -12,52 +12,58 @@ use tonic::{Request, Response, Status};
 use crate::support::Server;
 
 #[derive(Clone, PartialEq, prost::Message)]
-struct User {
+pub struct User {
     #[prost(int64, tag = "1")]
-    id: i64,
+    pub id: i64,
     #[prost(string, tag = "2")]
-    display_name: String,
+    pub display_name: String,
     /// `users.v1.Plan`: 1 FREE, 2 GOLD.
     #[prost(int32, tag = "3")]
-    plan: i32,
+    pub plan: i32,
     #[prost(string, repeated, tag = "4")]
-    tags: Vec<String>,
+    pub tags: Vec<String>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-struct GetUserRequest {
+pub struct GetUserRequest {
     #[prost(int64, tag = "1")]
-    id: i64,
+    pub id: i64,
     #[prost(string, tag = "2")]
-    view: String,
+    pub view: String,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
 struct CreateUserRequest {
     #[prost(string, tag = "1")]
-    team: String,
+    pub team: String,
     #[prost(message, optional, tag = "2")]
-    user: Option<User>,
+    pub user: Option<User>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-struct ListUsersRequest {
+pub struct ListUsersRequest {
     #[prost(string, tag = "1")]
-    team: String,
+    pub team: String,
     #[prost(int32, tag = "2")]
-    page_size: i32,
+    pub page_size: i32,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
 struct ListUsersResponse {
     #[prost(message, repeated, tag = "1")]
-    users: Vec<User>,
+    pub users: Vec<User>,
 }
 
 type Users = Pin<Box<dyn futures_util::Stream<Item = Result<User, Status>> + Send>>;
 
 async fn get_user(req: Request<GetUserRequest>) -> Result<Response<User>, Status> {
+    // `view: caller`: who called, as the mesh told it (x-forwarded-client-cert).
+    let caller = req.metadata().get("x-forwarded-client-cert").and_then(|v| v.to_str().ok()).map(str::to_string);
     let r = req.into_inner();
+    if r.view == "caller" {
+        let name = caller.unwrap_or_else(|| "anonymous".into());
+        return Ok(Response::new(User { id: r.id, display_name: name, plan: 0, tags: vec![] }));
+    }
     if r.id == 404 {
         return Err(Status::not_found(format!("no user {}", r.id)));
     }
@@ -108,12 +114,32 @@ where
 }
 
 /// A tonic gRPC server (h2c) for `users.v1.UserService`.
-struct UserService {
-    port: u16,
+pub struct UserService {
+    pub port: u16,
     _rt: tokio::runtime::Runtime,
 }
 
-fn user_service() -> UserService {
+pub fn user_service() -> UserService {
+    serve_users(None)
+}
+
+/// The same over TLS with this certificate and key (ALPN h2 only, as gRPC servers do).
+pub fn user_service_tls(cert_pem: &str, key_pem: &str) -> UserService {
+    use rustls_pki_types::pem::PemObject as _;
+    let chain = rustls_pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes()).map(|c| c.unwrap()).collect();
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+    let mut config =
+        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    serve_users(Some(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config))))
+}
+
+fn serve_users(tls: Option<tokio_rustls::TlsAcceptor>) -> UserService {
     use tonic::server::Grpc;
     use tonic_prost::ProstCodec;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
@@ -122,6 +148,7 @@ fn user_service() -> UserService {
     rt.spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
+            let tls = tls.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
                     let resp = match req.uri().path() {
@@ -141,9 +168,14 @@ fn user_service() -> UserService {
                     };
                     Ok::<_, std::convert::Infallible>(resp)
                 });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let _ = match tls {
+                    None => builder.serve_connection(TokioIo::new(stream), svc).await,
+                    Some(acceptor) => {
+                        let Ok(stream) = acceptor.accept(stream).await else { return };
+                        builder.serve_connection(TokioIo::new(stream), svc).await
+                    }
+                };
             });
         }
     });

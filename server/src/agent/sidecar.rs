@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use arc_swap::ArcSwap;
+use hyper_util::rt::TokioIo;
 use meshgate_model::security::MtlsMode;
 use meshgate_model::{Body, Resource};
 use serde_json::{Value, json};
@@ -207,7 +208,12 @@ impl Sidecar {
 /// mesh are asked for and, when given, verified (whether one is required
 /// is PeerAuthentication's call, made per connection).
 fn server_config(identity: &MeshIdentity) -> anyhow::Result<rustls::ServerConfig> {
-    crate::ca::verify::server_config(identity.chain.clone(), identity.key.clone_key(), &identity.roots, &[b"http/1.1"])
+    crate::ca::verify::server_config(
+        identity.chain.clone(),
+        identity.key.clone_key(),
+        &identity.roots,
+        &[b"h2", b"http/1.1"],
+    )
 }
 
 /// The mode for this workload: the most specific PeerAuthentication wins
@@ -333,6 +339,20 @@ fn inbound_resources(app: SocketAddr) -> Vec<Resource> {
         }),
         GATEWAY_NS,
     ));
+    // The app gets the protocol its caller used: gRPC from a peer arrives
+    // over HTTP/2 and goes on as h2c, HTTP/1.1 stays HTTP/1.1.
+    out.extend(resource(
+        json!({
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "DestinationRule",
+            "metadata": {"name": "inbound-app", "namespace": GATEWAY_NS},
+            "spec": {
+                "host": "inbound.app.local",
+                "trafficPolicy": {"connectionPool": {"http": {"useClientProtocol": true}}},
+            },
+        }),
+        GATEWAY_NS,
+    ));
     out.extend(resource(
         json!({
             "apiVersion": "networking.istio.io/v1",
@@ -384,10 +404,13 @@ pub async fn serve_inbound(
                 if mode == Mode::Strict {
                     return tracing::debug!(%peer, "inbound: plaintext refused (STRICT)");
                 }
-                let mut stream = stream;
-                let (rd, wr) = stream.split();
                 // Closed between requests once the mode turns STRICT.
                 let strict = sidecar.strict.subscribe();
+                if crate::proxy::h2_prior_knowledge(&stream).await {
+                    return crate::proxy::serve_h2_until(TokioIo::new(stream), base, peer, strict).await;
+                }
+                let mut stream = stream;
+                let (rd, wr) = stream.split();
                 return crate::proxy::h1::server::serve(rd, wr, base, peer, strict).await;
             }
             let acceptor = tokio_rustls::TlsAcceptor::from(sidecar.tls.load_full());
@@ -410,6 +433,10 @@ pub async fn serve_inbound(
                 peer_principal: caller.as_deref().and_then(|c| c.strip_prefix("spiffe://")).map(Arc::from),
                 ..(*base).clone()
             });
+            // gRPC and other HTTP/2 from mesh peers (ALPN h2); HTTP/1.1 otherwise.
+            if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                return crate::proxy::serve_h2_until(TokioIo::new(stream), listener, peer, stop).await;
+            }
             let (rd, wr) = tokio::io::split(stream);
             crate::proxy::h1::server::serve(rd, wr, listener, peer, stop).await;
         });

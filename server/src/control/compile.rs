@@ -688,14 +688,8 @@ impl Compiler<'_> {
         // cluster without endpoints (503) rather than falling back to plaintext.
         let rule_namespace = rule.map_or("default", |(r, _)| r.namespace());
         let tls = match policy.tls.as_ref().map(|t| (t, t.mode)) {
-            Some((_, Some(ClientTlsMode::Simple | ClientTlsMode::Mutual))) if port_http2 => {
-                Err("TLS to HTTP/2 (GRPC, HTTP2) upstreams is not built yet".to_string())
-            }
             Some((t, Some(ClientTlsMode::Simple | ClientTlsMode::Mutual))) => {
                 upstream_tls(t, rule_namespace, &host, &ix.secrets).map(|t| Some(Arc::new(t)))
-            }
-            Some((_, Some(ClientTlsMode::IstioMutual))) if port_http2 => {
-                Err("TLS to HTTP/2 (GRPC, HTTP2) upstreams is not built yet".to_string())
             }
             Some((t, Some(ClientTlsMode::IstioMutual))) => match self.mesh {
                 Some(identity) => {
@@ -705,8 +699,7 @@ impl Compiler<'_> {
             },
             // Istio's auto mTLS: workloads with a sidecar (`security.istio.io/tlsMode: istio`,
             // which agents register with) are reached over mTLS unless the rule says otherwise.
-            None if !port_http2
-                && !endpoints.is_empty()
+            None if !endpoints.is_empty()
                 && endpoints
                     .iter()
                     .all(|(_, labels, _)| labels.get("security.istio.io/tlsMode").is_some_and(|m| m == "istio")) =>
@@ -753,6 +746,7 @@ impl Compiler<'_> {
         let counters = self.health.counters(&name);
         let mut cluster = Cluster::new(name, endpoints, lb, outlier, max_in_flight, counters);
         cluster.http2 = port_http2 || upgrade;
+        cluster.use_client_protocol = http.and_then(|h| h.use_client_protocol) == Some(true);
         cluster.max_retries = http.and_then(|h| h.max_retries).map(|n| n.max(0) as u32);
         cluster.tls = tls;
         cluster.locality_weights = distribution.map(|to| to.iter().map(|(_, w)| *w).collect()).unwrap_or_default();

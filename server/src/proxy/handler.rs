@@ -660,7 +660,8 @@ async fn forward(
                 Some(v) => &[("x-envoy-attempt-count", v.clone())],
                 None => &[],
             };
-            let outgoing = Outgoing { method: &parts.method, path: &path, headers: &parts.headers, extra };
+            let outgoing =
+                Outgoing { method: &parts.method, version: parts.version, path: &path, headers: &parts.headers, extra };
             // Counted down on drop, also when a timeout or the client cancels the attempt.
             let active = super::upstream::Active::enter(&endpoint.health);
             let sent = std::pin::pin!(send(&l.clients, cluster, index, &outgoing, body));
@@ -737,6 +738,8 @@ async fn forward(
 /// A request as prepared for upstreams, shared by every attempt.
 struct Outgoing<'a> {
     method: &'a http::Method,
+    /// The client's HTTP version (for `useClientProtocol`).
+    version: http::Version,
     path: &'a http::uri::PathAndQuery,
     headers: &'a HeaderMap,
     /// Fields added for this attempt only.
@@ -744,7 +747,8 @@ struct Outgoing<'a> {
 }
 
 /// One attempt to one endpoint of `cluster`: HTTP/1 through the
-/// endpoint's keep-alive pool, HTTP/2 (h2c) through hyper's client.
+/// endpoint's keep-alive pool, h2c through hyper's client, h2 over TLS on
+/// the endpoint's one multiplexed connection.
 async fn send(
     clients: &Clients,
     cluster: &Cluster,
@@ -753,7 +757,8 @@ async fn send(
     body: ProxyBody,
 ) -> Result<Response<ProxyBody>, Failure> {
     let endpoint = &cluster.endpoints[index];
-    if !cluster.http2 {
+    let http2 = cluster.http2 || (cluster.use_client_protocol && out.version == http::Version::HTTP_2);
+    if !http2 {
         let head = super::h1::client::Head {
             method: out.method,
             path: out.path.as_str(),
@@ -768,7 +773,7 @@ async fn send(
         });
     }
     let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(http::uri::Scheme::HTTP);
+    uri.scheme = Some(if cluster.tls.is_some() { http::uri::Scheme::HTTPS } else { http::uri::Scheme::HTTP });
     uri.authority = Some(endpoint.authority.clone());
     uri.path_and_query = Some(out.path.clone());
     let Ok(uri) = Uri::from_parts(uri) else { return Err(Failure::Reset) };
@@ -780,14 +785,31 @@ async fn send(
     for (name, value) in out.extra {
         req.headers_mut().insert(*name, value.clone());
     }
+    if let Some(tls) = cluster.tls.as_deref() {
+        let sent = async {
+            let mut sender = super::h2::sender(&endpoint.health, &endpoint.address, tls, &cluster.connections)
+                .await
+                .map_err(|e| {
+                    tracing::debug!(error = %e, address = %endpoint.address, "upstream HTTP/2 over TLS: cannot connect");
+                    Failure::Connect
+                })?;
+            sender.ready().await.map_err(|_| Failure::Connect)?;
+            sender.send_request(req).await.map_err(|e| h2_failure(&e))
+        };
+        return Box::pin(sent).await.map(|resp| resp.map(ProxyBody::Hyper));
+    }
     // Boxed: HTTP/2's request future is large, and HTTP/1 requests should not carry its size.
     match Box::pin(clients.http2.request(req)).await {
         Ok(resp) => Ok(resp.map(ProxyBody::Hyper)),
         Err(e) if e.is_connect() => Err(Failure::Connect),
-        // An HTTP/2 REFUSED_STREAM: the upstream did not process it, always safe to retry.
-        Err(e) if format!("{e:?}").contains("REFUSED_STREAM") => Err(Failure::Refused),
-        Err(_) => Err(Failure::Reset),
+        Err(e) => Err(h2_failure(&e)),
     }
+}
+
+/// An HTTP/2 REFUSED_STREAM: the upstream did not process it, always safe
+/// to retry; anything else a reset.
+fn h2_failure(e: &dyn std::fmt::Debug) -> Failure {
+    if format!("{e:?}").contains("REFUSED_STREAM") { Failure::Refused } else { Failure::Reset }
 }
 
 /// Sends a copy of the request to a mirror cluster and forgets it: the
@@ -812,7 +834,7 @@ fn send_mirror(
             headers.insert(header::HOST, v);
         }
     }
-    let (method, path) = (parts.method.clone(), path.clone());
+    let (method, version, path) = (parts.method.clone(), parts.version, path.clone());
     // Mirrors are best effort: past this many copies in flight, new ones are dropped.
     static MIRRORS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1024);
     let Ok(slot) = MIRRORS.try_acquire() else {
@@ -823,7 +845,7 @@ fn send_mirror(
     tokio::spawn(async move {
         let _slot = slot;
         let exchange = async {
-            let copy = Outgoing { method: &method, path: &path, headers: &headers, extra: &[] };
+            let copy = Outgoing { method: &method, version, path: &path, headers: &headers, extra: &[] };
             let resp = send(&clients, &cluster, index, &copy, ProxyBody::full(body))
                 .await
                 .map_err(|_| "mirror request failed")?;

@@ -9,6 +9,7 @@ pub mod config;
 pub mod dump;
 pub mod grpcweb;
 pub mod h1;
+pub mod h2;
 mod handler;
 pub mod jwt;
 pub mod kept;
@@ -192,7 +193,7 @@ pub async fn serve(
 
 /// Whether a plain connection opens with the HTTP/2 preface (h2c with
 /// prior knowledge, as gRPC clients do).
-async fn h2_prior_knowledge(stream: &TcpStream) -> bool {
+pub(crate) async fn h2_prior_knowledge(stream: &TcpStream) -> bool {
     const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     let mut seen = [0u8; PREFACE.len()];
     for _ in 0..100 {
@@ -220,6 +221,40 @@ where
         let state = Arc::clone(&state);
         async move { Ok::<_, std::convert::Infallible>(handler::handle(&state, peer, req.map(ProxyBody::Hyper)).await) }
     });
+    if let Err(e) = watcher.watch(h2_builder().serve_connection(io, service)).await {
+        tracing::debug!(error = %e, %peer, "HTTP/2 connection ended with an error");
+    }
+}
+
+/// HTTP/2 on one connection until `stop` changes; then GOAWAY, and the
+/// streams in flight finish (a sidecar's inbound port, whose mode may turn
+/// STRICT under a plaintext connection).
+pub(crate) async fn serve_h2_until<I>(
+    io: I,
+    state: Arc<Listener>,
+    peer: SocketAddr,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+        let state = Arc::clone(&state);
+        async move { Ok::<_, std::convert::Infallible>(handler::handle(&state, peer, req.map(ProxyBody::Hyper)).await) }
+    });
+    let mut conn = std::pin::pin!(h2_builder().serve_connection(io, service));
+    let ended = tokio::select! {
+        ended = conn.as_mut() => ended,
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = ended {
+        tracing::debug!(error = %e, %peer, "HTTP/2 connection ended with an error");
+    }
+}
+
+fn h2_builder() -> hyper::server::conn::http2::Builder<TokioExecutor> {
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     // HTTP/2 peers that vanish are found by pings and closed.
     builder
@@ -227,9 +262,7 @@ where
         .max_header_list_size(64 * 1024)
         .keep_alive_interval(Some(HEAD_TIMEOUT))
         .keep_alive_timeout(std::time::Duration::from_secs(10));
-    if let Err(e) = watcher.watch(builder.serve_connection(io, service)).await {
-        tracing::debug!(error = %e, %peer, "HTTP/2 connection ended with an error");
-    }
+    builder
 }
 
 /// The next connection, with its place under the global connection limit;

@@ -205,7 +205,10 @@ pub fn client_identity(cert: &CertificateDer<'_>) -> Option<(String, http::Heade
 /// MUTUAL): the client configuration and the name sent as SNI and
 /// verified in the upstream's certificate.
 pub struct UpstreamTls {
+    /// Offers HTTP/1.1 by ALPN.
     pub connector: tokio_rustls::TlsConnector,
+    /// The same settings offering h2 (gRPC and other HTTP/2 upstreams).
+    pub h2_connector: tokio_rustls::TlsConnector,
     pub server_name: rustls_pki_types::ServerName<'static>,
     /// Identifies these settings: pooled connections made under other
     /// settings (an earlier config) are not reused.
@@ -225,6 +228,13 @@ pub struct UpstreamTlsSpec<'a> {
     /// Names accepted in the upstream's certificate instead of `sni`.
     pub subject_alt_names: &'a [String],
     pub insecure_skip_verify: bool,
+}
+
+/// A client configuration's twin that offers h2 instead of HTTP/1.1.
+fn h2_connector(config: &rustls::ClientConfig) -> tokio_rustls::TlsConnector {
+    let mut h2 = config.clone();
+    h2.alpn_protocols = vec![b"h2".to_vec()];
+    tokio_rustls::TlsConnector::from(Arc::new(h2))
 }
 
 impl UpstreamTls {
@@ -254,6 +264,7 @@ impl UpstreamTls {
         }
         let digest = fingerprint.finalize();
         Ok(UpstreamTls {
+            h2_connector: h2_connector(&config),
             connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
             // Mesh peers are checked by SPIFFE ID, not by name; the SNI is informational.
             server_name: rustls_pki_types::ServerName::try_from("outbound.mesh.internal").map_err(|e| e.to_string())?,
@@ -327,6 +338,7 @@ impl UpstreamTls {
         let digest = fingerprint.finalize();
         let fingerprint = u64::from_le_bytes(digest[..8].try_into().unwrap_or_default());
         Ok(UpstreamTls {
+            h2_connector: h2_connector(&config),
             connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
             server_name,
             fingerprint,

@@ -16,8 +16,11 @@ pub struct Cluster {
     pub outlier: Option<OutlierPolicy>,
     /// Most requests in flight at once (`connectionPool`); more get 503 UO.
     pub max_in_flight: Option<u32>,
-    /// Speak HTTP/2 (h2c) to the endpoints: gRPC and HTTP2 ports, or `h2UpgradePolicy: UPGRADE`.
+    /// Speak HTTP/2 to the endpoints (h2c, or h2 over `tls`): gRPC and
+    /// HTTP2 ports, or `h2UpgradePolicy: UPGRADE`.
     pub http2: bool,
+    /// `useClientProtocol`: HTTP/2 to the endpoints for requests that came in over HTTP/2.
+    pub use_client_protocol: bool,
     /// Most retries in flight at once (`connectionPool.http.maxRetries`).
     pub max_retries: Option<u32>,
     /// TLS to the endpoints (DestinationRule `tls` SIMPLE or MUTUAL).
@@ -130,6 +133,9 @@ pub struct Health {
     /// Idle HTTP/1 keep-alive connections to the endpoint, one pool per
     /// gateway worker (a connection stays with the worker that made it).
     pools: [super::h1::client::Pool; 8],
+    /// The HTTP/2-over-TLS connection to the endpoint, with the
+    /// fingerprint of the TLS settings it was made under.
+    h2: std::sync::Mutex<Option<(u64, super::h2::Sender)>>,
 }
 
 fn epoch() -> Instant {
@@ -173,6 +179,21 @@ impl Health {
     fn ejected_at(&self, now: u64) -> bool {
         self.ejected_until.load(Ordering::Relaxed) > now
     }
+
+    /// The kept HTTP/2 connection, if it was made under these TLS settings.
+    pub fn h2(&self, fingerprint: u64) -> Option<super::h2::Sender> {
+        let kept = self.h2.lock().ok()?;
+        match kept.as_ref() {
+            Some((f, sender)) if *f == fingerprint && !sender.is_closed() => Some(sender.clone()),
+            _ => None,
+        }
+    }
+
+    pub fn keep_h2(&self, fingerprint: u64, sender: super::h2::Sender) {
+        if let Ok(mut kept) = self.h2.lock() {
+            *kept = Some((fingerprint, sender));
+        }
+    }
 }
 
 /// Where [`Health`] objects are kept between snapshots, keyed by cluster
@@ -215,6 +236,7 @@ impl Cluster {
             outlier,
             max_in_flight,
             http2: false,
+            use_client_protocol: false,
             max_retries: None,
             tls: None,
             connections: Default::default(),

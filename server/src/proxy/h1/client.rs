@@ -244,22 +244,29 @@ pub async fn connect_through(mut stream: Stream, authority: &str, limit: Duratio
     Ok(Through::Open(stream, buf.freeze()))
 }
 
+/// A TCP connection to `address` with the cluster's keepalive settings
+/// (no timeout here: callers bound the whole connect, TLS included).
+pub async fn tcp(address: &str, settings: &PoolSettings) -> io::Result<TcpStream> {
+    let tcp = match address.parse::<SocketAddr>() {
+        Ok(addr) => TcpStream::connect(addr).await,
+        Err(_) => TcpStream::connect(address).await,
+    }?;
+    let _ = tcp.set_nodelay(true);
+    let (time, interval, probes) = settings.keepalive;
+    let mut keepalive = socket2::TcpKeepalive::new().with_time(time);
+    if let Some(i) = interval {
+        keepalive = keepalive.with_interval(i);
+    }
+    if let Some(n) = probes {
+        keepalive = keepalive.with_retries(n);
+    }
+    let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
+    Ok(tcp)
+}
+
 async fn connect(address: &str, tls: Option<&UpstreamTls>, settings: &PoolSettings) -> Result<Stream, Error> {
     let connecting = async {
-        let tcp = match address.parse::<SocketAddr>() {
-            Ok(addr) => TcpStream::connect(addr).await,
-            Err(_) => TcpStream::connect(address).await,
-        }?;
-        let _ = tcp.set_nodelay(true);
-        let (time, interval, probes) = settings.keepalive;
-        let mut keepalive = socket2::TcpKeepalive::new().with_time(time);
-        if let Some(i) = interval {
-            keepalive = keepalive.with_interval(i);
-        }
-        if let Some(n) = probes {
-            keepalive = keepalive.with_retries(n);
-        }
-        let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
+        let tcp = tcp(address, settings).await?;
         match tls {
             None => Ok(Io::Plain(tcp)),
             Some(tls) => {
