@@ -36,7 +36,6 @@ const UNSUPPORTED: &[(Kind, &str, &str)] = &[
     (Kind::DestinationRule, "spec.trafficPolicy.tunnel", "HTTP CONNECT tunnelling is not built"),
     (Kind::DestinationRule, "spec.trafficPolicy.proxyProtocol", "PROXY protocol to upstreams is not built"),
     (Kind::DestinationRule, "spec.trafficPolicy.retryBudget", "retry budgets are not built"),
-    (Kind::DestinationRule, "spec.trafficPolicy.tls.caCrl", "certificate revocation lists are not checked"),
     (Kind::DestinationRule, "spec.trafficPolicy.loadBalancer.warmupDurationSecs", "slow-start warmup is not built"),
     (Kind::DestinationRule, "spec.trafficPolicy.loadBalancer.warmup", "slow-start warmup is not built"),
     (
@@ -132,14 +131,14 @@ mod tests {
     #[test]
     fn finds_traffic_policy_fields_on_subsets_and_ports() {
         let doc = serde_json::json!({"spec": {
-            "trafficPolicy": {"portLevelSettings": [{"port": {"number": 80}, "tls": {"mode": "SIMPLE", "caCrl": "/x"}}]},
+            "trafficPolicy": {"portLevelSettings": [{"port": {"number": 80}, "tls": {"mode": "SIMPLE"}, "proxyProtocol": {}}]},
             "subsets": [{"name": "v1", "trafficPolicy": {"loadBalancer": {"warmupDurationSecs": "30s"}}}],
         }});
         let found: Vec<String> = unsupported_fields(Kind::DestinationRule, &doc).into_iter().map(|f| f.0).collect();
         assert_eq!(
             found,
             [
-                "spec.trafficPolicy.portLevelSettings[0].tls.caCrl",
+                "spec.trafficPolicy.portLevelSettings[0].proxyProtocol",
                 "spec.subsets[0].trafficPolicy.loadBalancer.warmupDurationSecs"
             ]
         );

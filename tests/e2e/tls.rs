@@ -107,11 +107,44 @@ impl Pki {
 
     /// (certificate PEM, key PEM) for `name`, for a server or a client.
     fn leaf(&self, name: &str, usage: rcgen::ExtendedKeyUsagePurpose) -> (String, String) {
+        self.leaf_numbered(name, usage, None)
+    }
+
+    /// The same with a chosen serial number (to revoke it).
+    fn leaf_numbered(
+        &self,
+        name: &str,
+        usage: rcgen::ExtendedKeyUsagePurpose,
+        serial: Option<u64>,
+    ) -> (String, String) {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
         params.extended_key_usages = vec![usage];
+        params.serial_number = serial.map(rcgen::SerialNumber::from);
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         (cert.pem(), key.serialize_pem())
+    }
+
+    /// A CRL, PEM, revoking these serial numbers.
+    fn crl(&self, revoked: &[u64]) -> String {
+        let now = time::OffsetDateTime::now_utc();
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now - time::Duration::hours(1),
+            next_update: now + time::Duration::days(1),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|n| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from(*n),
+                    revocation_time: now - time::Duration::minutes(5),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        params.signed_by(&self.issuer).unwrap().pem().unwrap()
     }
 }
 
@@ -296,4 +329,61 @@ fn grpc_to_upstreams_over_tls_speaks_http2() {
         &GetUserRequest { id: 5, view: String::new() },
     );
     assert_eq!((answers.len(), status.as_str()), (0, "14"), "UNAVAILABLE");
+}
+
+#[test]
+fn revoked_certificates_are_refused_by_the_crl_upstream_and_at_the_gateway() {
+    use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
+    let (server_ca, client_ca) = (Pki::new("server CA"), Pki::new("client CA"));
+    let (good_cert, good_key) = server_ca.leaf_numbered("secure.test", ServerAuth, Some(101));
+    let (revoked_cert, revoked_key) = server_ca.leaf_numbered("secure.test", ServerAuth, Some(102));
+    let good = Upstream::start_tls("good", &good_cert, &good_key, None);
+    let revoked = Upstream::start_tls("revoked", &revoked_cert, &revoked_key, None);
+    let server = Server::start();
+    let c = reqwest::blocking::Client::new();
+    let get = || {
+        let r = server.gateway(&c, "api.example.com", "/x").send().unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    };
+    server.apply(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: upstream-ca}}\ntype: Opaque\nstringData:\n{}{}",
+        pem_field("ca.crt", &server_ca.ca_pem),
+        pem_field("ca.crl", &server_ca.crl(&[102]))
+    ));
+    // DestinationRule tls with the Secret's ca.crl: the revoked server certificate fails the handshake.
+    server.apply(&tls_origination(good.port(), "{mode: SIMPLE, credentialName: upstream-ca}"));
+    assert_eq!(get(), (200, "good".to_string()));
+    server.apply(&tls_origination(revoked.port(), "{mode: SIMPLE, credentialName: upstream-ca}"));
+    assert_eq!(get().0, 503);
+    assert_eq!(revoked.hits(), 0, "no request reached the revoked server");
+    // caCrl as a file works the same.
+    let tmp = tempfile::tempdir().unwrap();
+    let (ca_file, crl_file) = (tmp.path().join("ca.pem"), tmp.path().join("crl.pem"));
+    std::fs::write(&ca_file, &server_ca.ca_pem).unwrap();
+    std::fs::write(&crl_file, server_ca.crl(&[101])).unwrap();
+    let files = format!("{{mode: SIMPLE, caCertificates: {}, caCrl: {}}}", ca_file.display(), crl_file.display());
+    server.apply(&tls_origination(revoked.port(), &files));
+    assert_eq!(get(), (200, "revoked".to_string()), "102 is not on this list");
+    server.apply(&tls_origination(good.port(), &files));
+    assert_eq!(get().0, 503, "101 is");
+
+    // Gateway MUTUAL with ca.crl: a revoked client certificate is refused at the handshake.
+    let (server_cert, server_key) = server_ca.leaf("mtls.example.com", ServerAuth);
+    let (partner_cert, partner_key) = client_ca.leaf_numbered("partner", ClientAuth, Some(7));
+    let (former_cert, former_key) = client_ca.leaf_numbered("former", ClientAuth, Some(8));
+    let web = Upstream::start("web");
+    server.apply(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: mtls-cert}}\ntype: kubernetes.io/tls\nstringData:\n{}{}{}{}---\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: gw}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: 443, name: https, protocol: HTTPS}}\n    hosts: [mtls.example.com]\n    tls: {{mode: MUTUAL, credentialName: mtls-cert}}\n  - port: {{number: 80, name: http, protocol: HTTP}}\n    hosts: [api.example.com]\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: web}}\nspec:\n  hosts: [web]\n  resolution: STATIC\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  endpoints: [{{address: 127.0.0.1, ports: {{http: {}}}}}]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: web}}\nspec:\n  hosts: [mtls.example.com]\n  gateways: [gw]\n  http:\n  - route: [{{destination: {{host: web}}}}]\n",
+        pem_field("tls.crt", &server_cert),
+        pem_field("tls.key", &server_key),
+        pem_field("ca.crt", &client_ca.ca_pem),
+        pem_field("ca.crl", &client_ca.crl(&[8])),
+        web.port()
+    ));
+    let ca = &server_ca.ca_pem;
+    let https = |id: (&str, &str)| get_with_identity(&server.https, "mtls.example.com", ca, Some(id));
+    assert_eq!(https((&partner_cert, &partner_key)), Ok(200));
+    let refused = https((&former_cert, &former_key));
+    assert!(refused.is_err(), "a revoked client certificate is refused: {refused:?}");
+    assert_eq!(web.hits(), 1);
 }

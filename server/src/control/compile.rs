@@ -276,7 +276,16 @@ impl Compiler<'_> {
                                 let ca = secret
                                     .bytes("ca.crt")
                                     .ok_or("ca.crt is missing (MUTUAL verifies clients with it)")?;
-                                Some(mutual_config(key.clone(), &ca, mode == ServerTlsMode::OptionalMutual)?)
+                                // Revoked client certificates: the Secret's ca.crl, else the caCrl file.
+                                let crl = match (secret.bytes("ca.crl"), &tls.ca_crl) {
+                                    (Some(crl), _) => Some(crl),
+                                    (None, Some(path)) => Some(
+                                        std::fs::read(path).map_err(|e| format!("caCrl: cannot read {path}: {e}"))?,
+                                    ),
+                                    (None, None) => None,
+                                };
+                                let optional = mode == ServerTlsMode::OptionalMutual;
+                                Some(mutual_config(key.clone(), &ca, crl.as_deref(), optional)?)
                             }
                             _ => None,
                         };
@@ -788,12 +797,13 @@ fn upstream_tls(
     host: &str,
     secrets: &HashMap<(&str, &str), &meshgate_model::resource::SecretBody>,
 ) -> Result<crate::proxy::tls::UpstreamTls, String> {
-    let (mut ca, mut crt, mut key) = (None, None, None);
+    let (mut ca, mut crt, mut key, mut crl) = (None, None, None, None);
     if let Some(name) = &t.credential_name {
         let secret = secrets
             .get(&(namespace, name.as_str()))
             .ok_or_else(|| format!("credentialName: no Secret {namespace}/{name}"))?;
         (ca, crt, key) = (secret.bytes("ca.crt"), secret.bytes("tls.crt"), secret.bytes("tls.key"));
+        crl = secret.bytes("ca.crl");
     }
     let read = |field: &str, path: &Option<String>| -> Result<Option<Vec<u8>>, String> {
         path.as_deref().map(|p| std::fs::read(p).map_err(|e| format!("{field}: cannot read {p}: {e}"))).transpose()
@@ -801,6 +811,7 @@ fn upstream_tls(
     ca = ca.or(read("caCertificates", &t.ca_certificates)?);
     crt = crt.or(read("clientCertificate", &t.client_certificate)?);
     key = key.or(read("privateKey", &t.private_key)?);
+    crl = crl.or(read("caCrl", &t.ca_crl)?);
     let identity = match (t.mode, &crt, &key) {
         (Some(ClientTlsMode::Mutual), Some(c), Some(k)) => Some((c.as_slice(), k.as_slice())),
         (Some(ClientTlsMode::Mutual), _, _) => {
@@ -814,6 +825,7 @@ fn upstream_tls(
     crate::proxy::tls::UpstreamTls::new(&crate::proxy::tls::UpstreamTlsSpec {
         ca: ca.as_deref(),
         identity,
+        crl: crl.as_deref(),
         sni: &sni,
         subject_alt_names: &t.subject_alt_names,
         insecure_skip_verify: t.insecure_skip_verify == Some(true),

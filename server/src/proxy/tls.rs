@@ -9,7 +9,7 @@ use std::sync::Arc;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
 use crate::control::Hub;
 
@@ -53,6 +53,7 @@ impl Certificates {
 pub fn mutual_config(
     key: Arc<CertifiedKey>,
     ca_pem: &[u8],
+    crl_pem: Option<&[u8]>,
     optional: bool,
 ) -> Result<Arc<rustls::ServerConfig>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -64,6 +65,9 @@ pub fn mutual_config(
         return Err("ca.crt holds no certificate".into());
     }
     let mut verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+    if let Some(pem) = crl_pem {
+        verifier = verifier.with_crls(crls(pem, "ca.crl")?).only_check_end_entity_revocation();
+    }
     if optional {
         verifier = verifier.allow_unauthenticated();
     }
@@ -224,10 +228,25 @@ pub struct UpstreamTlsSpec<'a> {
     pub ca: Option<&'a [u8]>,
     /// PEM chain and key of a client certificate (MUTUAL).
     pub identity: Option<(&'a [u8], &'a [u8])>,
+    /// PEM certificate revocation lists the server's certificate is checked against.
+    pub crl: Option<&'a [u8]>,
     pub sni: &'a str,
     /// Names accepted in the upstream's certificate instead of `sni`.
     pub subject_alt_names: &'a [String],
     pub insecure_skip_verify: bool,
+}
+
+/// Certificate revocation lists, PEM (`caCrl`, a Secret's `ca.crl`). A
+/// certificate is checked against its issuer's list; one whose issuer has
+/// no list here is refused, as Envoy refuses it.
+pub fn crls(pem: &[u8], what: &str) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
+    let lists = CertificateRevocationListDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{what}: {e}"))?;
+    if lists.is_empty() {
+        return Err(format!("{what} holds no certificate revocation list (PEM X509 CRL)"));
+    }
+    Ok(lists)
 }
 
 /// A client configuration's twin that offers h2 instead of HTTP/1.1.
@@ -292,9 +311,11 @@ impl UpstreamTls {
             }
             None => roots = system_roots()?,
         }
-        let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .build()
-            .map_err(|e| format!("CA certificates: {e}"))?;
+        let mut webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+        if let Some(pem) = spec.crl {
+            webpki = webpki.with_crls(crls(pem, "caCrl")?).only_check_end_entity_revocation();
+        }
+        let webpki = webpki.build().map_err(|e| format!("CA certificates: {e}"))?;
         let alt_names = spec
             .subject_alt_names
             .iter()
@@ -323,7 +344,7 @@ impl UpstreamTls {
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let mut fingerprint = sha2::Sha256::new();
         use sha2::Digest as _;
-        for part in [spec.ca.unwrap_or(b"system"), spec.sni.as_bytes()] {
+        for part in [spec.ca.unwrap_or(b"system"), spec.sni.as_bytes(), spec.crl.unwrap_or_default()] {
             fingerprint.update(part);
             fingerprint.update([0]);
         }
