@@ -131,7 +131,7 @@ mod tests {
     #[test]
     fn finds_traffic_policy_fields_on_subsets_and_ports() {
         let doc = serde_json::json!({"spec": {
-            "trafficPolicy": {"portLevelSettings": [{"port": {"number": 80}, "tls": {"mode": "SIMPLE"}, "proxyProtocol": {}}]},
+            "trafficPolicy": {"portLevelSettings": [{"port": {"number": 80}, "tls": {"mode": "SIMPLE"}, "proxyProtocol": {"version": "V1"}}]},
             "subsets": [{"name": "v1", "trafficPolicy": {"loadBalancer": {"warmupDurationSecs": "30s"}}}],
         }});
         let found: Vec<String> = unsupported_fields(Kind::DestinationRule, &doc).into_iter().map(|f| f.0).collect();
