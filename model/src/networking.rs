@@ -215,11 +215,12 @@ impl Server {
             };
             errs.hostname(hp, dns_name, true);
         }
-        if let Some(bind) = &self.bind
-            && !bind.starts_with("unix://")
-            && bind.parse::<IpAddr>().is_err()
-        {
-            errs.push(format!("{path}.bind"), format!("invalid bind {bind:?}: must be an IP address or unix:// path"));
+        if let Some(bind) = &self.bind {
+            if bind.starts_with("unix://") {
+                errs.push(format!("{path}.bind"), "unix:// binds are not built: give an IP address of this host");
+            } else if bind.parse::<IpAddr>().is_err() {
+                errs.push(format!("{path}.bind"), format!("invalid bind {bind:?}: must be an IP address"));
+            }
         }
         if let Some(ep) = &self.default_endpoint
             && !ep.starts_with("unix://")

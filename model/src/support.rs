@@ -10,7 +10,6 @@ use crate::kind::Kind;
 /// root; `[*]` walks every element of a list, `*` every key of a map.
 const UNSUPPORTED: &[(Kind, &str, &str)] = &[
     (Kind::Gateway, "spec.servers[*].defaultEndpoint", "sidecar ingress default endpoints are not built"),
-    (Kind::Gateway, "spec.servers[*].bind", "binding a server to a specific IP is not built"),
     (
         Kind::VirtualService,
         "spec.exportTo",
@@ -36,18 +35,6 @@ const UNSUPPORTED: &[(Kind, &str, &str)] = &[
     (Kind::DestinationRule, "spec.trafficPolicy.tunnel", "HTTP CONNECT tunnelling is not built"),
     (Kind::DestinationRule, "spec.trafficPolicy.proxyProtocol", "PROXY protocol to upstreams is not built"),
     (Kind::DestinationRule, "spec.trafficPolicy.retryBudget", "retry budgets are not built"),
-    (Kind::DestinationRule, "spec.trafficPolicy.loadBalancer.warmupDurationSecs", "slow-start warmup is not built"),
-    (Kind::DestinationRule, "spec.trafficPolicy.loadBalancer.warmup", "slow-start warmup is not built"),
-    (
-        Kind::DestinationRule,
-        "spec.trafficPolicy.outlierDetection.splitExternalLocalOriginErrors",
-        "local-origin error tracking is not built yet",
-    ),
-    (
-        Kind::DestinationRule,
-        "spec.trafficPolicy.outlierDetection.consecutiveLocalOriginFailures",
-        "local-origin error tracking is not built yet",
-    ),
     (
         Kind::ServiceEntry,
         "spec.exportTo",
@@ -132,15 +119,12 @@ mod tests {
     fn finds_traffic_policy_fields_on_subsets_and_ports() {
         let doc = serde_json::json!({"spec": {
             "trafficPolicy": {"portLevelSettings": [{"port": {"number": 80}, "tls": {"mode": "SIMPLE"}, "proxyProtocol": {"version": "V1"}}]},
-            "subsets": [{"name": "v1", "trafficPolicy": {"loadBalancer": {"warmupDurationSecs": "30s"}}}],
+            "subsets": [{"name": "v1", "trafficPolicy": {"retryBudget": {"percent": 20}}}],
         }});
         let found: Vec<String> = unsupported_fields(Kind::DestinationRule, &doc).into_iter().map(|f| f.0).collect();
         assert_eq!(
             found,
-            [
-                "spec.trafficPolicy.portLevelSettings[0].proxyProtocol",
-                "spec.subsets[0].trafficPolicy.loadBalancer.warmupDurationSecs"
-            ]
+            ["spec.trafficPolicy.portLevelSettings[0].proxyProtocol", "spec.subsets[0].trafficPolicy.retryBudget"]
         );
     }
 }

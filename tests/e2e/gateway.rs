@@ -513,6 +513,20 @@ fn other_gateway_ports_open_and_close_with_the_config() {
     // The same host on port 80 is not routed: that VirtualService is bound to the 9080 server only.
     assert_eq!(server.gateway(&client(), "admin.example.com", "/").send().unwrap().status(), 404);
 
+    // `bind`: the listener moves to that IP (any of 127.0.0.0/8 is this host).
+    server.apply(&gateway.replace("    hosts: [\"*\"]\n", "    hosts: [\"*\"]\n    bind: 127.0.0.2\n"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let moved = loop {
+        let now = address(9080).unwrap();
+        if now.starts_with("127.0.0.2:") || std::time::Instant::now() > deadline {
+            break now;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(moved.starts_with("127.0.0.2:"), "{moved}");
+    let r = client().get(format!("http://{moved}/")).header("host", "admin.example.com").send().unwrap();
+    assert_eq!(r.text().unwrap(), "v1");
+
     server.ok(&["delete", "gw", "admin-gateway"]);
     assert!(address(9080).is_none(), "the listener closes with its Gateway");
     assert!(address(80).is_some() && address(443).is_some());

@@ -180,6 +180,7 @@ impl Compiler<'_> {
         }
         let mut certificates: BTreeMap<u32, Certificates> = BTreeMap::new();
         let mut listeners = BTreeMap::new();
+        let mut bind_ips = BTreeMap::new();
         let mut l4: HashMap<u32, Vec<L4Route>> = HashMap::new();
         for (gw, spec) in &ix.gateways {
             if !selects_builtin_gateway(&spec.selector) {
@@ -204,6 +205,20 @@ impl Compiler<'_> {
                     _ => ListenerKind::Http,
                 };
                 listeners.entry(port).or_insert(kind);
+                // `bind`: an IP of this host (unix sockets are refused by validation).
+                if let Some(bind) = server.bind.as_deref() {
+                    match bind.parse::<std::net::IpAddr>() {
+                        Ok(_) if port == 80 || port == 443 => tracing::warn!(
+                            gateway = %format!("{}/{}", gw.namespace(), gw.name()),
+                            port,
+                            "bind is not applied to ports 80 and 443: they listen on --http and --https"
+                        ),
+                        Ok(ip) => {
+                            bind_ips.entry(port).or_insert(ip);
+                        }
+                        Err(_) => {}
+                    }
+                }
                 if matches!(kind, ListenerKind::Tcp | ListenerKind::TlsPassthrough | ListenerKind::TlsTerminated) {
                     let gw_ref = format!("{}/{}", gw.namespace(), gw.name());
                     let routes = l4.entry(port).or_default();
@@ -316,6 +331,7 @@ impl Compiler<'_> {
         let mut snapshot = Snapshot {
             revision,
             listeners,
+            binds: bind_ips,
             l4: l4.into_iter().map(|(p, r)| (p, Arc::new(r))).collect(),
             ports: HashMap::new(),
             certificates: certificates
@@ -668,6 +684,21 @@ impl Compiler<'_> {
                 .and_then(|t| parse_duration(t).ok())
                 .filter(|d| !d.is_zero())
                 .unwrap_or(Duration::from_secs(10)),
+            split_local_origin: o.split_external_local_origin_errors == Some(true),
+            consecutive_local_origin: o.consecutive_local_origin_failures.unwrap_or(5),
+        });
+        // Slow start: `warmup` (Istio 1.24+), else the older `warmupDurationSecs`.
+        let lb_settings = policy.load_balancer.as_ref();
+        let warmup = lb_settings.and_then(|l| match (&l.warmup, &l.warmup_duration_secs) {
+            (Some(w), _) => Some(crate::proxy::upstream::Warmup {
+                window: w.duration.as_deref().and_then(|d| parse_duration(d).ok())?,
+                minimum: w.minimum_percent.unwrap_or(10.0).clamp(0.0, 100.0) / 100.0,
+                aggression: w.aggression.unwrap_or(1.0).max(0.0),
+            }),
+            (None, Some(d)) => {
+                Some(crate::proxy::upstream::Warmup { window: parse_duration(d).ok()?, minimum: 0.1, aggression: 1.0 })
+            }
+            (None, None) => None,
         });
         // HTTP/1.1 upstream connections carry one request at a time, so the
         // requests in flight are the busy connections plus those waiting for
@@ -756,6 +787,8 @@ impl Compiler<'_> {
         let mut cluster = Cluster::new(name, endpoints, lb, outlier, max_in_flight, counters);
         cluster.http2 = port_http2 || upgrade;
         cluster.use_client_protocol = http.and_then(|h| h.use_client_protocol) == Some(true);
+        // Slow start applies to round robin and least request, as in Envoy.
+        cluster.warmup = warmup.filter(|_| matches!(cluster.lb, Lb::RoundRobin | Lb::LeastRequest));
         cluster.max_retries = http.and_then(|h| h.max_retries).map(|n| n.max(0) as u32);
         cluster.tls = tls;
         cluster.locality_weights = distribution.map(|to| to.iter().map(|(_, w)| *w).collect()).unwrap_or_default();

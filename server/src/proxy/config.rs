@@ -22,6 +22,9 @@ pub struct Snapshot {
     pub certificates: HashMap<u32, Arc<super::tls::Certificates>>,
     /// Every Gateway server port and how it is served.
     pub listeners: std::collections::BTreeMap<u32, ListenerKind>,
+    /// Gateway `bind`: the IP a port (other than 80 and 443) listens on
+    /// instead of the `--http` address's.
+    pub binds: std::collections::BTreeMap<u32, std::net::IpAddr>,
     /// TCP and TLS-passthrough routes by Gateway port, first match wins.
     pub l4: HashMap<u32, Arc<Vec<L4Route>>>,
     /// AuthorizationPolicies that apply to this proxy, checked before routing.

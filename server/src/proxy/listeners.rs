@@ -1,7 +1,8 @@
 //! Gateway ports beyond 80 and 443: a Gateway server on any other port
 //! number opens a listener on that port at the `--http` address's IP
-//! (`--port-map PORT=HOSTPORT` moves it; `=0` picks a free one), and closes
-//! it when no Gateway uses the port any more. No restart needed.
+//! (`--port-map PORT=HOSTPORT` moves it; `=0` picks a free one), or at the
+//! server's `bind` IP, and closes it when no Gateway uses the port any
+//! more. No restart needed.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -14,6 +15,7 @@ use super::config::ListenerKind;
 
 struct Running {
     kind: ListenerKind,
+    ip: IpAddr,
     stop: watch::Sender<bool>,
 }
 
@@ -32,10 +34,16 @@ pub async fn manage(
     let mut running: BTreeMap<u32, Running> = BTreeMap::new();
     loop {
         let revision = *changes.borrow_and_update();
-        let wanted: BTreeMap<u32, ListenerKind> =
-            hub.snapshot().listeners.iter().filter(|(p, _)| **p != 80 && **p != 443).map(|(p, k)| (*p, *k)).collect();
+        let snapshot = hub.snapshot();
+        let wanted: BTreeMap<u32, (ListenerKind, IpAddr)> = snapshot
+            .listeners
+            .iter()
+            .filter(|(p, _)| **p != 80 && **p != 443)
+            .map(|(p, k)| (*p, (*k, snapshot.binds.get(p).copied().unwrap_or(ip))))
+            .collect();
+        drop(snapshot);
         running.retain(|port, r| {
-            let keep = wanted.get(port) == Some(&r.kind);
+            let keep = wanted.get(port) == Some(&(r.kind, r.ip));
             if !keep {
                 let _ = r.stop.send(true);
                 hub.listening.lock().unwrap_or_else(|e| e.into_inner()).remove(port);
@@ -43,12 +51,12 @@ pub async fn manage(
             }
             keep
         });
-        for (port, kind) in wanted {
+        for (port, (kind, listen_ip)) in wanted {
             if running.contains_key(&port) {
                 continue;
             }
             let host_port = port_map.get(&port).copied().unwrap_or(port as u16);
-            let addr = SocketAddr::new(ip, host_port);
+            let addr = SocketAddr::new(listen_ip, host_port);
             let listener = match bind_retrying(addr).await {
                 Ok(l) => l,
                 Err(e) => {
@@ -83,7 +91,7 @@ pub async fn manage(
             }
             hub.listening.lock().unwrap_or_else(|e| e.into_inner()).insert(port, (bound, tls));
             tracing::info!(port, address = %bound, tls, "gateway listener opened");
-            running.insert(port, Running { kind, stop });
+            running.insert(port, Running { kind, ip: listen_ip, stop });
         }
         if revision >= 0 {
             hub.mark_applied(revision);

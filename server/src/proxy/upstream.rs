@@ -29,6 +29,8 @@ pub struct Cluster {
     pub connections: super::h1::client::PoolSettings,
     /// Weights of the locality groups of `distribute`; empty: no weighting.
     pub locality_weights: Vec<u32>,
+    /// Slow start for new endpoints (round robin and least request).
+    pub warmup: Option<Warmup>,
     /// Counters that must outlive a configuration change (shared by name).
     counters: Arc<ClusterCounters>,
     /// Ejection decisions take turns, so two failing endpoints cannot both
@@ -118,6 +120,35 @@ pub struct OutlierPolicy {
     /// Each interval an endpoint stays healthy takes one off its ejection
     /// multiplier, as Envoy's sweep does.
     pub interval: Duration,
+    /// `splitExternalLocalOriginErrors`: failures to connect or answer
+    /// (no HTTP status) count apart from the upstream's 5xx, and
+    /// `consecutiveLocalOriginFailures` of them eject. Unsplit, they count
+    /// as 5xx and gateway errors.
+    pub split_local_origin: bool,
+    pub consecutive_local_origin: u32,
+}
+
+/// Slow start (`warmup` / `warmupDurationSecs`): an endpoint new to a
+/// cluster gets a growing share of its traffic over `window`, as Envoy's
+/// slow_start_config: weight `max(minimum, (age / window) ^ (1 / aggression))`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Warmup {
+    pub window: Duration,
+    /// The least weight a new endpoint has (0..=1; Envoy's default 10%).
+    pub minimum: f64,
+    pub aggression: f64,
+}
+
+impl Warmup {
+    /// The weight (0..=1) of an endpoint `age` old; 1 once warm.
+    pub fn weight(&self, age: Duration) -> f64 {
+        if age >= self.window || self.window.is_zero() {
+            return 1.0;
+        }
+        let time = (age.as_secs_f64() / self.window.as_secs_f64()).max(0.0);
+        let curve = if self.aggression > 0.0 { time.powf(1.0 / self.aggression) } else { 1.0 };
+        curve.max(self.minimum).min(1.0)
+    }
 }
 
 /// Per-endpoint state shared by every snapshot that has this endpoint:
@@ -127,6 +158,9 @@ pub struct Health {
     pub active: AtomicU32,
     consecutive_5xx: AtomicU32,
     consecutive_gateway: AtomicU32,
+    consecutive_local: AtomicU32,
+    /// When the endpoint joined (ms on [`now_ms`]'s clock; 0: long ago), for slow start.
+    born: u64,
     /// Milliseconds since [`epoch`] until which the endpoint is ejected.
     ejected_until: AtomicU64,
     times_ejected: AtomicU32,
@@ -166,6 +200,11 @@ impl Drop for Active<'_> {
 }
 
 impl Health {
+    /// The state of an endpoint joining now.
+    pub fn new() -> Health {
+        Health { born: now_ms(), ..Health::default() }
+    }
+
     /// The calling worker's pool of idle connections to this endpoint.
     pub fn pool(&self) -> &super::h1::client::Pool {
         &self.pools[super::worker_index() % self.pools.len()]
@@ -206,7 +245,7 @@ pub struct HealthRegistry {
 
 impl HealthRegistry {
     pub fn get(&self, cluster: &str, address: &str) -> Arc<Health> {
-        self.map.get_or((cluster.to_string(), address.to_string()), Health::default).0
+        self.map.get_or((cluster.to_string(), address.to_string()), Health::new).0
     }
 
     pub fn counters(&self, cluster: &str) -> Arc<ClusterCounters> {
@@ -241,6 +280,7 @@ impl Cluster {
             tls: None,
             connections: Default::default(),
             locality_weights: Vec::new(),
+            warmup: None,
             counters,
             ejecting: std::sync::Mutex::new(()),
         }
@@ -316,16 +356,34 @@ impl Cluster {
             _ => rand::random_range(0..n),
         };
         // The first preferred endpoint from `start` on, else any usable one.
-        let scan = |ok: &dyn Fn(usize) -> bool| (0..n).map(|k| (start + k) % n).find(|&i| ok(i));
-        let first = scan(&preferred).or_else(|| scan(&usable))?;
-        if self.lb != Lb::LeastRequest {
-            return Some(first);
+        let scan = |start: usize, ok: &dyn Fn(usize) -> bool| (0..n).map(|k| (start + k) % n).find(|&i| ok(i));
+        let pick = |start: usize| {
+            let first = scan(start, &preferred).or_else(|| scan(start, &usable))?;
+            if self.lb != Lb::LeastRequest {
+                return Some(first);
+            }
+            // Power of two choices: compare with a second random pick.
+            let other = rand::random_range(0..n);
+            let load = |i: usize| self.endpoints[i].health.active.load(Ordering::Relaxed);
+            Some(if other != first && preferred(other) && load(other) < load(first) { other } else { first })
+        };
+        let chosen = pick(start)?;
+        let Some(warmup) = &self.warmup else { return Some(chosen) };
+        // Slow start: a warming endpoint keeps a pick with probability equal
+        // to its weight, else another pick is made (a few times at most).
+        let weight = |i: usize| {
+            let born = self.endpoints[i].health.born;
+            warmup.weight(Duration::from_millis(now.saturating_sub(born)))
+        };
+        let mut candidate = chosen;
+        for _ in 0..4 {
+            let w = weight(candidate);
+            if w >= 1.0 || rand::random::<f64>() < w {
+                return Some(candidate);
+            }
+            candidate = pick(rand::random_range(0..n))?;
         }
-
-        // Power of two choices: compare with a second random pick.
-        let other = rand::random_range(0..n);
-        let load = |i: usize| self.endpoints[i].health.active.load(Ordering::Relaxed);
-        Some(if other != first && preferred(other) && load(other) < load(first) { other } else { first })
+        Some(candidate)
     }
 
     fn weighted_group(&self, healthy: &dyn Fn(usize) -> bool) -> Option<u16> {
@@ -354,6 +412,17 @@ impl Cluster {
     pub fn record(&self, index: usize, status: Option<u16>) {
         let Some(policy) = &self.outlier else { return };
         let h = &self.endpoints[index].health;
+        if policy.split_local_origin {
+            if status.is_none() {
+                let local = h.consecutive_local.fetch_add(1, Ordering::Relaxed) + 1;
+                if policy.consecutive_local_origin > 0 && local >= policy.consecutive_local_origin && !h.is_ejected() {
+                    self.try_eject(index, policy);
+                }
+                return;
+            }
+            // An answer means the connection worked.
+            h.consecutive_local.store(0, Ordering::Relaxed);
+        }
         let gateway_error = status.is_none_or(|s| matches!(s, 502..=504));
         let five_xx = status.is_none_or(|s| s >= 500);
         let c5 = if five_xx {
@@ -401,6 +470,7 @@ impl Cluster {
         h.ejected_until.store(now + duration.as_millis() as u64, Ordering::Relaxed);
         h.consecutive_5xx.store(0, Ordering::Relaxed);
         h.consecutive_gateway.store(0, Ordering::Relaxed);
+        h.consecutive_local.store(0, Ordering::Relaxed);
         tracing::warn!(cluster = %self.name, endpoint = %self.endpoints[index].address, ?duration, "outlier ejected");
     }
 }
@@ -447,7 +517,64 @@ mod tests {
             max_ejection_percent,
             min_health_percent,
             interval: Duration::from_secs(10),
+            split_local_origin: false,
+            consecutive_local_origin: 0,
         }
+    }
+
+    #[test]
+    fn local_origin_failures_count_apart_when_split() {
+        // Unsplit (the default): a connect failure counts as a 5xx.
+        let c = cluster(2, Some(OutlierPolicy { consecutive_5xx: 2, ..eject_on_first_5xx(60, 100, 0) }));
+        c.record(0, None);
+        c.record(0, Some(503));
+        assert!(c.endpoints[0].health.is_ejected());
+        // Split: three local-origin failures eject; 5xx answers keep their own count.
+        let policy = OutlierPolicy {
+            consecutive_5xx: 2,
+            split_local_origin: true,
+            consecutive_local_origin: 3,
+            ..eject_on_first_5xx(60, 100, 0)
+        };
+        let c = cluster(2, Some(policy));
+        c.record(0, None);
+        c.record(0, Some(503));
+        assert!(!c.endpoints[0].health.is_ejected(), "one local failure and one 5xx are not two 5xx");
+        c.record(0, None);
+        assert!(!c.endpoints[0].health.is_ejected(), "an answer in between reset the local count");
+        c.record(0, None);
+        c.record(0, None);
+        assert!(c.endpoints[0].health.is_ejected(), "three local-origin failures in a row");
+        c.record(1, Some(500));
+        c.record(1, Some(502));
+        assert!(c.endpoints[1].health.is_ejected(), "two 5xx answers in a row");
+    }
+
+    #[test]
+    fn new_endpoints_warm_up_over_the_window() {
+        let warmup = Warmup { window: Duration::from_secs(60), minimum: 0.1, aggression: 1.0 };
+        assert_eq!(warmup.weight(Duration::ZERO), 0.1);
+        assert!((warmup.weight(Duration::from_secs(30)) - 0.5).abs() < 1e-9);
+        assert_eq!(warmup.weight(Duration::from_secs(61)), 1.0);
+        let steep = Warmup { aggression: 2.0, ..warmup };
+        assert!((steep.weight(Duration::from_secs(15)) - 0.5).abs() < 1e-9, "aggression 2: sqrt(1/4)");
+
+        for lb in [Lb::RoundRobin, Lb::LeastRequest] {
+            let mut c = cluster(2, None);
+            c.lb = lb.clone();
+            c.warmup = Some(warmup);
+            // Endpoint 1 joined just now, endpoint 0 long ago (born 0).
+            c.endpoints[1].health = Arc::new(Health::new());
+            let picks = 10_000;
+            let new = (0..picks).filter(|_| c.pick(None, None) == Some(1)).count();
+            // Weight 0.1 against 1: about 9% of picks, far below an even split.
+            assert!((300..2000).contains(&new), "{lb:?}: the new endpoint got {new} of {picks}");
+        }
+        // Without warmup the split is even.
+        let mut c = cluster(2, None);
+        c.endpoints[1].health = Arc::new(Health::new());
+        let new = (0..10_000).filter(|_| c.pick(None, None) == Some(1)).count();
+        assert!((4000..6000).contains(&new), "{new}");
     }
 
     #[test]
