@@ -20,7 +20,7 @@ start_meshgate
 for i in $(seq 1 "$N"); do
   tok=$("$BIN" token create --service "svc-$i" 2>/dev/null)
   MESHGATE_LOG=error "$BIN" agent --join "https://$MESH" --token "$tok" --service "svc-$i" --ca-fingerprint "$FP" \
-    --data-dir "$W/a$i" --outbound 127.0.0.1:0 >/dev/null 2>&1 &
+    --data-dir "$W/a$i" --outbound 127.0.0.1:0 --metrics 127.0.0.1:0 >/dev/null 2>&1 &
   PIDS+=($!)
 done
 python3 - "$ADMIN" "$MESHGATE_TOKEN" "$N" "$APPLIES" <<'PY'

@@ -47,7 +47,7 @@ agent() { # name, extra args...; the ready line goes to $W/NAME.ready
   local tok; tok=$("$BIN" token create --service "$svc" 2>/dev/null)
   mkfifo "$W/$svc.out"
   MESHGATE_LOG=warn "$BIN" agent --join "https://$MESH" --token "$tok" --service "$svc" --ca-fingerprint "$FP" \
-    --data-dir "$W/$svc" --outbound 127.0.0.1:0 --inbound 127.0.0.1:0 "$@" >"$W/$svc.out" &
+    --data-dir "$W/$svc" --outbound 127.0.0.1:0 --inbound 127.0.0.1:0 --metrics 127.0.0.1:0 "$@" >"$W/$svc.out" &
   PIDS+=($!); eval "${svc//-/_}_PID=$!"
   while read -r line; do case "$line" in "meshgate agent ready "*) echo "$line" >"$W/$svc.ready"; break;; esac; done <"$W/$svc.out"
   cat "$W/$svc.out" >/dev/null &

@@ -103,6 +103,9 @@ pub async fn run(
         peer_principal: None,
         tunnels: false,
         trusted_proxies: config.trusted_proxies.clone().into(),
+        metrics: metrics.gateway.clone(),
+        reporter: crate::telemetry::istio::Reporter::Source,
+        peer_workload: None,
     });
     let secure = Arc::new(proxy::Listener { gateway_port: 443, scheme: "https", ..(*plain).clone() });
     // Listeners of the other Gateway ports are made like port 80's.
@@ -117,6 +120,17 @@ pub async fn run(
     hub.identity
         .store(Some(Arc::new(ca.identity(&crate::ca::SpiffeId::gateway(ca.trust_domain()), crate::ca::DEFAULT_TTL)?)));
     tokio::spawn(renew_gateway_identity(hub.clone(), ca.clone()));
+    // The gateway's principal in its request metrics (`source_principal`).
+    metrics.gateway.set_own(
+        crate::telemetry::istio::Workload {
+            name: "meshgate-gateway".into(),
+            namespace: crate::ca::identity::CONTROL_NAMESPACE.into(),
+            principal: crate::ca::SpiffeId::gateway(ca.trust_domain()).to_string(),
+            app: "meshgate-gateway".into(),
+            version: "unknown".into(),
+        },
+        None,
+    );
     // The compiler starts after the manager has taken over `applied`.
     tokio::spawn(control::run_compiler(
         hub.clone(),

@@ -10,6 +10,7 @@ mod l4;
 mod lab;
 mod mesh;
 mod support;
+mod telemetry;
 mod tls;
 mod transcode;
 mod upstream;

@@ -56,7 +56,7 @@ impl Drop for Agent {
 pub fn agent_command(mut cmd: Command, mesh: &str, dir: &Path, args: &[&str]) -> Command {
     cmd.args(["agent", "--join", mesh, "--data-dir"]).arg(dir).args(args);
     // Port 0 unless the test chooses: tests run side by side.
-    for flag in ["--inbound", "--outbound"] {
+    for flag in ["--inbound", "--outbound", "--metrics"] {
         if !args.contains(&flag) {
             cmd.args([flag, "127.0.0.1:0"]);
         }
@@ -261,7 +261,7 @@ fn istio_mutual_from_the_gateway_presents_its_mesh_certificate() {
 }
 
 /// A ready sidecar for `user-service` in front of `app`, and its ready line.
-fn user_service_sidecar(
+pub fn user_service_sidecar(
     server: &Server,
     dir: &Path,
     app: &crate::upstream::Upstream,
@@ -382,7 +382,7 @@ fn sidecars_carry_calls_over_mtls_and_peer_authentication_decides() {
 }
 
 /// Client-only agents for `services`, each in `dir/SERVICE`: their outbound addresses by service, and the agents.
-fn client_agents<'a>(
+pub fn client_agents<'a>(
     server: &Server,
     dir: &Path,
     services: &[&'a str],
@@ -444,7 +444,7 @@ fn authorization_policies_allow_and_deny_between_services() {
 fn up_runs_and_supervises_sidecars_for_local_services() {
     let app = crate::upstream::Upstream::start("local-app");
     let spec = format!(
-        "service=user-service,version=v2,app=127.0.0.1:{},inbound=127.0.0.1:0,outbound=127.0.0.1:0",
+        "service=user-service,version=v2,app=127.0.0.1:{},inbound=127.0.0.1:0,outbound=127.0.0.1:0,metrics=127.0.0.1:0",
         app.port()
     );
     let server = Server::start_with(&["--sidecar", &spec]);

@@ -60,6 +60,9 @@ pub struct AgentArgs {
     /// Outbound address the app sends its calls to (by Host, or as HTTP_PROXY)
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15001")]
     pub outbound: SocketAddr,
+    /// Where Prometheus scrapes this proxy's metrics (`/stats/prometheus`, as Istio's 15020)
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:15020")]
+    pub metrics: SocketAddr,
     /// The address other hosts reach the inbound port at [default: the inbound IP, else this host's address towards the control plane]
     #[arg(long, value_name = "IP")]
     pub address: Option<std::net::IpAddr>,
@@ -169,8 +172,19 @@ pub async fn run(args: AgentArgs, shutdown: impl std::future::Future<Output = ()
         labels.clone(),
         locality.clone(),
     )?);
+    // Istio's request metrics: this workload is the source on the outbound
+    // port and the destination on the inbound one.
+    let metrics = {
+        use crate::telemetry::istio::{ProxyMetrics, Service, Workload};
+        let ns = held.identity.namespace.clone();
+        let own = Workload { principal: held.identity.to_string(), ..Workload::from_labels(&labels, &ns) };
+        let service = Service::new(&format!("{}.{ns}.svc.cluster.local", args.service), &ns);
+        let m = Arc::new(ProxyMetrics::new(own.clone()));
+        m.set_own(own, Some(service));
+        m
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let base = |hub: Arc<crate::control::Hub>, port: u32| {
+    let base = |hub: Arc<crate::control::Hub>, port: u32, reporter: crate::telemetry::istio::Reporter| {
         Arc::new(crate::proxy::Listener {
             hub,
             gateway_port: port,
@@ -181,13 +195,17 @@ pub async fn run(args: AgentArgs, shutdown: impl std::future::Future<Output = ()
             peer_principal: None,
             tunnels: true,
             trusted_proxies: Arc::from([]),
+            metrics: metrics.clone(),
+            reporter,
+            peer_workload: None,
         })
     };
     let outbound = tokio::net::TcpListener::bind(args.outbound)
         .await
         .with_context(|| format!("cannot listen on the outbound address {} (--outbound)", args.outbound))?;
     let outbound_addr = outbound.local_addr()?;
-    let out_listener = base(sidecar.outbound.clone(), sidecar::OUTBOUND_PORT);
+    let out_listener =
+        base(sidecar.outbound.clone(), sidecar::OUTBOUND_PORT, crate::telemetry::istio::Reporter::Source);
     let mut out_stop = stop_rx.clone();
     tokio::spawn(crate::proxy::serve(outbound, out_listener, None, async move {
         crate::server::stopped(&mut out_stop).await;
@@ -198,7 +216,8 @@ pub async fn run(args: AgentArgs, shutdown: impl std::future::Future<Output = ()
             .await
             .with_context(|| format!("cannot listen on the inbound address {} (--inbound)", args.inbound))?;
         inbound_addr = Some(inbound.local_addr()?);
-        let in_listener = base(sidecar.inbound.clone(), sidecar::INBOUND_PORT);
+        let in_listener =
+            base(sidecar.inbound.clone(), sidecar::INBOUND_PORT, crate::telemetry::istio::Reporter::Destination);
         tokio::spawn(sidecar::serve_inbound(inbound, sidecar.clone(), in_listener, stop_rx.clone()));
     }
     // Configuration: the first version before saying ready (briefly: a
@@ -214,12 +233,18 @@ pub async fn run(args: AgentArgs, shutdown: impl std::future::Future<Output = ()
         }
         None => (Some(first_tx), -1),
     };
+    // Metrics for Prometheus; the control plane lists the address for its service discovery.
+    let metrics_listener = tokio::net::TcpListener::bind(args.metrics)
+        .await
+        .with_context(|| format!("cannot listen on the metrics address {} (--metrics)", args.metrics))?;
+    let metrics_addr = metrics_listener.local_addr()?;
+    let metrics_target = SocketAddr::new(advertised_ip(metrics_addr, &endpoint), metrics_addr.port());
+    tokio::spawn(serve_metrics(metrics_listener, metrics.clone(), stop_rx.clone()));
     let link = Arc::new(link::Link::new(endpoint.clone(), sidecar.clone()));
     tokio::spawn(follow_config(
         link.clone(),
         sidecar.clone(),
-        name.clone(),
-        args.service.clone(),
+        Reporting { name: name.clone(), service: args.service.clone(), metrics: metrics_target.to_string() },
         args.data_dir.clone(),
         running,
         first_tx,
@@ -256,7 +281,7 @@ pub async fn run(args: AgentArgs, shutdown: impl std::future::Future<Output = ()
         tokio::spawn(report_health(link.clone(), name.clone(), health_rx));
     }
     println!(
-        "meshgate agent ready name={} identity={} serial={} expires={} outbound={} inbound={} address={} data-dir={}",
+        "meshgate agent ready name={} identity={} serial={} expires={} outbound={} inbound={} address={} metrics={} data-dir={}",
         name,
         held.identity,
         held.serial,
@@ -266,6 +291,7 @@ pub async fn run(args: AgentArgs, shutdown: impl std::future::Future<Output = ()
         outbound_addr,
         inbound_addr.map_or("-".to_string(), |a| a.to_string()),
         registration.map_or("-".to_string(), |a| a.to_string()),
+        metrics_addr,
         args.data_dir.display()
     );
     tokio::pin!(shutdown);
@@ -374,11 +400,39 @@ fn advertised_ip(inbound: SocketAddr, endpoint: &Endpoint) -> std::net::IpAddr {
 /// Follows the control plane's configuration (long poll), applying each
 /// new version and reporting it (ACK), or keeping the last one and saying
 /// why (NACK); sends its config dump when asked.
+/// Who an agent says it is in its status reports.
+struct Reporting {
+    name: String,
+    service: String,
+    /// Where its metrics are scraped (`host:port`), for Prometheus discovery.
+    metrics: String,
+}
+
+/// Serves `/stats/prometheus` (and `/metrics`): this proxy's request metrics.
+async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<crate::telemetry::istio::ProxyMetrics>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let app = axum::Router::new()
+        .route("/stats/prometheus", axum::routing::get(render_metrics))
+        .route("/metrics", axum::routing::get(render_metrics))
+        .with_state(metrics);
+    let mut stop = stop;
+    let _ =
+        axum::serve(listener, app).with_graceful_shutdown(async move { crate::server::stopped(&mut stop).await }).await;
+}
+
+async fn render_metrics(
+    axum::extract::State(metrics): axum::extract::State<Arc<crate::telemetry::istio::ProxyMetrics>>,
+) -> impl axum::response::IntoResponse {
+    ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics.render())
+}
+
 async fn follow_config(
     link: Arc<link::Link>,
     sidecar: Arc<sidecar::Sidecar>,
-    name: String,
-    service: String,
+    me: Reporting,
     data_dir: PathBuf,
     mut acked: i64,
     mut first: Option<tokio::sync::oneshot::Sender<()>>,
@@ -387,7 +441,7 @@ async fn follow_config(
     let mut nack: Option<Nack> = None;
     let mut failures = 0u32;
     loop {
-        let path = format!("/mesh/v1/config?name={name}&service={service}&after={after}&acked={acked}");
+        let path = format!("/mesh/v1/config?name={}&service={}&after={after}&acked={acked}", me.name, me.service);
         let answer = link.call("GET", &path, None).await;
         match answer {
             Ok(Some(v)) if v["dumpWanted"] == true => failures = 0,
@@ -425,7 +479,8 @@ async fn follow_config(
         }
         // ACK or NACK, with what this agent now runs.
         let status = json!({
-            "name": name, "service": service, "revision": acked, "nack": nack, "dump": sidecar.dump(),
+            "name": me.name, "service": me.service, "revision": acked, "nack": nack, "dump": sidecar.dump(),
+            "metrics": me.metrics,
         });
         let sent = link.call("POST", "/mesh/v1/status", Some(&status)).await;
         if let Err(e) = sent {

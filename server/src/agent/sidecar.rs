@@ -431,6 +431,9 @@ pub async fn serve_inbound(
                     .as_ref()
                     .and_then(|c| http::HeaderValue::from_str(&format!("By={own};URI={c}")).ok()),
                 peer_principal: caller.as_deref().and_then(|c| c.strip_prefix("spiffe://")).map(Arc::from),
+                peer_workload: caller.as_deref().map(|c| {
+                    crate::telemetry::istio::Labelled::new(crate::telemetry::istio::Workload::from_principal(c))
+                }),
                 ..(*base).clone()
             });
             // gRPC and other HTTP/2 from mesh peers (ALPN h2); HTTP/1.1 otherwise.

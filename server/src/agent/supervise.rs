@@ -24,12 +24,25 @@ pub struct SidecarSpec {
     pub app: Option<String>,
     pub inbound: Option<String>,
     pub outbound: Option<String>,
+    /// Where its metrics are served (`agent --metrics`).
+    pub metrics: Option<String>,
     /// The app's probe: `http:/PATH` or `tcp` (as `agent --health`).
     pub health: Option<String>,
 }
 
-const KEYS: &[&str] =
-    &["service", "namespace", "service-account", "version", "region", "zone", "app", "inbound", "outbound", "health"];
+const KEYS: &[&str] = &[
+    "service",
+    "namespace",
+    "service-account",
+    "version",
+    "region",
+    "zone",
+    "app",
+    "inbound",
+    "outbound",
+    "metrics",
+    "health",
+];
 
 impl SidecarSpec {
     pub fn parse(spec: &str) -> anyhow::Result<SidecarSpec> {
@@ -61,7 +74,7 @@ impl SidecarSpec {
             (None, Some(_)) => bail!("--sidecar {spec:?}: zone= needs region="),
             (None, None) => None,
         };
-        for addr in ["app", "inbound", "outbound"] {
+        for addr in ["app", "inbound", "outbound", "metrics"] {
             if let Some(a) = kv.get(addr)
                 && a.parse::<std::net::SocketAddr>().is_err()
             {
@@ -77,6 +90,7 @@ impl SidecarSpec {
             app: kv.remove("app"),
             inbound: kv.remove("inbound"),
             outbound: kv.remove("outbound"),
+            metrics: kv.remove("metrics"),
             health: kv.remove("health"),
         })
     }
@@ -84,8 +98,13 @@ impl SidecarSpec {
 
 /// Parses every SPEC; several sidecars on one host must each name their ports.
 pub fn parse_all(specs: &[String]) -> anyhow::Result<Vec<SidecarSpec>> {
-    let parsed = specs.iter().map(|s| SidecarSpec::parse(s)).collect::<anyhow::Result<Vec<_>>>()?;
+    let mut parsed = specs.iter().map(|s| SidecarSpec::parse(s)).collect::<anyhow::Result<Vec<_>>>()?;
     if parsed.len() > 1 {
+        for s in &mut parsed {
+            // Istio's metrics port cannot serve them all: a free port each
+            // (Prometheus finds them through /api/v1/prometheus/targets).
+            s.metrics.get_or_insert_with(|| "0.0.0.0:0".to_string());
+        }
         for s in &parsed {
             if s.outbound.is_none() || (s.app.is_some() && s.inbound.is_none()) {
                 bail!(
@@ -161,6 +180,7 @@ async fn run_once(
         ("--app", &spec.app),
         ("--inbound", &spec.inbound),
         ("--outbound", &spec.outbound),
+        ("--metrics", &spec.metrics),
         ("--version", &spec.version),
         ("--locality", &spec.locality),
         ("--health", &spec.health),

@@ -56,6 +56,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/revisions/{revision}/rollback", post(resources::rollback))
         .route("/api/v1/whoami", get(auth::whoami))
         .route("/api/v1/proxy-status", get(resources::proxy_status))
+        .route("/api/v1/prometheus/targets", get(resources::prometheus_targets))
         .route("/api/v1/proxy-config/{name}", get(mesh::proxy_config))
         .route("/api/v1/tokens", get(mesh::list_tokens).post(mesh::create_token))
         .route("/api/v1/tokens/{id}", axum::routing::delete(mesh::revoke_token))

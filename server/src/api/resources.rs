@@ -93,6 +93,33 @@ pub async fn proxy_status(State(state): State<AppState>) -> ApiResult<Json<Value
     Ok(Json(json!({ "listeners": listeners, "revision": current, "proxies": proxies })))
 }
 
+/// `GET /api/v1/prometheus/targets`: Prometheus HTTP service discovery
+/// (`http_sd_configs`): the gateway's metrics (this admin address,
+/// `/metrics`) and every agent's (`/stats/prometheus`), with labels naming
+/// the proxy.
+pub async fn prometheus_targets(State(state): State<AppState>, headers: HeaderMap) -> Json<Value> {
+    // The gateway is scraped where Prometheus reached this API.
+    let admin = headers.get(axum::http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1:15000");
+    let mut groups = vec![json!({
+        "targets": [admin],
+        "labels": { "__metrics_path__": "/metrics", "meshgate_proxy": "gateway", "meshgate_role": "gateway" },
+    })];
+    for a in state.hub.fleet.all() {
+        let Some(target) = &a.metrics else { continue };
+        groups.push(json!({
+            "targets": [target],
+            "labels": {
+                "__metrics_path__": "/stats/prometheus",
+                "meshgate_proxy": a.name,
+                "meshgate_role": "sidecar",
+                "service": a.service,
+                "namespace": a.namespace,
+            },
+        }));
+    }
+    Json(Value::Array(groups))
+}
+
 fn change_json(c: &Change) -> Value {
     json!({
         "kind": c.kind.name(),

@@ -25,6 +25,7 @@ use crate::proxy::h1::client::PoolSettings;
 use crate::proxy::tls::{Certificates, Served, certified_key, mutual_config};
 use crate::proxy::transcode::Transcoder;
 use crate::proxy::upstream::{Cluster, Endpoint, HashKey, HealthRegistry, Lb, OutlierPolicy, stable_hash};
+use crate::telemetry::istio::{Labelled, Service as MetricService, Workload as MetricWorkload};
 
 /// Labels of the built-in edge gateway, which `Gateway.spec.selector` picks.
 pub const GATEWAY_LABELS: [(&str, &str); 2] = [("istio", "ingressgateway"), ("app", "istio-ingressgateway")];
@@ -565,6 +566,8 @@ impl Compiler<'_> {
         let fq = |h: &str, ns: &str| fqdn(h, ns, self.cluster_domain, |n| ix.namespaces.contains(n));
         let entry =
             ix.entries.iter().find(|(r, se)| se.hosts.iter().any(|h| host_matches(&fq(h, r.namespace()), &host)));
+        // Where the service is declared, for the metrics' namespace labels.
+        let service_ns = entry.map_or(ns, |(r, _)| r.namespace()).to_string();
         let mut endpoints: Vec<(String, BTreeMap<String, String>, String)> = Vec::new();
         let mut port_number = wanted_port;
         let mut port_http2 = false;
@@ -769,6 +772,7 @@ impl Compiler<'_> {
             .into_iter()
             .filter_map(|(address, labels, locality)| {
                 let authority = address.parse().ok()?;
+                let workload = Labelled::new(MetricWorkload::from_labels(&labels, &service_ns));
                 let seed = stable_hash(address.as_bytes());
                 let (priority, group) = match &distribution {
                     Some(to) => (0, locality_group(to, &locality)),
@@ -778,7 +782,7 @@ impl Compiler<'_> {
                     },
                 };
                 let health = self.health.get(&name, &address);
-                Some(Endpoint { health, address, authority, labels, seed, priority, group })
+                Some(Endpoint { health, address, workload, authority, labels, seed, priority, group })
             })
             .collect();
         let upgrade =
@@ -791,6 +795,7 @@ impl Compiler<'_> {
         cluster.warmup = warmup.filter(|_| matches!(cluster.lb, Lb::RoundRobin | Lb::LeastRequest));
         cluster.max_retries = http.and_then(|h| h.max_retries).map(|n| n.max(0) as u32);
         cluster.tls = tls;
+        cluster.service = Labelled::new(MetricService::new(&host, &service_ns));
         cluster.locality_weights = distribution.map(|to| to.iter().map(|(_, w)| *w).collect()).unwrap_or_default();
         cluster.connections = pool_settings(pool);
         let cluster = Arc::new(cluster);

@@ -30,6 +30,9 @@ pub struct ProxyRecord {
     pub healthy: Option<bool>,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub health_reason: String,
+    /// Where its metrics are scraped (`host:port`, `/stats/prometheus`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
     /// Its last config dump.
     #[serde(skip)]
     pub report: Option<Report>,
@@ -110,6 +113,7 @@ impl Fleet {
             nack: None,
             healthy: None,
             health_reason: String::new(),
+            metrics: None,
             report: None,
         });
         if record.identity != c.identity {
@@ -130,10 +134,20 @@ impl Fleet {
     }
 
     /// An agent's status: the revision it runs, what it rejected, its config dump.
-    pub fn report(&self, c: &Caller<'_>, revision: i64, nack: Option<Nack>, dump: Value) -> Result<(), NotYours> {
+    pub fn report(
+        &self,
+        c: &Caller<'_>,
+        revision: i64,
+        nack: Option<Nack>,
+        dump: Value,
+        metrics: Option<String>,
+    ) -> Result<(), NotYours> {
         let seq = self.reports.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
         self.with_record(c, revision, |r| {
             r.runs(revision);
+            if metrics.is_some() {
+                r.metrics = metrics;
+            }
             r.nack = nack.filter(|n| n.revision > revision);
             r.report = Some(Report { at_ms: now_ms(), seq, dump: Arc::new(dump) });
         })?;
@@ -243,7 +257,7 @@ mod tests {
         fleet.seen(&caller("orders-1", me), 3, true).unwrap();
         let other = caller("orders-1", "spiffe://cluster.local/ns/default/sa/billing");
         assert_eq!(fleet.seen(&other, 4, true), Err(NotYours));
-        assert_eq!(fleet.report(&other, 4, None, Value::Null), Err(NotYours));
+        assert_eq!(fleet.report(&other, 4, None, Value::Null, None), Err(NotYours));
         assert_eq!(fleet.get("orders-1").unwrap().revision, 3);
     }
 
@@ -252,7 +266,7 @@ mod tests {
         let fleet = Fleet::default();
         let me = caller("orders-1", "spiffe://cluster.local/ns/default/sa/orders");
         let nack = Nack { revision: 5, reason: "VirtualService default/x: spec.http: unknown field".into() };
-        fleet.report(&me, 4, Some(nack.clone()), serde_json::json!({})).unwrap();
+        fleet.report(&me, 4, Some(nack.clone()), serde_json::json!({}), None).unwrap();
         assert_eq!(fleet.get("orders-1").unwrap().nack, Some(nack));
         fleet.seen(&me, 4, true).unwrap();
         assert!(fleet.get("orders-1").unwrap().nack.is_some(), "still running 4");
@@ -264,14 +278,14 @@ mod tests {
     async fn a_wanted_dump_wakes_the_agents_request_and_its_report_answers() {
         let fleet = Arc::new(Fleet::default());
         let me = caller("orders-1", "spiffe://cluster.local/ns/default/sa/orders");
-        fleet.report(&me, 1, None, serde_json::json!({"n": "old"})).unwrap();
+        fleet.report(&me, 1, None, serde_json::json!({"n": "old"}), None).unwrap();
         // The agent's waiting config request, which reports when woken.
         let agent = {
             let fleet = fleet.clone();
             tokio::spawn(async move {
                 fleet.dump_wanted("orders-1").await;
                 let me = caller("orders-1", "spiffe://cluster.local/ns/default/sa/orders");
-                fleet.report(&me, 1, None, serde_json::json!({"n": "new"})).unwrap();
+                fleet.report(&me, 1, None, serde_json::json!({"n": "new"}), None).unwrap();
             })
         };
         let (report, fresh) = fleet.fresh_dump("orders-1", Duration::from_secs(10)).await.unwrap();

@@ -354,6 +354,9 @@ struct Status {
     nack: Option<Nack>,
     /// What it runs: routes, clusters, endpoints, its certificate (never the key).
     dump: Value,
+    /// Where Prometheus scrapes its metrics (`host:port`).
+    #[serde(default)]
+    metrics: Option<String>,
 }
 
 /// An agent's status after each configuration it got (ACK or NACK) and
@@ -369,7 +372,7 @@ async fn status(
     if let Some(n) = &st.nack {
         tracing::warn!(agent = %st.name, revision = n.revision, reason = %n.reason, "agent rejected a configuration (NACK)");
     }
-    s.hub.fleet.report(&caller, st.revision, st.nack, st.dump).map_err(|_| not_yours(&st.name))?;
+    s.hub.fleet.report(&caller, st.revision, st.nack, st.dump, st.metrics).map_err(|_| not_yours(&st.name))?;
     Ok(Json(json!({ "ok": true })))
 }
 

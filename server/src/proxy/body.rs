@@ -27,6 +27,8 @@ pub enum ProxyBody {
     GrpcWeb(Box<super::grpcweb::WebBody>),
     /// A gRPC server stream transcoded to JSON lines.
     Json(Box<super::transcode::JsonLines>),
+    /// A streamed response, counted for the request metrics.
+    Metered(Box<super::observe::Metered>),
 }
 
 impl ProxyBody {
@@ -55,6 +57,7 @@ impl Body for ProxyBody {
             ProxyBody::Upstream(b) => b.poll_frame(cx).map_err(Into::into),
             ProxyBody::GrpcWeb(b) => b.poll_frame(cx),
             ProxyBody::Json(b) => b.poll_frame(cx),
+            ProxyBody::Metered(b) => b.poll_frame(cx),
         }
     }
 
@@ -66,6 +69,7 @@ impl Body for ProxyBody {
             ProxyBody::Upstream(b) => b.is_end_stream(),
             ProxyBody::GrpcWeb(b) => b.is_end_stream(),
             ProxyBody::Json(b) => b.is_end_stream(),
+            ProxyBody::Metered(b) => b.is_end_stream(),
         }
     }
 
@@ -76,6 +80,7 @@ impl Body for ProxyBody {
             ProxyBody::Downstream(b) => b.size_hint(),
             ProxyBody::Upstream(b) => b.size_hint(),
             ProxyBody::GrpcWeb(_) | ProxyBody::Json(_) => SizeHint::default(),
+            ProxyBody::Metered(b) => b.size_hint(),
         }
     }
 }

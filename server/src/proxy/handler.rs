@@ -56,22 +56,29 @@ pub async fn handle(l: &Listener, peer: SocketAddr, mut req: Request<ProxyBody>)
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("application/grpc"));
+    let started = super::observe::Started {
+        at: std::time::Instant::now(),
+        grpc,
+        request_bytes: hyper::body::Body::size_hint(req.body()).exact().unwrap_or(0),
+    };
+    let mut info = super::observe::Info::default();
     // gRPC-Web from browsers goes upstream as gRPC, and comes back as gRPC-Web.
     let web = if grpc { super::grpcweb::kind(req.headers()) } else { None };
     if let Some(text) = web {
         req = match super::grpcweb::request(req, text).await {
             Ok(req) => req,
-            Err(resp) => return resp,
+            Err(resp) => return super::observe::finish(l, started, info, resp),
         };
     }
-    let mut resp = route(l, peer, req).await;
+    let mut resp = route(l, peer, req, &mut info).await;
     if grpc && resp.status() != StatusCode::OK && resp.headers().contains_key(RESPONSE_FLAGS) {
         resp = grpc_error(resp);
     }
-    match web {
+    let resp = match web {
         Some(text) if resp.status() == StatusCode::OK => super::grpcweb::response(resp, text),
         _ => resp,
-    }
+    };
+    super::observe::finish(l, started, info, resp)
 }
 
 /// A gRPC client expects errors as a trailers-only response with a
@@ -104,7 +111,12 @@ fn grpc_error(resp: Response<ProxyBody>) -> Response<ProxyBody> {
     out
 }
 
-async fn route(l: &Listener, peer: SocketAddr, mut req: Request<ProxyBody>) -> Response<ProxyBody> {
+async fn route(
+    l: &Listener,
+    peer: SocketAddr,
+    mut req: Request<ProxyBody>,
+    info: &mut super::observe::Info,
+) -> Response<ProxyBody> {
     // Request smuggling is refused by the HTTP/1 server before this point
     // (see `h1::server`).
     // Match and forward the normalized path, so `/a/../admin` cannot dodge a `/admin` rule.
@@ -271,14 +283,14 @@ async fn route(l: &Listener, peer: SocketAddr, mut req: Request<ProxyBody>) -> R
             r
         }
         Action::Redirect(redirect) => redirect_response(redirect, &req, l.scheme, host),
-        Action::Forward(targets) if connect => tunnel(targets, &req).await,
+        Action::Forward(targets) if connect => tunnel(targets, &req, info).await,
         Action::Forward(targets) => match route.transcoder.as_deref().and_then(|t| Some((t, t.find(&req)?))) {
             // GrpcTranscoder: REST+JSON in, a gRPC call upstream, JSON back.
             Some((t, call)) => match t.request(&call, req).await {
-                Ok(req) => t.response(&call, forward(l, peer, route, targets, req).await).await,
+                Ok(req) => t.response(&call, forward(l, peer, route, targets, req, info).await).await,
                 Err(resp) => resp,
             },
-            None => forward(l, peer, route, targets, req).await,
+            None => forward(l, peer, route, targets, req, info).await,
         },
     };
     if let (Some(cors), Some(origin)) = (&route.cors, origin)
@@ -513,12 +525,18 @@ enum Failure {
 /// endpoint of the route's cluster. A mesh workload is reached over mTLS
 /// and its sidecar's inbound is asked to CONNECT in turn (HBONE's way);
 /// the inbound, whose cluster is the app, opens plain TCP to it.
-async fn tunnel(targets: &WeightedClusters, req: &Request<ProxyBody>) -> Response<ProxyBody> {
+async fn tunnel(
+    targets: &WeightedClusters,
+    req: &Request<ProxyBody>,
+    info: &mut super::observe::Info,
+) -> Response<ProxyBody> {
     use super::h1::client::{Through, Upgraded, connect_through, open};
     let cluster = &targets.pick().cluster;
+    info.service = Some(cluster.service.clone());
     let Some(index) = cluster.pick(None, None) else {
         return local(StatusCode::SERVICE_UNAVAILABLE, "UH", "no healthy upstream\n");
     };
+    info.workload = Some(cluster.endpoints[index].workload.clone());
     let address = cluster.endpoints[index].address.as_str();
     let stream = match open(address, cluster.tls.as_deref(), &cluster.connections).await {
         Ok(s) => s,
@@ -555,11 +573,13 @@ async fn forward(
     route: &Route,
     targets: &WeightedClusters,
     req: Request<ProxyBody>,
+    info: &mut super::observe::Info,
 ) -> Response<ProxyBody> {
     let target = targets.pick();
     // WebSocket and other upgrades: after a 101 the HTTP/1 server splices the two connections.
     let upgrade = req.headers().get(header::UPGRADE).cloned().filter(|_| wants_upgrade(req.headers()));
     let cluster = &target.cluster;
+    info.service = Some(cluster.service.clone());
     if cluster.endpoints.is_empty() {
         return local(StatusCode::SERVICE_UNAVAILABLE, "UH", "no healthy upstream\n");
     }
@@ -649,6 +669,7 @@ async fn forward(
             };
             last = Some(index);
             let endpoint = &cluster.endpoints[index];
+            info.workload = Some(endpoint.workload.clone());
             let body = match (&replay, streamed.take()) {
                 (Some(bytes), _) => ProxyBody::full(bytes.clone()),
                 (None, Some(streamed)) => streamed,

@@ -16,6 +16,7 @@ pub mod kept;
 pub mod keyauth;
 pub mod l4;
 pub mod listeners;
+pub mod observe;
 pub mod ratelimit;
 pub mod route_index;
 pub mod tls;
@@ -79,6 +80,12 @@ pub struct Listener {
     /// Proxies in front of this one (`--trusted-proxies`): only their
     /// `X-Forwarded-For` entries count when finding the client's address.
     pub trusted_proxies: Arc<[authz::Cidr]>,
+    /// The process's request metrics, and this listener's side of the call
+    /// in them (the gateway and outbound ports: source; inbound: destination).
+    pub metrics: Arc<crate::telemetry::istio::ProxyMetrics>,
+    pub reporter: crate::telemetry::istio::Reporter,
+    /// A sidecar's inbound mTLS connection: the caller's workload, from its certificate.
+    pub peer_workload: Option<Arc<crate::telemetry::istio::Labelled<crate::telemetry::istio::Workload>>>,
 }
 
 /// The HTTP/2 upstream client (h2c with prior knowledge: gRPC and `HTTP2`

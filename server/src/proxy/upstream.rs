@@ -31,6 +31,8 @@ pub struct Cluster {
     pub locality_weights: Vec<u32>,
     /// Slow start for new endpoints (round robin and least request).
     pub warmup: Option<Warmup>,
+    /// The service as the request metrics name it (`destination_service*`).
+    pub service: Arc<crate::telemetry::istio::Labelled<crate::telemetry::istio::Service>>,
     /// Counters that must outlive a configuration change (shared by name).
     counters: Arc<ClusterCounters>,
     /// Ejection decisions take turns, so two failing endpoints cannot both
@@ -59,6 +61,8 @@ impl Drop for Admitted<'_> {
 pub struct Endpoint {
     /// `host:port` to connect to.
     pub address: String,
+    /// Its workload as the request metrics name it (`destination_*`).
+    pub workload: Arc<crate::telemetry::istio::Labelled<crate::telemetry::istio::Workload>>,
     /// The same, parsed once for building request URIs.
     pub authority: http::uri::Authority,
     pub labels: BTreeMap<String, String>,
@@ -281,6 +285,9 @@ impl Cluster {
             connections: Default::default(),
             locality_weights: Vec::new(),
             warmup: None,
+            service: crate::telemetry::istio::Labelled::new(crate::telemetry::istio::Service::new(
+                "unknown", "unknown",
+            )),
             counters,
             ejecting: std::sync::Mutex::new(()),
         }
@@ -484,6 +491,7 @@ mod tests {
             .map(|i| {
                 let address = format!("127.0.0.1:{}", 1000 + i);
                 Endpoint {
+                    workload: crate::telemetry::istio::Labelled::new(crate::telemetry::istio::Workload::unknown()),
                     authority: address.parse().unwrap(),
                     seed: stable_hash(address.as_bytes()),
                     address,

@@ -1,5 +1,7 @@
-//! Control-plane metrics in the Prometheus text format. The data-plane
-//! metrics with Istio's names join this registry when the proxy lands.
+//! Control-plane metrics in the Prometheus text format; the proxies'
+//! request metrics with Istio's names are in [`istio`].
+
+pub mod istio;
 
 use std::time::Duration;
 
@@ -15,6 +17,8 @@ pub struct Metrics {
     pub config_revision: IntGauge,
     pub auth_failures: IntCounter,
     pub startup_seconds: Histogram,
+    /// The built-in gateway's request metrics (Istio's names).
+    pub gateway: std::sync::Arc<istio::ProxyMetrics>,
 }
 
 impl Metrics {
@@ -53,7 +57,22 @@ impl Metrics {
         ] {
             registry.register(c).expect("metric names are unique");
         }
-        Metrics { registry, api_requests, api_duration, resources, config_revision, auth_failures, startup_seconds }
+        let gateway = std::sync::Arc::new(istio::ProxyMetrics::new(istio::Workload {
+            name: "meshgate-gateway".into(),
+            namespace: crate::ca::identity::CONTROL_NAMESPACE.into(),
+            app: "meshgate-gateway".into(),
+            ..istio::Workload::unknown()
+        }));
+        Metrics {
+            registry,
+            api_requests,
+            api_duration,
+            resources,
+            config_revision,
+            auth_failures,
+            startup_seconds,
+            gateway,
+        }
     }
 
     pub fn observe_api(&self, method: &str, route: &str, code: u16, elapsed: Duration) {
@@ -73,7 +92,9 @@ impl Metrics {
         if let Err(e) = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
             tracing::error!(error = %e, "encoding metrics");
         }
-        String::from_utf8(buf).unwrap_or_default()
+        let mut text = String::from_utf8(buf).unwrap_or_default();
+        text.push_str(&self.gateway.render());
+        text
     }
 }
 

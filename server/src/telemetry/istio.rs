@@ -1,0 +1,402 @@
+//! Istio's standard request metrics on every proxy (the gateway and each
+//! agent): `istio_requests_total`, `istio_request_duration_milliseconds`,
+//! `istio_request_bytes` and `istio_response_bytes`, with Istio's labels
+//! and buckets, so Istio's Grafana dashboards and Kiali queries work.
+//!
+//! Label values come from configuration (services, workload labels,
+//! certificates) and from bounded sets (status codes, response flags), never
+//! from paths or user input. A request finds its series by a small key of
+//! precomputed ids (one hash and one short lock per request); the label
+//! strings are only written out when a series is first seen.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher as _};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
+
+/// Istio's `istio_request_duration_milliseconds` buckets.
+const DURATION_BUCKETS_MS: [f64; 19] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0, 300000.0,
+    600000.0, 1800000.0, 3600000.0,
+];
+/// Istio's request/response size buckets (powers of ten up to 100 MB).
+const BYTES_BUCKETS: [f64; 9] = [1.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0, 1000000.0, 10000000.0, 100000000.0];
+
+const LABELS: [&str; 19] = [
+    "reporter",
+    "source_workload",
+    "source_workload_namespace",
+    "source_principal",
+    "source_app",
+    "source_version",
+    "destination_workload",
+    "destination_workload_namespace",
+    "destination_principal",
+    "destination_app",
+    "destination_version",
+    "destination_service",
+    "destination_service_name",
+    "destination_service_namespace",
+    "request_protocol",
+    "response_code",
+    "grpc_response_status",
+    "response_flags",
+    "connection_security_policy",
+];
+
+/// More distinct series than this (a misconfiguration, not traffic) are
+/// not made; their requests count in `meshgate_metric_series_dropped_total`.
+const MAX_SERIES: usize = 20_000;
+const SHARDS: usize = 16;
+const UNKNOWN: &str = "unknown";
+
+/// One side of a call as Istio's labels name it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Workload {
+    pub name: String,
+    pub namespace: String,
+    /// `spiffe://TD/ns/NS/sa/SA`, or `unknown`.
+    pub principal: String,
+    pub app: String,
+    pub version: String,
+}
+
+impl Workload {
+    pub fn unknown() -> Workload {
+        Workload {
+            name: UNKNOWN.into(),
+            namespace: UNKNOWN.into(),
+            principal: UNKNOWN.into(),
+            app: UNKNOWN.into(),
+            version: UNKNOWN.into(),
+        }
+    }
+
+    /// A workload known only by its certificate (`TD/ns/NS/sa/SA`, with or
+    /// without `spiffe://`): the service account names it.
+    pub fn from_principal(principal: &str) -> Workload {
+        let bare = principal.strip_prefix("spiffe://").unwrap_or(principal);
+        let parts: Vec<&str> = bare.split('/').collect();
+        match parts.as_slice() {
+            [_, "ns", ns, "sa", sa] => Workload {
+                name: sa.to_string(),
+                namespace: ns.to_string(),
+                principal: format!("spiffe://{bare}"),
+                app: UNKNOWN.into(),
+                version: UNKNOWN.into(),
+            },
+            _ => Workload::unknown(),
+        }
+    }
+
+    /// A service endpoint's workload from its labels (`app`, `version`,
+    /// `service.istio.io/workload-name`), in `namespace`.
+    pub fn from_labels(labels: &std::collections::BTreeMap<String, String>, namespace: &str) -> Workload {
+        let get = |k: &str| labels.get(k).cloned();
+        let app = get("app").or_else(|| get("app.kubernetes.io/name"));
+        Workload {
+            name: get("service.istio.io/workload-name").or_else(|| app.clone()).unwrap_or_else(|| UNKNOWN.into()),
+            namespace: namespace.to_string(),
+            principal: UNKNOWN.into(),
+            app: app.unwrap_or_else(|| UNKNOWN.into()),
+            version: get("version").or_else(|| get("app.kubernetes.io/version")).unwrap_or_else(|| UNKNOWN.into()),
+        }
+    }
+}
+
+/// The called service: `destination_service` (its FQDN), name and namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Service {
+    pub host: String,
+    pub name: String,
+    pub namespace: String,
+}
+
+impl Service {
+    /// `host` as the mesh names it (`user-service.default.svc.cluster.local`
+    /// or an external name), declared in `namespace`.
+    pub fn new(host: &str, namespace: &str) -> Service {
+        Service {
+            host: host.to_string(),
+            name: host.split('.').next().unwrap_or(host).to_string(),
+            namespace: namespace.to_string(),
+        }
+    }
+}
+
+/// Label values with a stable id made from them, so a request's series is
+/// found without hashing the strings again.
+#[derive(Debug)]
+pub struct Labelled<T> {
+    pub id: u64,
+    pub value: T,
+}
+
+impl<T: Hash> Labelled<T> {
+    pub fn new(value: T) -> Arc<Labelled<T>> {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        value.hash(&mut h);
+        Arc::new(Labelled { id: h.finish(), value })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reporter {
+    /// The caller's proxy (the gateway, a sidecar's outbound port).
+    Source,
+    /// The called service's proxy (a sidecar's inbound port).
+    Destination,
+}
+
+/// One finished request, as the proxy saw it.
+pub struct Call<'a> {
+    pub reporter: Reporter,
+    /// The other side: the endpoint called (source reporter) or the caller
+    /// (destination reporter); `None` when there was none (no route).
+    pub peer: Option<&'a Labelled<Workload>>,
+    pub service: Option<&'a Labelled<Service>>,
+    pub grpc: bool,
+    pub code: u16,
+    pub grpc_status: Option<u16>,
+    pub flags: &'a str,
+    /// Destination reporter: the caller came over mTLS.
+    pub mtls: bool,
+    pub duration: Duration,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+}
+
+#[derive(PartialEq, Eq, Hash, Clone, Copy)]
+struct Key {
+    reporter: Reporter,
+    peer: u64,
+    service: u64,
+    code: u16,
+    grpc_status: u16,
+    flags: u64,
+    grpc: bool,
+    mtls: bool,
+}
+
+struct Series {
+    requests: IntCounter,
+    duration: Histogram,
+    request_bytes: Histogram,
+    response_bytes: Histogram,
+}
+
+/// A proxy's request metrics, in its own registry.
+pub struct ProxyMetrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    request_bytes: HistogramVec,
+    response_bytes: HistogramVec,
+    dropped: IntCounter,
+    /// This proxy's own workload and (a sidecar's) service.
+    own: arc_swap::ArcSwap<Labelled<Workload>>,
+    own_service: arc_swap::ArcSwapOption<Labelled<Service>>,
+    series: Vec<Mutex<HashMap<Key, Arc<Series>>>>,
+    count: std::sync::atomic::AtomicUsize,
+}
+
+impl ProxyMetrics {
+    pub fn new(own: Workload) -> ProxyMetrics {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(Opts::new("istio_requests_total", "Requests handled by the proxy"), &LABELS)
+            .expect("static");
+        let histogram = |name: &str, help: &str, buckets: &[f64]| {
+            HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), &LABELS).expect("static")
+        };
+        let duration =
+            histogram("istio_request_duration_milliseconds", "Request duration in milliseconds", &DURATION_BUCKETS_MS);
+        let request_bytes = histogram("istio_request_bytes", "Request body sizes", &BYTES_BUCKETS);
+        let response_bytes = histogram("istio_response_bytes", "Response body sizes", &BYTES_BUCKETS);
+        let dropped = IntCounter::new(
+            "meshgate_metric_series_dropped_total",
+            "Requests not counted because the series limit was reached",
+        )
+        .expect("static");
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(duration.clone()),
+            Box::new(request_bytes.clone()),
+            Box::new(response_bytes.clone()),
+            Box::new(dropped.clone()),
+        ] {
+            registry.register(c).expect("unique names");
+        }
+        ProxyMetrics {
+            registry,
+            requests,
+            duration,
+            request_bytes,
+            response_bytes,
+            dropped,
+            own: arc_swap::ArcSwap::new(Labelled::new(own)),
+            own_service: arc_swap::ArcSwapOption::empty(),
+            series: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            count: Default::default(),
+        }
+    }
+
+    /// Who this proxy is (an agent learns its principal when it joins).
+    pub fn set_own(&self, own: Workload, service: Option<Service>) {
+        self.own.store(Labelled::new(own));
+        self.own_service.store(service.map(Labelled::new));
+    }
+
+    pub fn record(&self, call: &Call<'_>) {
+        let own = self.own.load();
+        let own_service = self.own_service.load();
+        let service = match call.reporter {
+            Reporter::Destination => own_service.as_deref().or(call.service),
+            Reporter::Source => call.service,
+        };
+        let key = Key {
+            reporter: call.reporter,
+            peer: call.peer.map_or(0, |p| p.id) ^ own.id.rotate_left(1),
+            service: service.map_or(0, |s| s.id),
+            code: call.code,
+            grpc_status: call.grpc_status.unwrap_or(u16::MAX),
+            flags: crate::proxy::upstream::stable_hash(call.flags.as_bytes()),
+            grpc: call.grpc,
+            mtls: call.mtls,
+        };
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut h);
+        let shard = &self.series[h.finish() as usize % SHARDS];
+        let series = {
+            let found = shard.lock().unwrap_or_else(|e| e.into_inner()).get(&key).cloned();
+            match found {
+                Some(s) => s,
+                None => match self.make_series(call, &own.value, service) {
+                    Some(s) => shard.lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_insert(s).clone(),
+                    None => return self.dropped.inc(),
+                },
+            }
+        };
+        series.requests.inc();
+        series.duration.observe(call.duration.as_secs_f64() * 1000.0);
+        series.request_bytes.observe(call.request_bytes as f64);
+        series.response_bytes.observe(call.response_bytes as f64);
+    }
+
+    fn make_series(&self, call: &Call<'_>, own: &Workload, service: Option<&Labelled<Service>>) -> Option<Arc<Series>> {
+        use std::sync::atomic::Ordering;
+        if self.count.fetch_add(1, Ordering::Relaxed) >= MAX_SERIES {
+            self.count.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        let unknown = Workload::unknown();
+        let peer = call.peer.map_or(&unknown, |p| &p.value);
+        let (source, destination, reporter, security) = match call.reporter {
+            Reporter::Source => (own, peer, "source", UNKNOWN),
+            Reporter::Destination => (peer, own, "destination", if call.mtls { "mutual_tls" } else { "none" }),
+        };
+        let (svc_host, svc_name, svc_ns) =
+            service.map_or((UNKNOWN, UNKNOWN, UNKNOWN), |s| (&s.value.host, &s.value.name, &s.value.namespace));
+        let code = call.code.to_string();
+        let grpc_status = call.grpc_status.map_or_else(|| "-".to_string(), |s| s.to_string());
+        let values: [&str; 19] = [
+            reporter,
+            &source.name,
+            &source.namespace,
+            &source.principal,
+            &source.app,
+            &source.version,
+            &destination.name,
+            &destination.namespace,
+            &destination.principal,
+            &destination.app,
+            &destination.version,
+            svc_host,
+            svc_name,
+            svc_ns,
+            if call.grpc { "grpc" } else { "http" },
+            &code,
+            &grpc_status,
+            if call.flags.is_empty() { "-" } else { call.flags },
+            security,
+        ];
+        Some(Arc::new(Series {
+            requests: self.requests.with_label_values(&values),
+            duration: self.duration.with_label_values(&values),
+            request_bytes: self.request_bytes.with_label_values(&values),
+            response_bytes: self.response_bytes.with_label_values(&values),
+        }))
+    }
+
+    /// The Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let families = self.registry.gather();
+        if let Err(e) = prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &families, &mut buf) {
+            tracing::error!(error = %e, "encoding proxy metrics");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn principals_and_labels_name_workloads() {
+        let w = Workload::from_principal("cluster.local/ns/shop/sa/orders");
+        assert_eq!((w.name.as_str(), w.namespace.as_str()), ("orders", "shop"));
+        assert_eq!(w.principal, "spiffe://cluster.local/ns/shop/sa/orders");
+        assert_eq!(Workload::from_principal("partner").name, "unknown");
+        let labels = [("app".to_string(), "users".to_string()), ("version".to_string(), "v2".to_string())].into();
+        let w = Workload::from_labels(&labels, "default");
+        assert_eq!((w.name.as_str(), w.app.as_str(), w.version.as_str()), ("users", "users", "v2"));
+    }
+
+    #[test]
+    fn requests_count_per_series_with_istio_labels() {
+        let m = ProxyMetrics::new(Workload { name: "meshgate-gateway".into(), ..Workload::unknown() });
+        let v1 = Labelled::new(Workload {
+            app: "users".into(),
+            version: "v1".into(),
+            ..Workload::from_labels(&Default::default(), "default")
+        });
+        let svc = Labelled::new(Service::new("users.default.svc.cluster.local", "default"));
+        fn call<'a>(code: u16, peer: Option<&'a Labelled<Workload>>, svc: &'a Labelled<Service>) -> Call<'a> {
+            Call {
+                reporter: Reporter::Source,
+                peer,
+                service: Some(svc),
+                grpc: false,
+                code,
+                grpc_status: None,
+                flags: if code == 503 { "UH" } else { "" },
+                mtls: false,
+                duration: Duration::from_millis(3),
+                request_bytes: 0,
+                response_bytes: 12,
+            }
+        }
+        for _ in 0..3 {
+            m.record(&call(200, Some(&v1), &svc));
+        }
+        m.record(&call(503, None, &svc));
+        let text = m.render();
+        let line = |needle: &[&str]| {
+            text.lines()
+                .find(|l| l.starts_with("istio_requests_total{") && needle.iter().all(|n| l.contains(n)))
+                .unwrap_or_else(|| panic!("no series with {needle:?} in\n{text}"))
+                .to_string()
+        };
+        assert!(line(&["response_code=\"200\"", "destination_version=\"v1\""]).ends_with(" 3"));
+        let unhealthy = line(&["response_code=\"503\"", "response_flags=\"UH\""]);
+        assert!(unhealthy.contains("destination_workload=\"unknown\"") && unhealthy.ends_with(" 1"), "{unhealthy}");
+        assert!(text.contains("istio_request_duration_milliseconds_bucket{"), "{text}");
+        assert!(
+            line(&["reporter=\"source\"", "source_workload=\"meshgate-gateway\""])
+                .contains("destination_service_name=\"users\"")
+        );
+    }
+}

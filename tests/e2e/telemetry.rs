@@ -1,0 +1,168 @@
+//! Istio's request metrics on the gateway and on the agents, counted
+//! exactly, and Prometheus service discovery of every proxy.
+
+use crate::mesh::{USER_SERVICE, client_agents, field, user_service_sidecar, wait_synced};
+use crate::support::Server;
+use crate::upstream::Upstream;
+
+/// The sum of the samples of `metric` whose labels include every `label="value"` given.
+fn sample(text: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")))
+        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
+const CANARY: &str = r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: [api.example.com]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: users}
+spec:
+  hosts: [users]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  workloadSelector: {labels: {app: users}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: users}
+spec:
+  host: users
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: users}
+spec:
+  hosts: [api.example.com]
+  gateways: [gw]
+  http:
+  - match: [{headers: {x-canary: {exact: "yes"}}}]
+    route: [{destination: {host: users, subset: v2}}]
+  - route: [{destination: {host: users, subset: v1}}]
+"#;
+
+#[test]
+fn the_gateway_counts_requests_with_istio_names_and_labels() {
+    let (v1, v2) = (Upstream::start("v1"), Upstream::start("v2"));
+    let server = Server::start();
+    let entry = |name: &str, up: &Upstream, version: &str| {
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: {name}}}\nspec:\n  address: 127.0.0.1\n  ports: {{http: {}}}\n  labels: {{app: users, version: {version}}}\n",
+            up.port()
+        )
+    };
+    server.apply(&format!("{CANARY}{}{}", entry("users-v1", &v1, "v1"), entry("users-v2", &v2, "v2")));
+    let c = server.http();
+    for _ in 0..10 {
+        assert_eq!(server.gateway(&c, "api.example.com", "/users").send().unwrap().text().unwrap(), "v1");
+    }
+    for _ in 0..4 {
+        let r = server.gateway(&c, "api.example.com", "/users").header("x-canary", "yes").send().unwrap();
+        assert_eq!(r.text().unwrap(), "v2");
+    }
+    for _ in 0..3 {
+        assert_eq!(server.gateway(&c, "nowhere.example.com", "/").send().unwrap().status(), 404);
+    }
+    let text = c.get(server.url("/metrics")).send().unwrap().text().unwrap();
+    let common = [
+        ("reporter", "source"),
+        ("source_workload", "meshgate-gateway"),
+        ("source_workload_namespace", "meshgate-system"),
+        ("source_principal", "spiffe://cluster.local/ns/meshgate-system/sa/meshgate-gateway"),
+        ("destination_service", "users.default.svc.cluster.local"),
+        ("destination_service_name", "users"),
+        ("destination_service_namespace", "default"),
+        ("destination_app", "users"),
+        ("request_protocol", "http"),
+        ("response_code", "200"),
+        ("response_flags", "-"),
+    ];
+    let with = |extra: (&'static str, &'static str)| {
+        let mut l = common.to_vec();
+        l.push(extra);
+        l
+    };
+    assert_eq!(sample(&text, "istio_requests_total", &with(("destination_version", "v1"))), 10.0, "{text}");
+    assert_eq!(sample(&text, "istio_requests_total", &with(("destination_version", "v2"))), 4.0, "{text}");
+    let v1_labels = with(("destination_version", "v1"));
+    assert_eq!(sample(&text, "istio_request_duration_milliseconds_count", &v1_labels), 10.0);
+    assert_eq!(sample(&text, "istio_response_bytes_sum", &v1_labels), 20.0, "ten answers of two bytes");
+    let no_route = [("response_code", "404"), ("response_flags", "NR"), ("destination_service", "unknown")];
+    assert_eq!(sample(&text, "istio_requests_total", &no_route), 3.0, "{text}");
+    assert_eq!(sample(&text, "istio_requests_total", &[]), 17.0, "nothing else was counted");
+}
+
+#[test]
+fn sidecars_report_both_sides_of_a_call_and_are_discovered() {
+    let server = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let app = Upstream::start("users");
+    server.apply(USER_SERVICE);
+    let (_users, ready) = user_service_sidecar(&server, &tmp.path().join("users"), &app, &["--version", "v3"]);
+    let users_metrics = field(&ready, "metrics=").to_string();
+    let (outbound, agents) = client_agents(&server, tmp.path(), &["orders"]);
+    wait_synced(&server, 2);
+    let c = server.http();
+    for _ in 0..5 {
+        let r = c.get(format!("http://{}/users/1", outbound["orders"])).header("host", "user-service").send().unwrap();
+        assert_eq!(r.status(), 200);
+    }
+
+    // Prometheus finds the gateway and both agents.
+    let targets: serde_json::Value =
+        c.get(server.url("/api/v1/prometheus/targets")).bearer_auth(server.token()).send().unwrap().json().unwrap();
+    let groups = targets.as_array().unwrap();
+    assert_eq!(groups.len(), 3, "{targets}");
+    let target_of = |service: &str| {
+        groups
+            .iter()
+            .find(|g| g["labels"]["service"] == service)
+            .unwrap_or_else(|| panic!("no target for {service}: {targets}"))["targets"][0]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(target_of("user-service"), users_metrics);
+    let scrape = |addr: &str| c.get(format!("http://{addr}/stats/prometheus")).send().unwrap().text().unwrap();
+
+    // The caller's sidecar: reporter=source.
+    let orders = scrape(&target_of("orders"));
+    let source = [
+        ("reporter", "source"),
+        ("source_workload", "orders"),
+        ("source_principal", "spiffe://cluster.local/ns/default/sa/orders"),
+        ("destination_service", "user-service.default.svc.cluster.local"),
+        ("destination_workload", "user-service"),
+        ("destination_version", "v3"),
+        ("response_code", "200"),
+    ];
+    assert_eq!(sample(&orders, "istio_requests_total", &source), 5.0, "{orders}");
+    // The called sidecar: reporter=destination, the caller known by its certificate.
+    let users = scrape(&users_metrics);
+    let destination = [
+        ("reporter", "destination"),
+        ("source_workload", "orders"),
+        ("source_workload_namespace", "default"),
+        ("source_principal", "spiffe://cluster.local/ns/default/sa/orders"),
+        ("destination_workload", "user-service"),
+        ("destination_version", "v3"),
+        ("destination_service", "user-service.default.svc.cluster.local"),
+        ("connection_security_policy", "mutual_tls"),
+        ("response_code", "200"),
+    ];
+    assert_eq!(sample(&users, "istio_requests_total", &destination), 5.0, "{users}");
+    drop(agents);
+}
