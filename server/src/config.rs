@@ -51,6 +51,9 @@ pub struct UpArgs {
     /// Proxies in front of the gateway (CIDRs, e.g. 10.0.0.0/8,192.168.1.5): only their X-Forwarded-For entries name the client [default: none]
     #[arg(long, value_name = "CIDR,...", value_delimiter = ',')]
     pub trusted_proxies: Vec<String>,
+    /// JSON access log of the gateway: `-` for stdout, or a file [default: none]
+    #[arg(long, value_name = "FILE|-")]
+    pub access_log: Option<String>,
     /// How long an agent may be out of contact before its instance counts as unhealthy [default: 10s]
     #[arg(long, value_name = "DURATION")]
     pub agent_grace: Option<String>,
@@ -102,6 +105,8 @@ pub struct Config {
     pub agent_grace: std::time::Duration,
     /// Proxies whose `X-Forwarded-For` entries are believed.
     pub trusted_proxies: Vec<crate::proxy::authz::Cidr>,
+    /// The gateway's JSON access log: `-` (stdout) or a file.
+    pub access_log: Option<String>,
 }
 
 fn parse_port_map(s: &str) -> Result<(u32, u16), String> {
@@ -132,6 +137,7 @@ impl Default for Config {
             ca: None,
             agent_grace: std::time::Duration::from_secs(10),
             trusted_proxies: Vec::new(),
+            access_log: None,
         }
     }
 }
@@ -150,6 +156,9 @@ impl Config {
         c.https = args.https.unwrap_or(c.https);
         c.mesh = args.mesh.unwrap_or(c.mesh);
         c.sidecars = args.sidecar.clone();
+        if args.access_log.is_some() {
+            c.access_log = args.access_log.clone();
+        }
         for p in args.trusted_proxies.iter().filter(|p| !p.trim().is_empty()) {
             let cidr = crate::proxy::authz::Cidr::parse(p).ok_or_else(|| {
                 anyhow::anyhow!("--trusted-proxies {p:?}: expected an address or CIDR block, e.g. 10.0.0.0/8")

@@ -106,6 +106,10 @@ pub async fn run(
         metrics: metrics.gateway.clone(),
         reporter: crate::telemetry::istio::Reporter::Source,
         peer_workload: None,
+        access_log: match &config.access_log {
+            Some(target) => Some(crate::telemetry::accesslog::AccessLog::open(target)?),
+            None => None,
+        },
     });
     let secure = Arc::new(proxy::Listener { gateway_port: 443, scheme: "https", ..(*plain).clone() });
     // Listeners of the other Gateway ports are made like port 80's.

@@ -166,3 +166,59 @@ fn sidecars_report_both_sides_of_a_call_and_are_discovered() {
     assert_eq!(sample(&users, "istio_requests_total", &destination), 5.0, "{users}");
     drop(agents);
 }
+
+#[test]
+fn the_gateway_writes_one_json_access_log_line_per_request() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("access.log");
+    let v1 = Upstream::start("v1");
+    let server = Server::start_with(&["--access-log", log.to_str().unwrap()]);
+    server.apply(&format!(
+        "{CANARY}---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: users-v1}}\nspec:\n  address: 127.0.0.1\n  ports: {{http: {}}}\n  labels: {{app: users, version: v1}}\n",
+        v1.port()
+    ));
+    let c = server.http();
+    let r = server
+        .gateway(&c, "api.example.com", "/users?page=2")
+        .header("user-agent", "probe/1")
+        .header("x-request-id", "abc-123")
+        .send()
+        .unwrap();
+    assert_eq!(r.text().unwrap(), "v1");
+    assert_eq!(server.gateway(&c, "nowhere.example.com", "/x").send().unwrap().status(), 404);
+    // The id the upstream saw is the one logged.
+    assert_eq!(v1.last().headers["x-request-id"], "abc-123");
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let lines: Vec<serde_json::Value> = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.lines().count() >= 2 || std::time::Instant::now() > deadline {
+            break text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let ok = &lines[0];
+    for (k, v) in [
+        ("method", serde_json::json!("GET")),
+        ("authority", serde_json::json!("api.example.com")),
+        ("path", serde_json::json!("/users?page=2")),
+        ("protocol", serde_json::json!("HTTP/1.1")),
+        ("response_code", serde_json::json!(200)),
+        ("response_flags", serde_json::json!("-")),
+        ("bytes_sent", serde_json::json!(2)),
+        ("upstream_host", serde_json::json!(format!("127.0.0.1:{}", v1.port()))),
+        ("upstream_cluster", serde_json::json!("users.default.svc.cluster.local")),
+        ("route_name", serde_json::json!("default/users/1")),
+        ("downstream_remote_address", serde_json::json!("127.0.0.1")),
+        ("user_agent", serde_json::json!("probe/1")),
+        ("request_id", serde_json::json!("abc-123")),
+    ] {
+        assert_eq!(ok[k], v, "{k} in {ok}");
+    }
+    assert!(ok["start_time"].as_str().unwrap().ends_with('Z'), "{ok}");
+    let miss = &lines[1];
+    assert_eq!((miss["response_code"].as_u64(), miss["response_flags"].as_str()), (Some(404), Some("NR")), "{miss}");
+    assert_eq!(miss["upstream_host"], "-");
+    assert_eq!(miss["request_id"].as_str().unwrap().len(), 32, "an id is made for requests without one: {miss}");
+}

@@ -60,6 +60,9 @@ pub struct AgentArgs {
     /// Outbound address the app sends its calls to (by Host, or as HTTP_PROXY)
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15001")]
     pub outbound: SocketAddr,
+    /// JSON access log of this sidecar's requests (both ports): `-` for stdout, or a file [default: none]
+    #[arg(long, value_name = "FILE|-")]
+    pub access_log: Option<String>,
     /// Where Prometheus scrapes this proxy's metrics (`/stats/prometheus`, as Istio's 15020)
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:15020")]
     pub metrics: SocketAddr,
@@ -183,6 +186,10 @@ pub async fn run(args: AgentArgs, shutdown: impl std::future::Future<Output = ()
         m.set_own(own, Some(service));
         m
     };
+    let access_log = match &args.access_log {
+        Some(target) => Some(crate::telemetry::accesslog::AccessLog::open(target)?),
+        None => None,
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let base = |hub: Arc<crate::control::Hub>, port: u32, reporter: crate::telemetry::istio::Reporter| {
         Arc::new(crate::proxy::Listener {
@@ -198,6 +205,7 @@ pub async fn run(args: AgentArgs, shutdown: impl std::future::Future<Output = ()
             metrics: metrics.clone(),
             reporter,
             peer_workload: None,
+            access_log: access_log.clone(),
         })
     };
     let outbound = tokio::net::TcpListener::bind(args.outbound)

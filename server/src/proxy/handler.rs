@@ -60,6 +60,7 @@ pub async fn handle(l: &Listener, peer: SocketAddr, mut req: Request<ProxyBody>)
         at: std::time::Instant::now(),
         grpc,
         request_bytes: hyper::body::Body::size_hint(req.body()).exact().unwrap_or(0),
+        line: l.access_log.is_some().then(|| super::observe::RequestLine::of(&mut req)),
     };
     let mut info = super::observe::Info::default();
     // gRPC-Web from browsers goes upstream as gRPC, and comes back as gRPC-Web.
@@ -182,6 +183,11 @@ async fn route(
         }
     }
     let remote_ip = client_ip(l, peer.ip(), req.headers());
+    if l.access_log.is_some() {
+        info.client_ip = Some(remote_ip);
+        info.consumer = consumer.clone();
+        info.route = routed.as_ref().ok().map(|r| r.name.clone());
+    }
     if let Some(authz) = &snapshot.authz
         && let Err(why) = authorize(authz, l, peer, remote_ip, &req, identity.as_deref())
     {
@@ -670,6 +676,9 @@ async fn forward(
             last = Some(index);
             let endpoint = &cluster.endpoints[index];
             info.workload = Some(endpoint.workload.clone());
+            if l.access_log.is_some() {
+                info.upstream = Some(endpoint.address.clone());
+            }
             let body = match (&replay, streamed.take()) {
                 (Some(bytes), _) => ProxyBody::full(bytes.clone()),
                 (None, Some(streamed)) => streamed,
@@ -895,6 +904,11 @@ fn hash_of<B>(key: &super::upstream::HashKey, req: &Request<B>, peer: SocketAddr
 }
 
 /// 16 random bytes in hex: request ids and generated hash cookies.
+/// A new request id (32 hex digits), as `x-request-id` carries it.
+pub fn request_id() -> String {
+    String::from_utf8_lossy(&hex_id()).into_owned()
+}
+
 fn hex_id() -> [u8; 32] {
     let id: [u8; 16] = rand::random();
     let mut text = [0u8; 32];

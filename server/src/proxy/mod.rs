@@ -86,6 +86,8 @@ pub struct Listener {
     pub reporter: crate::telemetry::istio::Reporter,
     /// A sidecar's inbound mTLS connection: the caller's workload, from its certificate.
     pub peer_workload: Option<Arc<crate::telemetry::istio::Labelled<crate::telemetry::istio::Workload>>>,
+    /// JSON access log (`--access-log`), if any.
+    pub access_log: Option<Arc<crate::telemetry::accesslog::AccessLog>>,
 }
 
 /// The HTTP/2 upstream client (h2c with prior knowledge: gRPC and `HTTP2`

@@ -25,6 +25,11 @@ pub struct Info {
     pub service: Option<Arc<Labelled<Service>>>,
     /// The endpoint that answered (or was tried last).
     pub workload: Option<Arc<Labelled<Workload>>>,
+    // For the access log only (left empty when there is none):
+    pub route: Option<String>,
+    pub upstream: Option<String>,
+    pub consumer: Option<Arc<super::keyauth::Consumer>>,
+    pub client_ip: Option<std::net::IpAddr>,
 }
 
 /// The request's side of the record, taken before the request is handled.
@@ -32,6 +37,57 @@ pub struct Started {
     pub at: Instant,
     pub grpc: bool,
     pub request_bytes: u64,
+    /// The request as the access log shows it (only when there is one).
+    pub line: Option<RequestLine>,
+}
+
+/// What the access log says of the request itself.
+pub struct RequestLine {
+    method: String,
+    authority: String,
+    path: String,
+    protocol: &'static str,
+    user_agent: String,
+    request_id: String,
+    start: std::time::SystemTime,
+}
+
+impl RequestLine {
+    /// Read from the request; a request without `x-request-id` gets one
+    /// here, so the log and the upstream see the same id.
+    pub fn of(req: &mut http::Request<ProxyBody>) -> RequestLine {
+        let user_agent =
+            req.headers().get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let request_id = match req.headers().get("x-request-id").and_then(|v| v.to_str().ok()) {
+            Some(id) => id.to_string(),
+            None => {
+                let id = super::handler::request_id();
+                if let Ok(v) = http::HeaderValue::from_str(&id) {
+                    req.headers_mut().insert("x-request-id", v);
+                }
+                id
+            }
+        };
+        let h = req.headers();
+        let authority = req
+            .uri()
+            .authority()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| h.get(http::header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("").to_string());
+        RequestLine {
+            method: req.method().to_string(),
+            authority,
+            path: req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string(),
+            protocol: match req.version() {
+                http::Version::HTTP_2 => "HTTP/2",
+                http::Version::HTTP_10 => "HTTP/1.0",
+                _ => "HTTP/1.1",
+            },
+            user_agent,
+            request_id,
+            start: std::time::SystemTime::now(),
+        }
+    }
 }
 
 /// Records the request, now or when the response body ends.
@@ -44,7 +100,20 @@ pub fn finish(l: &Listener, started: Started, info: Info, resp: Response<ProxyBo
         Reporter::Destination => Some(l.peer_workload.clone().unwrap_or_else(|| Labelled::new(Workload::unknown()))),
         Reporter::Source => None,
     };
+    let log = match (started.line, &l.access_log) {
+        (Some(line), Some(out)) => Some(Logged {
+            out: out.clone(),
+            line,
+            route: info.route,
+            upstream: info.upstream,
+            consumer: info.consumer.map(|c| c.name.clone()),
+            client_ip: info.client_ip,
+            peer: l.peer_principal.as_deref().map(|p| format!("spiffe://{p}")),
+        }),
+        _ => None,
+    };
     let pending = Pending {
+        log,
         metrics: l.metrics.clone(),
         reporter: l.reporter,
         peer: caller.or(info.workload),
@@ -74,7 +143,19 @@ fn grpc_status(h: &HeaderMap) -> Option<u16> {
     h.get("grpc-status")?.to_str().ok()?.parse().ok()
 }
 
+/// The access log's part of a record.
+struct Logged {
+    out: Arc<crate::telemetry::accesslog::AccessLog>,
+    line: RequestLine,
+    route: Option<String>,
+    upstream: Option<String>,
+    consumer: Option<String>,
+    client_ip: Option<std::net::IpAddr>,
+    peer: Option<String>,
+}
+
 struct Pending {
+    log: Option<Logged>,
     metrics: Arc<ProxyMetrics>,
     reporter: Reporter,
     peer: Option<Arc<Labelled<Workload>>>,
@@ -89,6 +170,34 @@ struct Pending {
 
 impl Pending {
     fn record(self, response_bytes: u64, grpc_status: Option<u16>) {
+        let duration = self.at.elapsed();
+        if let Some(log) = &self.log {
+            let r = &log.line;
+            let time: chrono::DateTime<chrono::Utc> = r.start.into();
+            let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+            let line = serde_json::json!({
+                "start_time": time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                "method": r.method,
+                "authority": r.authority,
+                "path": r.path,
+                "protocol": r.protocol,
+                "response_code": self.code,
+                "grpc_status": grpc_status,
+                "response_flags": if self.flags.is_empty() { "-" } else { &self.flags },
+                "bytes_received": self.request_bytes,
+                "bytes_sent": response_bytes,
+                "duration": duration.as_millis() as u64,
+                "upstream_host": dash(&log.upstream),
+                "upstream_cluster": self.service.as_ref().map_or("-", |s| s.value.host.as_str()),
+                "route_name": dash(&log.route),
+                "downstream_remote_address": log.client_ip.map_or_else(|| "-".to_string(), |ip| ip.to_string()),
+                "user_agent": r.user_agent,
+                "request_id": r.request_id,
+                "consumer": dash(&log.consumer),
+                "peer_principal": dash(&log.peer),
+            });
+            log.out.write(line.to_string());
+        }
         self.metrics.record(&Call {
             reporter: self.reporter,
             peer: self.peer.as_deref(),
@@ -98,7 +207,7 @@ impl Pending {
             grpc_status,
             flags: &self.flags,
             mtls: self.mtls,
-            duration: self.at.elapsed(),
+            duration,
             request_bytes: self.request_bytes,
             response_bytes,
         });

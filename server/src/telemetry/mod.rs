@@ -1,6 +1,7 @@
 //! Control-plane metrics in the Prometheus text format; the proxies'
 //! request metrics with Istio's names are in [`istio`].
 
+pub mod accesslog;
 pub mod istio;
 
 use std::time::Duration;
