@@ -41,14 +41,15 @@ pub struct Started {
     pub line: Option<RequestLine>,
 }
 
-/// What the access log says of the request itself.
+/// What the access log says of the request itself (cheap clones of the
+/// request's own buffers, taken only when there is an access log).
 pub struct RequestLine {
-    method: String,
-    authority: String,
-    path: String,
+    method: http::Method,
+    authority: Option<http::HeaderValue>,
+    path: Option<http::uri::PathAndQuery>,
     protocol: &'static str,
-    user_agent: String,
-    request_id: String,
+    user_agent: Option<http::HeaderValue>,
+    request_id: http::HeaderValue,
     start: std::time::SystemTime,
 }
 
@@ -56,38 +57,53 @@ impl RequestLine {
     /// Read from the request; a request without `x-request-id` gets one
     /// here, so the log and the upstream see the same id.
     pub fn of(req: &mut http::Request<ProxyBody>) -> RequestLine {
-        let user_agent =
-            req.headers().get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-        let request_id = match req.headers().get("x-request-id").and_then(|v| v.to_str().ok()) {
-            Some(id) => id.to_string(),
+        let request_id = match req.headers().get("x-request-id") {
+            Some(id) => id.clone(),
             None => {
-                let id = super::handler::request_id();
-                if let Ok(v) = http::HeaderValue::from_str(&id) {
-                    req.headers_mut().insert("x-request-id", v);
-                }
+                let id = http::HeaderValue::from_str(&super::handler::request_id())
+                    .unwrap_or(http::HeaderValue::from_static("-"));
+                req.headers_mut().insert("x-request-id", id.clone());
                 id
             }
         };
-        let h = req.headers();
-        let authority = req
-            .uri()
-            .authority()
-            .map(|a| a.to_string())
-            .unwrap_or_else(|| h.get(http::header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("").to_string());
+        let authority = match req.uri().authority() {
+            Some(a) => http::HeaderValue::from_str(a.as_str()).ok(),
+            None => req.headers().get(http::header::HOST).cloned(),
+        };
         RequestLine {
-            method: req.method().to_string(),
+            method: req.method().clone(),
             authority,
-            path: req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string(),
+            path: req.uri().path_and_query().cloned(),
             protocol: match req.version() {
                 http::Version::HTTP_2 => "HTTP/2",
                 http::Version::HTTP_10 => "HTTP/1.0",
                 _ => "HTTP/1.1",
             },
-            user_agent,
+            user_agent: req.headers().get(http::header::USER_AGENT).cloned(),
             request_id,
             start: std::time::SystemTime::now(),
         }
     }
+}
+
+/// RFC 3339 UTC with milliseconds; the part up to the seconds is made once
+/// a second per thread.
+fn timestamp(out: &mut Vec<u8>, at: std::time::SystemTime) {
+    use std::cell::RefCell;
+    thread_local! {
+        static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let since = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    SECOND.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.0 != secs {
+            let t = chrono::DateTime::<chrono::Utc>::from_timestamp(secs as i64, 0).unwrap_or_default();
+            *cached = (secs, t.format("%Y-%m-%dT%H:%M:%S").to_string());
+        }
+        out.extend_from_slice(cached.1.as_bytes());
+    });
+    let _ = std::io::Write::write_fmt(out, format_args!(".{:03}Z", since.subsec_millis()));
 }
 
 /// Records the request, now or when the response body ends.
@@ -172,31 +188,7 @@ impl Pending {
     fn record(self, response_bytes: u64, grpc_status: Option<u16>) {
         let duration = self.at.elapsed();
         if let Some(log) = &self.log {
-            let r = &log.line;
-            let time: chrono::DateTime<chrono::Utc> = r.start.into();
-            let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
-            let line = serde_json::json!({
-                "start_time": time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                "method": r.method,
-                "authority": r.authority,
-                "path": r.path,
-                "protocol": r.protocol,
-                "response_code": self.code,
-                "grpc_status": grpc_status,
-                "response_flags": if self.flags.is_empty() { "-" } else { &self.flags },
-                "bytes_received": self.request_bytes,
-                "bytes_sent": response_bytes,
-                "duration": duration.as_millis() as u64,
-                "upstream_host": dash(&log.upstream),
-                "upstream_cluster": self.service.as_ref().map_or("-", |s| s.value.host.as_str()),
-                "route_name": dash(&log.route),
-                "downstream_remote_address": log.client_ip.map_or_else(|| "-".to_string(), |ip| ip.to_string()),
-                "user_agent": r.user_agent,
-                "request_id": r.request_id,
-                "consumer": dash(&log.consumer),
-                "peer_principal": dash(&log.peer),
-            });
-            log.out.write(line.to_string());
+            write_line(log, &self, response_bytes, grpc_status, duration);
         }
         self.metrics.record(&Call {
             reporter: self.reporter,
@@ -261,4 +253,68 @@ impl Drop for Metered {
     fn drop(&mut self) {
         self.done();
     }
+}
+
+/// The access log line, written into a buffer each thread reuses.
+fn write_line(log: &Logged, p: &Pending, response_bytes: u64, grpc_status: Option<u16>, duration: std::time::Duration) {
+    use crate::telemetry::accesslog::json_str;
+    use std::cell::RefCell;
+    use std::io::Write as _;
+    thread_local! {
+        static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(1024));
+    }
+    LINE.with(|cell| {
+        let mut b = cell.borrow_mut();
+        let out = &mut *b;
+        out.clear();
+        let r = &log.line;
+        let opt = |out: &mut Vec<u8>, v: Option<&[u8]>| json_str(out, v.unwrap_or(b"-"));
+        out.extend_from_slice(b"{\"start_time\":\"");
+        timestamp(out, r.start);
+        out.extend_from_slice(b"\",\"method\":");
+        json_str(out, r.method.as_str().as_bytes());
+        out.extend_from_slice(b",\"authority\":");
+        opt(out, r.authority.as_ref().map(|v| v.as_bytes()));
+        out.extend_from_slice(b",\"path\":");
+        opt(out, r.path.as_ref().map(|p| p.as_str().as_bytes()));
+        let _ = write!(out, ",\"protocol\":\"{}\",\"response_code\":{}", r.protocol, p.code);
+        match grpc_status {
+            Some(s) => {
+                let _ = write!(out, ",\"grpc_status\":{s}");
+            }
+            None => out.extend_from_slice(b",\"grpc_status\":null"),
+        }
+        out.extend_from_slice(b",\"response_flags\":");
+        json_str(out, if p.flags.is_empty() { b"-" } else { p.flags.as_bytes() });
+        let _ = write!(
+            out,
+            ",\"bytes_received\":{},\"bytes_sent\":{},\"duration\":{}",
+            p.request_bytes,
+            response_bytes,
+            duration.as_millis()
+        );
+        out.extend_from_slice(b",\"upstream_host\":");
+        opt(out, log.upstream.as_deref().map(str::as_bytes));
+        out.extend_from_slice(b",\"upstream_cluster\":");
+        opt(out, p.service.as_ref().map(|s| s.value.host.as_bytes()));
+        out.extend_from_slice(b",\"route_name\":");
+        opt(out, log.route.as_deref().map(str::as_bytes));
+        out.extend_from_slice(b",\"downstream_remote_address\":");
+        match log.client_ip {
+            Some(ip) => {
+                let _ = write!(out, "\"{ip}\"");
+            }
+            None => out.extend_from_slice(b"\"-\""),
+        }
+        out.extend_from_slice(b",\"user_agent\":");
+        opt(out, r.user_agent.as_ref().map(|v| v.as_bytes()));
+        out.extend_from_slice(b",\"request_id\":");
+        json_str(out, r.request_id.as_bytes());
+        out.extend_from_slice(b",\"consumer\":");
+        opt(out, log.consumer.as_deref().map(str::as_bytes));
+        out.extend_from_slice(b",\"peer_principal\":");
+        opt(out, log.peer.as_deref().map(str::as_bytes));
+        out.push(b'}');
+        log.out.write(out);
+    });
 }
