@@ -46,8 +46,7 @@ impl AccessLog {
         let weak = Arc::downgrade(&log);
         std::thread::Builder::new().name("access-log".into()).spawn(move || {
             let mut spare = Vec::with_capacity(WAKE_AT);
-            loop {
-                let Some(log) = weak.upgrade() else { break };
+            while let Some(log) = weak.upgrade() {
                 {
                     let mut pending = log.pending.lock().unwrap_or_else(|e| e.into_inner());
                     if pending.is_empty() {
