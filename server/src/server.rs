@@ -146,7 +146,8 @@ pub async fn run(
     let http_task = tokio::spawn(proxy::serve_workers(http, plain, None, workers_stop.clone()));
     let acceptor = Some(proxy::tls::acceptor(hub.clone(), 443));
     let https_task = tokio::spawn(proxy::serve_workers(https, secure, acceptor, workers_stop));
-    let mesh_state = crate::mesh::MeshState { store: store.clone(), ca: ca.clone(), hub: hub.clone() };
+    let mesh_state =
+        crate::mesh::MeshState { store: store.clone(), ca: ca.clone(), hub: hub.clone(), metrics: metrics.clone() };
     tokio::spawn(crate::mesh::health::reconcile(store.clone(), hub.clone(), config.agent_grace, mesh_stop.clone()));
     let mesh_task = tokio::spawn(crate::mesh::serve(mesh, mesh_tls, mesh_state, mesh_stop));
     let admin_server = axum::serve(admin, api::router(state)).with_graceful_shutdown(stopped());

@@ -9,6 +9,7 @@ mod jwt;
 mod l4;
 mod lab;
 mod mesh;
+mod prometheus;
 mod support;
 mod telemetry;
 mod tls;

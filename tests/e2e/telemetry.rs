@@ -14,7 +14,7 @@ fn sample(text: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
-const CANARY: &str = r#"apiVersion: networking.istio.io/v1
+pub const CANARY: &str = r#"apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata: {name: gw}
 spec:
@@ -164,6 +164,25 @@ fn sidecars_report_both_sides_of_a_call_and_are_discovered() {
         ("response_code", "200"),
     ];
     assert_eq!(sample(&users, "istio_requests_total", &destination), 5.0, "{users}");
+
+    // The control plane's own, with istiod's names.
+    let cp = c.get(server.url("/metrics")).send().unwrap().text().unwrap();
+    let plain = |name: &str| {
+        cp.lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in\n{cp}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse::<f64>()
+            .unwrap()
+    };
+    assert_eq!(plain("pilot_xds"), 2.0, "two agents connected");
+    assert!(plain("pilot_xds_pushes") >= 2.0);
+    assert!(plain("pilot_proxy_convergence_time_count") >= 2.0, "each agent acknowledged a revision");
+    assert!(plain("citadel_server_success_cert_issuance_count") >= 2.0);
+    assert!(plain("citadel_server_root_cert_expiry_seconds") > 86400.0 * 300.0);
+    assert_eq!(plain("pilot_total_xds_rejects"), 0.0);
     drop(agents);
 }
 

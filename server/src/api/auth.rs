@@ -20,7 +20,11 @@ pub struct Actor(pub String);
 
 fn presented_token(headers: &HeaderMap) -> Option<String> {
     if let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
-        let (scheme, token) = v.split_once(' ')?;
+        // Some clients (Prometheus' HTTP service discovery among them, when
+        // `authorization.type` is left out) send the token without a scheme.
+        let Some((scheme, token)) = v.trim().split_once(' ') else {
+            return v.trim().starts_with("mg_").then(|| v.trim().to_string());
+        };
         return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_string());
     }
     let cookies = headers.get_all(header::COOKIE);

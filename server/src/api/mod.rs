@@ -114,6 +114,12 @@ async fn metrics(State(state): State<AppState>) -> Response {
     if let Ok(rev) = state.store.current_revision().await {
         state.metrics.config_revision.set(rev);
     }
+    let connected = state.hub.fleet.all().iter().filter(|p| p.connected).count();
+    state.metrics.connected.set(connected as i64);
+    if let Some(expiry) = state.ca.root_expiry() {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        state.metrics.root_expiry_seconds.set((expiry - now) as f64);
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
 }
 

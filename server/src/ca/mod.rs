@@ -283,6 +283,13 @@ impl Ca {
         serde_json::json!({ "trustDomain": self.trust_domain, "fingerprint": self.fingerprint(), "roots": self.roots_pem() })
     }
 
+    /// When the signing root expires (Unix seconds).
+    pub fn root_expiry(&self) -> Option<i64> {
+        let current = self.current.load();
+        let (_, cert) = x509_parser::parse_x509_certificate(current.roots.first()?.as_ref()).ok()?;
+        Some(cert.validity().not_after.timestamp())
+    }
+
     /// Checks that `csr` parses and its signature verifies.
     pub fn check_csr(&self, csr: &[u8]) -> Result<(), IssueError> {
         parse_csr(csr).map(|_| ())

@@ -34,6 +34,8 @@ pub struct Hub {
     pub identity: arc_swap::ArcSwapOption<crate::ca::MeshIdentity>,
     /// Where each Gateway port is being served: port → (address, TLS?).
     pub listening: std::sync::Mutex<std::collections::BTreeMap<u32, (std::net::SocketAddr, bool)>>,
+    /// When recent revisions were applied, for the proxies' convergence time.
+    applied_at: std::sync::Mutex<std::collections::VecDeque<(i64, std::time::Instant)>>,
 }
 
 impl Hub {
@@ -50,7 +52,26 @@ impl Hub {
             fleet: Default::default(),
             jwks: Default::default(),
             limiters: Default::default(),
+            applied_at: Default::default(),
         })
+    }
+
+    fn set_applied(&self, revision: i64) {
+        let mut at = self.applied_at.lock().unwrap_or_else(|e| e.into_inner());
+        if at.back().is_none_or(|(r, _)| *r < revision) {
+            at.push_back((revision, std::time::Instant::now()));
+            if at.len() > 256 {
+                at.pop_front();
+            }
+        }
+        drop(at);
+        self.applied.send_replace(revision);
+    }
+
+    /// How long ago `revision` was applied here (and so could be sent to agents).
+    pub fn applied_ago(&self, revision: i64) -> Option<std::time::Duration> {
+        let at = self.applied_at.lock().unwrap_or_else(|e| e.into_inner());
+        at.iter().find(|(r, _)| *r == revision).map(|(_, t)| t.elapsed())
     }
 
     /// The snapshot requests start on.
@@ -62,7 +83,7 @@ impl Hub {
     pub fn install(&self, snapshot: Snapshot) {
         let revision = snapshot.revision;
         self.snapshot.store(Arc::new(snapshot));
-        self.applied.send_replace(revision);
+        self.set_applied(revision);
     }
 
     /// Called after every committed write.
@@ -84,7 +105,7 @@ impl Hub {
 
     /// Marks `revision` as served by every proxy and listener.
     pub fn mark_applied(&self, revision: i64) {
-        self.applied.send_replace(revision);
+        self.set_applied(revision);
     }
 
     /// Waits until the control plane has compiled a revision newer than
@@ -144,7 +165,7 @@ async fn compile_once(hub: &Hub, store: &Store, cluster_domain: &str, locality: 
     if hub.has_listener_manager.load(std::sync::atomic::Ordering::SeqCst) {
         hub.compiled.send_replace(revision);
     } else {
-        hub.applied.send_replace(revision);
+        hub.set_applied(revision);
     }
     Ok(revision)
 }

@@ -30,6 +30,7 @@ pub struct MeshState {
     pub store: Store,
     pub ca: Arc<Ca>,
     pub hub: Arc<crate::control::Hub>,
+    pub metrics: Arc<crate::telemetry::Metrics>,
 }
 
 /// How long a config request waits for a newer revision before answering
@@ -233,6 +234,7 @@ async fn issue(s: &MeshState, req: &CertificateRequest, id: &SpiffeId) -> ApiRes
     let issued = s.ca.issue(req.csr.as_bytes(), id, ttl).map_err(issue_error)?;
     let not_after = crate::ca::rfc3339(issued.not_after);
     s.store.record_certificate(&issued.serial, &id.to_string(), &not_after, &issued.root).await?;
+    s.metrics.certificates_issued.inc();
     Ok(json!({
         "identity": id.to_string(),
         "serial": issued.serial,
@@ -313,6 +315,7 @@ async fn config(
         .filter(|r| for_agent(r, &id.namespace))
         .map(meshgate_model::Resource::to_value)
         .collect();
+    s.metrics.pushes.inc();
     Ok(Json(json!({ "revision": revision, "resources": resources })).into_response())
 }
 
@@ -371,6 +374,14 @@ async fn status(
     let caller = Caller { name: &st.name, identity: &identity, service: &st.service, namespace: &id.namespace };
     if let Some(n) = &st.nack {
         tracing::warn!(agent = %st.name, revision = n.revision, reason = %n.reason, "agent rejected a configuration (NACK)");
+        s.metrics.rejects.inc();
+    }
+    // An acknowledgement of a revision applied here: how long it took to reach this agent.
+    let before = s.hub.fleet.get(&st.name).map_or(-1, |r| r.revision);
+    if st.revision > before
+        && let Some(ago) = s.hub.applied_ago(st.revision)
+    {
+        s.metrics.convergence.observe(ago.as_secs_f64());
     }
     s.hub.fleet.report(&caller, st.revision, st.nack, st.dump, st.metrics).map_err(|_| not_yours(&st.name))?;
     Ok(Json(json!({ "ok": true })))

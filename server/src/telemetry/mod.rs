@@ -20,6 +20,16 @@ pub struct Metrics {
     pub startup_seconds: Histogram,
     /// The built-in gateway's request metrics (Istio's names).
     pub gateway: std::sync::Arc<istio::ProxyMetrics>,
+    /// The mesh, with istiod's names: configurations sent to agents,
+    /// rejected by them, and the time from a revision's apply to each
+    /// agent's acknowledgement of it.
+    pub pushes: IntCounter,
+    pub rejects: IntCounter,
+    pub convergence: Histogram,
+    pub connected: IntGauge,
+    /// Workload certificates issued, and seconds until the CA root expires.
+    pub certificates_issued: IntCounter,
+    pub root_expiry_seconds: prometheus::Gauge,
 }
 
 impl Metrics {
@@ -48,8 +58,34 @@ impl Metrics {
                 .buckets(vec![0.05, 0.1, 0.3, 1.0, 3.0]),
         )
         .expect("static metric definition");
+        let pushes =
+            IntCounter::new("pilot_xds_pushes", "Configurations sent to agents").expect("static metric definition");
+        let rejects = IntCounter::new("pilot_total_xds_rejects", "Configurations agents rejected (NACK)")
+            .expect("static metric definition");
+        let convergence = Histogram::with_opts(
+            HistogramOpts::new(
+                "pilot_proxy_convergence_time",
+                "Seconds from a revision's apply to an agent's acknowledgement of it",
+            )
+            .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 3.0, 5.0, 10.0, 20.0, 30.0]),
+        )
+        .expect("static metric definition");
+        let connected =
+            IntGauge::new("pilot_xds", "Agents connected to the control plane").expect("static metric definition");
+        let certificates_issued =
+            IntCounter::new("citadel_server_success_cert_issuance_count", "Workload certificates issued")
+                .expect("static metric definition");
+        let root_expiry_seconds =
+            prometheus::Gauge::new("citadel_server_root_cert_expiry_seconds", "Seconds until the CA root expires")
+                .expect("static metric definition");
         for c in [
-            Box::new(api_requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(pushes.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(rejects.clone()),
+            Box::new(convergence.clone()),
+            Box::new(connected.clone()),
+            Box::new(certificates_issued.clone()),
+            Box::new(root_expiry_seconds.clone()),
+            Box::new(api_requests.clone()),
             Box::new(api_duration.clone()),
             Box::new(resources.clone()),
             Box::new(config_revision.clone()),
@@ -73,6 +109,12 @@ impl Metrics {
             auth_failures,
             startup_seconds,
             gateway,
+            pushes,
+            rejects,
+            convergence,
+            connected,
+            certificates_issued,
+            root_expiry_seconds,
         }
     }
 
