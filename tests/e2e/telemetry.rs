@@ -155,6 +155,8 @@ fn sidecars_report_both_sides_of_a_call_and_are_discovered() {
     let destination = [
         ("reporter", "destination"),
         ("source_workload", "orders"),
+        // From the caller's proxy (metadata exchange), checked against its certificate.
+        ("source_app", "orders"),
         ("source_workload_namespace", "default"),
         ("source_principal", "spiffe://cluster.local/ns/default/sa/orders"),
         ("destination_workload", "user-service"),
@@ -164,6 +166,7 @@ fn sidecars_report_both_sides_of_a_call_and_are_discovered() {
         ("response_code", "200"),
     ];
     assert_eq!(sample(&users, "istio_requests_total", &destination), 5.0, "{users}");
+    assert!(app.last().headers.get("x-meshgate-peer-metadata").is_none(), "the exchange stays between proxies");
 
     // The control plane's own, with istiod's names.
     let cp = c.get(server.url("/metrics")).send().unwrap().text().unwrap();

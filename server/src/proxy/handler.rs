@@ -63,6 +63,14 @@ pub async fn handle(l: &Listener, peer: SocketAddr, mut req: Request<ProxyBody>)
         line: l.access_log.is_some().then(|| super::observe::RequestLine::of(&mut req)),
     };
     let mut info = super::observe::Info::default();
+    // Metadata exchange: a mesh peer's app and version, believed only over mTLS.
+    if l.reporter == crate::telemetry::istio::Reporter::Destination
+        && let Some(meta) = req.headers_mut().remove(crate::telemetry::istio::PEER_METADATA)
+        && let Some(peer) = &l.peer_workload
+    {
+        let caller = crate::telemetry::istio::caller_with_metadata(&peer.value, meta.as_bytes());
+        info.caller = Some(crate::telemetry::istio::Labelled::new(caller));
+    }
     // gRPC-Web from browsers goes upstream as gRPC, and comes back as gRPC-Web.
     let web = if grpc { super::grpcweb::kind(req.headers()) } else { None };
     if let Some(text) = web {
@@ -611,6 +619,12 @@ async fn forward(
         parts.headers.insert(header::HOST, v);
     }
     prepare_headers(&mut parts.headers, peer, l.scheme, l.client_cert.as_ref());
+    // Mesh peers learn this workload's app and version; nobody else does.
+    if cluster.tls.as_ref().is_some_and(|t| t.mode == "ISTIO_MUTUAL") {
+        parts.headers.insert(crate::telemetry::istio::PEER_METADATA, l.metrics.exchange());
+    } else {
+        parts.headers.remove(crate::telemetry::istio::PEER_METADATA);
+    }
     if let Some(protocol) = &upgrade {
         parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(header::UPGRADE, protocol.clone());

@@ -25,6 +25,8 @@ pub struct Info {
     pub service: Option<Arc<Labelled<Service>>>,
     /// The endpoint that answered (or was tried last).
     pub workload: Option<Arc<Labelled<Workload>>>,
+    /// At a sidecar's inbound port: the caller, with the app and version its proxy sent.
+    pub caller: Option<Arc<Labelled<Workload>>>,
     // For the access log only (left empty when there is none):
     pub route: Option<String>,
     pub upstream: Option<String>,
@@ -113,7 +115,9 @@ pub fn finish(l: &Listener, started: Started, info: Info, resp: Response<ProxyBo
     let grpc_status = grpc_status(resp.headers());
     // The caller: the peer's certificate at a sidecar's inbound port.
     let caller = match l.reporter {
-        Reporter::Destination => Some(l.peer_workload.clone().unwrap_or_else(|| Labelled::new(Workload::unknown()))),
+        Reporter::Destination => {
+            Some(info.caller.or_else(|| l.peer_workload.clone()).unwrap_or_else(|| Labelled::new(Workload::unknown())))
+        }
         Reporter::Source => None,
     };
     let log = match (started.line, &l.access_log) {

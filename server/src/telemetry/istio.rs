@@ -197,6 +197,8 @@ pub struct ProxyMetrics {
     dropped: IntCounter,
     /// This proxy's own workload and (a sidecar's) service.
     own: arc_swap::ArcSwap<Labelled<Workload>>,
+    /// `x-meshgate-peer-metadata` for requests to mesh peers: this workload's app and version.
+    exchange: arc_swap::ArcSwap<http::HeaderValue>,
     own_service: arc_swap::ArcSwapOption<Labelled<Service>>,
     series: Vec<Mutex<HashMap<Key, Arc<Series>>>>,
     count: std::sync::atomic::AtomicUsize,
@@ -235,6 +237,7 @@ impl ProxyMetrics {
             request_bytes,
             response_bytes,
             dropped,
+            exchange: arc_swap::ArcSwap::from_pointee(exchange_value(&own)),
             own: arc_swap::ArcSwap::new(Labelled::new(own)),
             own_service: arc_swap::ArcSwapOption::empty(),
             series: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
@@ -244,8 +247,15 @@ impl ProxyMetrics {
 
     /// Who this proxy is (an agent learns its principal when it joins).
     pub fn set_own(&self, own: Workload, service: Option<Service>) {
+        self.exchange.store(Arc::new(exchange_value(&own)));
         self.own.store(Labelled::new(own));
         self.own_service.store(service.map(Labelled::new));
+    }
+
+    /// What this proxy tells mesh peers about itself (Istio's metadata
+    /// exchange): the peer's metrics then name this workload's app and version.
+    pub fn exchange(&self) -> http::HeaderValue {
+        (**self.exchange.load()).clone()
     }
 
     pub fn record(&self, call: &Call<'_>) {
@@ -338,6 +348,29 @@ impl ProxyMetrics {
         }
         String::from_utf8(buf).unwrap_or_default()
     }
+}
+
+/// The header carrying a caller's app and version to its mesh peer.
+pub const PEER_METADATA: &str = "x-meshgate-peer-metadata";
+
+fn exchange_value(own: &Workload) -> http::HeaderValue {
+    let clean = |s: &str| s.chars().filter(|c| c.is_ascii_graphic() && *c != ';' && *c != '=').collect::<String>();
+    http::HeaderValue::from_str(&format!("app={};version={}", clean(&own.app), clean(&own.version)))
+        .unwrap_or(http::HeaderValue::from_static("app=unknown;version=unknown"))
+}
+
+/// The caller as its certificate names it, with the app and version its
+/// proxy sent in [`PEER_METADATA`].
+pub fn caller_with_metadata(by_certificate: &Workload, metadata: &[u8]) -> Workload {
+    let mut w = by_certificate.clone();
+    for pair in std::str::from_utf8(metadata).unwrap_or("").split(';') {
+        match pair.split_once('=') {
+            Some(("app", v)) if !v.is_empty() => w.app = v.to_string(),
+            Some(("version", v)) if !v.is_empty() => w.version = v.to_string(),
+            _ => {}
+        }
+    }
+    w
 }
 
 #[cfg(test)]
