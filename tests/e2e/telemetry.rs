@@ -103,6 +103,26 @@ fn the_gateway_counts_requests_with_istio_names_and_labels() {
     let no_route = [("response_code", "404"), ("response_flags", "NR"), ("destination_service", "unknown")];
     assert_eq!(sample(&text, "istio_requests_total", &no_route), 3.0, "{text}");
     assert_eq!(sample(&text, "istio_requests_total", &[]), 17.0, "nothing else was counted");
+
+    // The gateway's extras: per route and consumer, rate-limited, refused.
+    let route = |r: &str, code: &str| {
+        sample(
+            &text,
+            "meshgate_gateway_route_requests_total",
+            &[("route", r), ("consumer", "-"), ("response_code", code)],
+        )
+    };
+    assert_eq!((route("default/users/1", "200"), route("default/users/0", "200"), route("-", "404")), (10.0, 4.0, 3.0));
+    server.apply("apiVersion: meshgate.io/v1\nkind: RateLimitPolicy\nmetadata: {name: one}\nspec:\n  targetRefs: [{kind: VirtualService, name: users}]\n  limits: [{requests: 1, per: hour, key: global}]\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no-admin, namespace: istio-system}\nspec:\n  selector: {matchLabels: {istio: ingressgateway}}\n  action: DENY\n  rules: [{to: [{operation: {paths: [/admin]}}]}]\n");
+    let statuses: Vec<u16> =
+        (0..2).map(|_| server.gateway(&c, "api.example.com", "/users").send().unwrap().status().as_u16()).collect();
+    assert_eq!(statuses, [200, 429]);
+    assert_eq!(server.gateway(&c, "api.example.com", "/admin").send().unwrap().status(), 403);
+    let text = c.get(server.url("/metrics")).send().unwrap().text().unwrap();
+    let limited = [("route", "default/users/1"), ("consumer", "-")];
+    assert_eq!(sample(&text, "meshgate_gateway_rate_limited_total", &limited), 1.0, "{text}");
+    let denied = [("reason", "rbac"), ("route", "default/users/1")];
+    assert_eq!(sample(&text, "meshgate_gateway_auth_denied_total", &denied), 1.0, "{text}");
 }
 
 #[test]

@@ -156,6 +156,7 @@ async fn route(
                 }
                 super::authn::Outcome::Refused(e) => {
                     tracing::debug!(%peer, reason = %e, "JWT refused");
+                    info.denied = Some("jwt");
                     return super::authn::unauthorized(&e);
                 }
             }
@@ -187,19 +188,27 @@ async fn route(
                 consumer = Some(c);
             }
             super::keyauth::Outcome::Anonymous => {}
-            super::keyauth::Outcome::Refused(why) => return super::keyauth::unauthorized(why),
+            super::keyauth::Outcome::Refused(why) => {
+                info.denied = Some("api_key");
+                info.route = routed.as_ref().ok().map(|r| r.name.clone());
+                return super::keyauth::unauthorized(why);
+            }
         }
     }
     let remote_ip = client_ip(l, peer.ip(), req.headers());
-    if l.access_log.is_some() {
-        info.client_ip = Some(remote_ip);
+    // The gateway's own metrics (per route and consumer) and the access log want these.
+    if !l.tunnels || l.access_log.is_some() {
         info.consumer = consumer.clone();
         info.route = routed.as_ref().ok().map(|r| r.name.clone());
+    }
+    if l.access_log.is_some() {
+        info.client_ip = Some(remote_ip);
     }
     if let Some(authz) = &snapshot.authz
         && let Err(why) = authorize(authz, l, peer, remote_ip, &req, identity.as_deref())
     {
         tracing::debug!(%peer, reason = %why, "RBAC: access denied");
+        info.denied = Some("rbac");
         return local(StatusCode::FORBIDDEN, "RBAC", "RBAC: access denied\n");
     }
     let route = match routed {

@@ -27,6 +27,8 @@ pub struct Info {
     pub workload: Option<Arc<Labelled<Workload>>>,
     /// At a sidecar's inbound port: the caller, with the app and version its proxy sent.
     pub caller: Option<Arc<Labelled<Workload>>>,
+    /// Refused by policy: `jwt`, `api_key` or `rbac`.
+    pub denied: Option<&'static str>,
     // For the access log only (left empty when there is none):
     pub route: Option<String>,
     pub upstream: Option<String>,
@@ -120,6 +122,12 @@ pub fn finish(l: &Listener, started: Started, info: Info, resp: Response<ProxyBo
         }
         Reporter::Source => None,
     };
+    // The gateway's extras: requests per route and consumer, rate-limited and refused ones.
+    if !l.tunnels {
+        let route = info.route.as_deref().unwrap_or("-");
+        let consumer = info.consumer.as_ref().map_or("-", |c| c.name.as_str());
+        l.metrics.record_edge(route, consumer, code, flags.split(',').any(|f| f == "RL"), info.denied);
+    }
     let log = match (started.line, &l.access_log) {
         (Some(line), Some(out)) => Some(Logged {
             out: out.clone(),

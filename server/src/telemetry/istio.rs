@@ -195,6 +195,10 @@ pub struct ProxyMetrics {
     request_bytes: HistogramVec,
     response_bytes: HistogramVec,
     dropped: IntCounter,
+    /// The gateway's extras (route and consumer names come from config).
+    edge_requests: IntCounterVec,
+    edge_limited: IntCounterVec,
+    edge_denied: IntCounterVec,
     /// This proxy's own workload and (a sidecar's) service.
     own: arc_swap::ArcSwap<Labelled<Workload>>,
     /// `x-meshgate-peer-metadata` for requests to mesh peers: this workload's app and version.
@@ -221,8 +225,26 @@ impl ProxyMetrics {
             "Requests not counted because the series limit was reached",
         )
         .expect("static");
+        let edge_requests = IntCounterVec::new(
+            Opts::new("meshgate_gateway_route_requests_total", "Gateway requests by route, consumer and status"),
+            &["route", "consumer", "response_code"],
+        )
+        .expect("static");
+        let edge_limited = IntCounterVec::new(
+            Opts::new("meshgate_gateway_rate_limited_total", "Gateway requests refused by a RateLimitPolicy (429)"),
+            &["route", "consumer"],
+        )
+        .expect("static");
+        let edge_denied = IntCounterVec::new(
+            Opts::new("meshgate_gateway_auth_denied_total", "Gateway requests refused by JWT, API key or RBAC checks"),
+            &["reason", "route"],
+        )
+        .expect("static");
         for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(edge_requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(edge_limited.clone()),
+            Box::new(edge_denied.clone()),
+            Box::new(requests.clone()),
             Box::new(duration.clone()),
             Box::new(request_bytes.clone()),
             Box::new(response_bytes.clone()),
@@ -237,6 +259,9 @@ impl ProxyMetrics {
             request_bytes,
             response_bytes,
             dropped,
+            edge_requests,
+            edge_limited,
+            edge_denied,
             exchange: arc_swap::ArcSwap::from_pointee(exchange_value(&own)),
             own: arc_swap::ArcSwap::new(Labelled::new(own)),
             own_service: arc_swap::ArcSwapOption::empty(),
@@ -256,6 +281,18 @@ impl ProxyMetrics {
     /// exchange): the peer's metrics then name this workload's app and version.
     pub fn exchange(&self) -> http::HeaderValue {
         (**self.exchange.load()).clone()
+    }
+
+    /// The gateway's per-route counts (route `-`: none matched).
+    pub fn record_edge(&self, route: &str, consumer: &str, code: u16, limited: bool, denied: Option<&str>) {
+        let mut text = itoa::Buffer::new();
+        self.edge_requests.with_label_values(&[route, consumer, text.format(code)]).inc();
+        if limited {
+            self.edge_limited.with_label_values(&[route, consumer]).inc();
+        }
+        if let Some(reason) = denied {
+            self.edge_denied.with_label_values(&[reason, route]).inc();
+        }
     }
 
     pub fn record(&self, call: &Call<'_>) {
