@@ -47,34 +47,7 @@ open(f"{w}/token", "w").write(f"{head}.{body}.{b64(r.to_bytes(32, 'big') + s.to_
 PY
 TOKEN=$(cat "$W/token")
 
-"$BIN" apply -f - >/dev/null <<'YAML'
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: bench}
-spec:
-  selector: {istio: ingressgateway}
-  servers:
-  - port: {number: 80, name: http, protocol: HTTP}
-    hosts: ["*"]
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: upstream}
-spec:
-  hosts: [upstream]
-  resolution: STATIC
-  ports: [{number: 80, name: http, protocol: HTTP}]
-  endpoints: [{address: 127.0.0.1, ports: {http: 18080}}]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: bench}
-spec:
-  hosts: ["*"]
-  gateways: [bench]
-  http:
-  - route: [{destination: {host: upstream}}]
-YAML
+bench_gateway_yaml | "$BIN" apply -f - >/dev/null
 {
   printf 'apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt, namespace: istio-system}\nspec:\n  selector: {matchLabels: {istio: ingressgateway}}\n  jwtRules:\n  - issuer: https://auth.example.com\n    jwks: %s\n' "$(python3 -c 'import json,sys; print(json.dumps(open(sys.argv[1]).read()))' "$W/jwks.json")"
   printf -- '---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: need-jwt, namespace: istio-system}\nspec:\n  selector: {matchLabels: {istio: ingressgateway}}\n  action: ALLOW\n  rules:\n  - from: [{source: {requestPrincipals: ["*"]}}]\n'

@@ -22,39 +22,7 @@ GW_PORT=${GW_PORT:-18090}
 HTTP_ADDR=127.0.0.1:$GW_PORT UP_ARGS=${GW_ARGS:-} start_meshgate
 PID=$MESHGATE_PID
 
-{
-  cat <<'YAML'
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: bench}
-spec:
-  selector: {istio: ingressgateway}
-  servers:
-  - port: {number: 80, name: http, protocol: HTTP}
-    hosts: ["*"]
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: upstream}
-spec:
-  hosts: [upstream]
-  resolution: STATIC
-  ports: [{number: 80, name: http, protocol: HTTP}]
-  endpoints: [{address: 127.0.0.1, ports: {http: 18080}}]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: bench}
-spec:
-  hosts: ["*"]
-  gateways: [bench]
-  http:
-YAML
-  for i in $(seq 1 99); do
-    printf '  - match: [{uri: {prefix: /route-%03d/}}]\n    route: [{destination: {host: upstream}}]\n' "$i"
-  done
-  printf '  - match: [{uri: {prefix: /}}]\n    route: [{destination: {host: upstream}}]\n'
-} >"$W/bench.yaml"
+bench_gateway_yaml 100 >"$W/bench.yaml"
 "$BIN" apply -f "$W/bench.yaml" >/dev/null
 
 echo "meshgate $(git rev-parse --short HEAD) pid $PID on 127.0.0.1:$GW_PORT, 100 routes (last one matches)"

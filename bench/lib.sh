@@ -25,3 +25,42 @@ start_meshgate() {
   MESHGATE_TOKEN=$(cat "$W/data/admin.token")
   export MESHGATE_SERVER MESHGATE_TOKEN
 }
+
+# The benchmarks' gateway configuration, on stdout: a Gateway on port 80
+# (hosts `*`), the yardstick's upstream (127.0.0.1:18080) as `upstream`,
+# and one VirtualService of ${1:-1} routes whose last one (`prefix: /`) is
+# the one that matches.
+bench_gateway_yaml() {
+  cat <<'YAML'
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: bench}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: upstream}
+spec:
+  hosts: [upstream]
+  resolution: STATIC
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  endpoints: [{address: 127.0.0.1, ports: {http: 18080}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: bench}
+spec:
+  hosts: ["*"]
+  gateways: [bench]
+  http:
+YAML
+  local i
+  for i in $(seq 1 $((${1:-1} - 1))); do
+    printf '  - match: [{uri: {prefix: /route-%03d/}}]\n    route: [{destination: {host: upstream}}]\n' "$i"
+  done
+  printf '  - match: [{uri: {prefix: /}}]\n    route: [{destination: {host: upstream}}]\n'
+}

@@ -497,7 +497,7 @@ impl Compiler<'_> {
                     authority: rw.authority.as_deref().and_then(|a| HeaderValue::from_str(a).ok()),
                 });
                 Route {
-                    name: name.to_string(),
+                    name: Arc::from(name),
                     matcher,
                     action: Arc::clone(&action),
                     timeout,

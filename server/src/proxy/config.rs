@@ -99,8 +99,9 @@ pub struct VirtualHost {
 }
 
 pub struct Route {
-    /// `namespace/virtualservice/route-name-or-index`, for logs and metrics.
-    pub name: String,
+    /// `namespace/virtualservice/route-name-or-index`, for logs and metrics
+    /// (shared: each request that logs or counts it takes a reference).
+    pub name: Arc<str>,
     /// `None` matches every request. Istio's routes with several `match`
     /// entries become one route per entry, as in Envoy.
     pub matcher: Option<RequestMatch>,
@@ -148,7 +149,7 @@ impl Route {
     /// The route Istio gives a server with `tls.httpsRedirect`: 301 to https.
     pub fn https_redirect(name: String) -> Route {
         Route {
-            name,
+            name: name.into(),
             matcher: None,
             action: Arc::new(Action::Redirect(Redirect {
                 status: StatusCode::MOVED_PERMANENTLY,

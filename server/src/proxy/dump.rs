@@ -54,7 +54,7 @@ impl Dump {
                         "listener": listener,
                         "port": port,
                         "domain": vhost.name,
-                        "name": route.name,
+                        "name": &*route.name,
                         "match": route.matcher.as_ref().map_or(json!({}), describe_match),
                         "action": to,
                         "timeout": route.timeout.map(|t| format!("{}ms", t.as_millis())),

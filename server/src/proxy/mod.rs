@@ -48,6 +48,11 @@ pub fn query_value<'a>(query: &'a str, key: &str) -> Option<&'a str> {
     })
 }
 
+/// A gRPC status code (`grpc-status`) in headers or trailers.
+pub fn grpc_status(h: &http::HeaderMap) -> Option<u32> {
+    h.get("grpc-status")?.to_str().ok()?.trim().parse().ok()
+}
+
 /// The value of cookie `name` in the request's `Cookie` headers.
 pub fn cookie_value<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
     headers.get_all(http::header::COOKIE).iter().filter_map(|v| v.to_str().ok()).find_map(|v| {

@@ -30,7 +30,7 @@ pub struct Info {
     /// Refused by policy: `jwt`, `api_key` or `rbac`.
     pub denied: Option<&'static str>,
     // For the access log only (left empty when there is none):
-    pub route: Option<String>,
+    pub route: Option<Arc<str>>,
     pub upstream: Option<String>,
     pub consumer: Option<Arc<super::keyauth::Consumer>>,
     pub client_ip: Option<std::net::IpAddr>,
@@ -168,14 +168,14 @@ pub fn finish(l: &Listener, started: Started, info: Info, resp: Response<ProxyBo
 }
 
 fn grpc_status(h: &HeaderMap) -> Option<u16> {
-    h.get("grpc-status")?.to_str().ok()?.parse().ok()
+    super::grpc_status(h).and_then(|c| u16::try_from(c).ok())
 }
 
 /// The access log's part of a record.
 struct Logged {
     out: Arc<crate::telemetry::accesslog::AccessLog>,
     line: RequestLine,
-    route: Option<String>,
+    route: Option<Arc<str>>,
     upstream: Option<String>,
     consumer: Option<String>,
     client_ip: Option<std::net::IpAddr>,

@@ -180,7 +180,7 @@ impl Transcoder {
             return resp;
         }
         // A trailers-only answer: the status is in the headers.
-        if let Some(code) = status_of(resp.headers()).filter(|c| *c != 0) {
+        if let Some(code) = super::grpc_status(resp.headers()).filter(|c| *c != 0) {
             return error(http_status(code), code, &message_of(resp.headers()));
         }
         let (mut parts, body) = resp.into_parts();
@@ -206,7 +206,7 @@ impl Transcoder {
             }
         };
         let trailers = collected.trailers().cloned().unwrap_or_default();
-        let code = status_of(&trailers).unwrap_or(2);
+        let code = super::grpc_status(&trailers).unwrap_or(2);
         if code != 0 {
             return error(http_status(code), code, &message_of(&trailers));
         }
@@ -382,10 +382,6 @@ fn to_json(message: &DynamicMessage, print: &SerializeOptions) -> Vec<u8> {
     out
 }
 
-fn status_of(h: &HeaderMap) -> Option<u32> {
-    h.get("grpc-status")?.to_str().ok()?.trim().parse().ok()
-}
-
 fn message_of(h: &HeaderMap) -> String {
     let raw = h.get("grpc-message").and_then(|v| v.to_str().ok()).unwrap_or("");
     meshgate_model::transcode::percent_decode(raw, false).unwrap_or_else(|| raw.to_string())
@@ -472,7 +468,7 @@ impl JsonLines {
                 Some(Err(e)) => return Poll::Ready(Some(Err(e))),
                 None => {
                     self.done = true;
-                    let code = status_of(&self.trailers).unwrap_or(2);
+                    let code = super::grpc_status(&self.trailers).unwrap_or(2);
                     if code == 0 {
                         return Poll::Ready(None);
                     }
