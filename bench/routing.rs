@@ -29,9 +29,15 @@ fn routing(c: &mut Criterion) {
     let mut group = c.benchmark_group("route_for");
     for n in [10usize, 100, 1_000, 10_000] {
         let resources = config(n);
-        let snapshot =
-            Compiler { cluster_domain: "svc.cluster.local", locality: "", health: &health, mesh: None, edge: None }
-                .compile(1, &resources);
+        let snapshot = Compiler {
+            cluster_domain: "svc.cluster.local",
+            locality: "",
+            health: &health,
+            mesh: None,
+            edge: None,
+            workload: None,
+        }
+        .compile(1, &resources);
         let vhost = snapshot.ports[&80].find("api.example.com").expect("virtual host");
         // The last route: exact match for odd n-1, prefix match for even.
         let path = format!("/service-{}/v1", n - 1);

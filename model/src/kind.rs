@@ -20,15 +20,17 @@ pub enum Kind {
     ApiKeyAuth,
     RequestSizeLimit,
     GrpcTranscoder,
+    Telemetry,
 }
 
 const NETWORKING: &[&str] = &["networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"];
 const SECURITY: &[&str] = &["security.istio.io/v1", "security.istio.io/v1beta1"];
 const CORE: &[&str] = &["v1"];
 const MESHGATE: &[&str] = &["meshgate.io/v1"];
+const TELEMETRY: &[&str] = &["telemetry.istio.io/v1", "telemetry.istio.io/v1alpha1"];
 
 impl Kind {
-    pub const ALL: [Kind; 15] = [
+    pub const ALL: [Kind; 16] = [
         Kind::Gateway,
         Kind::VirtualService,
         Kind::DestinationRule,
@@ -44,6 +46,7 @@ impl Kind {
         Kind::ApiKeyAuth,
         Kind::RequestSizeLimit,
         Kind::GrpcTranscoder,
+        Kind::Telemetry,
     ];
 
     /// The `kind:` string, e.g. `VirtualService`.
@@ -64,6 +67,7 @@ impl Kind {
             Kind::ApiKeyAuth => "ApiKeyAuth",
             Kind::RequestSizeLimit => "RequestSizeLimit",
             Kind::GrpcTranscoder => "GrpcTranscoder",
+            Kind::Telemetry => "Telemetry",
         }
     }
 
@@ -85,6 +89,7 @@ impl Kind {
             Kind::ApiKeyAuth => "apikeyauths",
             Kind::RequestSizeLimit => "requestsizelimits",
             Kind::GrpcTranscoder => "grpctranscoders",
+            Kind::Telemetry => "telemetries",
         }
     }
 
@@ -106,6 +111,7 @@ impl Kind {
             Kind::ApiKeyAuth => &["aka"],
             Kind::RequestSizeLimit => &["rsl"],
             Kind::GrpcTranscoder => &["gt"],
+            Kind::Telemetry => &[],
         }
     }
 
@@ -123,6 +129,7 @@ impl Kind {
             | Kind::ApiKeyAuth
             | Kind::RequestSizeLimit
             | Kind::GrpcTranscoder => MESHGATE,
+            Kind::Telemetry => TELEMETRY,
         }
     }
 

@@ -17,6 +17,7 @@ pub mod resource;
 pub mod security;
 pub mod suggest;
 pub mod support;
+pub mod telemetry;
 pub mod transcode;
 
 pub use check::FieldError;

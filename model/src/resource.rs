@@ -118,6 +118,7 @@ pub enum Body {
     ApiKeyAuth(crate::policy::ApiKeyAuthSpec),
     RequestSizeLimit(crate::policy::RequestSizeLimitSpec),
     GrpcTranscoder(crate::transcode::GrpcTranscoderSpec),
+    Telemetry(crate::telemetry::TelemetrySpec),
 }
 
 /// One checked resource.
@@ -255,6 +256,7 @@ impl Body {
             Body::ApiKeyAuth(s) => serde_json::to_value(s),
             Body::RequestSizeLimit(s) => serde_json::to_value(s),
             Body::GrpcTranscoder(s) => serde_json::to_value(s),
+            Body::Telemetry(s) => serde_json::to_value(s),
         };
         v.unwrap_or(Value::Null)
     }
@@ -298,6 +300,7 @@ impl Body {
             Body::ApiKeyAuth(s) => s.validate(errs),
             Body::RequestSizeLimit(s) => s.validate(errs),
             Body::GrpcTranscoder(s) => s.validate(errs),
+            Body::Telemetry(s) => s.validate(errs),
         }
     }
 }
@@ -319,6 +322,7 @@ fn decode_body(kind: Kind, spec: Value, errs: &mut Errors) -> Option<Body> {
         Kind::ApiKeyAuth => decode(spec, p, errs).map(Body::ApiKeyAuth),
         Kind::RequestSizeLimit => decode(spec, p, errs).map(Body::RequestSizeLimit),
         Kind::GrpcTranscoder => decode(spec, p, errs).map(Body::GrpcTranscoder),
+        Kind::Telemetry => decode(spec, p, errs).map(Body::Telemetry),
         Kind::Secret => decode(spec, p, errs).map(Body::Secret),
     }
 }

@@ -43,6 +43,18 @@ const UNSUPPORTED: &[(Kind, &str, &str)] = &[
     (Kind::ServiceEntry, "spec.addresses", "virtual IPs for ServiceEntries are not allocated"),
     (Kind::WorkloadEntry, "spec.network", "multi-network gateways are not built"),
     (Kind::AuthorizationPolicy, "spec.provider", "external authorization (action CUSTOM) is not built"),
+    (Kind::Telemetry, "spec.metrics", "metric overrides are not built; every proxy reports Istio's standard metrics"),
+    (
+        Kind::Telemetry,
+        "spec.tracing[*].providers",
+        "spans go to the built-in store and to the mesh config's default providers (meshConfig.defaultProviders.tracing)",
+    ),
+    (Kind::Telemetry, "spec.tracing[*].match", "client/server modes are not told apart: every hop records its span"),
+    (Kind::Telemetry, "spec.tracing[*].customTags.*.header", "custom tags from request headers are not built"),
+    (Kind::Telemetry, "spec.tracing[*].useRequestIdForTraceSampling", "sampling does not use the request id"),
+    (Kind::Telemetry, "spec.tracing[*].enableIstioTags", "Istio's tags are always added"),
+    (Kind::Telemetry, "spec.accessLogging[*].providers", "each proxy has one access log (--access-log)"),
+    (Kind::Telemetry, "spec.accessLogging[*].match", "client/server modes are not told apart"),
 ];
 
 /// Every field of `doc` (a resource in document form) that is accepted but

@@ -68,6 +68,110 @@ struct ConfigFile {
     trust_domain: Option<String>,
     cluster_domain: Option<String>,
     locality: Option<String>,
+    /// Istio's MeshConfig fields meshgate reads: where spans are exported.
+    mesh_config: Option<MeshConfigFile>,
+    /// The built-in trace store's budget.
+    trace_store: Option<TraceStoreFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct MeshConfigFile {
+    enable_tracing: Option<bool>,
+    default_config: Option<ProxyConfigFile>,
+    #[serde(default)]
+    extension_providers: Vec<ExtensionProvider>,
+    default_providers: Option<DefaultProviders>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ProxyConfigFile {
+    tracing: Option<ProxyTracing>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ProxyTracing {
+    zipkin: Option<ZipkinAddress>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ZipkinAddress {
+    address: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+// Access logging and metrics have one provider each (the JSON log and Prometheus), so only `tracing` is read.
+#[allow(dead_code)]
+struct DefaultProviders {
+    #[serde(default)]
+    tracing: Vec<String>,
+    #[serde(default)]
+    access_logging: Vec<String>,
+    #[serde(default)]
+    metrics: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ExtensionProvider {
+    name: String,
+    opentelemetry: Option<OtelProvider>,
+    zipkin: Option<ZipkinProvider>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct OtelProvider {
+    service: String,
+    port: u16,
+    /// OTLP over HTTP/protobuf when given; gRPC otherwise (as Istio).
+    http: Option<OtelHttp>,
+    grpc: Option<OtelGrpc>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct OtelHttp {
+    path: Option<String>,
+    timeout: Option<String>,
+    #[serde(default)]
+    headers: Vec<NameValue>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct OtelGrpc {
+    timeout: Option<String>,
+    #[serde(default)]
+    initial_metadata: Vec<NameValue>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct NameValue {
+    name: String,
+    value: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ZipkinProvider {
+    service: String,
+    port: u16,
+    path: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TraceStoreFile {
+    /// Memory budget in MiB [default: 96].
+    max_megabytes: Option<usize>,
+    /// Traces with a span at least this long are kept longer [default: 1s].
+    slow_threshold: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -107,6 +211,11 @@ pub struct Config {
     pub trusted_proxies: Vec<crate::proxy::authz::Cidr>,
     /// The gateway's JSON access log: `-` (stdout) or a file.
     pub access_log: Option<String>,
+    /// The gateway records spans (`meshConfig.enableTracing`, default true).
+    pub tracing: bool,
+    /// Where the appliance exports every span it gets.
+    pub trace_providers: Vec<crate::telemetry::export::Provider>,
+    pub trace_store: crate::telemetry::tracestore::Limits,
 }
 
 fn parse_port_map(s: &str) -> Result<(u32, u16), String> {
@@ -138,6 +247,9 @@ impl Default for Config {
             agent_grace: std::time::Duration::from_secs(10),
             trusted_proxies: Vec::new(),
             access_log: None,
+            tracing: true,
+            trace_providers: Vec::new(),
+            trace_store: Default::default(),
         }
     }
 }
@@ -217,6 +329,112 @@ impl Config {
         }
         if let Some(l) = file.locality {
             self.locality = l;
+        }
+        if let Some(m) = file.mesh_config {
+            self.apply_mesh_config(m).map_err(|e| anyhow::anyhow!("config file {name}: meshConfig.{e}"))?;
+        }
+        if let Some(t) = file.trace_store {
+            if let Some(mb) = t.max_megabytes {
+                self.trace_store.max_bytes = mb.max(1) << 20;
+            }
+            if let Some(d) = t.slow_threshold {
+                let d = meshgate_model::check::parse_duration(&d)
+                    .map_err(|e| anyhow::anyhow!("config file {name}: traceStore.slowThreshold: {e}"))?;
+                self.trace_store.slow_nanos = d.as_nanos().min(u128::from(u64::MAX)) as u64;
+            }
+        }
+        Ok(())
+    }
+
+    /// The tracing providers: `defaultProviders.tracing` (names from
+    /// `extensionProviders`) and `defaultConfig.tracing.zipkin.address`.
+    fn apply_mesh_config(&mut self, m: MeshConfigFile) -> Result<(), String> {
+        use crate::telemetry::export::{Protocol, Provider};
+        let timeout = |t: Option<&String>, at: &str| -> Result<std::time::Duration, String> {
+            match t {
+                Some(t) => meshgate_model::check::parse_duration(t).map_err(|e| format!("{at}.timeout: {e}")),
+                None => Ok(std::time::Duration::from_secs(5)),
+            }
+        };
+        if let Some(on) = m.enable_tracing {
+            self.tracing = on;
+        }
+        let mut known = Vec::new();
+        for (i, p) in m.extension_providers.iter().enumerate() {
+            let at = format!("extensionProviders[{i}]");
+            if p.name.is_empty() {
+                return Err(format!("{at}.name: missing"));
+            }
+            let provider = match (&p.opentelemetry, &p.zipkin) {
+                (Some(o), None) => match &o.http {
+                    Some(h) => Provider {
+                        name: p.name.clone(),
+                        protocol: Protocol::OtlpHttp,
+                        endpoint: format!(
+                            "http://{}:{}{}",
+                            o.service,
+                            o.port,
+                            h.path.as_deref().unwrap_or("/v1/traces")
+                        ),
+                        headers: h.headers.iter().map(|h| (h.name.clone(), h.value.clone())).collect(),
+                        timeout: timeout(h.timeout.as_ref(), &format!("{at}.opentelemetry.http"))?,
+                    },
+                    None => Provider {
+                        name: p.name.clone(),
+                        protocol: Protocol::OtlpGrpc,
+                        endpoint: format!("http://{}:{}", o.service, o.port),
+                        headers: o
+                            .grpc
+                            .iter()
+                            .flat_map(|g| &g.initial_metadata)
+                            .map(|h| (h.name.clone(), h.value.clone()))
+                            .collect(),
+                        timeout: timeout(
+                            o.grpc.as_ref().and_then(|g| g.timeout.as_ref()),
+                            &format!("{at}.opentelemetry.grpc"),
+                        )?,
+                    },
+                },
+                (None, Some(z)) => Provider {
+                    name: p.name.clone(),
+                    protocol: Protocol::Zipkin,
+                    endpoint: format!(
+                        "http://{}:{}{}",
+                        z.service,
+                        z.port,
+                        z.path.as_deref().unwrap_or("/api/v2/spans")
+                    ),
+                    headers: Default::default(),
+                    timeout: std::time::Duration::from_secs(5),
+                },
+                _ => {
+                    return Err(format!(
+                        "{at}: give exactly one of opentelemetry, zipkin (the tracing providers meshgate exports to)"
+                    ));
+                }
+            };
+            known.push(provider);
+        }
+        for (i, name) in m.default_providers.iter().flat_map(|d| &d.tracing).enumerate() {
+            match known.iter().find(|p| &p.name == name) {
+                Some(p) => self.trace_providers.push(p.clone()),
+                None => {
+                    let names: Vec<&str> = known.iter().map(|p| p.name.as_str()).collect();
+                    return Err(format!(
+                        "defaultProviders.tracing[{i}]: {name:?} is not in extensionProviders (those are: {})",
+                        names.join(", ")
+                    ));
+                }
+            }
+        }
+        if let Some(z) = m.default_config.and_then(|d| d.tracing).and_then(|t| t.zipkin) {
+            self.trace_providers.push(Provider {
+                name: "zipkin".into(),
+                protocol: Protocol::Zipkin,
+                endpoint: format!("http://{}/api/v2/spans", z.address),
+                headers: Default::default(),
+                timeout: std::time::Duration::from_secs(5),
+            });
         }
         Ok(())
     }

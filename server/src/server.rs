@@ -44,6 +44,15 @@ pub async fn run(
     let ca = Arc::new(crate::ca::Ca::load(&store, &config.data_dir, &config.trust_domain, plugin).await?);
     let metrics = Arc::new(Metrics::new());
     let hub = Hub::new();
+    // The trace store, and an export task per tracing provider.
+    let exporters = config
+        .trace_providers
+        .iter()
+        .map(|p| crate::telemetry::export::start(p.clone(), metrics.traces.clone()))
+        .collect();
+    let traces =
+        Arc::new(crate::telemetry::tracestore::TraceHub::new(config.trace_store, exporters, metrics.traces.clone()));
+    let _ = hub.traces.set(traces.clone());
 
     let mesh_tls = Arc::new(crate::mesh::MeshTls::new(&ca, mesh_names())?);
     let state = AppState {
@@ -110,6 +119,16 @@ pub async fn run(
             Some(target) => Some(crate::telemetry::accesslog::AccessLog::open(target)?),
             None => None,
         },
+        tracer: config.tracing.then(|| {
+            let ns = crate::ca::identity::CONTROL_NAMESPACE;
+            Arc::new(crate::telemetry::trace::Tracer::new(
+                &format!("meshgate-gateway.{ns}"),
+                ns,
+                "meshgate-gateway",
+                crate::telemetry::trace::Sink::Hub(traces.clone()),
+                metrics.traces.dropped.with_label_values(&["queue_full", "gateway"]),
+            ))
+        }),
     });
     let secure = Arc::new(proxy::Listener { gateway_port: 443, scheme: "https", ..(*plain).clone() });
     // Listeners of the other Gateway ports are made like port 80's.

@@ -13,6 +13,7 @@ mod prometheus;
 mod support;
 mod telemetry;
 mod tls;
+mod tracing;
 mod transcode;
 mod upstream;
 

@@ -22,7 +22,7 @@ pub struct Agent {
 }
 
 impl Agent {
-    fn start(server: &Server, dir: &Path, args: &[&str]) -> Agent {
+    pub fn start(server: &Server, dir: &Path, args: &[&str]) -> Agent {
         Agent::start_at(&server.mesh, dir, args)
     }
 
@@ -267,18 +267,14 @@ pub fn user_service_sidecar(
     app: &crate::upstream::Upstream,
     extra: &[&str],
 ) -> (Agent, String) {
-    let t = token(server, &["--service", "user-service"]);
-    let app_addr = format!("127.0.0.1:{}", app.port());
-    let mut args = vec![
-        "--token",
-        &t,
-        "--service",
-        "user-service",
-        "--ca-fingerprint",
-        &server.ca_fingerprint,
-        "--app",
-        &app_addr,
-    ];
+    sidecar_for(server, dir, "user-service", &format!("127.0.0.1:{}", app.port()), extra)
+}
+
+/// A ready sidecar for `service` in front of the app at `app_addr`, and its ready line.
+pub fn sidecar_for(server: &Server, dir: &Path, service: &str, app_addr: &str, extra: &[&str]) -> (Agent, String) {
+    let t = token(server, &["--service", service]);
+    let mut args =
+        vec!["--token", &t, "--service", service, "--ca-fingerprint", &server.ca_fingerprint, "--app", app_addr];
     args.extend_from_slice(extra);
     let mut agent = Agent::start(server, dir, &args);
     let ready = agent.wait_for("meshgate agent ready ");

@@ -60,6 +60,22 @@ impl Link {
         }
     }
 
+    /// Sends spans as OTLP/protobuf to the control plane's trace store.
+    pub async fn send_spans(&self, body: bytes::Bytes) -> anyhow::Result<()> {
+        let mut sender = self.sender().await?;
+        let uri = format!("https://{}:{}/v1/traces", self.endpoint.host, self.endpoint.port);
+        let req = http::Request::post(uri)
+            .header(http::header::HOST, format!("{}:{}", self.endpoint.host, self.endpoint.port))
+            .header(http::header::CONTENT_TYPE, "application/x-protobuf")
+            .body(Full::new(body))?;
+        match tokio::time::timeout(Duration::from_secs(10), sender.send_request(req)).await {
+            Ok(Ok(resp)) if resp.status().is_success() => Ok(()),
+            Ok(Ok(resp)) => anyhow::bail!("the control plane refused the spans (HTTP {})", resp.status().as_u16()),
+            Ok(Err(e)) => Err(anyhow::Error::new(e).context("the link to the control plane broke")),
+            Err(_) => anyhow::bail!("the control plane did not take the spans in time"),
+        }
+    }
+
     async fn sender(&self) -> anyhow::Result<Sender> {
         let identity = self.sidecar.identity.load_full();
         let mut current = self.current.lock().await;

@@ -110,6 +110,35 @@ pub fn main(args: AgentArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// Spans waiting for the link, at most.
+const SPAN_QUEUE: usize = 4096;
+
+/// Sends the sidecar's spans to the control plane: a batch of up to 512, or
+/// what came within a second; a batch the control plane cannot take is
+/// dropped (and counted), so a lost link never holds spans or memory.
+async fn send_spans(
+    link: Arc<link::Link>,
+    mut rx: tokio::sync::mpsc::Receiver<crate::telemetry::trace::Span>,
+    dropped: prometheus::IntCounter,
+) {
+    loop {
+        let Some(first) = rx.recv().await else { return };
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        while batch.len() < 512 {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(s)) => batch.push(s),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let body = bytes::Bytes::from(crate::telemetry::otlp::encode(&batch));
+        if let Err(e) = link.send_spans(body).await {
+            dropped.inc_by(batch.len() as u64);
+            tracing::debug!(error = %format!("{e:#}"), spans = batch.len(), "spans not delivered");
+        }
+    }
+}
+
 /// Under `meshgate up --sidecar`, standard input is a pipe from `up`:
 /// end of file means `up` is gone (even killed), and the agent stops.
 async fn parent_gone(supervised: bool) {
@@ -190,6 +219,18 @@ pub async fn run(args: AgentArgs, shutdown: impl std::future::Future<Output = ()
         Some(target) => Some(crate::telemetry::accesslog::AccessLog::open(target)?),
         None => None,
     };
+    // Spans go to the control plane's trace store, batched, never waited for.
+    let (spans_tx, spans_rx) = tokio::sync::mpsc::channel(SPAN_QUEUE);
+    let tracer = {
+        let ns = held.identity.namespace.clone();
+        Arc::new(crate::telemetry::trace::Tracer::new(
+            &format!("{}.{ns}", args.service),
+            &ns,
+            &name,
+            crate::telemetry::trace::Sink::Queue(spans_tx),
+            metrics.spans_dropped.clone(),
+        ))
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let base = |hub: Arc<crate::control::Hub>, port: u32, reporter: crate::telemetry::istio::Reporter| {
         Arc::new(crate::proxy::Listener {
@@ -206,6 +247,7 @@ pub async fn run(args: AgentArgs, shutdown: impl std::future::Future<Output = ()
             reporter,
             peer_workload: None,
             access_log: access_log.clone(),
+            tracer: Some(tracer.clone()),
         })
     };
     let outbound = tokio::net::TcpListener::bind(args.outbound)
@@ -249,6 +291,7 @@ pub async fn run(args: AgentArgs, shutdown: impl std::future::Future<Output = ()
     let metrics_target = SocketAddr::new(advertised_ip(metrics_addr, &endpoint), metrics_addr.port());
     tokio::spawn(serve_metrics(metrics_listener, metrics.clone(), stop_rx.clone()));
     let link = Arc::new(link::Link::new(endpoint.clone(), sidecar.clone()));
+    tokio::spawn(send_spans(link.clone(), spans_rx, metrics.spans_dropped.clone()));
     tokio::spawn(follow_config(
         link.clone(),
         sidecar.clone(),

@@ -138,11 +138,13 @@ impl Sidecar {
             health: &self.outbound.health,
             mesh: Some(&identity),
             edge: None,
+            workload: Some((&self.namespace, &self.labels)),
         };
         self.outbound.install(compiler.compile(revision, &outbound_resources(resources)));
         if let Some(app) = self.app {
             let compiler = Compiler { health: &self.inbound.health, ..compiler };
             let mut inbound = compiler.compile(revision, &inbound_resources(app));
+            inbound.telemetry = crate::control::compile::proxy_telemetry(resources, compiler.workload);
             let authz = crate::proxy::authz::Authz::compile(app.port(), self.policies(resources));
             if !authz.is_empty() {
                 inbound.authz = Some(Arc::new(authz));

@@ -8,6 +8,7 @@ pub mod error;
 mod mesh;
 mod openapi;
 mod resources;
+pub mod traces;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -66,6 +67,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/ca/rotate", post(mesh::rotate_ca))
         .route("/api/v1/ca/retire", post(mesh::retire_ca))
         .route("/api/v1/certificates", get(mesh::certificates))
+        .route("/api/v1/traces", get(traces::search))
+        .route("/api/v1/traces/{trace_id}", get(traces::get_trace))
         .route("/api/v1/logout", post(auth::logout))
         .route("/api/v1/namespaces/{ns}/{plural}", get(resources::list_namespaced).post(resources::create))
         .route(
@@ -78,6 +81,8 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(index))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
+        // OTLP/HTTP for apps' own spans, like a collector: no token.
+        .route("/v1/traces", post(traces::otlp))
         .route("/api/v1/login", post(auth::login))
         .merge(protected)
         .fallback(|| async { ApiError::not_found("no such route; see /api/openapi.json") })

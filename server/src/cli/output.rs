@@ -83,6 +83,7 @@ pub fn summary_columns(kind: meshgate_model::Kind) -> &'static [&'static str] {
         ApiKeyAuth => &["TARGETS", "REQUIRED"],
         RequestSizeLimit => &["TARGETS", "MAX BYTES"],
         GrpcTranscoder => &["TARGETS", "SERVICES"],
+        Telemetry => &["TARGETS", "SAMPLING"],
     }
 }
 
@@ -142,6 +143,10 @@ pub fn summary(kind: meshgate_model::Kind, doc: &Value) -> Vec<String> {
         Consumer => vec![s(&spec["displayName"])],
         RequestSizeLimit => vec![targets(&spec["targetRefs"]), spec["maxBytes"].to_string()],
         GrpcTranscoder => vec![targets(&spec["targetRefs"]), join(&spec["services"])],
+        Telemetry => vec![
+            if spec["selector"].is_object() { "selector".into() } else { targets(&spec["targetRefs"]) },
+            spec["tracing"][0]["randomSamplingPercentage"].as_f64().map(|p| format!("{p}%")).unwrap_or_default(),
+        ],
         ApiKeyAuth => vec![targets(&spec["targetRefs"]), spec["required"].as_bool().unwrap_or(true).to_string()],
         RateLimitPolicy => vec![
             spec["targetRefs"]

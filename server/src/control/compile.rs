@@ -39,6 +39,9 @@ pub struct Compiler<'a> {
     pub mesh: Option<&'a crate::ca::MeshIdentity>,
     /// What only the edge gateway compiles; `None` on sidecars.
     pub edge: Option<Edge<'a>>,
+    /// The sidecar's workload (namespace, labels), for the Telemetry that
+    /// applies to it; `None` is the edge gateway.
+    pub workload: Option<(&'a str, &'a BTreeMap<String, String>)>,
 }
 
 /// The edge gateway's own: where RateLimitPolicy buckets are kept, and the
@@ -61,6 +64,7 @@ struct Index<'r> {
     key_auths: Vec<(&'r Resource, &'r meshgate_model::policy::ApiKeyAuthSpec)>,
     size_limits: Vec<(&'r Resource, &'r meshgate_model::policy::RequestSizeLimitSpec)>,
     transcoders: Vec<(&'r Resource, &'r meshgate_model::transcode::GrpcTranscoderSpec)>,
+    telemetries: Vec<(&'r Resource, &'r meshgate_model::telemetry::TelemetrySpec)>,
 }
 
 impl Compiler<'_> {
@@ -78,6 +82,7 @@ impl Compiler<'_> {
             key_auths: Vec::new(),
             size_limits: Vec::new(),
             transcoders: Vec::new(),
+            telemetries: Vec::new(),
         };
         for r in resources {
             match &r.body {
@@ -91,6 +96,7 @@ impl Compiler<'_> {
                 Body::ApiKeyAuth(s) => ix.key_auths.push((r, s)),
                 Body::RequestSizeLimit(s) => ix.size_limits.push((r, s)),
                 Body::GrpcTranscoder(s) => ix.transcoders.push((r, s)),
+                Body::Telemetry(s) => ix.telemetries.push((r, s)),
                 Body::Secret(s) => {
                     ix.secrets.insert((r.namespace(), r.name()), s);
                 }
@@ -108,6 +114,8 @@ impl Compiler<'_> {
 
         // Each GrpcTranscoder's descriptors are read once per snapshot, then shared by its routes.
         ix.transcoders.sort_by_key(|(r, _)| (r.namespace(), r.name()));
+        ix.telemetries.sort_by_key(|(r, _)| (r.namespace(), r.name()));
+        let base_telemetry = proxy_telemetry(resources, self.workload);
         let transcoders: Vec<Option<Arc<Transcoder>>> = ix
             .transcoders
             .iter()
@@ -166,12 +174,23 @@ impl Compiler<'_> {
                                 .zip(&transcoders)
                                 .find(|((r, spec), t)| t.is_some() && targets(r, &spec.target_refs, vs, route, &gw_ref))
                                 .and_then(|(_, t)| t.clone());
+                            // Telemetries that target the route, over the proxy's own.
+                            let mut route_telemetry = None;
+                            for (_, spec) in
+                                ix.telemetries.iter().filter(|(r, spec)| telemetry_targets(r, spec, vs, route))
+                            {
+                                let p = route_telemetry
+                                    .get_or_insert_with(|| base_telemetry.as_deref().cloned().unwrap_or_default());
+                                apply_telemetry(p, spec);
+                            }
+                            let route_telemetry = route_telemetry.map(Arc::new);
                             let routes = self.routes(&ix, &mut clusters, vs.namespace(), &gw_ref, port, &name, route);
                             vhost.routes.extend(routes.into_iter().map(|r| Route {
                                 limits: limits.clone(),
                                 key_auth: key_auth.clone(),
                                 max_body,
                                 transcoder: transcoder.clone(),
+                                telemetry: route_telemetry.clone(),
                                 ..r
                             }));
                         }
@@ -343,6 +362,7 @@ impl Compiler<'_> {
                 })
                 .collect(),
             authz: None,
+            telemetry: proxy_telemetry(resources, self.workload),
             authn: None,
         };
         for (port, hosts) in hosts_by_port {
@@ -512,6 +532,7 @@ impl Compiler<'_> {
                     key_auth: None,
                     max_body: None,
                     transcoder: None,
+                    telemetry: None,
                 }
             })
             .collect()
@@ -954,6 +975,101 @@ fn route_key_auth(
     Some(Arc::new(crate::proxy::keyauth::KeyAuth::new(spec, edge.api_keys.clone())))
 }
 
+/// Whether a Telemetry's `targetRefs` name this route of VirtualService `vs`.
+fn telemetry_targets(
+    r: &Resource,
+    spec: &meshgate_model::telemetry::TelemetrySpec,
+    vs: &Resource,
+    route: &HttpRoute,
+) -> bool {
+    spec.targets().any(|t| {
+        t.kind == "VirtualService"
+            && t.name == vs.name()
+            && t.namespace.as_deref().unwrap_or(r.namespace()) == vs.namespace()
+            && t.section_name.as_ref().is_none_or(|s| route.name.as_ref() == Some(s))
+    })
+}
+
+/// The Telemetry a proxy runs with, Istio's way: mesh-wide (a root
+/// namespace, no selector), then namespace-wide, then workload-specific (a
+/// selector its labels meet, or for the gateway a `targetRefs` to a
+/// Gateway), each level overriding the fields it sets. `None`: no
+/// Telemetry applies, Istio's defaults hold.
+pub fn proxy_telemetry(
+    resources: &[Resource],
+    workload: Option<(&str, &BTreeMap<String, String>)>,
+) -> Option<Arc<crate::proxy::config::TelemetryPolicy>> {
+    let mut levels: [Vec<(&Resource, &meshgate_model::telemetry::TelemetrySpec)>; 3] = Default::default();
+    for r in resources {
+        let Body::Telemetry(spec) = &r.body else { continue };
+        let root = ROOT_NAMESPACES.contains(&r.namespace());
+        let targeted = spec.targets().next().is_some();
+        let level = match (&spec.selector, targeted, workload) {
+            (None, false, _) if root => 0,
+            (None, false, Some((ns, _))) if r.namespace() == ns => 1,
+            (Some(sel), _, Some((ns, labels))) if r.namespace() == ns || root => {
+                if !sel.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v)) {
+                    continue;
+                }
+                2
+            }
+            (Some(sel), _, None) if root && selects_builtin_gateway(&sel.match_labels) => 2,
+            (None, true, None) if spec.targets().any(|t| t.kind == "Gateway") => 2,
+            _ => continue,
+        };
+        levels[level].push((r, spec));
+    }
+    if levels.iter().all(Vec::is_empty) {
+        return None;
+    }
+    let mut policy = crate::proxy::config::TelemetryPolicy::default();
+    for mut level in levels {
+        level.sort_by_key(|(r, _)| (r.namespace(), r.name()));
+        // Within a level the first by name wins, as Istio takes the oldest.
+        for (_, spec) in level.into_iter().rev() {
+            apply_telemetry(&mut policy, spec);
+        }
+    }
+    Some(Arc::new(policy))
+}
+
+/// Sets what `spec` sets (its first `tracing` and `accessLogging` entries).
+fn apply_telemetry(p: &mut crate::proxy::config::TelemetryPolicy, spec: &meshgate_model::telemetry::TelemetrySpec) {
+    use crate::telemetry::trace::Value;
+    if let Some(t) = spec.tracing.first() {
+        if let Some(pct) = t.random_sampling_percentage {
+            p.sampling = pct.clamp(0.0, 100.0);
+        }
+        if let Some(d) = t.disable_span_reporting {
+            p.report = !d;
+        }
+        for (name, tag) in &t.custom_tags {
+            let value = if let Some(l) = &tag.literal {
+                Some(l.value.clone())
+            } else if let Some(e) = &tag.environment {
+                std::env::var(&e.name).ok().or_else(|| e.default_value.clone())
+            } else {
+                None
+            };
+            if let Some(v) = value {
+                p.tags.retain(|(k, _)| k != name);
+                p.tags.push((name.clone(), Value::Str(v)));
+            }
+        }
+    }
+    if let Some(a) = spec.access_logging.first() {
+        if let Some(d) = a.disabled {
+            p.log.disabled = d;
+        }
+        if let Some(f) = &a.filter {
+            p.log.filter = meshgate_model::telemetry::LogFilter::parse(&f.expression).ok();
+        }
+        if let Some(pct) = a.random_sampling_percentage {
+            p.log.sampling = pct.clamp(0.0, 100.0);
+        }
+    }
+}
+
 /// Istio's root namespaces: policies there without a selector apply mesh-wide.
 const ROOT_NAMESPACES: [&str; 2] = ["istio-system", "meshgate-system"];
 
@@ -1271,9 +1387,15 @@ mod tests {
         let yaml = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: [\"*\"]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: vs}\nspec:\n  hosts: [h.example.com]\n  gateways: [gw]\n  http:\n  - name: header\n    match: [{uri: {prefix: /a}, headers: {x-canary: {exact: \"1\"}}}]\n    route: [{destination: {host: s0}}]\n  - name: prefix-ab\n    match: [{uri: {prefix: /a/b}}]\n    route: [{destination: {host: s1}}]\n  - name: exact-abc\n    match: [{uri: {exact: /a/b/c}}]\n    route: [{destination: {host: s2}}]\n  - name: regex\n    match: [{uri: {regex: \"/z/[0-9]+\"}}]\n    route: [{destination: {host: s3}}]\n  - name: rest\n    route: [{destination: {host: s4}}]\n";
         let resources = meshgate_model::decode("t", yaml, "default").unwrap();
         let health = HealthRegistry::default();
-        let snap =
-            Compiler { cluster_domain: "svc.cluster.local", locality: "", health: &health, mesh: None, edge: None }
-                .compile(1, &resources);
+        let snap = Compiler {
+            cluster_domain: "svc.cluster.local",
+            locality: "",
+            health: &health,
+            mesh: None,
+            edge: None,
+            workload: None,
+        }
+        .compile(1, &resources);
         let vhost = snap.ports[&80].find("h.example.com").unwrap();
         let route = |path: &str, canary: bool| {
             let mut req = http::Request::get(path);

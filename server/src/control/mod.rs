@@ -36,6 +36,8 @@ pub struct Hub {
     pub listening: std::sync::Mutex<std::collections::BTreeMap<u32, (std::net::SocketAddr, bool)>>,
     /// When recent revisions were applied, for the proxies' convergence time.
     applied_at: std::sync::Mutex<std::collections::VecDeque<(i64, std::time::Instant)>>,
+    /// The appliance's trace store and exporters (set by `meshgate up`).
+    pub traces: std::sync::OnceLock<Arc<crate::telemetry::tracestore::TraceHub>>,
 }
 
 impl Hub {
@@ -53,6 +55,7 @@ impl Hub {
             jwks: Default::default(),
             limiters: Default::default(),
             applied_at: Default::default(),
+            traces: Default::default(),
         })
     }
 
@@ -153,6 +156,7 @@ async fn compile_once(hub: &Hub, store: &Store, cluster_domain: &str, locality: 
         health: &hub.health,
         mesh: identity.as_deref(),
         edge: Some(compile::Edge { limiters: &hub.limiters, api_keys: Arc::new(api_keys) }),
+        workload: None,
     };
     let mut snapshot = compiler.compile(revision, &resources);
     let (authn, authz) = compile::gateway_security(&resources, &hub.jwks);

@@ -48,6 +48,7 @@ const AGENT_KINDS: &[meshgate_model::Kind] = &[
     meshgate_model::Kind::AuthorizationPolicy,
     meshgate_model::Kind::RequestAuthentication,
     meshgate_model::Kind::TrafficSplit,
+    meshgate_model::Kind::Telemetry,
 ];
 
 /// Who is calling, from the client certificate (if any).
@@ -94,6 +95,7 @@ pub fn router(state: MeshState) -> Router {
         .route("/mesh/v1/health", post(health_report))
         .route("/mesh/v1/register", post(register))
         .route("/mesh/v1/deregister", post(deregister))
+        .route("/v1/traces", post(traces))
         .fallback(|| async { ApiError::not_found("no such route on the mesh port") })
         .with_state(state)
 }
@@ -332,14 +334,28 @@ fn for_agent(r: &meshgate_model::Resource, namespace: &str) -> bool {
     let own = r.namespace() == namespace;
     let exported = |to: &[String]| to.is_empty() || to.iter().any(|t| t == "*" || t == namespace || (t == "." && own));
     match &r.body {
-        Body::PeerAuthentication(_) | Body::AuthorizationPolicy(_) | Body::RequestAuthentication(_) => {
-            own || crate::agent::sidecar::ROOT_NAMESPACES.contains(&r.namespace())
-        }
+        Body::PeerAuthentication(_)
+        | Body::AuthorizationPolicy(_)
+        | Body::RequestAuthentication(_)
+        | Body::Telemetry(_) => own || crate::agent::sidecar::ROOT_NAMESPACES.contains(&r.namespace()),
         Body::VirtualService(s) => exported(&s.export_to),
         Body::DestinationRule(s) => exported(&s.export_to),
         Body::ServiceEntry(s) => exported(&s.export_to),
         _ => true,
     }
+}
+
+/// Agents' spans (OTLP/protobuf over the link); mesh certificates only.
+async fn traces(
+    State(s): State<MeshState>,
+    Extension(Peer(peer)): Extension<Peer>,
+    headers: HeaderMap,
+    body: bytes::Bytes,
+) -> axum::response::Response {
+    if let Err(e) = workload(peer) {
+        return axum::response::IntoResponse::into_response(e);
+    }
+    crate::api::traces::receive(s.hub.traces.get(), "agent", &headers, &body)
 }
 
 fn not_yours(name: &str) -> ApiError {

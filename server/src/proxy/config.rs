@@ -31,6 +31,8 @@ pub struct Snapshot {
     pub authz: Option<Arc<super::authz::Authz>>,
     /// RequestAuthentication: JWTs checked before authorization.
     pub authn: Option<Arc<super::authn::Authn>>,
+    /// The Telemetry that applies to this proxy (none: Istio's defaults).
+    pub telemetry: Option<Arc<TelemetryPolicy>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +125,52 @@ pub struct Route {
     pub max_body: Option<u64>,
     /// GrpcTranscoder: REST+JSON requests become gRPC calls.
     pub transcoder: Option<Arc<super::transcode::Transcoder>>,
+    /// A Telemetry that targets this route (else the proxy's applies).
+    pub telemetry: Option<Arc<TelemetryPolicy>>,
+}
+
+/// Istio's default: 1% of the traces the caller left undecided.
+pub const DEFAULT_SAMPLING: f64 = 1.0;
+
+/// What a Telemetry resource sets for a proxy or a route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelemetryPolicy {
+    /// Percent of undecided traces sampled.
+    pub sampling: f64,
+    /// Record spans (`disableSpanReporting: false`).
+    pub report: bool,
+    /// `customTags` (literal and environment), added to every span.
+    pub tags: Vec<(String, crate::telemetry::trace::Value)>,
+    pub log: LogPolicy,
+}
+
+impl Default for TelemetryPolicy {
+    fn default() -> TelemetryPolicy {
+        TelemetryPolicy { sampling: DEFAULT_SAMPLING, report: true, tags: Vec::new(), log: LogPolicy::default() }
+    }
+}
+
+/// Which requests the access log shows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogPolicy {
+    pub disabled: bool,
+    pub filter: Option<meshgate_model::telemetry::LogFilter>,
+    /// Percent of the requests that pass the filter.
+    pub sampling: f64,
+}
+
+impl Default for LogPolicy {
+    fn default() -> LogPolicy {
+        LogPolicy { disabled: false, filter: None, sampling: 100.0 }
+    }
+}
+
+impl LogPolicy {
+    pub fn wants(&self, facts: &meshgate_model::telemetry::LogFacts<'_>) -> bool {
+        !self.disabled
+            && self.filter.as_ref().is_none_or(|f| f.matches(facts))
+            && crate::telemetry::trace::sample(self.sampling)
+    }
 }
 
 /// A route's `corsPolicy`, with its response header values built once.
@@ -165,6 +213,7 @@ impl Route {
             request_headers: HeaderOps::default(),
             response_headers: HeaderOps::default(),
             rewrite: None,
+            telemetry: None,
             cors: None,
             mirrors: Vec::new(),
             limits: None,

@@ -56,13 +56,14 @@ pub async fn handle(l: &Listener, peer: SocketAddr, mut req: Request<ProxyBody>)
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("application/grpc"));
+    let trace = l.tracer.as_ref().map(|_| crate::telemetry::trace::Context::extract(req.headers()));
     let started = super::observe::Started {
         at: std::time::Instant::now(),
         grpc,
         request_bytes: hyper::body::Body::size_hint(req.body()).exact().unwrap_or(0),
-        line: l.access_log.is_some().then(|| super::observe::RequestLine::of(&mut req)),
+        line: (l.access_log.is_some() || trace.is_some()).then(|| super::observe::RequestLine::of(&mut req)),
     };
-    let mut info = super::observe::Info::default();
+    let mut info = super::observe::Info { trace: trace.map(super::observe::Tracing::new), ..Default::default() };
     // Metadata exchange: a mesh peer's app and version, believed only over mTLS.
     if l.reporter == crate::telemetry::istio::Reporter::Destination
         && let Some(meta) = req.headers_mut().remove(crate::telemetry::istio::PEER_METADATA)
@@ -144,6 +145,9 @@ async fn route(
         }
     }
     let snapshot = l.hub.snapshot();
+    if l.tracer.is_some() || l.access_log.is_some() {
+        info.telemetry = snapshot.telemetry.clone();
+    }
     // RequestAuthentication: a bad token is 401; none at all passes as anonymous.
     let identity = match &snapshot.authn {
         Some(authn) => {
@@ -215,6 +219,12 @@ async fn route(
         Ok(route) => route,
         Err(why) => return local(StatusCode::NOT_FOUND, "NR", why),
     };
+    // A Telemetry that targets the route decides its sampling and access log.
+    if let Some(t) = &route.telemetry
+        && (l.tracer.is_some() || l.access_log.is_some())
+    {
+        info.telemetry = Some(t.clone());
+    }
     // RequestSizeLimit: a declared length over it is refused at once; a body
     // of unknown length is read up to the limit (and sent on from memory).
     if let Some(max) = route.max_body {
@@ -634,6 +644,7 @@ async fn forward(
     } else {
         parts.headers.remove(crate::telemetry::istio::PEER_METADATA);
     }
+    info.inject_trace(&mut parts.headers);
     if let Some(protocol) = &upgrade {
         parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(header::UPGRADE, protocol.clone());

@@ -93,6 +93,8 @@ pub struct Listener {
     pub peer_workload: Option<Arc<crate::telemetry::istio::Labelled<crate::telemetry::istio::Workload>>>,
     /// JSON access log (`--access-log`), if any.
     pub access_log: Option<Arc<crate::telemetry::accesslog::AccessLog>>,
+    /// Records this proxy's spans (continues or starts each request's trace).
+    pub tracer: Option<Arc<crate::telemetry::trace::Tracer>>,
 }
 
 /// The HTTP/2 upstream client (h2c with prior knowledge: gRPC and `HTTP2`

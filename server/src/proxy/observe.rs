@@ -34,6 +34,45 @@ pub struct Info {
     pub upstream: Option<String>,
     pub consumer: Option<Arc<super::keyauth::Consumer>>,
     pub client_ip: Option<std::net::IpAddr>,
+    /// The request's trace (when this proxy traces).
+    pub trace: Option<Tracing>,
+    /// Sampling, span reporting and access-log filter: the proxy's, or the route's.
+    pub telemetry: Option<Arc<super::config::TelemetryPolicy>>,
+}
+
+/// A request's place in its trace, and whether the trace is sampled.
+pub struct Tracing {
+    pub cx: crate::telemetry::trace::Context,
+    decided: Option<bool>,
+}
+
+impl Tracing {
+    pub fn new(cx: crate::telemetry::trace::Context) -> Tracing {
+        Tracing { cx, decided: None }
+    }
+}
+
+impl Info {
+    /// The trace's sampling decision, made once: the caller's, else by the Telemetry percentage.
+    pub fn sampled(&mut self) -> bool {
+        let percent = self.telemetry.as_ref().map_or(super::config::DEFAULT_SAMPLING, |t| t.sampling);
+        match &mut self.trace {
+            Some(t) => *t
+                .decided
+                .get_or_insert_with(|| t.cx.sampled.unwrap_or_else(|| crate::telemetry::trace::sample(percent))),
+            None => false,
+        }
+    }
+
+    /// Tells the upstream request which trace it is part of.
+    pub fn inject_trace(&mut self, headers: &mut HeaderMap) {
+        if self.trace.is_some() {
+            let sampled = self.sampled();
+            if let Some(t) = &self.trace {
+                t.cx.inject(sampled, headers);
+            }
+        }
+    }
 }
 
 /// The request's side of the record, taken before the request is handled.
@@ -111,8 +150,16 @@ fn timestamp(out: &mut Vec<u8>, at: std::time::SystemTime) {
 }
 
 /// Records the request, now or when the response body ends.
-pub fn finish(l: &Listener, started: Started, info: Info, resp: Response<ProxyBody>) -> Response<ProxyBody> {
+pub fn finish(l: &Listener, started: Started, mut info: Info, resp: Response<ProxyBody>) -> Response<ProxyBody> {
     let code = resp.status().as_u16();
+    // Spans and access-log lines both need the request line.
+    let trace = match (&l.tracer, started.line.is_some()) {
+        (Some(tracer), true) if info.trace.is_some() => {
+            let sampled = info.sampled();
+            info.trace.take().map(|t| (tracer.clone(), t.cx, sampled))
+        }
+        _ => None,
+    };
     let flags = resp.headers().get(super::handler::RESPONSE_FLAGS).and_then(|v| v.to_str().ok()).unwrap_or("");
     let grpc_status = grpc_status(resp.headers());
     // The caller: the peer's certificate at a sidecar's inbound port.
@@ -128,9 +175,10 @@ pub fn finish(l: &Listener, started: Started, info: Info, resp: Response<ProxyBo
         let consumer = info.consumer.as_ref().map_or("-", |c| c.name.as_str());
         l.metrics.record_edge(route, consumer, code, flags.split(',').any(|f| f == "RL"), info.denied);
     }
-    let log = match (started.line, &l.access_log) {
-        (Some(line), Some(out)) => Some(Logged {
-            out: out.clone(),
+    let log = match started.line {
+        Some(line) => Some(Logged {
+            out: l.access_log.clone(),
+            scheme: l.scheme,
             line,
             route: info.route,
             upstream: info.upstream,
@@ -138,10 +186,17 @@ pub fn finish(l: &Listener, started: Started, info: Info, resp: Response<ProxyBo
             client_ip: info.client_ip,
             peer: l.peer_principal.as_deref().map(|p| format!("spiffe://{p}")),
         }),
-        _ => None,
+        None => None,
+    };
+    let kind = match (l.reporter, l.tunnels) {
+        (Reporter::Source, true) => crate::telemetry::trace::Kind::Client,
+        _ => crate::telemetry::trace::Kind::Server,
     };
     let pending = Pending {
         log,
+        trace,
+        kind,
+        telemetry: info.telemetry,
         metrics: l.metrics.clone(),
         reporter: l.reporter,
         peer: caller.or(info.workload),
@@ -173,7 +228,8 @@ fn grpc_status(h: &HeaderMap) -> Option<u16> {
 
 /// The access log's part of a record.
 struct Logged {
-    out: Arc<crate::telemetry::accesslog::AccessLog>,
+    out: Option<Arc<crate::telemetry::accesslog::AccessLog>>,
+    scheme: &'static str,
     line: RequestLine,
     route: Option<Arc<str>>,
     upstream: Option<String>,
@@ -184,6 +240,10 @@ struct Logged {
 
 struct Pending {
     log: Option<Logged>,
+    /// The tracer, this hop's context and whether the trace is sampled.
+    trace: Option<(Arc<crate::telemetry::trace::Tracer>, crate::telemetry::trace::Context, bool)>,
+    kind: crate::telemetry::trace::Kind,
+    telemetry: Option<Arc<super::config::TelemetryPolicy>>,
     metrics: Arc<ProxyMetrics>,
     reporter: Reporter,
     peer: Option<Arc<Labelled<Workload>>>,
@@ -200,7 +260,19 @@ impl Pending {
     fn record(self, response_bytes: u64, grpc_status: Option<u16>) {
         let duration = self.at.elapsed();
         if let Some(log) = &self.log {
-            write_line(log, &self, response_bytes, grpc_status, duration);
+            let policy = self.telemetry.as_deref();
+            let trace = self.trace.as_ref().map(|(_, cx, _)| cx);
+            if let Some(out) = &log.out
+                && policy.is_none_or(|p| p.log.wants(&self.facts(log, grpc_status, duration)))
+            {
+                write_line(out, log, &self, trace, response_bytes, grpc_status, duration);
+            }
+            if let Some((tracer, cx, sampled)) = &self.trace {
+                let error = self.code >= 500 || grpc_status.is_some_and(|s| s != 0);
+                if policy.is_none_or(|p| p.report) && (*sampled || error) {
+                    tracer.report(self.span(tracer, cx, log, response_bytes, grpc_status, duration, error));
+                }
+            }
         }
         self.metrics.record(&Call {
             reporter: self.reporter,
@@ -215,6 +287,105 @@ impl Pending {
             request_bytes: self.request_bytes,
             response_bytes,
         });
+    }
+}
+
+impl Pending {
+    fn facts<'a>(
+        &'a self,
+        log: &'a Logged,
+        grpc_status: Option<u16>,
+        duration: std::time::Duration,
+    ) -> meshgate_model::telemetry::LogFacts<'a> {
+        let r = &log.line;
+        meshgate_model::telemetry::LogFacts {
+            code: self.code,
+            grpc_status,
+            duration_ms: duration.as_millis().min(u128::from(u64::MAX)) as u64,
+            method: r.method.as_str(),
+            path: r.path.as_ref().map_or("/", |p| p.path()),
+            host: r.authority.as_ref().and_then(|a| a.to_str().ok()).unwrap_or(""),
+            flags: &self.flags,
+        }
+    }
+
+    /// This hop's span, with Envoy's and Istio's attribute names.
+    #[allow(clippy::too_many_arguments)]
+    fn span(
+        &self,
+        tracer: &crate::telemetry::trace::Tracer,
+        cx: &crate::telemetry::trace::Context,
+        log: &Logged,
+        response_bytes: u64,
+        grpc_status: Option<u16>,
+        duration: std::time::Duration,
+        error: bool,
+    ) -> crate::telemetry::trace::Span {
+        use crate::telemetry::trace::Value;
+        let r = &log.line;
+        let start = crate::telemetry::trace::unix_nanos(r.start);
+        let authority = r.authority.as_ref().and_then(|a| a.to_str().ok()).unwrap_or("-");
+        let host = self.service.as_ref().map(|s| s.value.host.as_str());
+        let text = |v: &http::HeaderValue| Value::Str(String::from_utf8_lossy(v.as_bytes()).into_owned());
+        let mut a: Vec<(String, Value)> = Vec::with_capacity(24);
+        let mut put = |k: &str, v: Value| a.push((k.to_string(), v));
+        put("node_id", Value::Str(tracer.node_id.to_string()));
+        put("component", Value::Str("proxy".into()));
+        put("istio.namespace", Value::Str(tracer.namespace.to_string()));
+        put("istio.canonical_service", Value::Str(tracer.service.split('.').next().unwrap_or_default().to_string()));
+        put("guid:x-request-id", text(&r.request_id));
+        put("http.method", Value::Str(r.method.to_string()));
+        put(
+            "http.url",
+            Value::Str(format!("{}://{authority}{}", log.scheme, r.path.as_ref().map_or("/", |p| p.as_str()))),
+        );
+        put("http.protocol", Value::Str(r.protocol.into()));
+        put("http.status_code", Value::Int(i64::from(self.code)));
+        if let Some(s) = grpc_status {
+            put("grpc.status_code", Value::Int(i64::from(s)));
+        }
+        put("response_flags", Value::Str(if self.flags.is_empty() { "-".into() } else { self.flags.clone() }));
+        if let Some(ua) = &r.user_agent {
+            put("user_agent", text(ua));
+        }
+        put("request_size", Value::Int(self.request_bytes as i64));
+        put("response_size", Value::Int(response_bytes as i64));
+        if let Some(h) = host {
+            put("upstream_cluster", Value::Str(h.to_string()));
+        }
+        if let Some(u) = &log.upstream {
+            put("upstream_address", Value::Str(u.clone()));
+        }
+        if let Some(ip) = log.client_ip {
+            put("peer.address", Value::Str(ip.to_string()));
+        }
+        if let Some(p) = &log.peer {
+            put("peer.principal", Value::Str(p.clone()));
+        }
+        if let Some(route) = &log.route {
+            put("meshgate.route", Value::Str(route.to_string()));
+        }
+        if let Some(c) = &log.consumer {
+            put("meshgate.consumer", Value::Str(c.clone()));
+        }
+        if error {
+            put("error", Value::Bool(true));
+        }
+        if let Some(p) = &self.telemetry {
+            a.extend(p.tags.iter().cloned());
+        }
+        crate::telemetry::trace::Span {
+            trace_id: cx.trace_id,
+            span_id: cx.span_id,
+            parent: cx.parent,
+            kind: self.kind,
+            name: format!("{}/*", host.unwrap_or(authority)),
+            service: tracer.service.clone(),
+            start_unix_nanos: start,
+            end_unix_nanos: start + duration.as_nanos().min(u128::from(u64::MAX)) as u64,
+            error,
+            attributes: a,
+        }
     }
 }
 
@@ -268,7 +439,15 @@ impl Drop for Metered {
 }
 
 /// The access log line, written into a buffer each thread reuses.
-fn write_line(log: &Logged, p: &Pending, response_bytes: u64, grpc_status: Option<u16>, duration: std::time::Duration) {
+fn write_line(
+    out_log: &crate::telemetry::accesslog::AccessLog,
+    log: &Logged,
+    p: &Pending,
+    trace: Option<&crate::telemetry::trace::Context>,
+    response_bytes: u64,
+    grpc_status: Option<u16>,
+    duration: std::time::Duration,
+) {
     use crate::telemetry::accesslog::json_str;
     use std::cell::RefCell;
     use std::io::Write as _;
@@ -322,11 +501,22 @@ fn write_line(log: &Logged, p: &Pending, response_bytes: u64, grpc_status: Optio
         opt(out, r.user_agent.as_ref().map(|v| v.as_bytes()));
         out.extend_from_slice(b",\"request_id\":");
         json_str(out, r.request_id.as_bytes());
+        out.extend_from_slice(b",\"trace_id\":");
+        match trace {
+            Some(cx) => {
+                out.push(b'"');
+                let mut hex = [0u8; 32];
+                let _ = hex::encode_to_slice(cx.trace_id, &mut hex);
+                out.extend_from_slice(&hex);
+                out.push(b'"');
+            }
+            None => out.extend_from_slice(b"\"-\""),
+        }
         out.extend_from_slice(b",\"consumer\":");
         opt(out, log.consumer.as_deref().map(str::as_bytes));
         out.extend_from_slice(b",\"peer_principal\":");
         opt(out, log.peer.as_deref().map(str::as_bytes));
         out.push(b'}');
-        log.out.write(out);
+        out_log.write(out);
     });
 }

@@ -195,6 +195,8 @@ pub struct ProxyMetrics {
     request_bytes: HistogramVec,
     response_bytes: HistogramVec,
     dropped: IntCounter,
+    /// Spans this proxy could not hand on (its queue was full, or the control plane did not take them).
+    pub spans_dropped: IntCounter,
     /// The gateway's extras (route and consumer names come from config).
     edge_requests: IntCounterVec,
     edge_limited: IntCounterVec,
@@ -225,6 +227,11 @@ impl ProxyMetrics {
             "Requests not counted because the series limit was reached",
         )
         .expect("static");
+        let spans_dropped = IntCounter::new(
+            "meshgate_proxy_spans_dropped_total",
+            "Spans not delivered to the trace store (queue full or control plane unreachable)",
+        )
+        .expect("static");
         let edge_requests = IntCounterVec::new(
             Opts::new("meshgate_gateway_route_requests_total", "Gateway requests by route, consumer and status"),
             &["route", "consumer", "response_code"],
@@ -249,6 +256,7 @@ impl ProxyMetrics {
             Box::new(request_bytes.clone()),
             Box::new(response_bytes.clone()),
             Box::new(dropped.clone()),
+            Box::new(spans_dropped.clone()),
         ] {
             registry.register(c).expect("unique names");
         }
@@ -259,6 +267,7 @@ impl ProxyMetrics {
             request_bytes,
             response_bytes,
             dropped,
+            spans_dropped,
             edge_requests,
             edge_limited,
             edge_denied,

@@ -2,7 +2,11 @@
 //! request metrics with Istio's names are in [`istio`].
 
 pub mod accesslog;
+pub mod export;
 pub mod istio;
+pub mod otlp;
+pub mod trace;
+pub mod tracestore;
 
 use std::time::Duration;
 
@@ -30,6 +34,8 @@ pub struct Metrics {
     /// Workload certificates issued, and seconds until the CA root expires.
     pub certificates_issued: IntCounter,
     pub root_expiry_seconds: prometheus::Gauge,
+    /// The trace store's and exporters' counts.
+    pub traces: tracestore::TraceMetrics,
 }
 
 impl Metrics {
@@ -94,6 +100,7 @@ impl Metrics {
         ] {
             registry.register(c).expect("metric names are unique");
         }
+        let traces = tracestore::TraceMetrics::new(&registry);
         let gateway = std::sync::Arc::new(istio::ProxyMetrics::new(istio::Workload {
             name: "meshgate-gateway".into(),
             namespace: crate::ca::identity::CONTROL_NAMESPACE.into(),
@@ -115,6 +122,7 @@ impl Metrics {
             connected,
             certificates_issued,
             root_expiry_seconds,
+            traces,
         }
     }
 

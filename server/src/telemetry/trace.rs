@@ -1,0 +1,404 @@
+//! Distributed tracing on every proxy: the trace context a request brings
+//! (W3C `traceparent`/`tracestate`, B3 multi-header or single `b3`) is
+//! continued, or a new trace starts; each hop records one span and passes
+//! its own span id on, in both W3C and B3 form, so apps and proxies that
+//! speak either join the trace.
+//!
+//! Sampling is decided once per trace: a caller's decision is kept, else
+//! the Telemetry percentage (mesh, namespace, workload or route) decides.
+//! A span that ends in an error is recorded even when the trace is not
+//! sampled. Recording never waits: spans go into a bounded queue and are
+//! dropped (and counted) when it is full.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::{HeaderMap, HeaderValue};
+
+pub type TraceId = [u8; 16];
+pub type SpanId = [u8; 8];
+
+/// The trace a request belongs to, and this hop's span in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Context {
+    pub trace_id: TraceId,
+    /// The caller's span, if the request came with one.
+    pub parent: Option<SpanId>,
+    /// This hop's span.
+    pub span_id: SpanId,
+    /// The caller's sampling decision, if it made one.
+    pub sampled: Option<bool>,
+}
+
+const TRACEPARENT: &str = "traceparent";
+const B3: &str = "b3";
+const B3_TRACE: &str = "x-b3-traceid";
+const B3_SPAN: &str = "x-b3-spanid";
+const B3_PARENT: &str = "x-b3-parentspanid";
+const B3_SAMPLED: &str = "x-b3-sampled";
+const B3_FLAGS: &str = "x-b3-flags";
+
+impl Context {
+    /// The request's trace, or a new one. W3C first, then B3 single, then B3 multi-header.
+    pub fn extract(h: &HeaderMap) -> Context {
+        let incoming = h
+            .get(TRACEPARENT)
+            .and_then(|v| parse_traceparent(v.as_bytes()))
+            .or_else(|| h.get(B3).and_then(|v| parse_b3_single(v.as_bytes())))
+            .or_else(|| parse_b3_multi(h));
+        let (trace_id, parent, sampled) = match incoming {
+            Some(Incoming { ids: Some((t, p)), sampled }) => (t, Some(p), sampled),
+            Some(Incoming { ids: None, sampled }) => (new_trace_id(), None, sampled),
+            None => (new_trace_id(), None, None),
+        };
+        Context { trace_id, parent, span_id: new_span_id(), sampled }
+    }
+
+    /// Tells the next hop that its parent is this hop's span: `traceparent`
+    /// (any `tracestate` passes on unchanged) and the B3 headers; a single
+    /// `b3` header is replaced by the multi-header form.
+    pub fn inject(&self, sampled: bool, h: &mut HeaderMap) {
+        let trace = hex32(&self.trace_id);
+        let span = hex16(&self.span_id);
+        let mut tp = String::with_capacity(55);
+        tp.push_str("00-");
+        tp.push_str(&trace);
+        tp.push('-');
+        tp.push_str(&span);
+        tp.push_str(if sampled { "-01" } else { "-00" });
+        let value = |s: String| HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static("-"));
+        h.insert(TRACEPARENT, value(tp));
+        h.remove(B3);
+        h.remove(B3_FLAGS);
+        h.insert(B3_TRACE, value(trace));
+        h.insert(B3_SPAN, value(span));
+        match self.parent {
+            Some(p) => {
+                h.insert(B3_PARENT, value(hex16(&p)));
+            }
+            None => {
+                h.remove(B3_PARENT);
+            }
+        }
+        h.insert(B3_SAMPLED, HeaderValue::from_static(if sampled { "1" } else { "0" }));
+    }
+
+    pub fn trace_hex(&self) -> String {
+        hex32(&self.trace_id)
+    }
+}
+
+struct Incoming {
+    ids: Option<(TraceId, SpanId)>,
+    sampled: Option<bool>,
+}
+
+fn parse_traceparent(v: &[u8]) -> Option<Incoming> {
+    // version-traceid-parentid-flags; a future version may append fields.
+    let s = std::str::from_utf8(v).ok()?.trim();
+    let mut parts = s.split('-');
+    let version = parts.next()?;
+    let (trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?);
+    if version.len() != 2 || version.eq_ignore_ascii_case("ff") || (version == "00" && parts.next().is_some()) {
+        return None;
+    }
+    let trace_id = unhex::<16>(trace)?;
+    let span_id = unhex::<8>(span)?;
+    let flags = unhex::<1>(flags)?[0];
+    if trace_id == [0; 16] || span_id == [0; 8] {
+        return None;
+    }
+    Some(Incoming { ids: Some((trace_id, span_id)), sampled: Some(flags & 1 == 1) })
+}
+
+fn b3_sampled(s: &str) -> Option<bool> {
+    match s {
+        "1" | "d" | "true" => Some(true),
+        "0" | "false" => Some(false),
+        _ => None,
+    }
+}
+
+/// B3 trace ids are 64 or 128 bits; a 64-bit one is the low half.
+fn b3_trace_id(s: &str) -> Option<TraceId> {
+    match s.len() {
+        32 => unhex::<16>(s),
+        16 => {
+            let low = unhex::<8>(s)?;
+            let mut id = [0; 16];
+            id[8..].copy_from_slice(&low);
+            Some(id)
+        }
+        _ => None,
+    }
+    .filter(|id| *id != [0; 16])
+}
+
+fn parse_b3_single(v: &[u8]) -> Option<Incoming> {
+    let s = std::str::from_utf8(v).ok()?.trim();
+    let mut parts = s.split('-');
+    let first = parts.next()?;
+    let Some(span) = parts.next() else {
+        // Only a sampling decision: `b3: 0`.
+        return Some(Incoming { ids: None, sampled: b3_sampled(first) });
+    };
+    let trace_id = b3_trace_id(first)?;
+    let span_id = unhex::<8>(span).filter(|id| *id != [0; 8])?;
+    let sampled = parts.next().and_then(b3_sampled);
+    Some(Incoming { ids: Some((trace_id, span_id)), sampled })
+}
+
+fn parse_b3_multi(h: &HeaderMap) -> Option<Incoming> {
+    let get = |name: &str| h.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    let sampled = match get(B3_FLAGS) {
+        Some("1") => Some(true),
+        _ => get(B3_SAMPLED).and_then(b3_sampled),
+    };
+    let ids = match (get(B3_TRACE).and_then(b3_trace_id), get(B3_SPAN).and_then(unhex::<8>)) {
+        (Some(t), Some(s)) if s != [0; 8] => Some((t, s)),
+        _ => None,
+    };
+    (ids.is_some() || sampled.is_some()).then_some(Incoming { ids, sampled })
+}
+
+fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    let mut out = [0u8; N];
+    (s.len() == 2 * N && hex::decode_to_slice(s, &mut out).is_ok()).then_some(out)
+}
+
+pub fn hex32(id: &TraceId) -> String {
+    hex::encode(id)
+}
+
+pub fn hex16(id: &SpanId) -> String {
+    hex::encode(id)
+}
+
+pub fn new_trace_id() -> TraceId {
+    loop {
+        let id: TraceId = rand::random();
+        if id != [0; 16] {
+            return id;
+        }
+    }
+}
+
+pub fn new_span_id() -> SpanId {
+    loop {
+        let id: SpanId = rand::random();
+        if id != [0; 8] {
+            return id;
+        }
+    }
+}
+
+/// Whether a trace the caller did not decide on is sampled at `percent`.
+pub fn sample(percent: f64) -> bool {
+    percent >= 100.0 || (percent > 0.0 && rand::random::<f64>() * 100.0 < percent)
+}
+
+pub fn unix_nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos().min(u128::from(u64::MAX)) as u64)
+}
+
+/// OpenTelemetry's span kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Internal,
+    Server,
+    Client,
+    Producer,
+    Consumer,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Internal => "INTERNAL",
+            Kind::Server => "SERVER",
+            Kind::Client => "CLIENT",
+            Kind::Producer => "PRODUCER",
+            Kind::Consumer => "CONSUMER",
+        }
+    }
+
+    /// OTLP's numbering (`SPAN_KIND_INTERNAL` is 1).
+    pub fn otlp(self) -> i32 {
+        match self {
+            Kind::Internal => 1,
+            Kind::Server => 2,
+            Kind::Client => 3,
+            Kind::Producer => 4,
+            Kind::Consumer => 5,
+        }
+    }
+
+    pub fn from_otlp(n: i32) -> Kind {
+        match n {
+            2 => Kind::Server,
+            3 => Kind::Client,
+            4 => Kind::Producer,
+            5 => Kind::Consumer,
+            _ => Kind::Internal,
+        }
+    }
+}
+
+/// An attribute value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Str(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl std::fmt::Display for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Value::Str(s) => f.write_str(s),
+            Value::Int(n) => write!(f, "{n}"),
+            Value::Float(x) => write!(f, "{x}"),
+            Value::Bool(b) => write!(f, "{b}"),
+        }
+    }
+}
+
+/// One finished span, as proxies record it and OTLP brings it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Span {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    pub parent: Option<SpanId>,
+    pub kind: Kind,
+    pub name: String,
+    /// `service.name` of the resource that produced it (`user-service.default`).
+    pub service: Arc<str>,
+    pub start_unix_nanos: u64,
+    pub end_unix_nanos: u64,
+    pub error: bool,
+    pub attributes: Vec<(String, Value)>,
+}
+
+impl Span {
+    pub fn duration_nanos(&self) -> u64 {
+        self.end_unix_nanos.saturating_sub(self.start_unix_nanos)
+    }
+}
+
+/// Where a proxy's spans go: into the appliance's trace hub directly, or
+/// (an agent) into a queue its link sends to the control plane.
+pub enum Sink {
+    Hub(Arc<super::tracestore::TraceHub>),
+    Queue(tokio::sync::mpsc::Sender<Span>),
+}
+
+/// A proxy's span recorder.
+pub struct Tracer {
+    /// `service.name` of this proxy's spans.
+    pub service: Arc<str>,
+    pub namespace: Arc<str>,
+    /// Envoy's `node_id` attribute: the proxy's name.
+    pub node_id: Arc<str>,
+    sink: Sink,
+    dropped: prometheus::IntCounter,
+}
+
+impl Tracer {
+    pub fn new(service: &str, namespace: &str, node_id: &str, sink: Sink, dropped: prometheus::IntCounter) -> Tracer {
+        Tracer { service: service.into(), namespace: namespace.into(), node_id: node_id.into(), sink, dropped }
+    }
+
+    /// Records a span without waiting; a full queue drops it.
+    pub fn report(&self, span: Span) {
+        match &self.sink {
+            Sink::Hub(hub) => hub.accept(vec![span]),
+            Sink::Queue(tx) => {
+                if tx.try_send(span).is_err() {
+                    self.dropped.inc();
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn w3c_in_b3_and_w3c_out() {
+        let h = headers(&[
+            ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            ("tracestate", "vendor=x"),
+        ]);
+        let cx = Context::extract(&h);
+        assert_eq!(cx.trace_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(cx.parent.map(|p| hex16(&p)).as_deref(), Some("00f067aa0ba902b7"));
+        assert_eq!(cx.sampled, Some(true));
+        assert_ne!(cx.span_id, cx.parent.unwrap());
+        let mut out = h.clone();
+        cx.inject(true, &mut out);
+        let span = hex16(&cx.span_id);
+        assert_eq!(out["traceparent"], format!("00-4bf92f3577b34da6a3ce929d0e0e4736-{span}-01").as_str());
+        assert_eq!(out["tracestate"], "vendor=x");
+        assert_eq!(out["x-b3-traceid"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(out["x-b3-spanid"], span.as_str());
+        assert_eq!(out["x-b3-parentspanid"], "00f067aa0ba902b7");
+        assert_eq!(out["x-b3-sampled"], "1");
+    }
+
+    #[test]
+    fn b3_in_both_forms() {
+        let multi = headers(&[
+            ("x-b3-traceid", "80f198ee56343ba864fe8b2a57d3eff7"),
+            ("x-b3-spanid", "e457b5a2e4d86bd1"),
+            ("x-b3-sampled", "0"),
+        ]);
+        let cx = Context::extract(&multi);
+        assert_eq!(cx.trace_hex(), "80f198ee56343ba864fe8b2a57d3eff7");
+        assert_eq!(cx.sampled, Some(false));
+        let mut out = multi.clone();
+        cx.inject(false, &mut out);
+        assert!(out["traceparent"].to_str().unwrap().starts_with("00-80f198ee56343ba864fe8b2a57d3eff7-"));
+        assert!(out["traceparent"].to_str().unwrap().ends_with("-00"));
+
+        let single = headers(&[("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90")]);
+        let cx = Context::extract(&single);
+        assert_eq!(cx.parent.map(|p| hex16(&p)).as_deref(), Some("e457b5a2e4d86bd1"));
+        assert_eq!(cx.sampled, Some(true));
+        let mut out = single.clone();
+        cx.inject(true, &mut out);
+        assert!(!out.contains_key("b3"), "the single header gives way to the multi-header form");
+
+        // A 64-bit B3 trace id is the low half of the W3C one.
+        let short = headers(&[("x-b3-traceid", "64fe8b2a57d3eff7"), ("x-b3-spanid", "e457b5a2e4d86bd1")]);
+        assert_eq!(Context::extract(&short).trace_hex(), "000000000000000064fe8b2a57d3eff7");
+        // Sampling only.
+        let cx = Context::extract(&headers(&[("b3", "0")]));
+        assert_eq!((cx.parent, cx.sampled), (None, Some(false)));
+    }
+
+    #[test]
+    fn bad_context_starts_a_new_trace() {
+        for bad in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "garbage",
+        ] {
+            let cx = Context::extract(&headers(&[("traceparent", bad)]));
+            assert_eq!((cx.parent, cx.sampled), (None, None), "{bad}");
+            assert_ne!(cx.trace_id, [0; 16]);
+        }
+    }
+}
