@@ -53,6 +53,20 @@ pub async fn run(
     let traces =
         Arc::new(crate::telemetry::tracestore::TraceHub::new(config.trace_store, exporters, metrics.traces.clone()));
     let _ = hub.traces.set(traces.clone());
+    // The gateway's own summary for the built-in time series, like an agent's.
+    {
+        let (hub, proxy) = (hub.clone(), metrics.gateway.clone());
+        tokio::spawn(async move {
+            let mut last = std::collections::HashMap::new();
+            let mut every = tokio::time::interval(crate::telemetry::series::report_interval());
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                let deltas = proxy.summary(&mut last);
+                hub.series.add(crate::telemetry::series::unix_now(), &deltas);
+            }
+        });
+    }
 
     let mesh_tls = Arc::new(crate::mesh::MeshTls::new(&ca, mesh_names())?);
     let state = AppState {

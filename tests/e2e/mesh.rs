@@ -61,7 +61,11 @@ pub fn agent_command(mut cmd: Command, mesh: &str, dir: &Path, args: &[&str]) ->
             cmd.args([flag, "127.0.0.1:0"]);
         }
     }
-    cmd.env("MESHGATE_LOG", "warn").env_remove("MESHGATE_JOIN_TOKEN").stdin(Stdio::null()).stderr(Stdio::piped());
+    cmd.env("MESHGATE_LOG", "warn")
+        .env("MESHGATE_STATS_INTERVAL", "1s")
+        .env_remove("MESHGATE_JOIN_TOKEN")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped());
     cmd
 }
 

@@ -264,3 +264,98 @@ fn the_gateway_writes_one_json_access_log_line_per_request() {
     assert_eq!(miss["upstream_host"], "-");
     assert_eq!(miss["request_id"].as_str().unwrap().len(), 32, "an id is made for requests without one: {miss}");
 }
+
+/// The sum of `field` over a series' points.
+fn total(points: &serde_json::Value, field: &str) -> f64 {
+    points.as_array().unwrap().iter().map(|p| p[field].as_f64().unwrap_or(0.0)).sum()
+}
+
+#[test]
+fn the_control_plane_keeps_time_series_and_the_service_map() {
+    let server = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let app = Upstream::start("users");
+    server.apply(&format!("{}---\n{USER_SERVICE}", crate::tracing::MESH));
+    let (_users, _) = user_service_sidecar(&server, &tmp.path().join("users"), &app, &["--version", "v1"]);
+    let (outbound, _agents) = client_agents(&server, tmp.path(), &["orders"]);
+    wait_synced(&server, 2);
+    let c = server.http();
+    for _ in 0..20 {
+        assert_eq!(server.gateway(&c, "api.example.com", "/v1/users").send().unwrap().status(), 200);
+    }
+    app.state.fail_next.store(5, std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..10 {
+        c.get(format!("http://{}/v1/users", outbound["orders"])).header("host", "user-service").send().unwrap();
+    }
+    let get = |path: &str| -> serde_json::Value {
+        c.get(server.url(path)).bearer_auth(server.token()).send().unwrap().json().unwrap()
+    };
+    // The service as its sidecar saw it: 30 requests, 5 errors.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let series = loop {
+        let s = get("/api/v1/stats/services?service=user-service&window=10m");
+        let list = s["services"].as_array().unwrap();
+        if list.len() == 1 && total(&list[0]["points"], "requests") >= 30.0 {
+            break list[0].clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "no series yet: {s}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!(series["service"], "user-service.default.svc.cluster.local");
+    assert_eq!((series["version"].as_str(), series["reporter"].as_str()), (Some("v1"), Some("destination")));
+    assert_eq!(total(&series["points"], "requests"), 30.0, "{series}");
+    let errors: f64 = series["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["requests"].as_f64().unwrap() * p["errorRate"].as_f64().unwrap())
+        .sum();
+    assert!((errors - 5.0).abs() < 1e-6, "{series}");
+    assert!(series["points"][0]["p99"].as_f64().is_some(), "{series}");
+
+    // The service map: the gateway and orders both call user-service.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let graph = loop {
+        let g = get("/api/v1/graph?window=10m");
+        let requests: u64 = g["edges"].as_array().unwrap().iter().map(|e| e["requests"].as_u64().unwrap()).sum();
+        if requests >= 30 {
+            break g;
+        }
+        assert!(std::time::Instant::now() < deadline, "no service map yet: {g}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let edge = |from: &str| {
+        graph["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["source"] == from && e["destination"] == "user-service.default.svc.cluster.local")
+            .unwrap_or_else(|| panic!("no edge from {from}: {graph}"))
+            .clone()
+    };
+    let gw = edge("meshgate-system/meshgate-gateway");
+    assert_eq!((gw["requests"].as_u64(), gw["errorRate"].as_f64()), (Some(20), Some(0.0)), "{gw}");
+    let orders = edge("default/orders");
+    assert_eq!((orders["requests"].as_u64(), orders["errorRate"].as_f64()), (Some(10), Some(0.5)), "{orders}");
+    assert!(
+        graph["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["id"] == "meshgate-system/meshgate-gateway" && n["kind"] == "gateway")
+    );
+
+    // Per edge route, from the gateway.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let routes = get("/api/v1/stats/routes?route=default/api/0&window=10m");
+        let n = routes["routes"].get(0).map_or(0.0, |r| total(&r["points"], "requests"));
+        if n == 20.0 {
+            break;
+        }
+        assert!(n < 20.0 && std::time::Instant::now() < deadline, "{routes}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let bad = c.get(server.url("/api/v1/graph?window=2d")).bearer_auth(server.token()).send().unwrap();
+    assert_eq!(bad.status(), 400);
+}

@@ -73,7 +73,7 @@ impl Relay {
     }
 }
 
-const MESH: &str = r#"apiVersion: networking.istio.io/v1
+pub const MESH: &str = r#"apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata: {name: gw}
 spec:

@@ -110,6 +110,26 @@ pub fn main(args: AgentArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// Sends what this sidecar served since the last summary, for the
+/// control plane's time series and service map. A summary that cannot be
+/// sent is dropped: the counts stay in this proxy's Prometheus metrics.
+async fn send_stats(link: Arc<link::Link>, metrics: Arc<crate::telemetry::istio::ProxyMetrics>) {
+    let mut last = std::collections::HashMap::new();
+    let mut every = tokio::time::interval(crate::telemetry::series::report_interval());
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        let deltas = metrics.summary(&mut last);
+        if deltas.is_empty() {
+            continue;
+        }
+        if let Err(e) = link.call("POST", "/mesh/v1/stats", Some(&json!({ "deltas": deltas }))).await {
+            tracing::debug!(error = %format!("{e:#}"), "request summary not delivered");
+        }
+    }
+}
+
 /// Spans waiting for the link, at most.
 const SPAN_QUEUE: usize = 4096;
 
@@ -292,6 +312,7 @@ pub async fn run(args: AgentArgs, shutdown: impl std::future::Future<Output = ()
     tokio::spawn(serve_metrics(metrics_listener, metrics.clone(), stop_rx.clone()));
     let link = Arc::new(link::Link::new(endpoint.clone(), sidecar.clone()));
     tokio::spawn(send_spans(link.clone(), spans_rx, metrics.spans_dropped.clone()));
+    tokio::spawn(send_stats(link.clone(), metrics.clone()));
     tokio::spawn(follow_config(
         link.clone(),
         sidecar.clone(),

@@ -8,6 +8,7 @@ pub mod error;
 mod mesh;
 mod openapi;
 mod resources;
+mod stats;
 pub mod traces;
 
 use std::sync::Arc;
@@ -68,6 +69,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/ca/retire", post(mesh::retire_ca))
         .route("/api/v1/certificates", get(mesh::certificates))
         .route("/api/v1/traces", get(traces::search))
+        .route("/api/v1/stats/services", get(stats::services))
+        .route("/api/v1/stats/routes", get(stats::routes))
+        .route("/api/v1/graph", get(stats::graph))
         .route("/api/v1/traces/{trace_id}", get(traces::get_trace))
         .route("/api/v1/logout", post(auth::logout))
         .route("/api/v1/namespaces/{ns}/{plural}", get(resources::list_namespaced).post(resources::create))

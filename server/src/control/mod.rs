@@ -38,6 +38,8 @@ pub struct Hub {
     applied_at: std::sync::Mutex<std::collections::VecDeque<(i64, std::time::Instant)>>,
     /// The appliance's trace store and exporters (set by `meshgate up`).
     pub traces: std::sync::OnceLock<Arc<crate::telemetry::tracestore::TraceHub>>,
+    /// Requests/s, errors and latency per service, route and call, for the console.
+    pub series: crate::telemetry::series::SeriesStore,
 }
 
 impl Hub {
@@ -56,6 +58,7 @@ impl Hub {
             limiters: Default::default(),
             applied_at: Default::default(),
             traces: Default::default(),
+            series: Default::default(),
         })
     }
 

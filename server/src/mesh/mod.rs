@@ -96,6 +96,7 @@ pub fn router(state: MeshState) -> Router {
         .route("/mesh/v1/register", post(register))
         .route("/mesh/v1/deregister", post(deregister))
         .route("/v1/traces", post(traces))
+        .route("/mesh/v1/stats", post(stats))
         .fallback(|| async { ApiError::not_found("no such route on the mesh port") })
         .with_state(state)
 }
@@ -343,6 +344,23 @@ fn for_agent(r: &meshgate_model::Resource, namespace: &str) -> bool {
         Body::ServiceEntry(s) => exported(&s.export_to),
         _ => true,
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Stats {
+    deltas: Vec<crate::telemetry::series::Delta>,
+}
+
+/// An agent's request summary for the time series (mesh certificates only).
+async fn stats(
+    State(s): State<MeshState>,
+    Extension(Peer(peer)): Extension<Peer>,
+    Json(st): Json<Stats>,
+) -> ApiResult<axum::http::StatusCode> {
+    workload(peer)?;
+    s.hub.series.add(crate::telemetry::series::unix_now(), &st.deltas);
+    Ok(axum::http::StatusCode::NO_CONTENT)
 }
 
 /// Agents' spans (OTLP/protobuf over the link); mesh certificates only.

@@ -175,6 +175,7 @@ pub fn finish(l: &Listener, started: Started, mut info: Info, resp: Response<Pro
         let consumer = info.consumer.as_ref().map_or("-", |c| c.name.as_str());
         l.metrics.record_edge(route, consumer, code, flags.split(',').any(|f| f == "RL"), info.denied);
     }
+    let info_route = if l.tunnels { None } else { info.route.clone() };
     let log = match started.line {
         Some(line) => Some(Logged {
             out: l.access_log.clone(),
@@ -193,6 +194,7 @@ pub fn finish(l: &Listener, started: Started, mut info: Info, resp: Response<Pro
         _ => crate::telemetry::trace::Kind::Server,
     };
     let pending = Pending {
+        edge_route: (!l.tunnels).then(|| info_route.unwrap_or_else(|| Arc::from("-"))),
         log,
         trace,
         kind,
@@ -239,6 +241,8 @@ struct Logged {
 }
 
 struct Pending {
+    /// The gateway's route (`-`: none matched), for its per-route latency.
+    edge_route: Option<Arc<str>>,
     log: Option<Logged>,
     /// The tracer, this hop's context and whether the trace is sampled.
     trace: Option<(Arc<crate::telemetry::trace::Tracer>, crate::telemetry::trace::Context, bool)>,
@@ -273,6 +277,9 @@ impl Pending {
                     tracer.report(self.span(tracer, cx, log, response_bytes, grpc_status, duration, error));
                 }
             }
+        }
+        if let Some(route) = &self.edge_route {
+            self.metrics.record_route_duration(route, self.code, duration);
         }
         self.metrics.record(&Call {
             reporter: self.reporter,

@@ -21,6 +21,8 @@ const DURATION_BUCKETS_MS: [f64; 19] = [
     0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0, 300000.0,
     600000.0, 1800000.0, 3600000.0,
 ];
+const EDGE_DURATION: &str = "meshgate_gateway_route_duration_milliseconds";
+
 /// Istio's request/response size buckets (powers of ten up to 100 MB).
 const BYTES_BUCKETS: [f64; 9] = [1.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0, 1000000.0, 10000000.0, 100000000.0];
 
@@ -201,6 +203,7 @@ pub struct ProxyMetrics {
     edge_requests: IntCounterVec,
     edge_limited: IntCounterVec,
     edge_denied: IntCounterVec,
+    edge_duration: HistogramVec,
     /// This proxy's own workload and (a sidecar's) service.
     own: arc_swap::ArcSwap<Labelled<Workload>>,
     /// `x-meshgate-peer-metadata` for requests to mesh peers: this workload's app and version.
@@ -247,8 +250,15 @@ impl ProxyMetrics {
             &["reason", "route"],
         )
         .expect("static");
+        let edge_duration = HistogramVec::new(
+            HistogramOpts::new(EDGE_DURATION, "Gateway request duration by route and status, in milliseconds")
+                .buckets(DURATION_BUCKETS_MS.to_vec()),
+            &["route", "response_code"],
+        )
+        .expect("static");
         for c in [
             Box::new(edge_requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(edge_duration.clone()),
             Box::new(edge_limited.clone()),
             Box::new(edge_denied.clone()),
             Box::new(requests.clone()),
@@ -271,6 +281,7 @@ impl ProxyMetrics {
             edge_requests,
             edge_limited,
             edge_denied,
+            edge_duration,
             exchange: arc_swap::ArcSwap::from_pointee(exchange_value(&own)),
             own: arc_swap::ArcSwap::new(Labelled::new(own)),
             own_service: arc_swap::ArcSwapOption::empty(),
@@ -302,6 +313,77 @@ impl ProxyMetrics {
         if let Some(reason) = denied {
             self.edge_denied.with_label_values(&[reason, route]).inc();
         }
+    }
+
+    /// A gateway request's duration per route (for the built-in time series).
+    pub fn record_route_duration(&self, route: &str, code: u16, duration: Duration) {
+        let mut text = itoa::Buffer::new();
+        self.edge_duration.with_label_values(&[route, text.format(code)]).observe(duration.as_secs_f64() * 1000.0);
+    }
+
+    /// What this proxy served since the last call, per (reporter, caller,
+    /// service, version) and per gateway route, read from its histograms;
+    /// `last` keeps the totals between calls.
+    pub fn summary(&self, last: &mut HashMap<Vec<String>, (u64, Vec<u64>)>) -> Vec<super::series::Delta> {
+        use prometheus::core::Collector as _;
+        let mut out: HashMap<[String; 5], super::series::Delta> = HashMap::new();
+        for family in self.duration.collect().iter().chain(self.edge_duration.collect().iter()) {
+            let routes = family.name() == EDGE_DURATION;
+            for m in family.get_metric() {
+                let labels = m.get_label();
+                let get = |name: &str| labels.iter().find(|l| l.name() == name).map_or("", |l| l.value());
+                let h = m.get_histogram();
+                let count = h.get_sample_count();
+                let cumulative: Vec<u64> = h.get_bucket().iter().map(|b| b.cumulative_count()).collect();
+                let mut key: Vec<String> = vec![family.name().to_string()];
+                key.extend(labels.iter().map(|l| l.value().to_string()));
+                let (prev_count, prev) = last.insert(key, (count, cumulative.clone())).unwrap_or((0, Vec::new()));
+                let n = count.saturating_sub(prev_count);
+                if n == 0 {
+                    continue;
+                }
+                let mut buckets = vec![0u64; DURATION_BUCKETS_MS.len() + 1];
+                let mut below = 0;
+                for (i, c) in cumulative.iter().enumerate().take(DURATION_BUCKETS_MS.len()) {
+                    let now = c.saturating_sub(prev.get(i).copied().unwrap_or(0));
+                    buckets[i] = now.saturating_sub(below);
+                    below = now;
+                }
+                buckets[DURATION_BUCKETS_MS.len()] = n.saturating_sub(below);
+                let code: u16 = get("response_code").parse().unwrap_or(0);
+                let grpc = get("grpc_response_status");
+                let error = code >= 500 || code == 0 || !matches!(grpc, "" | "-" | "0");
+                let k = if routes {
+                    ["route".to_string(), String::new(), String::new(), String::new(), get("route").to_string()]
+                } else {
+                    [
+                        get("reporter").to_string(),
+                        format!("{}/{}", get("source_workload_namespace"), get("source_workload")),
+                        get("destination_service").to_string(),
+                        get("destination_version").to_string(),
+                        String::new(),
+                    ]
+                };
+                let d = out.entry(k.clone()).or_insert_with(|| super::series::Delta {
+                    reporter: k[0].clone(),
+                    source: k[1].clone(),
+                    service: k[2].clone(),
+                    version: k[3].clone(),
+                    route: k[4].clone(),
+                    requests: 0,
+                    errors: 0,
+                    buckets: vec![0; DURATION_BUCKETS_MS.len() + 1],
+                });
+                d.requests += n;
+                if error {
+                    d.errors += n;
+                }
+                for (a, b) in d.buckets.iter_mut().zip(&buckets) {
+                    *a += b;
+                }
+            }
+        }
+        out.into_values().collect()
     }
 
     pub fn record(&self, call: &Call<'_>) {

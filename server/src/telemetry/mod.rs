@@ -5,6 +5,7 @@ pub mod accesslog;
 pub mod export;
 pub mod istio;
 pub mod otlp;
+pub mod series;
 pub mod trace;
 pub mod tracestore;
 
