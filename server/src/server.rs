@@ -116,6 +116,8 @@ pub async fn run(
     };
     let clients = proxy::Clients::new();
     let connection_limit = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
+    let gateway_log = crate::telemetry::accesslog::AccessLog::open(config.access_log.as_deref())?;
+    let _ = hub.gateway_log.set(gateway_log.clone());
     let plain = Arc::new(proxy::Listener {
         hub: hub.clone(),
         gateway_port: 80,
@@ -129,10 +131,7 @@ pub async fn run(
         metrics: metrics.gateway.clone(),
         reporter: crate::telemetry::istio::Reporter::Source,
         peer_workload: None,
-        access_log: match &config.access_log {
-            Some(target) => Some(crate::telemetry::accesslog::AccessLog::open(target)?),
-            None => None,
-        },
+        access_log: Some(gateway_log.clone()),
         tracer: config.tracing.then(|| {
             let ns = crate::ca::identity::CONTROL_NAMESPACE;
             Arc::new(crate::telemetry::trace::Tracer::new(

@@ -206,6 +206,18 @@ fn sidecars_report_both_sides_of_a_call_and_are_discovered() {
     assert!(plain("citadel_server_success_cert_issuance_count") >= 2.0);
     assert!(plain("citadel_server_root_cert_expiry_seconds") > 86400.0 * 300.0);
     assert_eq!(plain("pilot_total_xds_rejects"), 0.0);
+
+    // One scrape for everything: /metrics?federate=1 (with a token) labels each agent's samples.
+    assert_eq!(c.get(server.url("/metrics?federate=1")).send().unwrap().status(), 401);
+    let all = c.get(server.url("/metrics?federate=1")).bearer_auth(server.token()).send().unwrap().text().unwrap();
+    assert_eq!(all.matches("# TYPE istio_requests_total counter").count(), 1, "{all}");
+    let orders_name = groups.iter().find(|g| g["labels"]["service"] == "orders").unwrap()["labels"]["meshgate_proxy"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let with_proxy = [("proxy", orders_name.as_str())];
+    assert_eq!(sample(&all, "istio_requests_total", &[source.as_slice(), &with_proxy].concat()), 5.0, "{all}");
+    assert!(all.contains("pilot_xds 2"), "the appliance's own are there too");
     drop(agents);
 }
 
@@ -358,4 +370,71 @@ fn the_control_plane_keeps_time_series_and_the_service_map() {
     }
     let bad = c.get(server.url("/api/v1/graph?window=2d")).bearer_auth(server.token()).send().unwrap();
     assert_eq!(bad.status(), 400);
+}
+
+#[test]
+fn meshgate_logs_follows_the_gateway_and_the_sidecars() {
+    let server = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let app = Upstream::start("users");
+    server.apply(&format!("{}---\n{USER_SERVICE}", crate::tracing::MESH));
+    let (_users, ready) = user_service_sidecar(&server, &tmp.path().join("users"), &app, &[]);
+    let users_name = field(&ready, "name=").to_string();
+    let (outbound, _agents) = client_agents(&server, tmp.path(), &["orders"]);
+    wait_synced(&server, 2);
+    // No proxy has a log file: lines are made because someone follows.
+    let mut follow = std::process::Command::new(crate::support::BIN)
+        .args(["logs", "-f"])
+        .env("MESHGATE_SERVER", &server.admin)
+        .env("MESHGATE_TOKEN", server.token())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let lines = crate::support::line_reader(follow.stdout.take().unwrap());
+    let c = server.http();
+    let mut seen: Vec<serde_json::Value> = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let has = |seen: &[serde_json::Value], proxy: &str, path: &str| {
+        seen.iter().any(|l| l["proxy"].as_str().is_some_and(|p| p.starts_with(proxy)) && l["path"] == path)
+    };
+    let mut i = 0;
+    while !(has(&seen, "meshgate-gateway", "/from/gateway")
+        && has(&seen, &users_name, "/from/gateway")
+        && has(&seen, "orders", "/from/orders"))
+    {
+        assert!(std::time::Instant::now() < deadline, "lines so far: {seen:#?}");
+        i += 1;
+        if i % 2 == 0 {
+            server.gateway(&c, "api.example.com", "/from/gateway").send().unwrap();
+        } else {
+            c.get(format!("http://{}/from/orders", outbound["orders"])).header("host", "user-service").send().unwrap();
+        }
+        while let Ok(line) = lines.recv_timeout(std::time::Duration::from_millis(200)) {
+            seen.push(serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}")));
+        }
+    }
+    let gw = seen.iter().find(|l| l["proxy"] == "meshgate-gateway").unwrap();
+    assert_eq!((gw["response_code"].as_u64(), gw["authority"].as_str()), (Some(200), Some("api.example.com")));
+    let _ = follow.kill();
+    let _ = follow.wait();
+    // A service filter: only that service's sidecars.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let out = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                server.gateway(&c, "api.example.com", "/from/gateway").send().unwrap();
+                c.get(format!("http://{}/again", outbound["orders"])).header("host", "user-service").send().unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        });
+        let out = server.ok(&["logs", "--service", "orders", "--wait", "2s"]);
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        out
+    });
+    assert!(out.lines().any(|l| l.contains("\"/again\"")), "{out}");
+    for line in out.lines() {
+        let l: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(l["proxy"].as_str().unwrap().starts_with("orders"), "{line}");
+    }
 }

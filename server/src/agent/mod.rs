@@ -130,6 +130,45 @@ async fn send_stats(link: Arc<link::Link>, metrics: Arc<crate::telemetry::istio:
     }
 }
 
+/// Sends this sidecar's access-log lines while someone follows them
+/// (`meshgate logs`): first the lines it kept, then new ones every 250 ms,
+/// an empty post every 5 s to keep the lease; stops when told nobody
+/// follows any more, or when the link fails.
+async fn send_logs(
+    link: Arc<link::Link>,
+    log: Arc<crate::telemetry::accesslog::AccessLog>,
+    name: String,
+    service: String,
+    running: Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut rx = log.follow();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let mut batch: Vec<String> = log.recent().iter().map(|l| text(l)).collect();
+    let mut last_post: Option<tokio::time::Instant> = None;
+    loop {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(250);
+        while batch.len() < 1000 {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Ok(line)) => batch.push(text(&line)),
+                Ok(Err(RecvError::Lagged(n))) => {
+                    batch.push(format!("{{\"meshgate\":\"{n} lines skipped: more traffic than the follower takes\"}}"))
+                }
+                Ok(Err(RecvError::Closed)) | Err(_) => break,
+            }
+        }
+        if batch.is_empty() && last_post.is_some_and(|t| t.elapsed() < Duration::from_secs(5)) {
+            continue;
+        }
+        let body = json!({ "name": name, "service": service, "lines": std::mem::take(&mut batch) });
+        match link.call("POST", "/mesh/v1/logs", Some(&body)).await {
+            Ok(Some(v)) if v["more"] == true => last_post = Some(tokio::time::Instant::now()),
+            _ => break,
+        }
+    }
+    running.store(false, std::sync::atomic::Ordering::SeqCst);
+}
+
 /// Spans waiting for the link, at most.
 const SPAN_QUEUE: usize = 4096;
 
@@ -235,10 +274,7 @@ pub async fn run(args: AgentArgs, shutdown: impl std::future::Future<Output = ()
         m.set_own(own, Some(service));
         m
     };
-    let access_log = match &args.access_log {
-        Some(target) => Some(crate::telemetry::accesslog::AccessLog::open(target)?),
-        None => None,
-    };
+    let access_log = crate::telemetry::accesslog::AccessLog::open(args.access_log.as_deref())?;
     // Spans go to the control plane's trace store, batched, never waited for.
     let (spans_tx, spans_rx) = tokio::sync::mpsc::channel(SPAN_QUEUE);
     let tracer = {
@@ -266,7 +302,7 @@ pub async fn run(args: AgentArgs, shutdown: impl std::future::Future<Output = ()
             metrics: metrics.clone(),
             reporter,
             peer_workload: None,
-            access_log: access_log.clone(),
+            access_log: Some(access_log.clone()),
             tracer: Some(tracer.clone()),
         })
     };
@@ -316,6 +352,7 @@ pub async fn run(args: AgentArgs, shutdown: impl std::future::Future<Output = ()
     tokio::spawn(follow_config(
         link.clone(),
         sidecar.clone(),
+        access_log.clone(),
         Reporting { name: name.clone(), service: args.service.clone(), metrics: metrics_target.to_string() },
         args.data_dir.clone(),
         running,
@@ -504,6 +541,7 @@ async fn render_metrics(
 async fn follow_config(
     link: Arc<link::Link>,
     sidecar: Arc<sidecar::Sidecar>,
+    access_log: Arc<crate::telemetry::accesslog::AccessLog>,
     me: Reporting,
     data_dir: PathBuf,
     mut acked: i64,
@@ -512,11 +550,24 @@ async fn follow_config(
     let mut after = -1i64;
     let mut nack: Option<Nack> = None;
     let mut failures = 0u32;
+    let sending_logs = Arc::new(std::sync::atomic::AtomicBool::new(false));
     loop {
         let path = format!("/mesh/v1/config?name={}&service={}&after={after}&acked={acked}", me.name, me.service);
         let answer = link.call("GET", &path, None).await;
         match answer {
             Ok(Some(v)) if v["dumpWanted"] == true => failures = 0,
+            Ok(Some(v)) if v["logsWanted"] == true => {
+                failures = 0;
+                if !sending_logs.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    tokio::spawn(send_logs(
+                        link.clone(),
+                        access_log.clone(),
+                        me.name.clone(),
+                        me.service.clone(),
+                        sending_logs.clone(),
+                    ));
+                }
+            }
             Ok(Some(v)) => {
                 failures = 0;
                 match accept(&v) {

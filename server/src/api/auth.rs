@@ -18,7 +18,7 @@ const SESSION_HOURS: i64 = 12;
 #[derive(Debug, Clone)]
 pub struct Actor(pub String);
 
-fn presented_token(headers: &HeaderMap) -> Option<String> {
+pub fn presented_token(headers: &HeaderMap) -> Option<String> {
     if let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
         // Some clients (Prometheus' HTTP service discovery among them, when
         // `authorization.type` is left out) send the token without a scheme.

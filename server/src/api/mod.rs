@@ -5,6 +5,7 @@
 mod apikeys;
 mod auth;
 pub mod error;
+mod logs;
 mod mesh;
 mod openapi;
 mod resources;
@@ -69,6 +70,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/ca/retire", post(mesh::retire_ca))
         .route("/api/v1/certificates", get(mesh::certificates))
         .route("/api/v1/traces", get(traces::search))
+        .route("/api/v1/logs", get(logs::logs))
         .route("/api/v1/stats/services", get(stats::services))
         .route("/api/v1/stats/routes", get(stats::routes))
         .route("/api/v1/graph", get(stats::graph))
@@ -115,7 +117,35 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
     response
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetricsQuery {
+    federate: Option<String>,
+}
+
+/// The appliance's metrics; with `federate=1` (and a token: it makes the
+/// appliance call every agent) every agent's too, each sample labelled with
+/// its `proxy`.
+async fn metrics(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<MetricsQuery>,
+) -> Response {
+    let federate = match q.federate.as_deref() {
+        None | Some("0") | Some("false") => false,
+        Some("1") | Some("true") => true,
+        Some(other) => return ApiError::bad_request(format!("federate={other:?}: expected 1 or 0")).into_response(),
+    };
+    if federate {
+        let known = match auth::presented_token(&headers) {
+            Some(t) => state.store.find_token(&t).await.ok().flatten().is_some(),
+            None => false,
+        };
+        if !known {
+            state.metrics.auth_failures.inc();
+            return ApiError::unauthorized().into_response();
+        }
+    }
     match state.store.counts().await {
         Ok(counts) => state.metrics.set_resource_counts(&counts),
         Err(e) => tracing::warn!(error = %e, "counting resources for /metrics"),
@@ -129,7 +159,24 @@ async fn metrics(State(state): State<AppState>) -> Response {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
         state.metrics.root_expiry_seconds.set((expiry - now) as f64);
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
+    let own = state.metrics.render();
+    if !federate {
+        return ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], own).into_response();
+    }
+    let agents: Vec<(String, String)> =
+        state.hub.fleet.all().into_iter().filter_map(|a| Some((a.name.clone(), a.metrics.clone()?))).collect();
+    let scraped = crate::telemetry::federate::scrape(agents).await;
+    let mut parts: Vec<(Option<&str>, &str)> = vec![(None, own.as_str())];
+    let mut missing = String::new();
+    for (name, got) in &scraped {
+        match got {
+            Ok(text) => parts.push((Some(name.as_str()), text.as_str())),
+            Err(e) => missing.push_str(&format!("# meshgate: proxy {name} not scraped: {e}\n")),
+        }
+    }
+    let mut text = crate::telemetry::federate::merge(&parts);
+    text.push_str(&missing);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 /// Reads a request body up to [`MAX_BODY`] as UTF-8 text.

@@ -62,6 +62,22 @@ impl Client {
         decode(resp)
     }
 
+    /// A streamed answer (no overall timeout), or the server's error.
+    pub fn stream(&self, path: &str) -> anyhow::Result<Response> {
+        let http = Http::builder().timeout(None).build()?;
+        let resp = http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .with_context(|| format!("cannot reach meshgate at {} (--server)", self.base))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        decode(resp)?;
+        bail!("HTTP {}", status.as_u16())
+    }
+
     pub fn get(&self, path: &str) -> anyhow::Result<Value> {
         self.send(self.request(Method::GET, path))
     }

@@ -53,6 +53,7 @@ pub fn run(client: &Client, command: Command) -> anyhow::Result<i32> {
         Command::Ca { command } => ca(client, command),
         Command::Apikey { command } => apikey(client, command),
         Command::ProxyStatus { output } => proxy_status(client, output),
+        Command::Logs { service, follow, wait } => logs(client, service.as_deref(), follow, &wait),
         Command::ProxyConfig { section, name, output } => proxy_config(client, section, &name, output),
         Command::Apply { files, namespace, dry_run } => apply(client, &files, namespace.as_deref(), dry_run),
         Command::Get { kind, name, namespace, all_namespaces, selector, output } => {
@@ -552,6 +553,22 @@ fn ca(client: &Client, command: super::CaCommand) -> anyhow::Result<i32> {
             }
             println!("trusted now: {} only", v["fingerprint"].as_str().unwrap_or("-"));
         }
+    }
+    Ok(0)
+}
+
+fn logs(client: &Client, service: Option<&str>, follow: bool, wait: &str) -> anyhow::Result<i32> {
+    use std::io::{BufRead as _, Write as _};
+    let mut path = format!("/api/v1/logs?follow={follow}&wait={wait}");
+    if let Some(s) = service {
+        path.push_str(&format!("&service={s}"));
+    }
+    let resp = client.stream(&path)?;
+    let mut out = std::io::stdout().lock();
+    for line in std::io::BufReader::new(resp).lines() {
+        let line = line.context("reading the log stream")?;
+        writeln!(out, "{line}")?;
+        out.flush()?;
     }
     Ok(0)
 }

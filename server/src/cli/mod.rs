@@ -90,6 +90,18 @@ pub enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t = output::Format::Table)]
         output: output::Format,
     },
+    /// Access-log lines of the gateway and the sidecars, as JSON lines with the proxy's name
+    Logs {
+        /// Only this service's sidecars (`meshgate-gateway`: only the gateway)
+        #[arg(long)]
+        service: Option<String>,
+        /// Keep following new lines until interrupted
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Without --follow: how long to gather lines from the proxies
+        #[arg(long, default_value = "1s", value_name = "DURATION")]
+        wait: String,
+    },
     /// The mesh CA: show it, rotate its root, retire the old root
     Ca {
         #[command(subcommand)]

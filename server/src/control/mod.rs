@@ -40,6 +40,10 @@ pub struct Hub {
     pub traces: std::sync::OnceLock<Arc<crate::telemetry::tracestore::TraceHub>>,
     /// Requests/s, errors and latency per service, route and call, for the console.
     pub series: crate::telemetry::series::SeriesStore,
+    /// `meshgate logs`: followers, and the lines agents send them.
+    pub logs: Arc<crate::telemetry::logs::LogHub>,
+    /// The gateway's access log (followed in process).
+    pub gateway_log: std::sync::OnceLock<Arc<crate::telemetry::accesslog::AccessLog>>,
 }
 
 impl Hub {
@@ -59,6 +63,8 @@ impl Hub {
             applied_at: Default::default(),
             traces: Default::default(),
             series: Default::default(),
+            logs: Default::default(),
+            gateway_log: Default::default(),
         })
     }
 

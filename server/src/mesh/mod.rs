@@ -97,6 +97,7 @@ pub fn router(state: MeshState) -> Router {
         .route("/mesh/v1/deregister", post(deregister))
         .route("/v1/traces", post(traces))
         .route("/mesh/v1/stats", post(stats))
+        .route("/mesh/v1/logs", post(logs))
         .fallback(|| async { ApiError::not_found("no such route on the mesh port") })
         .with_state(state)
 }
@@ -304,6 +305,9 @@ async fn config(
         () = s.hub.fleet.dump_wanted(&q.name) => {
             return Ok(Json(json!({ "dumpWanted": true })).into_response());
         }
+        () = s.hub.logs.wanted(&q.name, &q.service) => {
+            return Ok(Json(json!({ "logsWanted": true })).into_response());
+        }
     };
     drop(waiting);
     if !newer {
@@ -361,6 +365,25 @@ async fn stats(
     workload(peer)?;
     s.hub.series.add(crate::telemetry::series::unix_now(), &st.deltas);
     Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Logs {
+    name: String,
+    service: String,
+    lines: Vec<String>,
+}
+
+/// An agent's access-log lines for `meshgate logs`; the answer says whether to keep sending.
+async fn logs(
+    State(s): State<MeshState>,
+    Extension(Peer(peer)): Extension<Peer>,
+    Json(l): Json<Logs>,
+) -> ApiResult<Json<Value>> {
+    workload(peer)?;
+    let more = s.hub.logs.publish(&l.name, &l.service, l.lines);
+    Ok(Json(json!({ "more": more })))
 }
 
 /// Agents' spans (OTLP/protobuf over the link); mesh certificates only.

@@ -61,7 +61,7 @@ pub async fn handle(l: &Listener, peer: SocketAddr, mut req: Request<ProxyBody>)
         at: std::time::Instant::now(),
         grpc,
         request_bytes: hyper::body::Body::size_hint(req.body()).exact().unwrap_or(0),
-        line: (l.access_log.is_some() || trace.is_some()).then(|| super::observe::RequestLine::of(&mut req)),
+        line: (l.logging().is_some() || trace.is_some()).then(|| super::observe::RequestLine::of(&mut req)),
     };
     let mut info = super::observe::Info { trace: trace.map(super::observe::Tracing::new), ..Default::default() };
     // Metadata exchange: a mesh peer's app and version, believed only over mTLS.
@@ -145,7 +145,7 @@ async fn route(
         }
     }
     let snapshot = l.hub.snapshot();
-    if l.tracer.is_some() || l.access_log.is_some() {
+    if l.tracer.is_some() || l.logging().is_some() {
         info.telemetry = snapshot.telemetry.clone();
     }
     // RequestAuthentication: a bad token is 401; none at all passes as anonymous.
@@ -201,11 +201,11 @@ async fn route(
     }
     let remote_ip = client_ip(l, peer.ip(), req.headers());
     // The gateway's own metrics (per route and consumer) and the access log want these.
-    if !l.tunnels || l.access_log.is_some() {
+    if !l.tunnels || l.logging().is_some() {
         info.consumer = consumer.clone();
         info.route = routed.as_ref().ok().map(|r| r.name.clone());
     }
-    if l.access_log.is_some() {
+    if l.logging().is_some() {
         info.client_ip = Some(remote_ip);
     }
     if let Some(authz) = &snapshot.authz
@@ -221,7 +221,7 @@ async fn route(
     };
     // A Telemetry that targets the route decides its sampling and access log.
     if let Some(t) = &route.telemetry
-        && (l.tracer.is_some() || l.access_log.is_some())
+        && (l.tracer.is_some() || l.logging().is_some())
     {
         info.telemetry = Some(t.clone());
     }
@@ -710,7 +710,7 @@ async fn forward(
             last = Some(index);
             let endpoint = &cluster.endpoints[index];
             info.workload = Some(endpoint.workload.clone());
-            if l.access_log.is_some() {
+            if l.logging().is_some() {
                 info.upstream = Some(endpoint.address.clone());
             }
             let body = match (&replay, streamed.take()) {

@@ -97,6 +97,13 @@ pub struct Listener {
     pub tracer: Option<Arc<crate::telemetry::trace::Tracer>>,
 }
 
+impl Listener {
+    /// The access log, when lines are wanted now (a file, or a follower).
+    pub fn logging(&self) -> Option<&Arc<crate::telemetry::accesslog::AccessLog>> {
+        self.access_log.as_ref().filter(|a| a.active())
+    }
+}
+
 /// The HTTP/2 upstream client (h2c with prior knowledge: gRPC and `HTTP2`
 /// ports), shared by all listeners so its connections survive configuration
 /// changes. HTTP/1 upstreams use [`h1::client`], pooled per endpoint.

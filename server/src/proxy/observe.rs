@@ -178,7 +178,7 @@ pub fn finish(l: &Listener, started: Started, mut info: Info, resp: Response<Pro
     let info_route = if l.tunnels { None } else { info.route.clone() };
     let log = match started.line {
         Some(line) => Some(Logged {
-            out: l.access_log.clone(),
+            out: l.logging().cloned(),
             scheme: l.scheme,
             line,
             route: info.route,

@@ -16,41 +16,62 @@ const MAX_PENDING: usize = 8 << 20;
 const WAKE_AT: usize = 256 << 10;
 const TICK: Duration = Duration::from_millis(100);
 
+/// Bytes of recent lines a proxy with a log file keeps for `meshgate logs`.
+const RECENT: usize = 64 << 10;
+/// Lines waiting for a slow follower before it misses some.
+const TAP: usize = 4096;
+
 pub struct AccessLog {
-    pending: Mutex<Vec<u8>>,
-    wake: Condvar,
+    file: Option<FileSink>,
+    /// The newest lines (newline-terminated), when there is a file.
+    recent: Mutex<std::collections::VecDeque<u8>>,
+    /// `meshgate logs -f`: lines while someone follows, even without a file.
+    tap: tokio::sync::broadcast::Sender<bytes::Bytes>,
     pub dropped: AtomicU64,
 }
 
+struct FileSink {
+    pending: Mutex<Vec<u8>>,
+    wake: Condvar,
+}
+
 impl AccessLog {
-    /// `-` writes to stdout; anything else is a file, appended to (made 0640).
-    pub fn open(target: &str) -> anyhow::Result<Arc<AccessLog>> {
-        let mut out: Box<dyn std::io::Write + Send> = if target == "-" {
-            Box::new(std::io::stdout())
-        } else {
-            use std::os::unix::fs::OpenOptionsExt as _;
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .mode(0o640)
-                .open(target)
-                .map_err(|e| anyhow::anyhow!("--access-log {target}: {e}"))?;
-            Box::new(file)
+    /// `Some("-")` writes to stdout, `Some(file)` appends to the file (made
+    /// 0640); `None` writes nowhere until someone follows the log.
+    pub fn open(target: Option<&str>) -> anyhow::Result<Arc<AccessLog>> {
+        let out: Option<Box<dyn std::io::Write + Send>> = match target {
+            None => None,
+            Some("-") => Some(Box::new(std::io::stdout())),
+            Some(target) => {
+                use std::os::unix::fs::OpenOptionsExt as _;
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .mode(0o640)
+                    .open(target)
+                    .map_err(|e| anyhow::anyhow!("--access-log {target}: {e}"))?;
+                Some(Box::new(file))
+            }
         };
         let log = Arc::new(AccessLog {
-            pending: Mutex::new(Vec::with_capacity(WAKE_AT)),
-            wake: Condvar::new(),
+            file: out
+                .is_some()
+                .then(|| FileSink { pending: Mutex::new(Vec::with_capacity(WAKE_AT)), wake: Condvar::new() }),
+            recent: Mutex::new(std::collections::VecDeque::new()),
+            tap: tokio::sync::broadcast::channel(TAP).0,
             dropped: AtomicU64::new(0),
         });
+        let Some(mut out) = out else { return Ok(log) };
         // The writer holds only a weak reference: it ends with the log.
         let weak = Arc::downgrade(&log);
         std::thread::Builder::new().name("access-log".into()).spawn(move || {
             let mut spare = Vec::with_capacity(WAKE_AT);
             while let Some(log) = weak.upgrade() {
+                let Some(sink) = &log.file else { return };
                 {
-                    let mut pending = log.pending.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut pending = sink.pending.lock().unwrap_or_else(|e| e.into_inner());
                     if pending.is_empty() {
-                        pending = log.wake.wait_timeout(pending, TICK).unwrap_or_else(|e| e.into_inner()).0;
+                        pending = sink.wake.wait_timeout(pending, TICK).unwrap_or_else(|e| e.into_inner()).0;
                     }
                     std::mem::swap(&mut *pending, &mut spare);
                 }
@@ -66,9 +87,42 @@ impl AccessLog {
         Ok(log)
     }
 
+    /// Whether lines are wanted now: there is a file, or someone follows.
+    pub fn active(&self) -> bool {
+        self.file.is_some() || self.tap.receiver_count() > 0
+    }
+
+    /// New lines from now on (each without its newline).
+    pub fn follow(&self) -> tokio::sync::broadcast::Receiver<bytes::Bytes> {
+        self.tap.subscribe()
+    }
+
+    /// The newest lines kept (a proxy with a log file keeps 64 KiB of them).
+    pub fn recent(&self) -> Vec<bytes::Bytes> {
+        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let (a, b) = recent.as_slices();
+        let all = [a, b].concat();
+        all.split(|c| *c == b'\n').filter(|l| !l.is_empty()).map(bytes::Bytes::copy_from_slice).collect()
+    }
+
     /// Appends one line (`line` without its newline).
     pub fn write(&self, line: &[u8]) {
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if self.tap.receiver_count() > 0 {
+            let _ = self.tap.send(bytes::Bytes::copy_from_slice(line));
+        }
+        let Some(sink) = &self.file else { return };
+        {
+            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            recent.extend(line);
+            recent.push_back(b'\n');
+            if recent.len() > RECENT {
+                // Drop whole lines from the front.
+                let excess = recent.len() - RECENT;
+                let cut = recent.iter().skip(excess).position(|c| *c == b'\n').map_or(recent.len(), |p| excess + p + 1);
+                recent.drain(..cut);
+            }
+        }
+        let mut pending = sink.pending.lock().unwrap_or_else(|e| e.into_inner());
         if pending.len() + line.len() > MAX_PENDING {
             drop(pending);
             self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -79,7 +133,7 @@ impl AccessLog {
         let full = pending.len() >= WAKE_AT;
         drop(pending);
         if full {
-            self.wake.notify_one();
+            sink.wake.notify_one();
         }
     }
 }
@@ -130,10 +184,20 @@ mod tests {
     fn lines_reach_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("access.log");
-        let log = AccessLog::open(path.to_str().unwrap()).unwrap();
+        let log = AccessLog::open(path.to_str()).unwrap();
+        let mut follower = log.follow();
         for i in 0..3 {
             log.write(format!("{{\"n\":{i}}}").as_bytes());
         }
+        assert_eq!(follower.try_recv().unwrap(), "{\"n\":0}");
+        assert_eq!(log.recent().len(), 3);
+        // Without a file, lines are made only while someone follows.
+        let quiet = AccessLog::open(None).unwrap();
+        assert!(!quiet.active());
+        let rx = quiet.follow();
+        assert!(quiet.active());
+        drop(rx);
+        assert!(!quiet.active());
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while std::fs::read_to_string(&path).unwrap().lines().count() < 3 {
             assert!(std::time::Instant::now() < deadline, "lines not written");

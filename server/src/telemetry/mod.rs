@@ -3,7 +3,9 @@
 
 pub mod accesslog;
 pub mod export;
+pub mod federate;
 pub mod istio;
+pub mod logs;
 pub mod otlp;
 pub mod series;
 pub mod trace;
