@@ -240,18 +240,24 @@ fn the_gateway_writes_one_json_access_log_line_per_request() {
         .unwrap();
     assert_eq!(r.text().unwrap(), "v1");
     assert_eq!(server.gateway(&c, "nowhere.example.com", "/x").send().unwrap().status(), 404);
+    // A chunked body (no length) is counted as it goes upstream.
+    let chunked = reqwest::blocking::Body::new(std::io::Cursor::new(vec![b'x'; 3000]));
+    let r =
+        c.post(format!("http://{}/echo", server.http)).header("host", "api.example.com").body(chunked).send().unwrap();
+    assert_eq!(r.bytes().unwrap().len(), 3000);
     // The id the upstream saw is the one logged.
     assert_eq!(v1.last().headers["x-request-id"], "abc-123");
 
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let lines: Vec<serde_json::Value> = loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.lines().count() >= 2 || std::time::Instant::now() > deadline {
+        if text.lines().count() >= 3 || std::time::Instant::now() > deadline {
             break text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
-    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert_eq!((lines[2]["bytes_received"].as_u64(), lines[2]["bytes_sent"].as_u64()), (Some(3000), Some(3000)));
     let ok = &lines[0];
     for (k, v) in [
         ("method", serde_json::json!("GET")),

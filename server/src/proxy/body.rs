@@ -29,6 +29,8 @@ pub enum ProxyBody {
     Json(Box<super::transcode::JsonLines>),
     /// A streamed response, counted for the request metrics.
     Metered(Box<super::observe::Metered>),
+    /// A request body of unknown length, counted as it goes upstream.
+    Counted(Box<super::observe::Counted>),
 }
 
 impl ProxyBody {
@@ -58,6 +60,7 @@ impl Body for ProxyBody {
             ProxyBody::GrpcWeb(b) => b.poll_frame(cx),
             ProxyBody::Json(b) => b.poll_frame(cx),
             ProxyBody::Metered(b) => b.poll_frame(cx),
+            ProxyBody::Counted(b) => b.poll_frame(cx),
         }
     }
 
@@ -70,6 +73,7 @@ impl Body for ProxyBody {
             ProxyBody::GrpcWeb(b) => b.is_end_stream(),
             ProxyBody::Json(b) => b.is_end_stream(),
             ProxyBody::Metered(b) => b.is_end_stream(),
+            ProxyBody::Counted(b) => b.inner.is_end_stream(),
         }
     }
 
@@ -81,6 +85,7 @@ impl Body for ProxyBody {
             ProxyBody::Upstream(b) => b.size_hint(),
             ProxyBody::GrpcWeb(_) | ProxyBody::Json(_) => SizeHint::default(),
             ProxyBody::Metered(b) => b.size_hint(),
+            ProxyBody::Counted(b) => b.inner.size_hint(),
         }
     }
 }

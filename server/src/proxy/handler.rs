@@ -57,10 +57,20 @@ pub async fn handle(l: &Listener, peer: SocketAddr, mut req: Request<ProxyBody>)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("application/grpc"));
     let trace = l.tracer.as_ref().map(|_| crate::telemetry::trace::Context::extract(req.headers()));
+    let length = if hyper::body::Body::is_end_stream(req.body()) {
+        Some(0)
+    } else {
+        hyper::body::Body::size_hint(req.body()).exact()
+    };
+    let counted = match length {
+        Some(_) => None,
+        None => Some(super::observe::Counted::wrap(&mut req)),
+    };
     let started = super::observe::Started {
         at: std::time::Instant::now(),
         grpc,
-        request_bytes: hyper::body::Body::size_hint(req.body()).exact().unwrap_or(0),
+        request_bytes: length.unwrap_or(0),
+        counted,
         line: (l.logging().is_some() || trace.is_some()).then(|| super::observe::RequestLine::of(&mut req)),
     };
     let mut info = super::observe::Info { trace: trace.map(super::observe::Tracing::new), ..Default::default() };

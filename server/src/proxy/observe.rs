@@ -80,6 +80,8 @@ pub struct Started {
     pub at: Instant,
     pub grpc: bool,
     pub request_bytes: u64,
+    /// A body of unknown length: its bytes, counted as they go upstream.
+    pub counted: Option<Arc<std::sync::atomic::AtomicU64>>,
     /// The request as the access log shows it (only when there is one).
     pub line: Option<RequestLine>,
 }
@@ -209,6 +211,7 @@ pub fn finish(l: &Listener, started: Started, mut info: Info, resp: Response<Pro
         mtls: l.peer_principal.is_some(),
         at: started.at,
         request_bytes: started.request_bytes,
+        counted: started.counted,
     };
     match resp.body().size_hint().exact() {
         // Known length, and a gRPC status (if any) already in the headers.
@@ -258,11 +261,15 @@ struct Pending {
     mtls: bool,
     at: Instant,
     request_bytes: u64,
+    counted: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl Pending {
-    fn record(self, response_bytes: u64, grpc_status: Option<u16>) {
+    fn record(mut self, response_bytes: u64, grpc_status: Option<u16>) {
         let duration = self.at.elapsed();
+        if let Some(c) = &self.counted {
+            self.request_bytes = c.load(std::sync::atomic::Ordering::Relaxed);
+        }
         if let Some(log) = &self.log {
             let policy = self.telemetry.as_deref();
             let trace = self.trace.as_ref().map(|(_, cx, _)| cx);
@@ -393,6 +400,33 @@ impl Pending {
             error,
             attributes: a,
         }
+    }
+}
+
+/// A request body of unknown length (chunked, HTTP/2 without
+/// content-length), counted as it is read.
+pub struct Counted {
+    pub inner: ProxyBody,
+    count: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Counted {
+    /// Wraps `req`'s body; the counter to read when the request is recorded.
+    pub fn wrap(req: &mut http::Request<ProxyBody>) -> Arc<std::sync::atomic::AtomicU64> {
+        let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let inner = std::mem::replace(req.body_mut(), ProxyBody::empty());
+        *req.body_mut() = ProxyBody::Counted(Box::new(Counted { inner, count: count.clone() }));
+        count
+    }
+
+    pub fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        if let Some(Ok(f)) = &frame
+            && let Some(data) = f.data_ref()
+        {
+            self.count.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        Poll::Ready(frame)
     }
 }
 
