@@ -142,7 +142,8 @@ async fn send_logs(
     running: Arc<std::sync::atomic::AtomicBool>,
 ) {
     use tokio::sync::broadcast::error::RecvError;
-    let mut rx = log.follow();
+    let mut following = log.follow();
+    let rx = &mut following.lines;
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     let mut batch: Vec<String> = log.recent().iter().map(|l| text(l)).collect();
     let mut last_post: Option<tokio::time::Instant> = None;

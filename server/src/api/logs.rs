@@ -33,7 +33,7 @@ pub struct LogsQuery {
 struct Merged {
     follower: Follower,
     service: Option<String>,
-    gateway: Option<tokio::sync::broadcast::Receiver<Bytes>>,
+    gateway: Option<crate::telemetry::accesslog::Following>,
     backlog: VecDeque<Vec<u8>>,
 }
 
@@ -48,7 +48,7 @@ impl Merged {
         loop {
             let from_gateway = async {
                 match &mut self.gateway {
-                    Some(rx) => rx.recv().await,
+                    Some(f) => f.lines.recv().await,
                     None => std::future::pending().await,
                 }
             };

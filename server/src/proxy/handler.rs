@@ -76,7 +76,7 @@ pub async fn handle(l: &Listener, peer: SocketAddr, mut req: Request<ProxyBody>)
     let mut info = super::observe::Info { trace: trace.map(super::observe::Tracing::new), ..Default::default() };
     // Metadata exchange: a mesh peer's app and version, believed only over mTLS.
     if l.reporter == crate::telemetry::istio::Reporter::Destination
-        && let Some(meta) = req.headers_mut().remove(crate::telemetry::istio::PEER_METADATA)
+        && let Some(meta) = req.headers_mut().remove(&crate::telemetry::istio::PEER_METADATA)
         && let Some(peer) = &l.peer_workload
     {
         let caller = crate::telemetry::istio::caller_with_metadata(&peer.value, meta.as_bytes());
@@ -652,7 +652,7 @@ async fn forward(
     if cluster.tls.as_ref().is_some_and(|t| t.mode == "ISTIO_MUTUAL") {
         parts.headers.insert(crate::telemetry::istio::PEER_METADATA, l.metrics.exchange());
     } else {
-        parts.headers.remove(crate::telemetry::istio::PEER_METADATA);
+        parts.headers.remove(&crate::telemetry::istio::PEER_METADATA);
     }
     info.inject_trace(&mut parts.headers);
     if let Some(protocol) = &upgrade {
@@ -948,12 +948,7 @@ fn hash_of<B>(key: &super::upstream::HashKey, req: &Request<B>, peer: SocketAddr
 }
 
 /// 16 random bytes in hex: request ids and generated hash cookies.
-/// A new request id (32 hex digits), as `x-request-id` carries it.
-pub fn request_id() -> String {
-    String::from_utf8_lossy(&hex_id()).into_owned()
-}
-
-fn hex_id() -> [u8; 32] {
+pub(crate) fn hex_id() -> [u8; 32] {
     let id: [u8; 16] = rand::random();
     let mut text = [0u8; 32];
     for (pair, byte) in text.chunks_exact_mut(2).zip(id) {

@@ -102,12 +102,13 @@ impl RequestLine {
     /// Read from the request; a request without `x-request-id` gets one
     /// here, so the log and the upstream see the same id.
     pub fn of(req: &mut http::Request<ProxyBody>) -> RequestLine {
-        let request_id = match req.headers().get("x-request-id") {
+        const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+        let request_id = match req.headers().get(&X_REQUEST_ID) {
             Some(id) => id.clone(),
             None => {
-                let id = http::HeaderValue::from_str(&super::handler::request_id())
+                let id = http::HeaderValue::from_bytes(&super::handler::hex_id())
                     .unwrap_or(http::HeaderValue::from_static("-"));
-                req.headers_mut().insert("x-request-id", id.clone());
+                req.headers_mut().insert(X_REQUEST_ID, id.clone());
                 id
             }
         };

@@ -23,11 +23,26 @@ const TAP: usize = 4096;
 
 pub struct AccessLog {
     file: Option<FileSink>,
-    /// The newest lines (newline-terminated), when there is a file.
-    recent: Mutex<std::collections::VecDeque<u8>>,
+    /// The newest lines (newline-terminated), when there is a file:
+    /// between 64 and 128 KiB, cut back by whole lines.
+    recent: Mutex<Vec<u8>>,
     /// `meshgate logs -f`: lines while someone follows, even without a file.
     tap: tokio::sync::broadcast::Sender<bytes::Bytes>,
+    /// Followers now (read on every request, so an atomic, not the channel's lock).
+    followers: std::sync::atomic::AtomicUsize,
     pub dropped: AtomicU64,
+}
+
+/// New lines for one follower; dropping it stops them.
+pub struct Following {
+    log: Arc<AccessLog>,
+    pub lines: tokio::sync::broadcast::Receiver<bytes::Bytes>,
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        self.log.followers.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 struct FileSink {
@@ -57,8 +72,9 @@ impl AccessLog {
             file: out
                 .is_some()
                 .then(|| FileSink { pending: Mutex::new(Vec::with_capacity(WAKE_AT)), wake: Condvar::new() }),
-            recent: Mutex::new(std::collections::VecDeque::new()),
+            recent: Mutex::new(Vec::new()),
             tap: tokio::sync::broadcast::channel(TAP).0,
+            followers: Default::default(),
             dropped: AtomicU64::new(0),
         });
         let Some(mut out) = out else { return Ok(log) };
@@ -89,36 +105,42 @@ impl AccessLog {
 
     /// Whether lines are wanted now: there is a file, or someone follows.
     pub fn active(&self) -> bool {
-        self.file.is_some() || self.tap.receiver_count() > 0
+        self.file.is_some() || self.followers.load(Ordering::Relaxed) > 0
     }
 
     /// New lines from now on (each without its newline).
-    pub fn follow(&self) -> tokio::sync::broadcast::Receiver<bytes::Bytes> {
-        self.tap.subscribe()
+    pub fn follow(self: &Arc<Self>) -> Following {
+        let lines = self.tap.subscribe();
+        self.followers.fetch_add(1, Ordering::SeqCst);
+        Following { log: self.clone(), lines }
     }
 
     /// The newest lines kept (a proxy with a log file keeps 64 KiB of them).
     pub fn recent(&self) -> Vec<bytes::Bytes> {
         let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        let (a, b) = recent.as_slices();
-        let all = [a, b].concat();
-        all.split(|c| *c == b'\n').filter(|l| !l.is_empty()).map(bytes::Bytes::copy_from_slice).collect()
+        let from = recent.len().saturating_sub(RECENT);
+        let from = if from == 0 {
+            0
+        } else {
+            recent[from..].iter().position(|c| *c == b'\n').map_or(recent.len(), |p| from + p + 1)
+        };
+        recent[from..].split(|c| *c == b'\n').filter(|l| !l.is_empty()).map(bytes::Bytes::copy_from_slice).collect()
     }
 
     /// Appends one line (`line` without its newline).
     pub fn write(&self, line: &[u8]) {
-        if self.tap.receiver_count() > 0 {
+        if self.followers.load(Ordering::Relaxed) > 0 {
             let _ = self.tap.send(bytes::Bytes::copy_from_slice(line));
         }
         let Some(sink) = &self.file else { return };
         {
             let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-            recent.extend(line);
-            recent.push_back(b'\n');
-            if recent.len() > RECENT {
-                // Drop whole lines from the front.
+            recent.extend_from_slice(line);
+            recent.push(b'\n');
+            if recent.len() > 2 * RECENT {
+                // Keep the newest RECENT bytes' whole lines (amortized: once per 64 KiB).
                 let excess = recent.len() - RECENT;
-                let cut = recent.iter().skip(excess).position(|c| *c == b'\n').map_or(recent.len(), |p| excess + p + 1);
+                let cut = recent[excess..].iter().position(|c| *c == b'\n').map_or(recent.len(), |p| excess + p + 1);
                 recent.drain(..cut);
             }
         }
@@ -189,7 +211,7 @@ mod tests {
         for i in 0..3 {
             log.write(format!("{{\"n\":{i}}}").as_bytes());
         }
-        assert_eq!(follower.try_recv().unwrap(), "{\"n\":0}");
+        assert_eq!(follower.lines.try_recv().unwrap(), "{\"n\":0}");
         assert_eq!(log.recent().len(), 3);
         // Without a file, lines are made only while someone follows.
         let quiet = AccessLog::open(None).unwrap();

@@ -479,7 +479,7 @@ impl ProxyMetrics {
 }
 
 /// The header carrying a caller's app and version to its mesh peer.
-pub const PEER_METADATA: &str = "x-meshgate-peer-metadata";
+pub const PEER_METADATA: http::HeaderName = http::HeaderName::from_static("x-meshgate-peer-metadata");
 
 fn exchange_value(own: &Workload) -> http::HeaderValue {
     let clean = |s: &str| s.chars().filter(|c| c.is_ascii_graphic() && *c != ';' && *c != '=').collect::<String>();

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 pub type TraceId = [u8; 16];
 pub type SpanId = [u8; 8];
@@ -30,21 +30,22 @@ pub struct Context {
     pub sampled: Option<bool>,
 }
 
-const TRACEPARENT: &str = "traceparent";
-const B3: &str = "b3";
-const B3_TRACE: &str = "x-b3-traceid";
-const B3_SPAN: &str = "x-b3-spanid";
-const B3_PARENT: &str = "x-b3-parentspanid";
-const B3_SAMPLED: &str = "x-b3-sampled";
-const B3_FLAGS: &str = "x-b3-flags";
+// Names made once: inserting a `&str` name allocates it every time.
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const B3: HeaderName = HeaderName::from_static("b3");
+const B3_TRACE: HeaderName = HeaderName::from_static("x-b3-traceid");
+const B3_SPAN: HeaderName = HeaderName::from_static("x-b3-spanid");
+const B3_PARENT: HeaderName = HeaderName::from_static("x-b3-parentspanid");
+const B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
+const B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
 
 impl Context {
     /// The request's trace, or a new one. W3C first, then B3 single, then B3 multi-header.
     pub fn extract(h: &HeaderMap) -> Context {
         let incoming = h
-            .get(TRACEPARENT)
+            .get(&TRACEPARENT)
             .and_then(|v| parse_traceparent(v.as_bytes()))
-            .or_else(|| h.get(B3).and_then(|v| parse_b3_single(v.as_bytes())))
+            .or_else(|| h.get(&B3).and_then(|v| parse_b3_single(v.as_bytes())))
             .or_else(|| parse_b3_multi(h));
         let (trace_id, parent, sampled) = match incoming {
             Some(Incoming { ids: Some((t, p)), sampled }) => (t, Some(p), sampled),
@@ -58,26 +59,31 @@ impl Context {
     /// (any `tracestate` passes on unchanged) and the B3 headers; a single
     /// `b3` header is replaced by the multi-header form.
     pub fn inject(&self, sampled: bool, h: &mut HeaderMap) {
-        let trace = hex32(&self.trace_id);
-        let span = hex16(&self.span_id);
-        let mut tp = String::with_capacity(55);
-        tp.push_str("00-");
-        tp.push_str(&trace);
-        tp.push('-');
-        tp.push_str(&span);
-        tp.push_str(if sampled { "-01" } else { "-00" });
-        let value = |s: String| HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static("-"));
-        h.insert(TRACEPARENT, value(tp));
-        h.remove(B3);
-        h.remove(B3_FLAGS);
-        h.insert(B3_TRACE, value(trace));
-        h.insert(B3_SPAN, value(span));
+        // Hex written into stack buffers: one allocation per header value.
+        let mut trace = [0u8; 32];
+        let mut span = [0u8; 16];
+        let _ = hex::encode_to_slice(self.trace_id, &mut trace);
+        let _ = hex::encode_to_slice(self.span_id, &mut span);
+        let mut tp = [0u8; 55];
+        tp[..3].copy_from_slice(b"00-");
+        tp[3..35].copy_from_slice(&trace);
+        tp[35] = b'-';
+        tp[36..52].copy_from_slice(&span);
+        tp[52..].copy_from_slice(if sampled { b"-01" } else { b"-00" });
+        let value = |b: &[u8]| HeaderValue::from_bytes(b).unwrap_or(HeaderValue::from_static("-"));
+        h.insert(TRACEPARENT, value(&tp));
+        h.remove(&B3);
+        h.remove(&B3_FLAGS);
+        h.insert(B3_TRACE, value(&trace));
+        h.insert(B3_SPAN, value(&span));
         match self.parent {
             Some(p) => {
-                h.insert(B3_PARENT, value(hex16(&p)));
+                let mut parent = [0u8; 16];
+                let _ = hex::encode_to_slice(p, &mut parent);
+                h.insert(B3_PARENT, value(&parent));
             }
             None => {
-                h.remove(B3_PARENT);
+                h.remove(&B3_PARENT);
             }
         }
         h.insert(B3_SAMPLED, HeaderValue::from_static(if sampled { "1" } else { "0" }));
@@ -149,12 +155,12 @@ fn parse_b3_single(v: &[u8]) -> Option<Incoming> {
 }
 
 fn parse_b3_multi(h: &HeaderMap) -> Option<Incoming> {
-    let get = |name: &str| h.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
-    let sampled = match get(B3_FLAGS) {
+    let get = |name: &HeaderName| h.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    let sampled = match get(&B3_FLAGS) {
         Some("1") => Some(true),
-        _ => get(B3_SAMPLED).and_then(b3_sampled),
+        _ => get(&B3_SAMPLED).and_then(b3_sampled),
     };
-    let ids = match (get(B3_TRACE).and_then(b3_trace_id), get(B3_SPAN).and_then(unhex::<8>)) {
+    let ids = match (get(&B3_TRACE).and_then(b3_trace_id), get(&B3_SPAN).and_then(unhex::<8>)) {
         (Some(t), Some(s)) if s != [0; 8] => Some((t, s)),
         _ => None,
     };
