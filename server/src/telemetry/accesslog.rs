@@ -162,6 +162,14 @@ impl AccessLog {
 
 /// Appends `s` as a JSON string (quoted, escaped).
 pub fn json_str(out: &mut Vec<u8>, s: &[u8]) {
+    // Most values are plain printable ASCII: copied whole.
+    if s.iter().all(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\') {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s);
+        out.push(b'"');
+        return;
+    }
     let utf8 = std::str::from_utf8(s).is_ok();
     out.push(b'"');
     for &b in s {

@@ -28,6 +28,8 @@ pub struct Context {
     pub span_id: SpanId,
     /// The caller's sampling decision, if it made one.
     pub sampled: Option<bool>,
+    /// The request came with a trace context (W3C or B3).
+    pub incoming: bool,
 }
 
 // Names made once: inserting a `&str` name allocates it every time.
@@ -47,17 +49,22 @@ impl Context {
             .and_then(|v| parse_traceparent(v.as_bytes()))
             .or_else(|| h.get(&B3).and_then(|v| parse_b3_single(v.as_bytes())))
             .or_else(|| parse_b3_multi(h));
+        let came = incoming.is_some();
         let (trace_id, parent, sampled) = match incoming {
             Some(Incoming { ids: Some((t, p)), sampled }) => (t, Some(p), sampled),
             Some(Incoming { ids: None, sampled }) => (new_trace_id(), None, sampled),
             None => (new_trace_id(), None, None),
         };
-        Context { trace_id, parent, span_id: new_span_id(), sampled }
+        Context { trace_id, parent, span_id: new_span_id(), sampled, incoming: came }
     }
 
     /// Tells the next hop that its parent is this hop's span: `traceparent`
-    /// (any `tracestate` passes on unchanged) and the B3 headers; a single
-    /// `b3` header is replaced by the multi-header form.
+    /// (any `tracestate` passes on unchanged) and, when the request came
+    /// with a context (W3C or B3), the B3 headers too, so each form reaches
+    /// apps that speak only the other; a single `b3` header is replaced by
+    /// the multi-header form. A trace started here goes on in W3C form
+    /// (as Envoy's OpenTelemetry tracer does), which the next sidecar
+    /// passes on in both.
     pub fn inject(&self, sampled: bool, h: &mut HeaderMap) {
         // Hex written into stack buffers: one allocation per header value.
         let mut trace = [0u8; 32];
@@ -72,6 +79,9 @@ impl Context {
         tp[52..].copy_from_slice(if sampled { b"-01" } else { b"-00" });
         let value = |b: &[u8]| HeaderValue::from_bytes(b).unwrap_or(HeaderValue::from_static("-"));
         h.insert(TRACEPARENT, value(&tp));
+        if !self.incoming {
+            return;
+        }
         h.remove(&B3);
         h.remove(&B3_FLAGS);
         h.insert(B3_TRACE, value(&trace));
@@ -360,6 +370,16 @@ mod tests {
         assert_eq!(out["x-b3-spanid"], span.as_str());
         assert_eq!(out["x-b3-parentspanid"], "00f067aa0ba902b7");
         assert_eq!(out["x-b3-sampled"], "1");
+    }
+
+    #[test]
+    fn a_trace_started_here_goes_on_in_w3c_form() {
+        let cx = Context::extract(&HeaderMap::new());
+        assert!(!cx.incoming);
+        let mut out = HeaderMap::new();
+        cx.inject(false, &mut out);
+        assert!(out["traceparent"].to_str().unwrap().ends_with("-00"));
+        assert_eq!(out.len(), 1);
     }
 
     #[test]
