@@ -53,6 +53,7 @@ pub async fn run(
     let traces =
         Arc::new(crate::telemetry::tracestore::TraceHub::new(config.trace_store, exporters, metrics.traces.clone()));
     let _ = hub.traces.set(traces.clone());
+    let intake = traces.intake().context("starting the trace store")?;
     // The gateway's own summary for the built-in time series, like an agent's.
     {
         let (hub, proxy) = (hub.clone(), metrics.gateway.clone());
@@ -138,7 +139,7 @@ pub async fn run(
                 &format!("meshgate-gateway.{ns}"),
                 ns,
                 "meshgate-gateway",
-                crate::telemetry::trace::Sink::Hub(traces.clone()),
+                crate::telemetry::trace::Sink::Hub(intake.clone()),
                 metrics.traces.dropped.with_label_values(&["queue_full", "gateway"]),
             ))
         }),

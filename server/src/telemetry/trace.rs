@@ -305,7 +305,8 @@ impl Span {
 /// Where a proxy's spans go: into the appliance's trace hub directly, or
 /// (an agent) into a queue its link sends to the control plane.
 pub enum Sink {
-    Hub(Arc<super::tracestore::TraceHub>),
+    /// The appliance's trace store, through its intake thread.
+    Hub(std::sync::mpsc::SyncSender<Span>),
     Queue(tokio::sync::mpsc::Sender<Span>),
 }
 
@@ -328,7 +329,11 @@ impl Tracer {
     /// Records a span without waiting; a full queue drops it.
     pub fn report(&self, span: Span) {
         match &self.sink {
-            Sink::Hub(hub) => hub.accept(vec![span]),
+            Sink::Hub(tx) => {
+                if tx.try_send(span).is_err() {
+                    self.dropped.inc();
+                }
+            }
             Sink::Queue(tx) => {
                 if tx.try_send(span).is_err() {
                     self.dropped.inc();

@@ -33,6 +33,8 @@ impl Default for Limits {
 const SPAN_OVERHEAD: usize = 112;
 /// A trace's own cost (map entry, queue slot).
 const TRACE_OVERHEAD: usize = 128;
+/// Spans waiting for the store's thread, at most.
+const INTAKE: usize = 8192;
 /// Shared strings kept before unused ones are let go.
 const MAX_STRINGS: usize = 50_000;
 
@@ -471,6 +473,31 @@ impl TraceMetrics {
 impl TraceHub {
     pub fn new(limits: Limits, exporters: Vec<super::export::Queue>, metrics: TraceMetrics) -> TraceHub {
         TraceHub { store: Mutex::new(TraceStore::new(limits)), exporters, metrics }
+    }
+
+    /// Where the gateway's workers hand their spans: a bounded queue that a
+    /// thread of its own empties into the store, so a request never waits
+    /// for the store's lock and the store's long-lived memory is not
+    /// interleaved with the workers' short-lived allocations (which made
+    /// glibc's allocator slower as the store filled). `None`: queue full.
+    pub fn intake(self: &Arc<Self>) -> std::io::Result<std::sync::mpsc::SyncSender<Span>> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Span>(INTAKE);
+        let hub = Arc::downgrade(self);
+        std::thread::Builder::new().name("trace-store".into()).spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let mut batch = vec![first];
+                while batch.len() < 256 {
+                    match rx.try_recv() {
+                        Ok(s) => batch.push(s),
+                        Err(_) => break,
+                    }
+                }
+                let Some(hub) = hub.upgrade() else { return };
+                hub.metrics.received.with_label_values(&["gateway"]).inc_by(batch.len() as u64);
+                hub.accept(batch);
+            }
+        })?;
+        Ok(tx)
     }
 
     fn store(&self) -> std::sync::MutexGuard<'_, TraceStore> {
