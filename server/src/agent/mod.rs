@@ -181,16 +181,7 @@ async fn send_spans(
     mut rx: tokio::sync::mpsc::Receiver<crate::telemetry::trace::Span>,
     dropped: prometheus::IntCounter,
 ) {
-    loop {
-        let Some(first) = rx.recv().await else { return };
-        let mut batch = vec![first];
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
-        while batch.len() < 512 {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(s)) => batch.push(s),
-                Ok(None) | Err(_) => break,
-            }
-        }
+    while let Some(batch) = crate::telemetry::trace::next_batch(&mut rx, 512, Duration::from_secs(1)).await {
         let body = bytes::Bytes::from(crate::telemetry::otlp::encode(&batch));
         if let Err(e) = link.send_spans(body).await {
             dropped.inc_by(batch.len() as u64);

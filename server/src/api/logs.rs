@@ -84,9 +84,8 @@ pub async fn logs(State(s): State<AppState>, Query(q): Query<LogsQuery>) -> ApiR
         };
     let service = q.service.filter(|s| !s.is_empty());
     let gateway_log = s.hub.gateway_log.get().filter(|_| service.as_deref().is_none_or(|s| s == GATEWAY));
-    // Sidecars are asked only for a service (or all); the gateway's name asks none.
-    let follower =
-        s.hub.logs.follow(if service.as_deref() == Some(GATEWAY) { Some("\u{0}") } else { service.as_deref() });
+    // Sidecars of that service (all without one) are asked for their lines.
+    let follower = s.hub.logs.follow(service.as_deref());
     let gateway = gateway_log.map(|g| g.follow());
     let backlog = gateway_log
         .map(|g| {

@@ -16,11 +16,16 @@ use super::AppState;
 use super::error::{ApiError, ApiResult};
 use crate::telemetry::tracestore::{Query as TraceQuery, TraceHub};
 
+/// The trace store, or 503 where none runs (an API without `meshgate up`).
+fn running(hub: Option<&Arc<TraceHub>>) -> ApiResult<&Arc<TraceHub>> {
+    hub.ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the trace store is not running"))
+}
+
 /// Takes an OTLP/HTTP trace export into the store (and on to the exporters).
 pub fn receive(hub: Option<&Arc<TraceHub>>, source: &str, headers: &HeaderMap, body: &[u8]) -> Response {
-    let Some(hub) = hub else {
-        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the trace store is not running")
-            .into_response();
+    let hub = match running(hub) {
+        Ok(hub) => hub,
+        Err(e) => return e.into_response(),
     };
     let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let json = match ct.split(';').next().unwrap_or("").trim() {
@@ -108,9 +113,7 @@ fn trace_id(v: &str) -> Result<crate::telemetry::trace::TraceId, ApiError> {
 
 /// `GET /api/v1/traces`: the newest traces that match, as summaries.
 pub async fn search(State(s): State<AppState>, Query(p): Query<Search>) -> ApiResult<Json<Value>> {
-    let hub = s.hub.traces.get().ok_or_else(|| {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the trace store is not running")
-    })?;
+    let hub = running(s.hub.traces.get())?;
     let duration = |name: &str, v: &str| {
         meshgate_model::check::parse_duration(v)
             .map(|d| d.as_nanos().min(u128::from(u64::MAX)) as u64)
@@ -149,9 +152,7 @@ pub async fn search(State(s): State<AppState>, Query(p): Query<Search>) -> ApiRe
 
 /// `GET /api/v1/traces/{traceId}`: the trace's spans, earliest first.
 pub async fn get_trace(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    let hub = s.hub.traces.get().ok_or_else(|| {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the trace store is not running")
-    })?;
+    let hub = running(s.hub.traces.get())?;
     let id = trace_id(&id)?;
     hub.get(&id).map(Json).ok_or_else(|| {
         ApiError::not_found(format!(

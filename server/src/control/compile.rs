@@ -362,7 +362,7 @@ impl Compiler<'_> {
                 })
                 .collect(),
             authz: None,
-            telemetry: proxy_telemetry(resources, self.workload),
+            telemetry: base_telemetry,
             authn: None,
         };
         for (port, hosts) in hosts_by_port {

@@ -70,16 +70,7 @@ pub fn start(provider: Provider, metrics: TraceMetrics) -> Queue {
 async fn run(provider: Provider, mut rx: tokio::sync::mpsc::Receiver<Arc<Span>>, metrics: TraceMetrics) {
     let mut exporters: HashMap<Arc<str>, opentelemetry_otlp::SpanExporter> = HashMap::new();
     let client = zipkin_client();
-    loop {
-        let Some(first) = rx.recv().await else { return };
-        let mut batch = vec![first];
-        let deadline = tokio::time::Instant::now() + LINGER;
-        while batch.len() < BATCH {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(s)) => batch.push(s),
-                Ok(None) | Err(_) => break,
-            }
-        }
+    while let Some(batch) = super::trace::next_batch(&mut rx, BATCH, LINGER).await {
         let n = batch.len() as u64;
         let sent = match provider.protocol {
             Protocol::Zipkin => tokio::time::timeout(provider.timeout, send_zipkin(&client, &provider, &batch))

@@ -208,6 +208,25 @@ pub fn new_span_id() -> SpanId {
     }
 }
 
+/// The next batch from a span queue: waits for one, then takes what
+/// comes within `linger`, up to `max`; `None` once the queue is closed.
+pub async fn next_batch<T>(
+    rx: &mut tokio::sync::mpsc::Receiver<T>,
+    max: usize,
+    linger: std::time::Duration,
+) -> Option<Vec<T>> {
+    let first = rx.recv().await?;
+    let mut batch = vec![first];
+    let deadline = tokio::time::Instant::now() + linger;
+    while batch.len() < max {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(s)) => batch.push(s),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
 /// Whether a trace the caller did not decide on is sampled at `percent`.
 pub fn sample(percent: f64) -> bool {
     percent >= 100.0 || (percent > 0.0 && rand::random::<f64>() * 100.0 < percent)
