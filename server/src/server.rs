@@ -72,6 +72,7 @@ pub async fn run(
     let mesh_tls = Arc::new(crate::mesh::MeshTls::new(&ca, mesh_names())?);
     let state = AppState {
         mesh_tls: Some(mesh_tls.clone()),
+        logins: Default::default(),
         ca: ca.clone(),
         hub: hub.clone(),
         store: store.clone(),

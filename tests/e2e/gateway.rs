@@ -11,7 +11,7 @@ const HOST: &str = "api.example.com";
 
 /// Gateway + ServiceEntry + WorkloadEntries (one per upstream, labelled
 /// version=NAME) + a DestinationRule with one subset per version.
-fn service(name: &str, upstreams: &[&Upstream], dr_policy: &str) -> String {
+pub(crate) fn service(name: &str, upstreams: &[&Upstream], dr_policy: &str) -> String {
     let mut y = format!(
         "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: public-gateway}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: 80, name: http, protocol: HTTP}}\n    hosts: [\"*.example.com\"]\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}}}\nspec:\n  hosts: [{name}]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports: [{{number: 8080, name: http, protocol: HTTP}}]\n  workloadSelector: {{labels: {{app: {name}}}}}\n"
     );
@@ -31,7 +31,7 @@ fn service(name: &str, upstreams: &[&Upstream], dr_policy: &str) -> String {
     y
 }
 
-fn vs(http: &str) -> String {
+pub(crate) fn vs(http: &str) -> String {
     format!(
         "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: users}}\nspec:\n  hosts: [{HOST}]\n  gateways: [public-gateway]\n  http:\n{http}"
     )

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `meshgate` binary, real sockets on port 0, a
 //! real SQLite file in a temporary data dir, driven through the CLI.
 
+mod console;
 mod edge;
 mod gateway;
 mod grpc;

@@ -4,6 +4,8 @@
 
 mod apikeys;
 mod auth;
+mod console;
+pub use console::built as console_built;
 pub mod error;
 mod logs;
 mod mesh;
@@ -11,6 +13,7 @@ mod openapi;
 mod resources;
 mod stats;
 pub mod traces;
+mod users;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -46,6 +49,8 @@ pub struct AppState {
     pub ca: Arc<crate::ca::Ca>,
     /// The mesh port's TLS, made again after a CA rotation (`None` in tests without one).
     pub mesh_tls: Option<Arc<crate::mesh::MeshTls>>,
+    /// Failed logins, for throttling.
+    pub logins: Arc<auth::LoginThrottle>,
 }
 
 /// The whole admin router. Tests drive it with `oneshot`, no socket needed.
@@ -76,6 +81,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/graph", get(stats::graph))
         .route("/api/v1/traces/{trace_id}", get(traces::get_trace))
         .route("/api/v1/logout", post(auth::logout))
+        .route("/api/v1/users", get(users::list).post(users::create))
+        .route("/api/v1/users/{name}", axum::routing::put(users::update).delete(users::delete))
+        .route("/api/v1/me/password", post(users::own_password))
+        .route("/api/v1/api-tokens", get(users::list_tokens).post(users::create_token))
+        .route("/api/v1/api-tokens/{id}", axum::routing::delete(users::revoke_token))
         .route("/api/v1/namespaces/{ns}/{plural}", get(resources::list_namespaced).post(resources::create))
         .route(
             "/api/v1/namespaces/{ns}/{plural}/{name}",
@@ -84,26 +94,25 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/{plural}", get(resources::list_all))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
     Router::new()
-        .route("/", get(index))
+        .route("/assets/{*rest}", get(console::asset))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         // OTLP/HTTP for apps' own spans, like a collector: no token.
         .route("/v1/traces", post(traces::otlp))
         .route("/api/v1/login", post(auth::login))
         .merge(protected)
-        .fallback(|| async { ApiError::not_found("no such route; see /api/openapi.json") })
+        .fallback(fallback)
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
 
-/// Until the console lands, the root page says what is served here.
-async fn index() -> axum::response::Html<&'static str> {
-    axum::response::Html(
-        "<!doctype html><title>meshgate</title><h1>meshgate</h1>\
-         <p>The web console is not built yet. The admin API is at <code>/api/v1</code>, \
-         described by <a href=\"/api/openapi.json\">/api/openapi.json</a> (needs a token); \
-         <a href=\"/healthz\">/healthz</a> and <a href=\"/metrics\">/metrics</a> are open.</p>",
-    )
+/// Any other path: a page of the console for a browser's GET, else 404.
+async fn fallback(method: axum::http::Method, uri: axum::http::Uri, headers: axum::http::HeaderMap) -> Response {
+    let api = ["/api/", "/v1/", "/mesh/"].iter().any(|p| uri.path().starts_with(p));
+    if method == axum::http::Method::GET && !api {
+        return console::page(&headers);
+    }
+    ApiError::not_found("no such route; see /api/openapi.json").into_response()
 }
 
 /// Counts and times every request by its route template.

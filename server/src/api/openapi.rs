@@ -64,15 +64,19 @@ pub fn document() -> Value {
         "/api/v1/login",
         "post",
         json!({
-            "summary": "Exchange user name and password for a session cookie and token",
+            "summary": "Exchange user name and password for a session cookie (HttpOnly, SameSite=Strict; ends after 30 min unused or 12 h) and, in the body, the token, role and the CSRF token that cookie-authenticated writes send as x-csrf-token; 5 failures in a row make further tries wait (429, Retry-After)",
             "security": [],
             "requestBody": {"required": true, "content": {"application/json": {"schema": {
                 "type": "object", "properties": {"username": {"type": "string"}, "password": {"type": "string"}}}}}},
-            "responses": {"200": {"description": "session created"}, "401": {"$ref": "#/components/responses/Error"}},
+            "responses": {"200": {"description": "session created"}, "401": {"$ref": "#/components/responses/Error"}, "429": {"$ref": "#/components/responses/Error"}},
         }),
     );
     add("/api/v1/logout", "post", op("End the current session", &[], None, "204"));
-    add("/api/v1/whoami", "get", op("The authenticated user", &[], None, "200"));
+    add(
+        "/api/v1/whoami",
+        "get",
+        op("The authenticated user, their role, and (with the session cookie) the CSRF token", &[], None, "200"),
+    );
     add(
         "/api/v1/apply",
         "post",
@@ -178,6 +182,48 @@ pub fn document() -> Value {
         ),
     );
     add("/api/v1/apikeys/{id}", "delete", op("Revoke an API key", &["path:id:string"], None, "200"));
+    add("/api/v1/users", "get", op("Users and their roles (admins only)", &[], None, "200"));
+    add(
+        "/api/v1/users",
+        "post",
+        op("Add a user {name, password, role: admin|editor|viewer} (admins only)", &[], Some("The user"), "201"),
+    );
+    add(
+        "/api/v1/users/{name}",
+        "put",
+        op(
+            "Change a user's {password?, role?}; a new password ends their sessions (admins only)",
+            &["path:name:string"],
+            Some("The change"),
+            "200",
+        ),
+    );
+    add(
+        "/api/v1/users/{name}",
+        "delete",
+        op("Remove a user and their tokens (admins only)", &["path:name:string"], None, "204"),
+    );
+    add(
+        "/api/v1/me/password",
+        "post",
+        op("Change one's own password {currentPassword, newPassword}", &[], Some("The passwords"), "204"),
+    );
+    add(
+        "/api/v1/api-tokens",
+        "get",
+        op("API tokens (never the tokens): one's own; admins see everyone's", &[], None, "200"),
+    );
+    add(
+        "/api/v1/api-tokens",
+        "post",
+        op(
+            "Make an API token {description?, ttl?, user? (admins)}; acts with its user's role; the token is in this answer only",
+            &[],
+            Some("The token's description"),
+            "201",
+        ),
+    );
+    add("/api/v1/api-tokens/{id}", "delete", op("Revoke an API token", &["path:id:string"], None, "204"));
     add(
         "/api/v1/proxy-status",
         "get",

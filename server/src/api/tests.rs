@@ -18,20 +18,24 @@ struct Api {
     router: Router,
     token: String,
     store: Store,
+    logins: Arc<auth::LoginThrottle>,
 }
 
 async fn api(pool: SqlitePool) -> Api {
     let store = Store::from_pool(pool);
     let token = new_token();
+    store.add_user(TOKEN_SUBJECT, "tester-password", crate::store::Role::Admin).await.unwrap();
     store.add_token(&token, TOKEN_SUBJECT, "admin", None).await.unwrap();
     let hub = crate::control::Hub::new();
     tokio::spawn(crate::control::run_compiler(hub.clone(), store.clone(), "svc.cluster.local".into(), String::new()));
     // The CA's key file lives in a folder that outlives the test's router.
     let ca_dir = tempfile::tempdir().unwrap().keep();
     let ca = Arc::new(crate::ca::Ca::load(&store, &ca_dir, "cluster.local", None).await.unwrap());
+    let logins = Arc::new(auth::LoginThrottle::default());
     let state = AppState {
         ca,
         mesh_tls: None,
+        logins: logins.clone(),
         hub,
         store: store.clone(),
         metrics: Arc::new(Metrics::new()),
@@ -40,7 +44,7 @@ async fn api(pool: SqlitePool) -> Api {
             trust_domain: "cluster.local".into(),
         }),
     };
-    Api { router: router(state), token, store }
+    Api { router: router(state), token, store, logins }
 }
 
 impl Api {
@@ -55,6 +59,24 @@ impl Api {
         let value =
             serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
         (status, value)
+    }
+
+    /// A JSON body, with its content type (as axum's `Json` wants).
+    async fn send_json(&self, method: &str, uri: &str, body: &str) -> (StatusCode, Value) {
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        let resp = self.router.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into())),
+        )
     }
 
     async fn send(&self, method: &str, uri: &str, body: impl Into<Body>) -> (StatusCode, Value) {
@@ -283,6 +305,148 @@ async fn login_gives_a_session_cookie(pool: SqlitePool) {
     let req = Request::builder().uri("/api/v1/whoami").header(header::COOKIE, cookie).body(Body::empty()).unwrap();
     let resp = api.router.clone().oneshot(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
+}
+
+/// Logs in; the session cookie (`name=value`) and the login's JSON body.
+async fn session(api: &Api, user: &str, password: &str) -> (String, Value) {
+    let req = Request::builder()
+        .method("POST")
+        .uri("/api/v1/login")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(json!({"username": user, "password": password}).to_string()))
+        .unwrap();
+    let resp = api.router.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "login as {user}");
+    let cookie = resp.headers()[header::SET_COOKIE].to_str().unwrap().split(';').next().unwrap().to_string();
+    let body: Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    (cookie, body)
+}
+
+/// A request with the session cookie (and a CSRF header when given).
+async fn with_cookie(api: &Api, method: &str, uri: &str, cookie: &str, csrf: Option<&str>, body: &str) -> StatusCode {
+    let mut req = Request::builder().method(method).uri(uri).header(header::COOKIE, cookie);
+    if let Some(c) = csrf {
+        req = req.header(auth::CSRF_HEADER, c);
+    }
+    api.router.clone().oneshot(req.body(Body::from(body.to_string())).unwrap()).await.unwrap().status()
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn roles_limit_what_users_do(pool: SqlitePool) {
+    let api = api(pool).await;
+    // The admin (the test's token) makes an editor and a viewer.
+    for (name, role) in [("erin", "editor"), ("vic", "viewer")] {
+        let (status, body) = api
+            .send_json(
+                "POST",
+                "/api/v1/users",
+                &json!({"name": name, "password": "long-password", "role": role}).to_string(),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let (status, body) =
+        api.send_json("POST", "/api/v1/users", r#"{"name":"Bad Name","password":"x","role":"root"}"#).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(body["error"]["details"][0]["path"], "name", "{body}");
+    let (_, users) = api.send("GET", "/api/v1/users", Body::empty()).await;
+    let names: Vec<&str> = users["items"].as_array().unwrap().iter().map(|u| u["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["erin", "tester", "vic"]);
+    assert!(users.to_string().find("argon2").is_none(), "no password hashes: {users}");
+
+    let (viewer, v) = session(&api, "vic", "long-password").await;
+    assert_eq!(v["role"], "viewer");
+    let csrf = v["csrf"].as_str().unwrap().to_string();
+    // A viewer reads, and every write is refused, CSRF token or not.
+    assert_eq!(with_cookie(&api, "GET", "/api/v1/virtualservices", &viewer, None, "").await, StatusCode::OK);
+    assert_eq!(with_cookie(&api, "POST", "/api/v1/apply", &viewer, Some(&csrf), CANARY).await, StatusCode::FORBIDDEN);
+    assert_eq!(
+        with_cookie(&api, "DELETE", "/api/v1/namespaces/default/gateways/public-gw", &viewer, Some(&csrf), "").await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(with_cookie(&api, "GET", "/api/v1/secrets", &viewer, None, "").await, StatusCode::FORBIDDEN);
+    assert_eq!(with_cookie(&api, "GET", "/api/v1/users", &viewer, None, "").await, StatusCode::FORBIDDEN);
+    // An editor changes configuration, with the CSRF token only.
+    let (editor, e) = session(&api, "erin", "long-password").await;
+    let ecsrf = e["csrf"].as_str().unwrap().to_string();
+    assert_eq!(with_cookie(&api, "POST", "/api/v1/apply", &editor, None, CANARY).await, StatusCode::FORBIDDEN);
+    assert_eq!(with_cookie(&api, "POST", "/api/v1/apply", &editor, Some(&csrf), CANARY).await, StatusCode::FORBIDDEN);
+    assert_eq!(with_cookie(&api, "POST", "/api/v1/apply", &editor, Some(&ecsrf), CANARY).await, StatusCode::OK);
+    assert_eq!(
+        with_cookie(
+            &api,
+            "POST",
+            "/api/v1/users",
+            &editor,
+            Some(&ecsrf),
+            r#"{"name":"x","password":"12345678","role":"admin"}"#
+        )
+        .await,
+        StatusCode::FORBIDDEN
+    );
+    // whoami gives the console its role and CSRF token back after a reload.
+    let req = Request::builder().uri("/api/v1/whoami").header(header::COOKIE, &editor).body(Body::empty()).unwrap();
+    let resp = api.router.clone().oneshot(req).await.unwrap();
+    let me: Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(
+        (me["user"].as_str(), me["role"].as_str(), me["csrf"].as_str()),
+        (Some("erin"), Some("editor"), Some(&*ecsrf))
+    );
+    // A demoted editor loses the right at once; a deleted user's session ends.
+    let (status, _) = api.send_json("PUT", "/api/v1/users/erin", r#"{"role":"viewer"}"#).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(with_cookie(&api, "POST", "/api/v1/apply", &editor, Some(&ecsrf), CANARY).await, StatusCode::FORBIDDEN);
+    let (status, _) = api.send("DELETE", "/api/v1/users/erin", Body::empty()).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(with_cookie(&api, "GET", "/api/v1/whoami", &editor, None, "").await, StatusCode::UNAUTHORIZED);
+    // The last admin stays.
+    let (status, body) = api.send_json("PUT", "/api/v1/users/tester", r#"{"role":"viewer"}"#).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    // A viewer's own API token acts as a viewer.
+    let (status, tok) =
+        api.send_json("POST", "/api/v1/api-tokens", r#"{"user":"vic","description":"ci","ttl":"24h"}"#).await;
+    assert_eq!(status, StatusCode::CREATED, "{tok}");
+    let vic_token = tok["token"].as_str().unwrap();
+    assert_eq!(api.call("GET", "/api/v1/virtualservices", Body::empty(), Some(vic_token)).await.0, StatusCode::OK);
+    assert_eq!(api.call("POST", "/api/v1/apply", CANARY, Some(vic_token)).await.0, StatusCode::FORBIDDEN);
+    let (_, listed) = api.call("GET", "/api/v1/api-tokens", Body::empty(), Some(vic_token)).await;
+    assert_eq!(listed["items"].as_array().unwrap().len(), 1, "a viewer sees only their own tokens: {listed}");
+    assert_eq!(listed["items"][0]["description"], "ci");
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn logins_are_throttled_and_idle_sessions_end(pool: SqlitePool) {
+    let api = api(pool).await;
+    let login = |password: &str| {
+        Request::builder()
+            .method("POST")
+            .uri("/api/v1/login")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(json!({"username": "tester", "password": password}).to_string()))
+            .unwrap()
+    };
+    for _ in 0..5 {
+        let resp = api.router.clone().oneshot(login("wrong")).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    }
+    // Now even the right password waits.
+    let resp = api.router.clone().oneshot(login("tester-password")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    let wait: u64 = resp.headers()[header::RETRY_AFTER].to_str().unwrap().parse().unwrap();
+    assert!((1..=30).contains(&wait), "{wait}");
+    // A success clears the count (the wait itself is not waited out here).
+    api.logins.succeeded("tester");
+    let (cookie, _) = session(&api, "tester", "tester-password").await;
+    assert_eq!(with_cookie(&api, "GET", "/api/v1/whoami", &cookie, None, "").await, StatusCode::OK);
+    // A session unused for longer than the idle limit ends.
+    let old = (chrono::Utc::now() - auth::SESSION_IDLE - chrono::Duration::minutes(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    sqlx::query("UPDATE tokens SET last_used_at = ? WHERE purpose = 'session'")
+        .bind(old)
+        .execute(api.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(with_cookie(&api, "GET", "/api/v1/whoami", &cookie, None, "").await, StatusCode::UNAUTHORIZED);
 }
 
 #[sqlx::test(migrations = "../migrations")]

@@ -27,10 +27,12 @@ pub fn up(args: UpArgs) -> anyhow::Result<i32> {
     let runtime = runtime.enable_all().build().context("starting the runtime")?;
     let data_dir = config.data_dir.clone();
     runtime.block_on(crate::server::run(config, started, crate::server::shutdown_signal(), |ready| {
-        println!(
-            "admin API: http://{}/api/v1  (OpenAPI: /api/openapi.json; console: http://{}/, user admin)",
-            ready.admin, ready.admin
-        );
+        println!("admin API: http://{}/api/v1  (OpenAPI: /api/openapi.json)", ready.admin);
+        if crate::api::console_built() {
+            println!("console: http://{}/ (user admin)", ready.admin);
+        } else {
+            println!("console: not in this build (build it with `cargo xtask up`); the API and CLI work");
+        }
         println!("admin token: {}", data_dir.join("admin.token").display());
         println!("mesh CA root: {} (agents pin it with --ca-fingerprint)", ready.ca_fingerprint);
         println!(

@@ -149,7 +149,8 @@ fn timestamp(out: &mut Vec<u8>, at: std::time::SystemTime) {
         }
         out.extend_from_slice(cached.1.as_bytes());
     });
-    let _ = std::io::Write::write_fmt(out, format_args!(".{:03}Z", since.subsec_millis()));
+    let ms = since.subsec_millis();
+    out.extend_from_slice(&[b'.', b'0' + (ms / 100) as u8, b'0' + (ms / 10 % 10) as u8, b'0' + (ms % 10) as u8, b'Z']);
 }
 
 /// Records the request, now or when the response body ends.
@@ -480,6 +481,11 @@ impl Drop for Metered {
     }
 }
 
+/// Appends an integer in decimal.
+fn num(out: &mut Vec<u8>, n: impl itoa::Integer) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
 /// The access log line, written into a buffer each thread reuses.
 fn write_line(
     out_log: &crate::telemetry::accesslog::AccessLog,
@@ -510,22 +516,23 @@ fn write_line(
         opt(out, r.authority.as_ref().map(|v| v.as_bytes()));
         out.extend_from_slice(b",\"path\":");
         opt(out, r.path.as_ref().map(|p| p.as_str().as_bytes()));
-        let _ = write!(out, ",\"protocol\":\"{}\",\"response_code\":{}", r.protocol, p.code);
+        out.extend_from_slice(b",\"protocol\":\"");
+        out.extend_from_slice(r.protocol.as_bytes());
+        out.extend_from_slice(b"\",\"response_code\":");
+        num(out, p.code);
+        out.extend_from_slice(b",\"grpc_status\":");
         match grpc_status {
-            Some(s) => {
-                let _ = write!(out, ",\"grpc_status\":{s}");
-            }
-            None => out.extend_from_slice(b",\"grpc_status\":null"),
+            Some(s) => num(out, s),
+            None => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(b",\"response_flags\":");
         json_str(out, if p.flags.is_empty() { b"-" } else { p.flags.as_bytes() });
-        let _ = write!(
-            out,
-            ",\"bytes_received\":{},\"bytes_sent\":{},\"duration\":{}",
-            p.request_bytes,
-            response_bytes,
-            duration.as_millis()
-        );
+        out.extend_from_slice(b",\"bytes_received\":");
+        num(out, p.request_bytes);
+        out.extend_from_slice(b",\"bytes_sent\":");
+        num(out, response_bytes);
+        out.extend_from_slice(b",\"duration\":");
+        num(out, duration.as_millis());
         out.extend_from_slice(b",\"upstream_host\":");
         opt(out, log.upstream.as_deref().map(str::as_bytes));
         out.extend_from_slice(b",\"upstream_cluster\":");

@@ -19,7 +19,7 @@ use sqlx::{Row, SqlitePool, sqlite::SqliteRow};
 use tokio::sync::Mutex;
 
 pub use apikeys::ApiKeyInfo;
-pub use auth::{TokenInfo, hash_token, new_token};
+pub use auth::{ApiToken, Role, TokenInfo, User, hash_token, new_token};
 pub use mesh::{IssuedRecord, JoinRefusal, JoinScope, JoinTokenInfo, SigningRoot, StoredRoot};
 pub use open::open;
 

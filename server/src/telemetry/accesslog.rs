@@ -91,8 +91,9 @@ impl AccessLog {
                     }
                     std::mem::swap(&mut *pending, &mut spare);
                 }
-                drop(log);
                 if !spare.is_empty() {
+                    keep_recent(&mut log.recent.lock().unwrap_or_else(|e| e.into_inner()), &spare);
+                    drop(log);
                     if let Err(e) = out.write_all(&spare).and_then(|()| out.flush()) {
                         tracing::warn!(error = %e, "access log: write failed");
                     }
@@ -133,17 +134,6 @@ impl AccessLog {
             let _ = self.tap.send(bytes::Bytes::copy_from_slice(line));
         }
         let Some(sink) = &self.file else { return };
-        {
-            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-            recent.extend_from_slice(line);
-            recent.push(b'\n');
-            if recent.len() > 2 * RECENT {
-                // Keep the newest RECENT bytes' whole lines (amortized: once per 64 KiB).
-                let excess = recent.len() - RECENT;
-                let cut = recent[excess..].iter().position(|c| *c == b'\n').map_or(recent.len(), |p| excess + p + 1);
-                recent.drain(..cut);
-            }
-        }
         let mut pending = sink.pending.lock().unwrap_or_else(|e| e.into_inner());
         if pending.len() + line.len() > MAX_PENDING {
             drop(pending);
@@ -157,6 +147,20 @@ impl AccessLog {
         if full {
             sink.wake.notify_one();
         }
+    }
+}
+
+/// Adds lines taken for the file to the recent ones (by the writer, off
+/// the requests' path), keeping the newest RECENT bytes' whole lines.
+fn keep_recent(recent: &mut Vec<u8>, lines: &[u8]) {
+    let newest = |b: &[u8]| {
+        let excess = b.len().saturating_sub(RECENT);
+        if excess == 0 { 0 } else { b[excess..].iter().position(|c| *c == b'\n').map_or(b.len(), |p| excess + p + 1) }
+    };
+    recent.extend_from_slice(&lines[newest(lines)..]);
+    if recent.len() > 2 * RECENT {
+        let cut = newest(recent);
+        recent.drain(..cut);
     }
 }
 
@@ -220,7 +224,6 @@ mod tests {
             log.write(format!("{{\"n\":{i}}}").as_bytes());
         }
         assert_eq!(follower.lines.try_recv().unwrap(), "{\"n\":0}");
-        assert_eq!(log.recent().len(), 3);
         // Without a file, lines are made only while someone follows.
         let quiet = AccessLog::open(None).unwrap();
         assert!(!quiet.active());
@@ -234,5 +237,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"n\":0}\n{\"n\":1}\n{\"n\":2}\n");
+        // What was written is kept for `meshgate logs`.
+        assert_eq!(log.recent(), ["{\"n\":0}", "{\"n\":1}", "{\"n\":2}"]);
     }
 }

@@ -35,6 +35,8 @@ const SPAN_OVERHEAD: usize = 112;
 const TRACE_OVERHEAD: usize = 128;
 /// Spans waiting for the store's thread, at most.
 const INTAKE: usize = 8192;
+/// How long spans gather in the intake queue between the thread's looks.
+const INTAKE_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
 /// Shared strings kept before unused ones are let go.
 const MAX_STRINGS: usize = 50_000;
 
@@ -486,15 +488,23 @@ impl TraceHub {
         std::thread::Builder::new().name("trace-store".into()).spawn(move || {
             while let Ok(first) = rx.recv() {
                 let mut batch = vec![first];
-                while batch.len() < 256 {
-                    match rx.try_recv() {
-                        Ok(s) => batch.push(s),
-                        Err(_) => break,
+                loop {
+                    let more = rx.try_recv();
+                    let next = more.is_ok();
+                    batch.extend(more);
+                    if batch.len() == 256 || !next {
+                        let Some(hub) = hub.upgrade() else { return };
+                        hub.metrics.received.with_label_values(&["gateway"]).inc_by(batch.len() as u64);
+                        hub.accept(std::mem::take(&mut batch));
+                    }
+                    if !next {
+                        break;
                     }
                 }
-                let Some(hub) = hub.upgrade() else { return };
-                hub.metrics.received.with_label_values(&["gateway"]).inc_by(batch.len() as u64);
-                hub.accept(batch);
+                // Spans gather for a moment before the thread looks again:
+                // a busy gateway then wakes it a few times a second, not
+                // once a span.
+                std::thread::sleep(INTAKE_PAUSE);
             }
         })?;
         Ok(tx)

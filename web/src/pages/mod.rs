@@ -1,0 +1,9 @@
+//! The console's pages, one module each.
+
+pub mod history;
+pub mod overview;
+pub mod proxies;
+pub mod routes;
+pub mod security;
+pub mod traces;
+pub mod users;

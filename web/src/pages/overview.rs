@@ -1,0 +1,174 @@
+//! The service map (who calls whom, with requests/s, errors and p99) and
+//! each service version's request rate over the last 15 minutes.
+
+use std::time::Duration;
+
+use leptos::prelude::*;
+use serde_json::Value;
+
+use crate::{api, every, fetch_into, loaded, rate};
+
+#[component]
+pub fn Overview() -> impl IntoView {
+    let graph = RwSignal::new(None::<api::Result<Value>>);
+    let series = RwSignal::new(None::<api::Result<Value>>);
+    every(Duration::from_secs(5), move || {
+        fetch_into(graph, "/api/v1/graph?window=5m".into());
+        fetch_into(series, "/api/v1/stats/services?window=15m".into());
+    });
+    view! {
+        <h1>"Overview"</h1>
+        <section class="panel" aria-labelledby="map-title">
+            <h2 id="map-title" style="margin-top:0">"Service map "<span class="muted">"(last 5 minutes)"</span></h2>
+            {loaded(graph, |g| view! { <ServiceMap graph=g/> })}
+        </section>
+        <section class="panel" aria-labelledby="rates-title">
+            <h2 id="rates-title" style="margin-top:0">"Requests per service version "<span class="muted">"(last 15 minutes)"</span></h2>
+            {loaded(series, |s| view! { <Rates series=s/> })}
+        </section>
+    }
+}
+
+fn ms(x: f64) -> String {
+    if x < 10.0 { format!("{x:.1} ms") } else { format!("{x:.0} ms") }
+}
+
+fn short(id: &str) -> String {
+    // `namespace/workload` or a service host: the part that tells them apart.
+    let id = id.rsplit('/').next().unwrap_or(id);
+    id.split('.').next().unwrap_or(id).to_string()
+}
+
+#[component]
+fn ServiceMap(graph: Value) -> impl IntoView {
+    let nodes: Vec<(String, String)> = graph["nodes"]
+        .as_array()
+        .map(|n| n.iter().map(|x| (crate::text(&x["id"]), crate::text(&x["kind"]))).collect())
+        .unwrap_or_default();
+    let edges: Vec<Value> = graph["edges"].as_array().cloned().unwrap_or_default();
+    if nodes.is_empty() {
+        return view! {
+            <p class="empty">"No traffic in the last 5 minutes. Send requests through the gateway (port 8080) or between sidecars, and calls appear here within seconds."</p>
+        }
+        .into_any();
+    }
+    // Callers (gateway, workloads) on the left, services on the right.
+    let (w, h) = (860.0, (nodes.len().max(2) as f64 * 44.0).clamp(220.0, 1400.0));
+    let left: Vec<&(String, String)> = nodes.iter().filter(|(_, k)| k != "service").collect();
+    let right: Vec<&(String, String)> = nodes.iter().filter(|(_, k)| k == "service").collect();
+    let place = |list: &[&(String, String)], x: f64| -> Vec<(String, String, f64, f64)> {
+        let step = h / (list.len() as f64 + 1.0);
+        list.iter().enumerate().map(|(i, (id, k))| (id.clone(), k.clone(), x, step * (i as f64 + 1.0))).collect()
+    };
+    let mut placed = place(&left, 150.0);
+    placed.extend(place(&right, w - 170.0));
+    let at = |id: &str| placed.iter().find(|(n, ..)| n == id).map(|(_, _, x, y)| (*x, *y));
+    let links = edges
+        .iter()
+        .filter_map(|e| {
+            let (x1, y1) = at(e["source"].as_str()?)?;
+            let (x2, y2) = at(e["destination"].as_str()?)?;
+            let err = e["errorRate"].as_f64().unwrap_or(0.0);
+            let label = format!(
+                "{} · {:.1}% err · p99 {}",
+                rate(e["rps"].as_f64().unwrap_or(0.0)),
+                err * 100.0,
+                ms(e["p99"].as_f64().unwrap_or(0.0))
+            );
+            let class = if err > 0.01 { "link bad" } else { "link" };
+            Some(view! {
+                <g class=class>
+                    <line x1=x1 y1=y1 x2=x2 y2=y2/>
+                    <text x=(x1 + x2) / 2.0 y=(y1 + y2) / 2.0 - 6.0>{label}</text>
+                </g>
+            })
+        })
+        .collect_view();
+    let circles = placed
+        .iter()
+        .map(|(id, kind, x, y)| {
+            let class = if kind == "gateway" { "node edge" } else { "node" };
+            let title = format!("{id} ({kind})");
+            view! {
+                <g class=class>
+                    <title>{title}</title>
+                    <circle cx=*x cy=*y r=9/>
+                    <text x=*x y=*y + 24.0>{short(id)}</text>
+                </g>
+            }
+        })
+        .collect_view();
+    let rows = edges
+        .iter()
+        .map(|e| {
+            view! {
+                <tr>
+                    <td>{crate::text(&e["source"])}</td>
+                    <td>{crate::text(&e["destination"])}</td>
+                    <td>{rate(e["rps"].as_f64().unwrap_or(0.0))}</td>
+                    <td>{format!("{:.1}%", e["errorRate"].as_f64().unwrap_or(0.0) * 100.0)}</td>
+                    <td>{ms(e["p99"].as_f64().unwrap_or(0.0))}</td>
+                </tr>
+            }
+        })
+        .collect_view();
+    view! {
+        <svg class="map" viewBox=format!("0 0 {w} {h}") role="img" aria-label="Service map">
+            {links}
+            {circles}
+        </svg>
+        <div class="table-wrap">
+            <table id="calls">
+                <thead><tr><th>"Caller"</th><th>"Service"</th><th>"Requests"</th><th>"Errors"</th><th>"p99"</th></tr></thead>
+                <tbody>{rows}</tbody>
+            </table>
+        </div>
+    }
+    .into_any()
+}
+
+#[component]
+fn Rates(series: Value) -> impl IntoView {
+    let list: Vec<Value> = series["services"].as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        return view! { <p class="empty">"No requests recorded yet."</p> }.into_any();
+    }
+    list.into_iter()
+        .map(|s| {
+            let points: Vec<(f64, f64)> = s["points"]
+                .as_array()
+                .map(|p| p.iter().map(|x| (x["t"].as_f64().unwrap_or(0.0), x["rps"].as_f64().unwrap_or(0.0))).collect())
+                .unwrap_or_default();
+            let host = crate::text(&s["service"]);
+            let name = format!("{} {}", host.split(".svc.").next().unwrap_or(&host), crate::text(&s["version"]));
+            let now = points.last().map_or(0.0, |p| p.1);
+            view! {
+                <div class="row" style="justify-content:space-between">
+                    <span>{name}</span>
+                    <Spark points=points/>
+                    <span class="muted">{rate(now)}</span>
+                </div>
+            }
+        })
+        .collect_view()
+        .into_any()
+}
+
+/// A small line chart of (t, value) points.
+#[component]
+pub fn Spark(points: Vec<(f64, f64)>) -> impl IntoView {
+    let (w, h) = (320.0, 40.0);
+    let (t0, t1) = (points.first().map_or(0.0, |p| p.0), points.last().map_or(1.0, |p| p.0));
+    let max = points.iter().map(|p| p.1).fold(0.0_f64, f64::max).max(1e-9);
+    let span = (t1 - t0).max(1.0);
+    let line: String = points
+        .iter()
+        .map(|(t, v)| format!("{:.1},{:.1}", (t - t0) / span * w, h - v / max * (h - 4.0) - 2.0))
+        .collect::<Vec<_>>()
+        .join(" ");
+    view! {
+        <svg width=w height=h viewBox=format!("0 0 {w} {h}") aria-hidden="true">
+            <polyline points=line fill="none" stroke="var(--accent)" stroke-width="1.5"/>
+        </svg>
+    }
+}
