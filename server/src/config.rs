@@ -33,6 +33,15 @@ pub struct UpArgs {
     /// The plug-in CA certificate's private key (PEM)
     #[arg(long, value_name = "FILE", requires = "ca_cert")]
     pub ca_key: Option<PathBuf>,
+    /// Serve the admin API and console over HTTPS with a certificate from meshgate's CA (names: localhost, 127.0.0.1, ::1, the --admin IP and this host's name); the CA root goes to DATA_DIR/admin-ca.pem for clients
+    #[arg(long)]
+    pub admin_tls: bool,
+    /// Serve the admin API and console over HTTPS with this certificate chain (PEM) instead
+    #[arg(long, value_name = "FILE", requires = "admin_key")]
+    pub admin_cert: Option<PathBuf>,
+    /// The --admin-cert certificate's private key (PEM)
+    #[arg(long, value_name = "FILE", requires = "admin_cert")]
+    pub admin_key: Option<PathBuf>,
     /// Run a sidecar agent in this process (SPEC as for `meshgate agent`)
     #[arg(long, value_name = "SPEC")]
     pub sidecar: Vec<String>,
@@ -205,6 +214,8 @@ pub struct Config {
     pub workers: usize,
     /// A plug-in CA (certificate file, key file) instead of the self-made root.
     pub ca: Option<(PathBuf, PathBuf)>,
+    /// HTTPS on the admin address, and with which certificate.
+    pub admin_tls: AdminTls,
     /// How long an agent may be out of contact before its instance counts as unhealthy.
     pub agent_grace: std::time::Duration,
     /// Proxies whose `X-Forwarded-For` entries are believed.
@@ -216,6 +227,16 @@ pub struct Config {
     /// Where the appliance exports every span it gets.
     pub trace_providers: Vec<crate::telemetry::export::Provider>,
     pub trace_store: crate::telemetry::tracestore::Limits,
+}
+
+/// Whether the admin address speaks HTTPS, and with which certificate.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AdminTls {
+    Off,
+    /// A certificate from meshgate's own CA.
+    MeshCa,
+    /// The user's certificate chain and key (PEM files).
+    Files(PathBuf, PathBuf),
 }
 
 fn parse_port_map(s: &str) -> Result<(u32, u16), String> {
@@ -244,6 +265,7 @@ impl Default for Config {
             max_connections: 50_000,
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             ca: None,
+            admin_tls: AdminTls::Off,
             agent_grace: std::time::Duration::from_secs(10),
             trusted_proxies: Vec::new(),
             access_log: None,
@@ -284,6 +306,11 @@ impl Config {
         if let (Some(cert), Some(key)) = (&args.ca_cert, &args.ca_key) {
             c.ca = Some((cert.clone(), key.clone()));
         }
+        c.admin_tls = match (&args.admin_cert, &args.admin_key, args.admin_tls) {
+            (Some(cert), Some(key), _) => AdminTls::Files(cert.clone(), key.clone()),
+            (_, _, true) => AdminTls::MeshCa,
+            _ => AdminTls::Off,
+        };
         if let Some(l) = &args.locality {
             c.locality = l.clone();
         }

@@ -24,6 +24,15 @@ pub struct Ready {
     pub mesh: std::net::SocketAddr,
     /// `sha256:HEX` of the mesh CA's root, for `meshgate agent --ca-fingerprint`.
     pub ca_fingerprint: String,
+    /// The admin address speaks HTTPS.
+    pub admin_tls: bool,
+}
+
+impl Ready {
+    /// The admin API's and console's URL.
+    pub fn admin_url(&self) -> String {
+        format!("{}://{}", if self.admin_tls { "https" } else { "http" }, self.admin)
+    }
 }
 
 /// Runs the server until `shutdown` completes, then drains in-flight
@@ -80,6 +89,7 @@ pub async fn run(
         settings: Arc::new(Settings {
             cluster_domain: config.cluster_domain.clone(),
             trust_domain: config.trust_domain.clone(),
+            secure_cookies: config.admin_tls != crate::config::AdminTls::Off,
         }),
     };
     let admin = TcpListener::bind(config.admin)
@@ -96,7 +106,9 @@ pub async fn run(
         https: https[0].local_addr()?,
         mesh: mesh.local_addr()?,
         ca_fingerprint: ca.fingerprint(),
+        admin_tls: config.admin_tls != crate::config::AdminTls::Off,
     };
+    let admin_tls = admin_tls(&config, &ca, ready.admin)?;
     {
         let mut listening = hub.listening.lock().unwrap_or_else(|e| e.into_inner());
         listening.insert(80, (ready.http, false));
@@ -184,8 +196,13 @@ pub async fn run(
         crate::mesh::MeshState { store: store.clone(), ca: ca.clone(), hub: hub.clone(), metrics: metrics.clone() };
     tokio::spawn(crate::mesh::health::reconcile(store.clone(), hub.clone(), config.agent_grace, mesh_stop.clone()));
     let mesh_task = tokio::spawn(crate::mesh::serve(mesh, mesh_tls, mesh_state, mesh_stop));
-    let admin_server = axum::serve(admin, api::router(state)).with_graceful_shutdown(stopped());
-    let admin_task = tokio::spawn(async move { admin_server.await });
+    let admin_task = match admin_tls {
+        None => {
+            let admin_server = axum::serve(admin, api::router(state)).with_graceful_shutdown(stopped());
+            tokio::spawn(async move { admin_server.await })
+        }
+        Some(tls) => tokio::spawn(serve_admin_tls(admin, tls, api::router(state), stopped())),
+    };
 
     // The first snapshot must be live before we say ready.
     hub.wait_for(0, std::time::Duration::from_secs(10)).await;
@@ -262,6 +279,92 @@ async fn renew_gateway_identity(hub: Arc<control::Hub>, ca: Arc<crate::ca::Ca>) 
 
 /// DNS names for the mesh port's certificate (agents check its SPIFFE ID,
 /// not a name; these help tools such as `openssl s_client` and `curl`).
+/// The admin address's TLS, when `--admin-tls` or `--admin-cert` asks for
+/// it. With meshgate's CA, the CA's roots are written to
+/// `DATA_DIR/admin-ca.pem`, where the CLI finds them.
+fn admin_tls(
+    config: &Config,
+    ca: &crate::ca::Ca,
+    bound: std::net::SocketAddr,
+) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
+    use rustls_pki_types::pem::PemObject as _;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let ca_file = config.data_dir.join("admin-ca.pem");
+    if config.admin_tls != crate::config::AdminTls::MeshCa {
+        // Roots from an earlier --admin-tls would mislead the CLI now.
+        let _ = std::fs::remove_file(&ca_file);
+    }
+    let (chain, key) = match &config.admin_tls {
+        crate::config::AdminTls::Off => return Ok(None),
+        crate::config::AdminTls::Files(cert, key) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| anyhow::anyhow!("--admin-cert {}: {e}", cert.display()))?;
+            if chain.is_empty() {
+                anyhow::bail!("--admin-cert {}: no PEM certificate in it", cert.display());
+            }
+            let key =
+                PrivateKeyDer::from_pem_file(key).map_err(|e| anyhow::anyhow!("--admin-key {}: {e}", key.display()))?;
+            (chain, key)
+        }
+        crate::config::AdminTls::MeshCa => {
+            let mut names = mesh_names();
+            names.extend(["127.0.0.1".to_string(), "::1".to_string()]);
+            if !bound.ip().is_unspecified() && !bound.ip().is_loopback() {
+                names.push(bound.ip().to_string());
+            }
+            let me = crate::ca::SpiffeId::control_plane(ca.trust_domain());
+            let (issued, key) = ca.issue_own(&me, &names, crate::ca::MAX_TTL)?;
+            std::fs::write(&ca_file, ca.roots_pem()).with_context(|| format!("writing {}", ca_file.display()))?;
+            (issued.chain, key)
+        }
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| anyhow::anyhow!("the admin address's certificate and key: {e}"))?;
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Some(tokio_rustls::TlsAcceptor::from(Arc::new(server))))
+}
+
+/// The admin router over HTTPS: accepts until `stop`, each connection on a task of its own.
+async fn serve_admin_tls(
+    listener: TcpListener,
+    tls: tokio_rustls::TlsAcceptor,
+    app: axum::Router,
+    stop: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    use tower::ServiceExt as _;
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let tcp = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin address: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => return Ok(()),
+        };
+        let (tls, app) = (tls.clone(), app.clone());
+        tokio::spawn(async move {
+            let Ok(Ok(stream)) = tokio::time::timeout(std::time::Duration::from_secs(10), tls.accept(tcp)).await else {
+                return;
+            };
+            let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                app.clone().oneshot(req.map(axum::body::Body::new))
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
 fn mesh_names() -> Vec<String> {
     let mut names = vec!["localhost".to_string()];
     if let Ok(host) = std::fs::read_to_string("/proc/sys/kernel/hostname") {

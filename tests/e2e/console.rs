@@ -260,6 +260,15 @@ fn console_shifts_a_canary_checks_yaml_and_rolls_back() {
     b.wait_text("#calls", "user-service");
     b.wait_text("main", "user-service.default v2");
     b.screenshot("overview");
+    // The service's page: its instances, and per-version charts whose slowest point links to traces.
+    b.click("#calls a[href='/services/default/user-service']");
+    b.wait_text("#instances", "user-service-v2");
+    b.wait_text("main", "user-service.default v2");
+    b.screenshot("service");
+    b.click("a.slow-traces");
+    b.text("#trace-search");
+    let min = b.rt.block_on(async { b.c().find(Locator::Css("#t-min")).await.unwrap().prop("value").await.unwrap() });
+    assert!(min.as_deref().is_some_and(|m| m.ends_with("ms")), "the chart's p99 fills in the search: {min:?}");
     b.goto("/routes/default/users");
     b.text("#canary-0");
 
@@ -365,4 +374,37 @@ fn console_creates_a_route_and_shows_a_trace_waterfall() {
     let detail = b.wait_text("#span-detail", "http.status_code");
     assert!(detail.contains("200") && detail.contains("guid:x-request-id"), "{detail}");
     b.screenshot("trace-waterfall");
+
+    // Gateways and API: the listener the Gateway opened.
+    b.goto("/gateways");
+    b.wait_text("#listeners", "public-gateway");
+    b.screenshot("gateways");
+    // Security: a join token made in the page, and STRICT mTLS for a namespace.
+    b.goto("/security");
+    b.fill("#jt-service", "orders");
+    b.click("#make-join-token");
+    let token = b.text("#join-token");
+    assert!(token.len() > 20, "{token:?}");
+    b.wait_text("#join-tokens", "default/orders");
+    b.set_value("#mtls-mode", "STRICT");
+    b.click("#set-mtls");
+    b.wait_text("#mtls", "STRICT");
+    b.screenshot("security");
+    let pa = server.ok(&["get", "peerauthentication", "default", "-n", "default", "-o", "yaml"]);
+    assert!(pa.contains("STRICT"), "{pa}");
+    // Users: an editor added in the page can log in.
+    b.goto("/users");
+    b.fill("#u-name", "erin");
+    b.fill("#u-password", "editor-password");
+    b.set_value("#u-role", "editor");
+    b.click("#add-user");
+    b.wait_text("#users", "erin");
+    let login = server
+        .http()
+        .post(server.url("/api/v1/login"))
+        .json(&json!({"username": "erin", "password": "editor-password"}))
+        .send()
+        .unwrap();
+    assert_eq!(login.status(), 200);
+    assert_eq!(login.json::<Value>().unwrap()["role"], "editor");
 }

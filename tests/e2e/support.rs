@@ -58,7 +58,7 @@ impl Server {
         Server::start_full(data_dir, &[], args)
     }
 
-    fn start_full(data_dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Server {
+    pub fn start_full(data_dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Server {
         let mut cmd = Command::new(BIN);
         cmd.arg("up");
         // Port 0 for every listener the caller does not choose.
@@ -144,9 +144,13 @@ impl Server {
         cmd.args(args)
             .env("MESHGATE_SERVER", &self.admin)
             .env("MESHGATE_TOKEN", self.token())
+            .env_remove("MESHGATE_CA_FILE")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        if self.admin.starts_with("https://") {
+            cmd.env("MESHGATE_CA_FILE", self.data_dir.join("admin-ca.pem"));
+        }
         let mut child = cmd.spawn().expect("spawn meshgate cli");
         if let Some(input) = stdin {
             child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
@@ -174,8 +178,16 @@ impl Server {
         text(&out.stderr)
     }
 
+    /// A client for the admin address (trusting `admin-ca.pem` when it speaks HTTPS) and the gateway.
     pub fn http(&self) -> reqwest::blocking::Client {
-        reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().expect("client")
+        let mut b = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30));
+        if self.admin.starts_with("https://") {
+            let pem = std::fs::read(self.data_dir.join("admin-ca.pem")).expect("admin-ca.pem");
+            for root in reqwest::Certificate::from_pem_bundle(&pem).expect("PEM roots") {
+                b = b.add_root_certificate(root);
+            }
+        }
+        b.build().expect("client")
     }
 
     pub fn url(&self, path: &str) -> String {

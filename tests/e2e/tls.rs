@@ -387,3 +387,36 @@ fn revoked_certificates_are_refused_by_the_crl_upstream_and_at_the_gateway() {
     assert!(refused.is_err(), "a revoked client certificate is refused: {refused:?}");
     assert_eq!(web.hits(), 1);
 }
+
+#[test]
+fn the_admin_address_speaks_https_with_a_certificate_from_the_mesh_ca() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start_full(
+        &tmp.path().join("data"),
+        &[("MESHGATE_ADMIN_PASSWORD", "admin-password")],
+        &["--admin-tls"],
+    );
+    assert!(server.admin.starts_with("https://127.0.0.1:"), "{}", server.admin);
+    // The CLI trusts the roots `up` wrote (MESHGATE_CA_FILE, or ./meshgate-data/admin-ca.pem).
+    server.apply(&crate::gateway::vs("  - route: [{destination: {host: user-service}}]\n"));
+    assert!(server.ok(&["get", "vs"]).contains("users"));
+    // The console's session cookie is Secure over HTTPS.
+    let login = server
+        .http()
+        .post(server.url("/api/v1/login"))
+        .json(&serde_json::json!({"username": "admin", "password": "admin-password"}))
+        .send()
+        .unwrap();
+    assert_eq!(login.status(), 200);
+    let cookie = login.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        cookie.contains("; Secure") && cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    // Without the roots, a client refuses the certificate; plain HTTP gets no answer.
+    let untrusting = reqwest::blocking::Client::builder().timeout(std::time::Duration::from_secs(10)).build().unwrap();
+    let err = untrusting.get(server.url("/healthz")).send().unwrap_err();
+    assert!(format!("{err:?}").to_lowercase().contains("certificate"), "{err:?}");
+    let plain = server.url("/healthz").replace("https://", "http://");
+    assert!(untrusting.get(plain).send().is_err());
+}

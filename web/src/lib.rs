@@ -108,7 +108,9 @@ fn Shell(me: Me) -> impl IntoView {
             <nav class="nav" aria-label="Console">
                 <div class="brand"><span aria-hidden="true">"◆"</span>"meshgate"</div>
                 <A href="/">"Overview"</A>
+                <A href="/services">"Services"</A>
                 <A href="/routes">"Routes"</A>
+                <A href="/gateways">"Gateways and API"</A>
                 <A href="/traces">"Traces"</A>
                 <A href="/proxies">"Proxies"</A>
                 <A href="/security">"Security"</A>
@@ -125,6 +127,9 @@ fn Shell(me: Me) -> impl IntoView {
             <main>
                 <Routes fallback=|| view! { <h1>"Not found"</h1><p class="empty">"No such page. Pick one on the left."</p> }>
                     <Route path=path!("/") view=pages::overview::Overview/>
+                    <Route path=path!("/services") view=pages::services::ServiceList/>
+                    <Route path=path!("/services/:ns/:name") view=pages::services::ServiceView/>
+                    <Route path=path!("/gateways") view=pages::gateways::Gateways/>
                     <Route path=path!("/routes") view=pages::routes::RouteList/>
                     <Route path=path!("/routes/new") view=pages::routes::NewRoute/>
                     <Route path=path!("/routes/:ns/:name") view=pages::routes::RouteEditor/>

@@ -84,8 +84,14 @@ fn needed_role(method: &Method, path: &str) -> Role {
 pub async fn require_token(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
     let Some((token, cookie)) = presented(req.headers()) else {
-        tracing::warn!(%path, method = %req.method(), "rejected: no credentials");
-        state.metrics.auth_failures.inc();
+        // The console asks `whoami` on every first load to learn whether
+        // it is logged in: that is no failed authentication.
+        if path == "/api/v1/whoami" {
+            tracing::debug!("whoami without credentials");
+        } else {
+            tracing::warn!(%path, method = %req.method(), "rejected: no credentials");
+            state.metrics.auth_failures.inc();
+        }
         return ApiError::unauthorized().into_response();
     };
     let info = match state.store.find_token(&token).await {
@@ -218,8 +224,11 @@ pub async fn login(State(state): State<AppState>, Json(login): Json<Login>) -> A
     let expires_at = expires.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     state.store.add_token(&token, &login.username, "session", Some(&expires_at)).await?;
     let role = state.store.users().await?.into_iter().find(|u| u.name == login.username).map(|u| u.role);
-    let cookie =
-        format!("{SESSION_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}", SESSION_HOURS * 3600);
+    let secure = if state.settings.secure_cookies { "; Secure" } else { "" };
+    let cookie = format!(
+        "{SESSION_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{secure}",
+        SESSION_HOURS * 3600
+    );
     let body = Json(json!({
         "user": login.username, "role": role, "token": token, "csrf": csrf_token(&token), "expiresAt": expires_at,
     }));
@@ -233,7 +242,8 @@ pub async fn logout(State(state): State<AppState>, headers: HeaderMap) -> ApiRes
     {
         state.store.revoke_token(&token).await?;
     }
-    let clear = format!("{SESSION_COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
+    let secure = if state.settings.secure_cookies { "; Secure" } else { "" };
+    let clear = format!("{SESSION_COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0{secure}");
     Ok(([(header::SET_COOKIE, clear)], StatusCode::NO_CONTENT).into_response())
 }
 

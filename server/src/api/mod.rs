@@ -38,6 +38,8 @@ pub const MAX_BODY: usize = 4 << 20;
 pub struct Settings {
     pub cluster_domain: String,
     pub trust_domain: String,
+    /// The admin address speaks HTTPS: session cookies are `Secure`.
+    pub secure_cookies: bool,
 }
 
 #[derive(Clone)]

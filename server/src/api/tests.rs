@@ -42,6 +42,7 @@ async fn api(pool: SqlitePool) -> Api {
         settings: Arc::new(Settings {
             cluster_domain: "svc.cluster.local".into(),
             trust_domain: "cluster.local".into(),
+            secure_cookies: false,
         }),
     };
     Api { router: router(state), token, store, logins }

@@ -375,6 +375,11 @@ fn leaf_params(identity: &SpiffeId, ttl: Duration, dns_names: &[String]) -> Resu
     let uri = identity.to_string().try_into().map_err(|e: rcgen::Error| IssueError::Signing(e.to_string()))?;
     params.subject_alt_names.push(SanType::URI(uri));
     for name in dns_names {
+        // An address is named as one (an IP SAN), not as a DNS name.
+        if let Ok(ip) = name.parse::<std::net::IpAddr>() {
+            params.subject_alt_names.push(SanType::IpAddress(ip));
+            continue;
+        }
         let dns = name.clone().try_into().map_err(|e: rcgen::Error| IssueError::Signing(e.to_string()))?;
         params.subject_alt_names.push(SanType::DnsName(dns));
     }

@@ -9,6 +9,8 @@ pub struct Client {
     base: String,
     token: String,
     http: Http,
+    /// The roots an `https://` server's certificate must chain to.
+    roots: Vec<reqwest::Certificate>,
 }
 
 /// An error the server answered with, in its JSON shape.
@@ -32,7 +34,9 @@ impl std::fmt::Display for ServerError {
 impl std::error::Error for ServerError {}
 
 impl Client {
-    pub fn new(server: &str, token: Option<&str>) -> anyhow::Result<Client> {
+    /// `ca_file`: PEM roots for an `https://` server [default:
+    /// ./meshgate-data/admin-ca.pem, which `meshgate up --admin-tls` writes].
+    pub fn new(server: &str, token: Option<&str>, ca_file: Option<&std::path::Path>) -> anyhow::Result<Client> {
         let token = match token {
             Some(t) => t.to_string(),
             None => {
@@ -48,8 +52,22 @@ impl Client {
                     .to_string()
             }
         };
-        let http = Http::builder().timeout(std::time::Duration::from_secs(60)).build()?;
-        Ok(Client { base: server.trim_end_matches('/').to_string(), token, http })
+        let default_ca = std::path::Path::new("meshgate-data").join("admin-ca.pem");
+        let ca_file =
+            ca_file.or_else(|| (server.starts_with("https://") && default_ca.exists()).then_some(&*default_ca));
+        let roots = match ca_file {
+            Some(path) => {
+                let pem = std::fs::read(path).with_context(|| format!("--ca-file {}", path.display()))?;
+                reqwest::Certificate::from_pem_bundle(&pem).with_context(|| format!("--ca-file {}", path.display()))?
+            }
+            None => Vec::new(),
+        };
+        let http = Self::builder(&roots).timeout(std::time::Duration::from_secs(60)).build()?;
+        Ok(Client { base: server.trim_end_matches('/').to_string(), token, http, roots })
+    }
+
+    fn builder(roots: &[reqwest::Certificate]) -> reqwest::blocking::ClientBuilder {
+        roots.iter().fold(Http::builder(), |b, c| b.add_root_certificate(c.clone()))
     }
 
     pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
@@ -64,7 +82,7 @@ impl Client {
 
     /// A streamed answer (no overall timeout), or the server's error.
     pub fn stream(&self, path: &str) -> anyhow::Result<Response> {
-        let http = Http::builder().timeout(None).build()?;
+        let http = Self::builder(&self.roots).timeout(None).build()?;
         let resp = http
             .get(format!("{}{path}", self.base))
             .bearer_auth(&self.token)

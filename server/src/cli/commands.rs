@@ -27,17 +27,20 @@ pub fn up(args: UpArgs) -> anyhow::Result<i32> {
     let runtime = runtime.enable_all().build().context("starting the runtime")?;
     let data_dir = config.data_dir.clone();
     runtime.block_on(crate::server::run(config, started, crate::server::shutdown_signal(), |ready| {
-        println!("admin API: http://{}/api/v1  (OpenAPI: /api/openapi.json)", ready.admin);
+        println!("admin API: {}/api/v1  (OpenAPI: /api/openapi.json)", ready.admin_url());
+        if ready.admin_tls && data_dir.join("admin-ca.pem").exists() {
+            println!("admin TLS: clients trust {}", data_dir.join("admin-ca.pem").display());
+        }
         if crate::api::console_built() {
-            println!("console: http://{}/ (user admin)", ready.admin);
+            println!("console: {}/ (user admin)", ready.admin_url());
         } else {
             println!("console: not in this build (build it with `cargo xtask up`); the API and CLI work");
         }
         println!("admin token: {}", data_dir.join("admin.token").display());
         println!("mesh CA root: {} (agents pin it with --ca-fingerprint)", ready.ca_fingerprint);
         println!(
-            "meshgate ready admin=http://{} http={} https={} mesh={} data-dir={} in {} ms",
-            ready.admin,
+            "meshgate ready admin={} http={} https={} mesh={} data-dir={} in {} ms",
+            ready.admin_url(),
             ready.http,
             ready.https,
             ready.mesh,

@@ -20,6 +20,9 @@ pub struct Cli {
     /// API token [default: contents of ./meshgate-data/admin.token]
     #[arg(long, global = true, env = "MESHGATE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// PEM roots for an https:// --server [default: ./meshgate-data/admin-ca.pem when it exists]
+    #[arg(long, global = true, env = "MESHGATE_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -207,7 +210,8 @@ pub fn main() -> i32 {
     let result = match cli.command {
         Command::Up(args) => commands::up(args),
         Command::Agent(args) => crate::agent::main(args),
-        command => client::Client::new(&cli.server, cli.token.as_deref()).and_then(|c| commands::run(&c, command)),
+        command => client::Client::new(&cli.server, cli.token.as_deref(), cli.ca_file.as_deref())
+            .and_then(|c| commands::run(&c, command)),
     };
     match result {
         Ok(code) => code,

@@ -29,6 +29,17 @@ pub fn Overview() -> impl IntoView {
     }
 }
 
+/// A service host (`name.namespace.svc.<domain>`) as a link to its page.
+fn service_link(host: &str) -> impl IntoView + use<> {
+    let mut parts = host.split('.');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(name), Some(ns), Some("svc")) => {
+            view! { <a href=format!("/services/{ns}/{name}")>{host.to_string()}</a> }.into_any()
+        }
+        _ => view! { <span>{host.to_string()}</span> }.into_any(),
+    }
+}
+
 fn ms(x: f64) -> String {
     if x < 10.0 { format!("{x:.1} ms") } else { format!("{x:.0} ms") }
 }
@@ -53,7 +64,13 @@ fn ServiceMap(graph: Value) -> impl IntoView {
         .into_any();
     }
     // Callers (gateway, workloads) on the left, services on the right.
-    let (w, h) = (860.0, (nodes.len().max(2) as f64 * 44.0).clamp(220.0, 1400.0));
+    // Each column gets 36 px a node: 200 services make a tall map to scroll, not a heap.
+    let column = nodes
+        .iter()
+        .filter(|(_, k)| k == "service")
+        .count()
+        .max(nodes.len() - nodes.iter().filter(|(_, k)| k == "service").count());
+    let (w, h) = (860.0, (column.max(2) as f64 * 36.0 + 36.0).max(220.0));
     let left: Vec<&(String, String)> = nodes.iter().filter(|(_, k)| k != "service").collect();
     let right: Vec<&(String, String)> = nodes.iter().filter(|(_, k)| k == "service").collect();
     let place = |list: &[&(String, String)], x: f64| -> Vec<(String, String, f64, f64)> {
@@ -104,7 +121,7 @@ fn ServiceMap(graph: Value) -> impl IntoView {
             view! {
                 <tr>
                     <td>{crate::text(&e["source"])}</td>
-                    <td>{crate::text(&e["destination"])}</td>
+                    <td>{service_link(&crate::text(&e["destination"]))}</td>
                     <td>{rate(e["rps"].as_f64().unwrap_or(0.0))}</td>
                     <td>{format!("{:.1}%", e["errorRate"].as_f64().unwrap_or(0.0) * 100.0)}</td>
                     <td>{ms(e["p99"].as_f64().unwrap_or(0.0))}</td>
@@ -154,21 +171,34 @@ fn Rates(series: Value) -> impl IntoView {
         .into_any()
 }
 
-/// A small line chart of (t, value) points.
+/// A small line chart of (t, value) points, with its baseline and the
+/// newest point marked; a single point draws as a level line.
 #[component]
 pub fn Spark(points: Vec<(f64, f64)>) -> impl IntoView {
-    let (w, h) = (320.0, 40.0);
+    let (w, h) = (320.0, 44.0);
+    let mut points = points;
+    if points.len() == 1 {
+        let (t, v) = points[0];
+        points.insert(0, (t - 10.0, v));
+    }
     let (t0, t1) = (points.first().map_or(0.0, |p| p.0), points.last().map_or(1.0, |p| p.0));
     let max = points.iter().map(|p| p.1).fold(0.0_f64, f64::max).max(1e-9);
     let span = (t1 - t0).max(1.0);
+    let xy = |(t, v): (f64, f64)| ((t - t0) / span * (w - 6.0) + 3.0, h - 3.0 - v / max * (h - 8.0));
     let line: String = points
         .iter()
-        .map(|(t, v)| format!("{:.1},{:.1}", (t - t0) / span * w, h - v / max * (h - 4.0) - 2.0))
+        .map(|p| {
+            let (x, y) = xy(*p);
+            format!("{x:.1},{y:.1}")
+        })
         .collect::<Vec<_>>()
         .join(" ");
+    let last = points.last().map(|p| xy(*p));
     view! {
-        <svg width=w height=h viewBox=format!("0 0 {w} {h}") aria-hidden="true">
-            <polyline points=line fill="none" stroke="var(--accent)" stroke-width="1.5"/>
+        <svg width=w height=h viewBox=format!("0 0 {w} {h}") aria-hidden="true" class="spark">
+            <line x1="0" y1=h - 3.0 x2=w y2=h - 3.0 stroke="var(--line)" stroke-width="1"/>
+            <polyline points=line fill="none" stroke="var(--accent)" stroke-width="2"/>
+            {last.map(|(x, y)| view! { <circle cx=x cy=y r="3" fill="var(--accent)"/> })}
         </svg>
     }
 }

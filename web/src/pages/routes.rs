@@ -385,6 +385,21 @@ fn HttpRoute(doc: RwSignal<Value>, i: usize, can_edit: bool) -> impl IntoView {
     };
     let timeout_id = format!("timeout-{i}");
     let retries_id = format!("retries-{i}");
+    let extra = view! {
+        <div class="row">
+            {route_field(doc, i, format!("delay-{i}"), "Fault: delay (e.g. 2s)", &["fault", "delay", "fixedDelay"], false, can_edit)}
+            {route_field(doc, i, format!("delay-pct-{i}"), "… of % of requests", &["fault", "delay", "percentage", "value"], true, can_edit)}
+            {route_field(doc, i, format!("abort-{i}"), "Fault: abort with status", &["fault", "abort", "httpStatus"], true, can_edit)}
+            {route_field(doc, i, format!("abort-pct-{i}"), "… for % of requests", &["fault", "abort", "percentage", "value"], true, can_edit)}
+        </div>
+        <div class="row">
+            {route_field(doc, i, format!("mirror-{i}"), "Mirror to service", &["mirror", "host"], false, can_edit)}
+            {route_field(doc, i, format!("mirror-subset-{i}"), "Mirror subset", &["mirror", "subset"], false, can_edit)}
+            {route_field(doc, i, format!("mirror-pct-{i}"), "Mirror % of requests", &["mirrorPercentage", "value"], true, can_edit)}
+            {route_field(doc, i, format!("per-try-{i}"), "Per-try timeout", &["retries", "perTryTimeout"], false, can_edit)}
+            {route_field(doc, i, format!("retry-on-{i}"), "Retry on", &["retries", "retryOn"], false, can_edit)}
+        </div>
+    };
     view! {
         <section class="panel">
             <h2 style="margin-top:0">{name}" "<span class="muted">{move || match_summary(&route())}</span></h2>
@@ -419,7 +434,85 @@ fn HttpRoute(doc: RwSignal<Value>, i: usize, can_edit: bool) -> impl IntoView {
                         }/>
                 </div>
             </div>
+            {extra}
         </section>
+    }
+}
+
+/// Sets (or, with `None`, removes) the field at `path` in `v`, making
+/// objects on the way and dropping those a removal leaves empty.
+fn set_path(v: &mut Value, path: &[&str], new: Option<Value>) {
+    let Some((last, parents)) = path.split_last() else { return };
+    if parents.is_empty() {
+        if let Some(o) = v.as_object_mut() {
+            match new {
+                Some(n) => {
+                    o.insert((*last).to_string(), n);
+                }
+                None => {
+                    o.remove(*last);
+                }
+            }
+        }
+        return;
+    }
+    let head = parents[0];
+    if v.get(head).is_none() {
+        if new.is_none() {
+            return;
+        }
+        v[head] = json!({});
+    }
+    let mut rest: Vec<&str> = parents[1..].to_vec();
+    rest.push(last);
+    set_path(&mut v[head], &rest, new);
+    if v[head].as_object().is_some_and(serde_json::Map::is_empty)
+        && let Some(o) = v.as_object_mut()
+    {
+        o.remove(head);
+    }
+}
+
+fn get_path(v: &Value, path: &[&str]) -> String {
+    let mut at = v;
+    for p in path {
+        at = &at[*p];
+    }
+    match at {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// A text or number input bound to one field of HTTP route `i`.
+fn route_field(
+    doc: RwSignal<Value>,
+    i: usize,
+    id: String,
+    label: &'static str,
+    path: &'static [&'static str],
+    number: bool,
+    can_edit: bool,
+) -> impl IntoView {
+    view! {
+        <div class="field">
+            <label for=id.clone()>{label}</label>
+            <input id=id type=if number { "number" } else { "text" } disabled=!can_edit
+                prop:value=move || doc.with(|d| get_path(&d["spec"]["http"][i], path))
+                on:change=move |ev| {
+                    let raw = event_target_value(&ev);
+                    let raw = raw.trim();
+                    let new = if raw.is_empty() {
+                        None
+                    } else if number {
+                        raw.parse::<f64>().ok().map(|n| if n.fract() == 0.0 { json!(n as i64) } else { json!(n) })
+                    } else {
+                        Some(json!(raw))
+                    };
+                    doc.update(|d| set_path(&mut d["spec"]["http"][i], path, new));
+                }/>
+        </div>
     }
 }
 

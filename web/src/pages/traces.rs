@@ -3,20 +3,29 @@
 //! attributes.
 
 use leptos::prelude::*;
-use leptos_router::hooks::use_params_map;
+use leptos_router::hooks::{use_params_map, use_query_map};
 use serde_json::Value;
 
 use crate::{api, fetch_into, loaded, micros, text};
 
 #[component]
 pub fn TraceSearch() -> impl IntoView {
-    let service = RwSignal::new(String::new());
-    let status = RwSignal::new(String::new());
-    let min = RwSignal::new(String::new());
+    // A chart's slow point links here with ?minDuration=&start=&end= (Unix ms).
+    let query = use_query_map();
+    let given = |k: &str| query.read_untracked().get(k).unwrap_or_default();
+    let service = RwSignal::new(given("service"));
+    let status = RwSignal::new(given("status"));
+    let min = RwSignal::new(given("minDuration"));
     let lookback = RwSignal::new("1h".to_string());
+    let range = RwSignal::new((!given("start").is_empty()).then(|| (given("start"), given("end"))));
     let data = RwSignal::new(None::<api::Result<Value>>);
     let search = move || {
-        let mut q = format!("/api/v1/traces?limit=50&lookback={}", api::escape(&lookback.get_untracked()));
+        let mut q = match range.get_untracked() {
+            Some((start, end)) => {
+                format!("/api/v1/traces?limit=50&start={}&end={}", api::escape(&start), api::escape(&end))
+            }
+            None => format!("/api/v1/traces?limit=50&lookback={}", api::escape(&lookback.get_untracked())),
+        };
         for (k, v) in [
             ("service", service.get_untracked()),
             ("status", status.get_untracked()),
@@ -40,12 +49,15 @@ pub fn TraceSearch() -> impl IntoView {
                 <input id="t-service" placeholder="any" prop:value=move || service.get() on:input=move |ev| service.set(event_target_value(&ev))/></div>
             <div class="field"><label for="t-status">"Status"</label>
                 <select id="t-status" on:change=move |ev| status.set(event_target_value(&ev))>
-                    <option value="">"any"</option><option value="error">"errors"</option><option value="ok">"ok"</option>
+                    <option value="" selected=status.get_untracked().is_empty()>"any"</option>
+                    <option value="error" selected=status.get_untracked() == "error">"errors"</option>
+                    <option value="ok" selected=status.get_untracked() == "ok">"ok"</option>
                 </select></div>
             <div class="field"><label for="t-min">"Slower than"</label>
                 <input id="t-min" placeholder="e.g. 250ms" prop:value=move || min.get() on:input=move |ev| min.set(event_target_value(&ev))/></div>
             <div class="field"><label for="t-lookback">"In the last"</label>
-                <select id="t-lookback" on:change=move |ev| lookback.set(event_target_value(&ev))>
+                <select id="t-lookback" on:change=move |ev| { let v = event_target_value(&ev); if !v.is_empty() { range.set(None); lookback.set(v); } }>
+                    {move || range.get().map(|_| view! { <option value="" selected>"the chart's 10 s"</option> })}
                     <option value="1h">"hour"</option><option value="15m">"15 minutes"</option><option value="6h">"6 hours"</option><option value="24h">"day"</option>
                 </select></div>
             <button class="primary" type="submit" id="search">"Search"</button>

@@ -43,6 +43,14 @@ pub fn Users() -> impl IntoView {
             reload();
         });
     };
+    let set_role = move |user: String, role: String| {
+        leptos::task::spawn_local(async move {
+            if let Err(e) = api::put(&format!("/api/v1/users/{}", api::escape(&user)), &json!({"role": role})).await {
+                error.set(Some(e));
+            }
+            reload();
+        });
+    };
     let make_token = move |_| {
         leptos::task::spawn_local(async move {
             match api::post("/api/v1/api-tokens", &json!({"description": "made in the console"})).await {
@@ -61,8 +69,13 @@ pub fn Users() -> impl IntoView {
             let rows = v["items"].as_array().cloned().unwrap_or_default().into_iter().map(|u| {
                 let n = text(&u["name"]);
                 let n2 = n.clone();
+                let n3 = n.clone();
+                let role = text(&u["role"]);
+                let options = ["viewer", "editor", "admin"].into_iter().map(|r| view! { <option value=r selected=role == r>{r}</option> }).collect_view();
                 view! {
-                    <tr><td>{n.clone()}</td><td>{text(&u["role"])}</td><td>{text(&u["createdAt"])}</td>
+                    <tr><td>{n.clone()}</td>
+                    <td><select aria-label=format!("Role of {n}") on:change=move |ev| set_role(n3.clone(), event_target_value(&ev))>{options}</select></td>
+                    <td>{text(&u["createdAt"])}</td>
                     <td><button class="danger" on:click=move |_| remove(n2.clone()) aria-label=format!("Delete user {n}")>"Delete"</button></td></tr>
                 }
             }).collect_view();
