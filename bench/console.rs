@@ -3,8 +3,14 @@
 //! of navigation to the login form on screen (the wasm fetched, compiled
 //! and run), and the bytes the page transferred.
 //!
+//! Then the service map with 200 services: 200 ServiceEntries behind one
+//! upstream, a gateway route to each, requests to all of them, and the
+//! Overview page open for 15 s (it fetches and redraws every 5 s) while the
+//! page counts its frames and long tasks.
+//!
 //! `cargo xtask web && cargo bench -p meshgate --bench console` (needs
-//! Debian's chromium and chromium-driver). Prints each load and the median.
+//! Debian's chromium and chromium-driver). Prints each load and the median,
+//! then the map's frame gaps and long tasks.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,6 +19,50 @@ use fantoccini::ClientBuilder;
 use serde_json::json;
 
 const LOADS: usize = 9;
+const SERVICES: usize = 200;
+
+/// An upstream that answers every request with 200 `ok`.
+fn upstream(rt: &tokio::runtime::Runtime) -> std::net::SocketAddr {
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let addr = listener.local_addr().unwrap();
+    rt.spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { continue };
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
+                        bytes::Bytes::from_static(b"ok"),
+                    )))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// 200 services, each a ServiceEntry at `up`, and a gateway route `/svc-N` to each.
+fn many_services(up: std::net::SocketAddr) -> String {
+    let mut y = String::from(
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: [\"*\"]\n",
+    );
+    let mut routes = String::new();
+    for i in 0..SERVICES {
+        y.push_str(&format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: svc-{i}}}\nspec:\n  hosts: [svc-{i}]\n  resolution: STATIC\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  endpoints: [{{address: 127.0.0.1, ports: {{http: {}}}}}]\n",
+            up.port()
+        ));
+        routes.push_str(&format!(
+            "  - match: [{{uri: {{prefix: /svc-{i}/}}}}]\n    route: [{{destination: {{host: svc-{i}}}}}]\n"
+        ));
+    }
+    y.push_str(&format!(
+        "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: all}}\nspec:\n  hosts: [\"*\"]\n  gateways: [gw]\n  http:\n{routes}"
+    ));
+    y
+}
 
 fn main() {
     let bin = env!("CARGO_BIN_EXE_meshgate");
@@ -33,14 +83,16 @@ fn main() {
         .arg(dir.path().join("data"))
         .env("MESHGATE_LOG", "warn")
         .env("MESHGATE_ADMIN_PASSWORD", "bench-password")
+        .env("MESHGATE_STATS_INTERVAL", "1s")
         .stdout(Stdio::piped())
         .spawn()
         .expect("start meshgate");
-    let mut admin = String::new();
+    let (mut admin, mut gateway) = (String::new(), String::new());
     for line in std::io::BufRead::lines(std::io::BufReader::new(up.stdout.take().unwrap())) {
         let line = line.unwrap();
         if let Some(rest) = line.strip_prefix("meshgate ready ") {
-            admin = rest.split_whitespace().find_map(|kv| kv.strip_prefix("admin=")).unwrap().to_string();
+            let field = |k: &str| rest.split_whitespace().find_map(|kv| kv.strip_prefix(k)).unwrap().to_string();
+            (admin, gateway) = (field("admin="), field("http="));
             break;
         }
     }
@@ -99,6 +151,83 @@ fn main() {
     }
     times.sort_by(f64::total_cmp);
     println!("median first load: {:.0} ms (of {LOADS}, empty cache each)", times[LOADS / 2]);
+
+    // The service map with 200 services.
+    let up_addr = upstream(&rt);
+    let token = std::fs::read_to_string(dir.path().join("data/admin.token")).unwrap();
+    let http = reqwest::blocking::Client::new();
+    let applied = http
+        .post(format!("{admin}/api/v1/apply"))
+        .bearer_auth(token.trim())
+        .body(many_services(up_addr))
+        .send()
+        .unwrap();
+    assert!(applied.status().is_success(), "{}", applied.text().unwrap());
+    let load = std::thread::spawn(move || {
+        let http = reqwest::blocking::Client::new();
+        let until = Instant::now() + Duration::from_secs(60);
+        let mut i = 0;
+        while Instant::now() < until {
+            let _ = http.get(format!("http://{gateway}/svc-{}/x", i % SERVICES)).send();
+            i += 1;
+        }
+    });
+    let profile = tempfile::tempdir().unwrap();
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({"args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic",
+            "--no-first-run", "--window-size=1280,800", format!("--user-data-dir={}", profile.path().display())]}),
+    );
+    let report = rt.block_on(async {
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        let c = ClientBuilder::new(connector).capabilities(caps).connect(&format!("http://127.0.0.1:{port}")).await.unwrap();
+        c.goto(&format!("{admin}/")).await.unwrap();
+        c.wait().for_element(fantoccini::Locator::Css("#username")).await.unwrap().send_keys("admin").await.unwrap();
+        c.find(fantoccini::Locator::Css("#password")).await.unwrap().send_keys("bench-password").await.unwrap();
+        c.find(fantoccini::Locator::Css("#login")).await.unwrap().click().await.unwrap();
+        // Until the map has every service.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let rows = c.execute("return document.querySelectorAll('#calls tbody tr').length;", vec![]).await.unwrap();
+            if rows.as_u64().unwrap_or(0) >= SERVICES as u64 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the map never showed {SERVICES} services (rows: {rows})");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let report = c
+            .execute_async(
+                "const done = arguments[0];
+                 const longTasks = [];
+                 new PerformanceObserver(l => l.getEntries().forEach(e => longTasks.push(e.duration))).observe({entryTypes: ['longtask']});
+                 let frames = 0, last = performance.now(), worst = 0;
+                 const start = last;
+                 const tick = now => {
+                   frames++; worst = Math.max(worst, now - last); last = now;
+                   if (now - start < 15000) { requestAnimationFrame(tick); }
+                   else { done({frames, seconds: (now - start) / 1000, worstGapMs: worst,
+                                longTasks: longTasks.length, longestTaskMs: Math.max(0, ...longTasks),
+                                nodes: document.querySelectorAll('.map .node').length}); }
+                 };
+                 requestAnimationFrame(tick);",
+                vec![],
+            )
+            .await
+            .unwrap();
+        c.close().await.unwrap();
+        report
+    });
+    let _ = load.join();
+    println!(
+        "service map, {SERVICES} services ({} nodes drawn), 15 s with a redraw every 5 s: {:.0} frames/s, worst gap between frames {:.0} ms, {} long tasks, the longest {:.0} ms",
+        report["nodes"],
+        report["frames"].as_f64().unwrap_or(0.0) / report["seconds"].as_f64().unwrap_or(1.0),
+        report["worstGapMs"].as_f64().unwrap_or(0.0),
+        report["longTasks"],
+        report["longestTaskMs"].as_f64().unwrap_or(0.0)
+    );
     let _ = driver.kill();
     let _ = driver.wait();
     let _ = up.kill();

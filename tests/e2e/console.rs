@@ -91,18 +91,23 @@ impl Browser {
         self.rt.block_on(self.c().goto(&url)).unwrap_or_else(|e| panic!("goto {url}: {e}"));
     }
 
+    /// Waits for `css` to be on the page.
+    fn el(&self, css: &str) -> fantoccini::elements::Element {
+        self.rt
+            .block_on(self.c().wait().at_most(WAIT).for_element(Locator::Css(css)))
+            .unwrap_or_else(|e| panic!("{css}: {e}"))
+    }
+
     /// Waits for `css` to be on the page and returns its text.
     fn text(&self, css: &str) -> String {
-        self.rt.block_on(async {
-            let el = self
-                .c()
-                .wait()
-                .at_most(WAIT)
-                .for_element(Locator::Css(css))
-                .await
-                .unwrap_or_else(|e| panic!("{css}: {e}"));
-            el.text().await.unwrap()
-        })
+        let el = self.el(css);
+        self.rt.block_on(el.text()).unwrap()
+    }
+
+    /// A property of `css` (e.g. an input's `value`), once it is on the page.
+    fn prop(&self, css: &str, name: &str) -> Option<String> {
+        let el = self.el(css);
+        self.rt.block_on(el.prop(name)).unwrap()
     }
 
     /// Waits until `css`'s text contains `want`.
@@ -128,27 +133,13 @@ impl Browser {
     }
 
     fn click(&self, css: &str) {
-        self.rt.block_on(async {
-            let el = self
-                .c()
-                .wait()
-                .at_most(WAIT)
-                .for_element(Locator::Css(css))
-                .await
-                .unwrap_or_else(|e| panic!("{css}: {e}"));
-            el.click().await.unwrap_or_else(|e| panic!("click {css}: {e}"));
-        })
+        let el = self.el(css);
+        self.rt.block_on(el.click()).unwrap_or_else(|e| panic!("click {css}: {e}"));
     }
 
     fn fill(&self, css: &str, value: &str) {
+        let el = self.el(css);
         self.rt.block_on(async {
-            let el = self
-                .c()
-                .wait()
-                .at_most(WAIT)
-                .for_element(Locator::Css(css))
-                .await
-                .unwrap_or_else(|e| panic!("{css}: {e}"));
             el.clear().await.unwrap();
             el.send_keys(value).await.unwrap_or_else(|e| panic!("type into {css}: {e}"));
         })
@@ -267,17 +258,14 @@ fn console_shifts_a_canary_checks_yaml_and_rolls_back() {
     b.screenshot("service");
     b.click("a.slow-traces");
     b.text("#trace-search");
-    let min = b.rt.block_on(async { b.c().find(Locator::Css("#t-min")).await.unwrap().prop("value").await.unwrap() });
+    let min = b.prop("#t-min", "value");
     assert!(min.as_deref().is_some_and(|m| m.ends_with("ms")), "the chart's p99 fills in the search: {min:?}");
     b.goto("/routes/default/users");
     b.text("#canary-0");
 
     // The YAML editor checks as the server does, and names the field.
     b.click("#tab-yaml");
-    let yaml = b.text("#yaml");
-    let yaml =
-        b.rt.block_on(async { b.c().find(Locator::Css("#yaml")).await.unwrap().prop("value").await.unwrap() })
-            .unwrap_or(yaml);
+    let yaml = b.prop("#yaml", "value").expect("the YAML editor's text");
     b.set_value("#yaml", &yaml.replace("timeout:", "timout:"));
     let problems = b.wait_text("#problems", "timout");
     assert!(problems.contains("spec.http[0]") && problems.contains("timeout"), "{problems}");
@@ -318,8 +306,7 @@ fn console_viewer_sees_no_write_controls_and_is_refused() {
     b.goto("/routes/default/users");
     b.text("#canary-0");
     assert!(!b.exists("#tab-review"), "a viewer has no apply");
-    let disabled =
-        b.rt.block_on(async { b.c().find(Locator::Css("#canary-0")).await.unwrap().prop("disabled").await.unwrap() });
+    let disabled = b.prop("#canary-0", "disabled");
     assert_eq!(disabled.as_deref(), Some("true"));
     assert!(!b.exists("a[href='/users']"), "only admins see Users");
     b.screenshot("viewer-route");
@@ -331,6 +318,17 @@ fn console_viewer_sees_no_write_controls_and_is_refused() {
     );
     assert_eq!(status, json!([403, "viewer"]));
     server.ok(&["get", "vs", "users"]);
+    // On a phone-sized screen the pages fit the width: nothing to scroll sideways.
+    b.rt.block_on(b.c().set_window_size(390, 844)).unwrap();
+    for page in ["/", "/routes", "/routes/default/users", "/history"] {
+        b.goto(page);
+        b.text("main h1");
+        let fits = b.eval_async("return document.documentElement.scrollWidth <= window.innerWidth + 1;");
+        assert_eq!(fits, json!(true), "{page} is wider than a phone's screen");
+    }
+    b.goto("/routes/default/users");
+    b.text("#canary-0");
+    b.screenshot("phone-route");
 }
 
 #[test]

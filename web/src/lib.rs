@@ -236,6 +236,11 @@ pub fn micros(us: u64) -> String {
     }
 }
 
+/// A list answer's `items`.
+pub fn items(v: &Value) -> Vec<Value> {
+    v["items"].as_array().cloned().unwrap_or_default()
+}
+
 pub fn text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),

@@ -4,11 +4,7 @@
 use leptos::prelude::*;
 use serde_json::{Value, json};
 
-use crate::{api, fetch_into, loaded, me, text};
-
-fn items(v: &Value) -> Vec<Value> {
-    v["items"].as_array().cloned().unwrap_or_default()
-}
+use crate::{api, fetch_into, items, loaded, me, text};
 
 #[component]
 pub fn Gateways() -> impl IntoView {
