@@ -50,7 +50,6 @@ const UNSUPPORTED: &[(Kind, &str, &str)] = &[
         "spans go to the built-in store and to the mesh config's default providers (meshConfig.defaultProviders.tracing)",
     ),
     (Kind::Telemetry, "spec.tracing[*].match", "client/server modes are not told apart: every hop records its span"),
-    (Kind::Telemetry, "spec.tracing[*].customTags.*.header", "custom tags from request headers are not built"),
     (Kind::Telemetry, "spec.tracing[*].useRequestIdForTraceSampling", "sampling does not use the request id"),
     (Kind::Telemetry, "spec.tracing[*].enableIstioTags", "Istio's tags are always added"),
     (Kind::Telemetry, "spec.accessLogging[*].providers", "each proxy has one access log (--access-log)"),

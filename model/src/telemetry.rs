@@ -175,6 +175,15 @@ impl TelemetrySpec {
                 if set.iter().filter(|s| **s).count() != 1 {
                     errs.push(format!("{p}.customTags.{name}"), "give exactly one of literal, header, environment");
                 }
+                if let Some(h) = &tag.header
+                    && (h.name.is_empty()
+                        || !h.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_!#$%&'*+.^`|~".contains(&b)))
+                {
+                    errs.push(
+                        format!("{p}.customTags.{name}.header.name"),
+                        format!("{:?} is not an HTTP header name", h.name),
+                    );
+                }
             }
         }
         for (i, a) in self.access_logging.iter().enumerate() {
@@ -618,7 +627,18 @@ mod tests {
     #[test]
     fn validation_names_the_field() {
         let spec = TelemetrySpec {
-            tracing: vec![Tracing { random_sampling_percentage: Some(150.0), ..Default::default() }],
+            tracing: vec![Tracing {
+                random_sampling_percentage: Some(150.0),
+                custom_tags: [(
+                    "user".to_string(),
+                    CustomTag {
+                        header: Some(FromSource { name: "x user".into(), default_value: None }),
+                        ..Default::default()
+                    },
+                )]
+                .into(),
+                ..Default::default()
+            }],
             access_logging: vec![AccessLogging {
                 filter: Some(AccessLogFilter { expression: "status >= 500".into() }),
                 ..Default::default()
@@ -634,6 +654,7 @@ mod tests {
             [
                 "spec.targetRefs[0].kind",
                 "spec.tracing[0].randomSamplingPercentage",
+                "spec.tracing[0].customTags.user.header.name",
                 "spec.accessLogging[0].filter.expression"
             ]
         );

@@ -328,11 +328,11 @@ fn sampling_follows_telemetry_keeps_errors_and_filters_the_access_log() {
     server.apply(&EDGE.replace("PORT", &app.port().to_string()));
     // Nothing sampled mesh-wide; one route always; the access log shows only failures.
     server.apply(
-        "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: mesh-default, namespace: istio-system}\nspec:\n  tracing: [{randomSamplingPercentage: 0}]\n---\napiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: traced}\nspec:\n  targetRefs: [{kind: VirtualService, name: api, sectionName: traced}]\n  tracing: [{randomSamplingPercentage: 100, customTags: {team: {literal: {value: payments}}}}]\n---\napiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: errors-only, namespace: istio-system}\nspec:\n  accessLogging: [{filter: {expression: 'response.code >= 500'}}]\n",
+        "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: mesh-default, namespace: istio-system}\nspec:\n  tracing: [{randomSamplingPercentage: 0}]\n---\napiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: traced}\nspec:\n  targetRefs: [{kind: VirtualService, name: api, sectionName: traced}]\n  tracing: [{randomSamplingPercentage: 100, customTags: {team: {literal: {value: payments}}, user: {header: {name: x-user, defaultValue: anonymous}}}}]\n---\napiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: errors-only, namespace: istio-system}\nspec:\n  accessLogging: [{filter: {expression: 'response.code >= 500'}}]\n",
     );
     let c = server.http();
     for path in ["/plain", "/plain", "/traced/a", "/broken"] {
-        server.gateway(&c, "api.example.com", path).send().unwrap();
+        server.gateway(&c, "api.example.com", path).header("x-user", "alice").send().unwrap();
     }
     // The untraced route's requests still carry a trace id upstream, marked unsampled.
     let plain = app.state.seen.lock().unwrap().front().cloned().unwrap();
@@ -364,6 +364,7 @@ fn sampling_follows_telemetry_keeps_errors_and_filters_the_access_log() {
     let traced = traces.iter().find(|t| t["traceId"] != decided && t["error"] == false).unwrap();
     let t = get_json(&server, &format!("/api/v1/traces/{}", traced["traceId"].as_str().unwrap())).1;
     assert_eq!(t["spans"][0]["attributes"]["team"], "payments");
+    assert_eq!(t["spans"][0]["attributes"]["user"], "alice", "a custom tag from a request header");
     assert_eq!(t["spans"][0]["attributes"]["meshgate.route"], "default/api/traced");
 
     // The access log: only the 503, with its trace id.

@@ -1044,6 +1044,15 @@ fn apply_telemetry(p: &mut crate::proxy::config::TelemetryPolicy, spec: &meshgat
             p.report = !d;
         }
         for (name, tag) in &t.custom_tags {
+            if let Some(h) = &tag.header {
+                // The model checked the name; one that is still not a header name is skipped.
+                if let Ok(header) = http::HeaderName::from_bytes(h.name.to_ascii_lowercase().as_bytes()) {
+                    p.tags.retain(|(k, _)| k != name);
+                    p.header_tags.retain(|(k, ..)| k != name);
+                    p.header_tags.push((name.clone(), header, h.default_value.clone()));
+                }
+                continue;
+            }
             let value = if let Some(l) = &tag.literal {
                 Some(l.value.clone())
             } else if let Some(e) = &tag.environment {
@@ -1053,6 +1062,7 @@ fn apply_telemetry(p: &mut crate::proxy::config::TelemetryPolicy, spec: &meshgat
             };
             if let Some(v) = value {
                 p.tags.retain(|(k, _)| k != name);
+                p.header_tags.retain(|(k, ..)| k != name);
                 p.tags.push((name.clone(), Value::Str(v)));
             }
         }

@@ -141,12 +141,33 @@ pub struct TelemetryPolicy {
     pub report: bool,
     /// `customTags` (literal and environment), added to every span.
     pub tags: Vec<(String, crate::telemetry::trace::Value)>,
+    /// `customTags` from request headers: (tag, header, default when absent).
+    pub header_tags: Vec<(String, http::HeaderName, Option<String>)>,
     pub log: LogPolicy,
 }
 
 impl Default for TelemetryPolicy {
     fn default() -> TelemetryPolicy {
-        TelemetryPolicy { sampling: DEFAULT_SAMPLING, report: true, tags: Vec::new(), log: LogPolicy::default() }
+        TelemetryPolicy {
+            sampling: DEFAULT_SAMPLING,
+            report: true,
+            tags: Vec::new(),
+            header_tags: Vec::new(),
+            log: LogPolicy::default(),
+        }
+    }
+}
+
+impl TelemetryPolicy {
+    /// The header tags' values for a request.
+    pub fn header_values(&self, headers: &http::HeaderMap) -> Vec<(String, crate::telemetry::trace::Value)> {
+        self.header_tags
+            .iter()
+            .filter_map(|(tag, name, default)| {
+                let v = headers.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+                v.or_else(|| default.clone()).map(|v| (tag.clone(), crate::telemetry::trace::Value::Str(v)))
+            })
+            .collect()
     }
 }
 

@@ -235,6 +235,13 @@ async fn route(
     {
         info.telemetry = Some(t.clone());
     }
+    // Span tags from this request's headers, read before it goes upstream.
+    if let Some(t) = &info.telemetry
+        && !t.header_tags.is_empty()
+        && info.trace.is_some()
+    {
+        info.tags = t.header_values(req.headers());
+    }
     // RequestSizeLimit: a declared length over it is refused at once; a body
     // of unknown length is read up to the limit (and sent on from memory).
     if let Some(max) = route.max_body {

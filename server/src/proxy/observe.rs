@@ -38,6 +38,8 @@ pub struct Info {
     pub trace: Option<Tracing>,
     /// Sampling, span reporting and access-log filter: the proxy's, or the route's.
     pub telemetry: Option<Arc<super::config::TelemetryPolicy>>,
+    /// Span tags taken from the request's headers (`customTags.*.header`).
+    pub tags: Vec<(String, crate::telemetry::trace::Value)>,
 }
 
 /// A request's place in its trace, and whether the trace is sampled.
@@ -203,6 +205,7 @@ pub fn finish(l: &Listener, started: Started, mut info: Info, resp: Response<Pro
         trace,
         kind,
         telemetry: info.telemetry,
+        tags: info.tags,
         metrics: l.metrics.clone(),
         reporter: l.reporter,
         peer: caller.or(info.workload),
@@ -253,6 +256,7 @@ struct Pending {
     trace: Option<(Arc<crate::telemetry::trace::Tracer>, crate::telemetry::trace::Context, bool)>,
     kind: crate::telemetry::trace::Kind,
     telemetry: Option<Arc<super::config::TelemetryPolicy>>,
+    tags: Vec<(String, crate::telemetry::trace::Value)>,
     metrics: Arc<ProxyMetrics>,
     reporter: Reporter,
     peer: Option<Arc<Labelled<Workload>>>,
@@ -390,6 +394,7 @@ impl Pending {
         if let Some(p) = &self.telemetry {
             a.extend(p.tags.iter().cloned());
         }
+        a.extend(self.tags.iter().cloned());
         crate::telemetry::trace::Span {
             trace_id: cx.trace_id,
             span_id: cx.span_id,
