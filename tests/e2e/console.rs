@@ -353,6 +353,16 @@ fn console_creates_a_route_and_shows_a_trace_waterfall() {
     b.text("#tab-form");
     let got = server.ok(&["get", "vs", "orders", "-o", "yaml"]);
     assert!(got.contains("api.example.com") && got.contains("user-service"), "{got}");
+    // The form edits the match and the request headers too.
+    b.set_value("#match-kind-0", "exact");
+    b.set_value("#match-path-0", "/v1/users");
+    b.set_value("#req-set-0", "x-team=payments");
+    b.click("#tab-review");
+    b.wait_text("#diff", "x-team: payments");
+    b.click("#apply");
+    b.wait_text("#propagation", "picked up");
+    let got = server.ok(&["get", "vs", "orders", "-o", "yaml"]);
+    assert!(got.contains("exact: /v1/users") && got.contains("x-team: payments"), "{got}");
 
     // A sampled request through the gateway: its trace, in the waterfall.
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -363,6 +373,7 @@ fn console_creates_a_route_and_shows_a_trace_waterfall() {
         .send()
         .unwrap();
     assert_eq!(r.status(), 200);
+    assert_eq!(v1.last().headers["x-team"], "payments", "the header the form set reaches the service");
     b.goto("/traces");
     b.wait_text("#traces", "user-service");
     b.screenshot("traces");

@@ -399,10 +399,16 @@ fn HttpRoute(doc: RwSignal<Value>, i: usize, can_edit: bool) -> impl IntoView {
             {route_field(doc, i, format!("per-try-{i}"), "Per-try timeout", &["retries", "perTryTimeout"], false, can_edit)}
             {route_field(doc, i, format!("retry-on-{i}"), "Retry on", &["retries", "retryOn"], false, can_edit)}
         </div>
+        <div class="row">
+            {header_field(doc, i, format!("req-set-{i}"), "Set request headers (name=value, …)", &["headers", "request", "set"], can_edit)}
+            {header_field(doc, i, format!("resp-set-{i}"), "Set response headers (name=value, …)", &["headers", "response", "set"], can_edit)}
+        </div>
     };
+    let match_editor = view! { <MatchEditor doc=doc i=i can_edit=can_edit/> };
     view! {
         <section class="panel">
             <h2 style="margin-top:0">{name}" "<span class="muted">{move || match_summary(&route())}</span></h2>
+            {match_editor}
             {single}
             {slider}
             {weights}
@@ -512,6 +518,112 @@ fn route_field(
                     };
                     doc.update(|d| set_path(&mut d["spec"]["http"][i], path, new));
                 }/>
+        </div>
+    }
+}
+
+/// `name=value, …` bound to a map of headers (e.g. `headers.request.set`) of HTTP route `i`.
+fn header_field(
+    doc: RwSignal<Value>,
+    i: usize,
+    id: String,
+    label: &'static str,
+    path: &'static [&'static str],
+    can_edit: bool,
+) -> impl IntoView {
+    let shown = move || {
+        doc.with(|d| {
+            let mut at = &d["spec"]["http"][i];
+            for p in path {
+                at = &at[*p];
+            }
+            at.as_object()
+                .map(|m| m.iter().map(|(k, v)| format!("{k}={}", text(v))).collect::<Vec<_>>().join(", "))
+                .unwrap_or_default()
+        })
+    };
+    view! {
+        <div class="field">
+            <label for=id.clone()>{label}</label>
+            <input id=id disabled=!can_edit prop:value=shown
+                on:change=move |ev| {
+                    let raw = event_target_value(&ev);
+                    let map: serde_json::Map<String, Value> = raw
+                        .split(',')
+                        .filter_map(|kv| kv.split_once('='))
+                        .map(|(k, v)| (k.trim().to_string(), json!(v.trim())))
+                        .filter(|(k, _)| !k.is_empty())
+                        .collect();
+                    let new = (!map.is_empty()).then_some(Value::Object(map));
+                    doc.update(|d| set_path(&mut d["spec"]["http"][i], path, new));
+                }/>
+        </div>
+    }
+}
+
+/// The first match of HTTP route `i`: its path (prefix, exact or regex) and method.
+#[component]
+fn MatchEditor(doc: RwSignal<Value>, i: usize, can_edit: bool) -> impl IntoView {
+    let first = move || doc.with(|d| d["spec"]["http"][i]["match"][0].clone());
+    let kind = move || {
+        let m = first();
+        ["prefix", "exact", "regex"].into_iter().find(|k| m["uri"][*k].is_string()).unwrap_or("prefix")
+    };
+    let value = move || {
+        let m = first();
+        m["uri"][kind()].as_str().unwrap_or("").to_string()
+    };
+    // Writes the first match back; an emptied match leaves the route matching every request.
+    let write = move |uri_kind: &str, uri: String, method: Option<String>| {
+        doc.update(|d| {
+            let route = &mut d["spec"]["http"][i];
+            let mut m = route["match"][0].clone();
+            if !m.is_object() {
+                m = json!({});
+            }
+            set_path(&mut m, &["uri"], (!uri.is_empty()).then(|| json!({ uri_kind: uri })));
+            if let Some(method) = method {
+                set_path(&mut m, &["method"], (!method.is_empty()).then(|| json!({"exact": method})));
+            }
+            let empty = m.as_object().is_none_or(serde_json::Map::is_empty);
+            match route["match"].as_array_mut() {
+                Some(list) if !list.is_empty() => {
+                    if empty {
+                        list.remove(0);
+                    } else {
+                        list[0] = m;
+                    }
+                }
+                _ if !empty => route["match"] = json!([m]),
+                _ => {}
+            }
+            if route["match"].as_array().is_some_and(Vec::is_empty)
+                && let Some(o) = route.as_object_mut()
+            {
+                o.remove("match");
+            }
+        });
+    };
+    let (kind_id, path_id, method_id) =
+        (format!("match-kind-{i}"), format!("match-path-{i}"), format!("match-method-{i}"));
+    view! {
+        <div class="row">
+            <div class="field">
+                <label for=kind_id.clone()>"Match path by"</label>
+                <select id=kind_id disabled=!can_edit on:change=move |ev| write(&event_target_value(&ev), value(), None)>
+                    {["prefix", "exact", "regex"].into_iter().map(|k| view! { <option value=k selected=move || kind() == k>{k}</option> }).collect_view()}
+                </select>
+            </div>
+            <div class="field">
+                <label for=path_id.clone()>"Path (empty: any)"</label>
+                <input id=path_id disabled=!can_edit prop:value=value on:change=move |ev| write(kind(), event_target_value(&ev).trim().to_string(), None)/>
+            </div>
+            <div class="field">
+                <label for=method_id.clone()>"Method (empty: any)"</label>
+                <input id=method_id disabled=!can_edit
+                    prop:value=move || first()["method"]["exact"].as_str().unwrap_or("").to_string()
+                    on:change=move |ev| write(kind(), value(), Some(event_target_value(&ev).trim().to_uppercase()))/>
+            </div>
         </div>
     }
 }

@@ -51,6 +51,14 @@ pub fn Users() -> impl IntoView {
             reload();
         });
     };
+    let revoke_token = move |id: String| {
+        leptos::task::spawn_local(async move {
+            if let Err(e) = api::delete(&format!("/api/v1/api-tokens/{}", api::escape(&id))).await {
+                error.set(Some(e));
+            }
+            reload();
+        });
+    };
     let make_token = move |_| {
         leptos::task::spawn_local(async move {
             match api::post("/api/v1/api-tokens", &json!({"description": "made in the console"})).await {
@@ -98,11 +106,16 @@ pub fn Users() -> impl IntoView {
         </form>
         <section class="panel">
             <h2 style="margin-top:0">"API tokens"</h2>
-            {loaded(tokens, |v| {
-                let rows = v["items"].as_array().cloned().unwrap_or_default().into_iter().map(|t| view! {
-                    <tr><td>{text(&t["id"])}</td><td>{text(&t["user"])}</td><td>{text(&t["description"])}</td><td>{text(&t["lastUsedAt"])}</td><td>{text(&t["expiresAt"])}</td></tr>
+            {loaded(tokens, move |v| {
+                let rows = v["items"].as_array().cloned().unwrap_or_default().into_iter().map(|t| {
+                    let id = text(&t["id"]);
+                    let id2 = id.clone();
+                    view! {
+                        <tr><td>{id.clone()}</td><td>{text(&t["user"])}</td><td>{text(&t["description"])}</td><td>{text(&t["lastUsedAt"])}</td><td>{text(&t["expiresAt"])}</td>
+                        <td><button class="danger" on:click=move |_| revoke_token(id2.clone()) aria-label=format!("Revoke API token {id}")>"Revoke"</button></td></tr>
+                    }
                 }).collect_view();
-                view! { <table><thead><tr><th>"Id"</th><th>"User"</th><th>"Description"</th><th>"Last used"</th><th>"Expires"</th></tr></thead><tbody>{rows}</tbody></table> }
+                view! { <table id="api-tokens"><thead><tr><th>"Id"</th><th>"User"</th><th>"Description"</th><th>"Last used"</th><th>"Expires"</th><th></th></tr></thead><tbody>{rows}</tbody></table> }
             })}
             <button on:click=make_token id="new-token">"New API token for me"</button>
             {move || new_token.get().map(|t| view! { <p>"Copy it now, it is not shown again: "<code id="token-once">{t}</code></p> })}
