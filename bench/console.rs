@@ -21,6 +21,18 @@ use serde_json::json;
 const LOADS: usize = 9;
 const SERVICES: usize = 200;
 
+/// Headless Chromium as root on a closed network, 1280x800, with its own profile folder.
+fn chrome(profile: &std::path::Path) -> serde_json::Map<String, serde_json::Value> {
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({"args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic",
+            "--no-first-run", "--window-size=1280,800", format!("--user-data-dir={}", profile.display())]}),
+    );
+    caps
+}
+
 /// An upstream that answers every request with 200 `ok`.
 fn upstream(rt: &tokio::runtime::Runtime) -> std::net::SocketAddr {
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
@@ -107,13 +119,7 @@ fn main() {
     let mut times = Vec::new();
     for i in 0..LOADS {
         let profile = tempfile::tempdir().unwrap();
-        let mut caps = serde_json::Map::new();
-        caps.insert(
-            "goog:chromeOptions".into(),
-            json!({"args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic",
-                "--no-first-run", format!("--user-data-dir={}", profile.path().display())]}),
-        );
+        let caps = chrome(profile.path());
         let (ms, bytes) = rt.block_on(async {
             let deadline = Instant::now() + Duration::from_secs(30);
             let c = loop {
@@ -173,13 +179,7 @@ fn main() {
         }
     });
     let profile = tempfile::tempdir().unwrap();
-    let mut caps = serde_json::Map::new();
-    caps.insert(
-        "goog:chromeOptions".into(),
-        json!({"args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic",
-            "--no-first-run", "--window-size=1280,800", format!("--user-data-dir={}", profile.path().display())]}),
-    );
+    let caps = chrome(profile.path());
     let report = rt.block_on(async {
         let connector = hyper_util::client::legacy::connect::HttpConnector::new();
         let c = ClientBuilder::new(connector).capabilities(caps).connect(&format!("http://127.0.0.1:{port}")).await.unwrap();

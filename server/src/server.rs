@@ -79,6 +79,7 @@ pub async fn run(
     }
 
     let mesh_tls = Arc::new(crate::mesh::MeshTls::new(&ca, mesh_names())?);
+    let admin_https = config.admin_tls != crate::config::AdminTls::Off;
     let state = AppState {
         mesh_tls: Some(mesh_tls.clone()),
         logins: Default::default(),
@@ -89,7 +90,7 @@ pub async fn run(
         settings: Arc::new(Settings {
             cluster_domain: config.cluster_domain.clone(),
             trust_domain: config.trust_domain.clone(),
-            secure_cookies: config.admin_tls != crate::config::AdminTls::Off,
+            secure_cookies: admin_https,
         }),
     };
     let admin = TcpListener::bind(config.admin)
@@ -106,7 +107,7 @@ pub async fn run(
         https: https[0].local_addr()?,
         mesh: mesh.local_addr()?,
         ca_fingerprint: ca.fingerprint(),
-        admin_tls: config.admin_tls != crate::config::AdminTls::Off,
+        admin_tls: admin_https,
     };
     let admin_tls = admin_tls(&config, &ca, ready.admin)?;
     {

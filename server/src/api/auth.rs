@@ -61,21 +61,25 @@ pub fn csrf_token(session: &str) -> String {
 
 /// The least role a request needs.
 fn needed_role(method: &Method, path: &str) -> Role {
-    let admin_only = ["/api/v1/users", "/api/v1/ca/rotate", "/api/v1/ca/retire"];
-    if admin_only.iter().any(|p| path == *p || path.strip_prefix(p).is_some_and(|rest| rest.starts_with('/'))) {
+    // `path` is one of `prefixes` or under one of them.
+    let under = |prefixes: &[&str]| {
+        prefixes.iter().any(|p| path.strip_prefix(p).is_some_and(|rest| rest.is_empty() || rest.starts_with('/')))
+    };
+    if under(&["/api/v1/users", "/api/v1/ca/rotate", "/api/v1/ca/retire"]) {
         return Role::Admin;
     }
     // One's own session, password and API tokens; checks that change nothing.
-    let own = ["/api/v1/logout", "/api/v1/me/password", "/api/v1/api-tokens", "/api/v1/analyze"];
-    if own.iter().any(|p| path == *p || path.strip_prefix(p).is_some_and(|rest| rest.starts_with('/'))) {
+    if under(&["/api/v1/logout", "/api/v1/me/password", "/api/v1/api-tokens", "/api/v1/analyze"]) {
         return Role::Viewer;
     }
     // Secrets hold private keys: not for viewers.
     let secret = path.split('/').nth(3) == Some("secrets") || path.split('/').nth(5) == Some("secrets");
-    match *method {
-        Method::GET | Method::HEAD | Method::OPTIONS if !secret => Role::Viewer,
-        _ => Role::Editor,
-    }
+    if is_safe(method) && !secret { Role::Viewer } else { Role::Editor }
+}
+
+/// Reads that change nothing (no CSRF token needed, open to viewers).
+fn is_safe(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
 /// Rejects requests without a valid token, or whose user's role does not
@@ -136,8 +140,10 @@ pub async fn require_token(State(state): State<AppState>, mut req: Request, next
         )
         .into_response();
     }
-    let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-    if cookie && !safe && req.headers().get(CSRF_HEADER).and_then(|v| v.to_str().ok()) != Some(&csrf_token(&token)) {
+    if cookie
+        && !is_safe(req.method())
+        && req.headers().get(CSRF_HEADER).and_then(|v| v.to_str().ok()) != Some(&csrf_token(&token))
+    {
         tracing::warn!(%path, method = %req.method(), user = %info.subject, "rejected: no CSRF token");
         return ApiError::new(
             StatusCode::FORBIDDEN,
@@ -223,7 +229,8 @@ pub async fn login(State(state): State<AppState>, Json(login): Json<Login>) -> A
     let expires = chrono::Utc::now() + chrono::Duration::hours(SESSION_HOURS);
     let expires_at = expires.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     state.store.add_token(&token, &login.username, "session", Some(&expires_at)).await?;
-    let role = state.store.users().await?.into_iter().find(|u| u.name == login.username).map(|u| u.role);
+    // The session just made says the user's role (one lookup by its hash).
+    let role = state.store.find_token(&token).await?.map(|t| t.role);
     let secure = if state.settings.secure_cookies { "; Secure" } else { "" };
     let cookie = format!(
         "{SESSION_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{secure}",

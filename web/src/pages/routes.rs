@@ -383,8 +383,6 @@ fn HttpRoute(doc: RwSignal<Value>, i: usize, can_edit: bool) -> impl IntoView {
         let ds = dests();
         (ds.len() == 1).then(|| view! { <p>"All requests go to "{dest_name(&ds[0])}"."</p> })
     };
-    let timeout_id = format!("timeout-{i}");
-    let retries_id = format!("retries-{i}");
     let extra = view! {
         <div class="row">
             {route_field(doc, i, format!("delay-{i}"), "Fault: delay (e.g. 2s)", &["fault", "delay", "fixedDelay"], false, can_edit)}
@@ -413,32 +411,8 @@ fn HttpRoute(doc: RwSignal<Value>, i: usize, can_edit: bool) -> impl IntoView {
             {slider}
             {weights}
             <div class="row">
-                <div class="field">
-                    <label for=timeout_id.clone()>"Timeout (e.g. 5s; empty: none)"</label>
-                    <input id=timeout_id disabled=!can_edit
-                        prop:value=move || route()["timeout"].as_str().unwrap_or("").to_string()
-                        on:change=move |ev| {
-                            let v = event_target_value(&ev);
-                            set(&|r| match r.as_object_mut() {
-                                Some(o) if v.trim().is_empty() => { o.remove("timeout"); }
-                                Some(o) => { o.insert("timeout".into(), json!(v.trim())); }
-                                None => {}
-                            });
-                        }/>
-                </div>
-                <div class="field">
-                    <label for=retries_id.clone()>"Retry attempts"</label>
-                    <input id=retries_id type="number" min="0" max="10" disabled=!can_edit
-                        prop:value=move || route()["retries"]["attempts"].as_i64().map(|n| n.to_string()).unwrap_or_default()
-                        on:change=move |ev| {
-                            let v = event_target_value(&ev);
-                            set(&|r| match (v.trim().parse::<i64>(), r.as_object_mut()) {
-                                (Ok(n), Some(_)) => r["retries"]["attempts"] = json!(n),
-                                (Err(_), Some(o)) => { o.remove("retries"); }
-                                _ => {}
-                            });
-                        }/>
-                </div>
+                {route_field(doc, i, format!("timeout-{i}"), "Timeout (e.g. 5s; empty: none)", &["timeout"], false, can_edit)}
+                {route_field(doc, i, format!("retries-{i}"), "Retry attempts", &["retries", "attempts"], true, can_edit)}
             </div>
             {extra}
         </section>
