@@ -17,6 +17,10 @@ use crate::upstream::Upstream;
 
 const PASSWORD: &str = "console-test-password";
 const WAIT: Duration = Duration::from_secs(30);
+/// How far a page may move while it loads (cumulative layout shift; Web
+/// Vitals call up to 0.1 "good"): pages show their sections together, so
+/// what is left is a scroll bar appearing.
+const MAX_LAYOUT_SHIFT: f64 = 0.02;
 
 /// A headless Chromium under chromedriver, used synchronously.
 struct Browser {
@@ -161,6 +165,27 @@ impl Browser {
         self.rt.block_on(self.c().execute_async(&js, vec![])).unwrap()
     }
 
+    /// How much the page moved under the reader since it loaded: the
+    /// cumulative layout shift (Web Vitals; shifts right after input do not
+    /// count), as Chromium measures it.
+    fn layout_shift(&self) -> f64 {
+        let got = self.eval_async(
+            "const entries = await new Promise(done => { \
+               new PerformanceObserver((list, o) => { o.disconnect(); done(list.getEntries()); }) \
+                 .observe({type: 'layout-shift', buffered: true}); \
+               setTimeout(() => done([]), 300); }); \
+             return entries.filter(e => !e.hadRecentInput).reduce((sum, e) => sum + e.value, 0);",
+        );
+        got.as_f64().unwrap_or_else(|| panic!("layout shift: {got}"))
+    }
+
+    /// The page, once its data is shown, did not move while it loaded.
+    fn assert_steady(&self, page: &str) {
+        let cls = self.layout_shift();
+        eprintln!("layout shift of {page}: {cls:.4}");
+        assert!(cls <= MAX_LAYOUT_SHIFT, "{page} moved while it loaded: layout shift {cls:.3}");
+    }
+
     fn screenshot(&self, name: &str) {
         let png = self.rt.block_on(self.c().screenshot()).unwrap();
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/console-screenshots");
@@ -230,6 +255,7 @@ fn console_shifts_a_canary_checks_yaml_and_rolls_back() {
     b.text("main .empty");
     b.goto("/routes");
     b.wait_text("#routes", "users");
+    b.assert_steady("routes");
     b.screenshot("routes");
     b.click("#routes a[href='/routes/default/users']");
     b.text("#canary-0");
@@ -250,18 +276,29 @@ fn console_shifts_a_canary_checks_yaml_and_rolls_back() {
     b.goto("/");
     b.wait_text("#calls", "user-service");
     b.wait_text("main", "user-service.default v2");
+    // Loaded again, now that the calls are there from the first answer (a
+    // refresh that brings a new row moves the page: that is new data, not
+    // the loading this checks).
+    b.goto("/");
+    b.wait_text("main", "user-service.default v2");
+    b.assert_steady("overview");
     b.screenshot("overview");
     // The service's page: its instances, and per-version charts whose slowest point links to traces.
     b.click("#calls a[href='/services/default/user-service']");
     b.wait_text("#instances", "user-service-v2");
     b.wait_text("main", "user-service.default v2");
     b.screenshot("service");
+    // Loaded on its own (not after the overview), it does not move either.
+    b.goto("/services/default/user-service");
+    b.wait_text("#instances", "user-service-v2");
+    b.assert_steady("service");
     b.click("a.slow-traces");
     b.text("#trace-search");
     let min = b.prop("#t-min", "value");
     assert!(min.as_deref().is_some_and(|m| m.ends_with("ms")), "the chart's p99 fills in the search: {min:?}");
     b.goto("/routes/default/users");
     b.text("#canary-0");
+    b.assert_steady("route editor");
 
     // The YAML editor checks as the server does, and names the field.
     b.click("#tab-yaml");
@@ -273,6 +310,8 @@ fn console_shifts_a_canary_checks_yaml_and_rolls_back() {
 
     // Roll back from the history page to the state before the console's change.
     b.goto("/history");
+    b.text(&format!("tr[data-revision='{before_console}'] button.rollback"));
+    b.assert_steady("history");
     b.click(&format!("tr[data-revision='{before_console}'] button.rollback"));
     b.wait_text("#rollback-done", &format!("Rolled back to revision {before_console}"));
     b.screenshot("history");
@@ -353,22 +392,47 @@ fn console_creates_a_route_and_shows_a_trace_waterfall() {
     b.text("#tab-form");
     let got = server.ok(&["get", "vs", "orders", "-o", "yaml"]);
     assert!(got.contains("api.example.com") && got.contains("user-service"), "{got}");
-    // The form edits the match and the request headers too.
-    b.set_value("#match-kind-0", "exact");
-    b.set_value("#match-path-0", "/v1/users");
+    // The form edits the matches (the path, a header condition, a second
+    // match) and the request headers to set.
+    b.set_value("#match-kind-0-0", "exact");
+    b.set_value("#match-path-0-0", "/v1/users");
+    b.set_value("#cond-field-0-0", "headers");
+    b.fill("#cond-name-0-0", "x-canary");
+    b.set_value("#cond-kind-0-0", "exact");
+    b.fill("#cond-value-0-0", "yes");
+    b.click("#cond-add-0-0");
+    assert_eq!(b.prop("#headers-value-0-0-0", "value").as_deref(), Some("yes"));
+    b.click("#add-match-0");
+    b.set_value("#match-kind-0-1", "exact");
+    b.set_value("#match-path-0-1", "/v1/health");
     b.set_value("#req-set-0", "x-team=payments");
+    b.screenshot("route-form");
     b.click("#tab-review");
     b.wait_text("#diff", "x-team: payments");
     b.click("#apply");
     b.wait_text("#propagation", "picked up");
     let got = server.ok(&["get", "vs", "orders", "-o", "yaml"]);
-    assert!(got.contains("exact: /v1/users") && got.contains("x-team: payments"), "{got}");
+    for want in ["exact: /v1/users", "x-canary:", "exact: \"yes\"", "exact: /v1/health", "x-team: payments"] {
+        assert!(got.contains(want), "{want} missing from\n{got}");
+    }
 
     // A sampled request through the gateway: its trace, in the waterfall.
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let c = server.http();
+    // The header condition decides: without it the first match fails and
+    // no route takes the request; the second match takes /v1/health.
+    let status = |path: &str, canary: bool| {
+        let mut r = server.gateway(&c, "api.example.com", path);
+        if canary {
+            r = r.header("x-canary", "yes");
+        }
+        r.send().unwrap().status().as_u16()
+    };
+    assert_eq!(status("/v1/users", false), 404);
+    assert_eq!(status("/v1/health", false), 200);
     let r = server
         .gateway(&c, "api.example.com", "/v1/users")
+        .header("x-canary", "yes")
         .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
         .send()
         .unwrap();
@@ -376,9 +440,11 @@ fn console_creates_a_route_and_shows_a_trace_waterfall() {
     assert_eq!(v1.last().headers["x-team"], "payments", "the header the form set reaches the service");
     b.goto("/traces");
     b.wait_text("#traces", "user-service");
+    b.assert_steady("traces");
     b.screenshot("traces");
     b.goto(&format!("/traces/{trace_id}"));
     b.wait_text("#waterfall", "meshgate-gateway");
+    b.assert_steady("trace");
     b.click("#waterfall .span");
     let detail = b.wait_text("#span-detail", "http.status_code");
     assert!(detail.contains("200") && detail.contains("guid:x-request-id"), "{detail}");
@@ -387,9 +453,12 @@ fn console_creates_a_route_and_shows_a_trace_waterfall() {
     // Gateways and API: the listener the Gateway opened.
     b.goto("/gateways");
     b.wait_text("#listeners", "public-gateway");
+    b.assert_steady("gateways");
     b.screenshot("gateways");
     // Security: a join token made in the page, and STRICT mTLS for a namespace.
     b.goto("/security");
+    b.text("#ca-roots");
+    b.assert_steady("security");
     b.fill("#jt-service", "orders");
     b.click("#make-join-token");
     let token = b.text("#join-token");
@@ -403,6 +472,8 @@ fn console_creates_a_route_and_shows_a_trace_waterfall() {
     assert!(pa.contains("STRICT"), "{pa}");
     // Users: an editor added in the page can log in.
     b.goto("/users");
+    b.wait_text("#users", "admin");
+    b.assert_steady("users");
     b.fill("#u-name", "erin");
     b.fill("#u-password", "editor-password");
     b.set_value("#u-role", "editor");

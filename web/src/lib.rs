@@ -204,6 +204,20 @@ pub fn fetch_into(into: RwSignal<Option<api::Result<Value>>>, url: String) {
     });
 }
 
+/// A page whose sections load separately, shown once each has its first
+/// answer (or error), with one "Loading…" line until then: sections that
+/// filled in one by one would push those below them down while the reader
+/// looks at them (layout shift). Later refreshes update in place.
+pub fn when_loaded<V: IntoView + 'static>(
+    data: Vec<RwSignal<Option<api::Result<Value>>>>,
+    page: impl Fn() -> V + Send + Sync + 'static,
+) -> impl IntoView {
+    let ready = Memo::new(move |_| data.iter().all(|d| d.with(Option::is_some)));
+    move || {
+        if ready.get() { page().into_any() } else { view! { <p class="muted">"Loading…"</p> }.into_any() }
+    }
+}
+
 /// The shape every page uses for loaded data: nothing yet, an error, or the value.
 pub fn loaded<V: IntoView + 'static>(
     data: RwSignal<Option<api::Result<Value>>>,

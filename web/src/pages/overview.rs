@@ -6,7 +6,7 @@ use std::time::Duration;
 use leptos::prelude::*;
 use serde_json::Value;
 
-use crate::{api, every, fetch_into, loaded, rate};
+use crate::{api, every, fetch_into, loaded, rate, when_loaded};
 
 #[component]
 pub fn Overview() -> impl IntoView {
@@ -16,16 +16,21 @@ pub fn Overview() -> impl IntoView {
         fetch_into(graph, "/api/v1/graph?window=5m".into());
         fetch_into(series, "/api/v1/stats/services?window=15m".into());
     });
+    let page = move || {
+        view! {
+            <section class="panel" aria-labelledby="map-title">
+                <h2 id="map-title" style="margin-top:0">"Service map "<span class="muted">"(last 5 minutes)"</span></h2>
+                {loaded(graph, |g| view! { <ServiceMap graph=g/> })}
+            </section>
+            <section class="panel" aria-labelledby="rates-title">
+                <h2 id="rates-title" style="margin-top:0">"Requests per service version "<span class="muted">"(last 15 minutes)"</span></h2>
+                {loaded(series, |s| view! { <Rates series=s/> })}
+            </section>
+        }
+    };
     view! {
         <h1>"Overview"</h1>
-        <section class="panel" aria-labelledby="map-title">
-            <h2 id="map-title" style="margin-top:0">"Service map "<span class="muted">"(last 5 minutes)"</span></h2>
-            {loaded(graph, |g| view! { <ServiceMap graph=g/> })}
-        </section>
-        <section class="panel" aria-labelledby="rates-title">
-            <h2 id="rates-title" style="margin-top:0">"Requests per service version "<span class="muted">"(last 15 minutes)"</span></h2>
-            {loaded(series, |s| view! { <Rates series=s/> })}
-        </section>
+        {when_loaded(vec![graph, series], page)}
     }
 }
 

@@ -291,7 +291,10 @@ pub fn ErrorList(error: api::Error) -> impl IntoView {
 /// a two-way split), timeout and retries.
 #[component]
 fn RouteForm(doc: RwSignal<Value>, can_edit: bool) -> impl IntoView {
-    let routes = move || doc.with(|d| d["spec"]["http"].as_array().map_or(0, Vec::len));
+    // A memo: the routes are rebuilt when one is added or removed, not at
+    // every edit (which would swap the slider out from under the pointer).
+    let routes = Memo::new(move |_| doc.with(|d| d["spec"]["http"].as_array().map_or(0, Vec::len)));
+    let routes = move || routes.get();
     view! {
         {move || (routes() == 0).then(|| view! { <p class="empty">"This VirtualService has no HTTP routes (tcp and tls routes are edited as YAML)."</p> })}
         {move || (0..routes()).map(|i| view! { <HttpRoute doc=doc i=i can_edit=can_edit/> }).collect_view()}
@@ -402,7 +405,7 @@ fn HttpRoute(doc: RwSignal<Value>, i: usize, can_edit: bool) -> impl IntoView {
             {header_field(doc, i, format!("resp-set-{i}"), "Set response headers (name=value, …)", &["headers", "response", "set"], can_edit)}
         </div>
     };
-    let match_editor = view! { <MatchEditor doc=doc i=i can_edit=can_edit/> };
+    let match_editor = view! { <MatchList doc=doc i=i can_edit=can_edit/> };
     view! {
         <section class="panel">
             <h2 style="margin-top:0">{name}" "<span class="muted">{move || match_summary(&route())}</span></h2>
@@ -535,71 +538,225 @@ fn header_field(
     }
 }
 
-/// The first match of HTTP route `i`: its path (prefix, exact or regex) and method.
+/// The matches of HTTP route `i`, any one of which selects it.
 #[component]
-fn MatchEditor(doc: RwSignal<Value>, i: usize, can_edit: bool) -> impl IntoView {
-    let first = move || doc.with(|d| d["spec"]["http"][i]["match"][0].clone());
-    let kind = move || {
-        let m = first();
-        ["prefix", "exact", "regex"].into_iter().find(|k| m["uri"][*k].is_string()).unwrap_or("prefix")
-    };
-    let value = move || {
-        let m = first();
-        m["uri"][kind()].as_str().unwrap_or("").to_string()
-    };
-    // Writes the first match back; an emptied match leaves the route matching every request.
-    let write = move |uri_kind: &str, uri: String, method: Option<String>| {
+fn MatchList(doc: RwSignal<Value>, i: usize, can_edit: bool) -> impl IntoView {
+    // A memo, so that the rows are rebuilt only when a match is added or
+    // removed, not at every keystroke in one of them.
+    let count = Memo::new(move |_| doc.with(|d| d["spec"]["http"][i]["match"].as_array().map_or(0, Vec::len)));
+    let add = move |_| {
         doc.update(|d| {
             let route = &mut d["spec"]["http"][i];
-            let mut m = route["match"][0].clone();
-            if !m.is_object() {
-                m = json!({});
-            }
-            set_path(&mut m, &["uri"], (!uri.is_empty()).then(|| json!({ uri_kind: uri })));
-            if let Some(method) = method {
-                set_path(&mut m, &["method"], (!method.is_empty()).then(|| json!({"exact": method})));
-            }
-            let empty = m.as_object().is_none_or(serde_json::Map::is_empty);
             match route["match"].as_array_mut() {
-                Some(list) if !list.is_empty() => {
-                    if empty {
-                        list.remove(0);
-                    } else {
-                        list[0] = m;
-                    }
-                }
-                _ if !empty => route["match"] = json!([m]),
-                _ => {}
+                Some(list) => list.push(json!({"uri": {"prefix": "/"}})),
+                None => route["match"] = json!([{"uri": {"prefix": "/"}}]),
             }
-            if route["match"].as_array().is_some_and(Vec::is_empty)
-                && let Some(o) = route.as_object_mut()
+        })
+    };
+    view! {
+        <fieldset class="matches">
+            <legend>"Requests this route takes"</legend>
+            {move || (count.get() == 0).then(|| view! { <p class="muted">"Every request: this route has no match."</p> })}
+            {move || (0..count.get()).map(|k| view! { <MatchRow doc=doc i=i k=k can_edit=can_edit/> }).collect_view()}
+            {can_edit.then(|| view! { <button type="button" id=format!("add-match-{i}") on:click=add>"Add a match (or)"</button> })}
+        </fieldset>
+    }
+}
+
+/// Runs `f` on match `k` of HTTP route `i`, if it is there.
+fn update_match(doc: RwSignal<Value>, i: usize, k: usize, f: impl FnOnce(&mut Value)) {
+    doc.update(|d| {
+        if let Some(m) = d.pointer_mut(&format!("/spec/http/{i}/match/{k}")) {
+            f(m);
+        }
+    });
+}
+
+/// An Istio StringMatch as (kind, value); `{}` is "present".
+fn string_match(v: &Value) -> (&'static str, String) {
+    for k in ["exact", "prefix", "regex"] {
+        if let Some(s) = v[k].as_str() {
+            return (k, s.to_string());
+        }
+    }
+    ("present", String::new())
+}
+
+fn make_string_match(kind: &str, value: &str) -> Value {
+    if kind == "present" { json!({}) } else { json!({ kind: value }) }
+}
+
+const MATCH_KINDS: [&str; 4] = ["exact", "prefix", "regex", "present"];
+
+/// Match `k` of HTTP route `i`: path (prefix, exact or regex), method, and
+/// conditions on headers and query parameters.
+#[component]
+fn MatchRow(doc: RwSignal<Value>, i: usize, k: usize, can_edit: bool) -> impl IntoView {
+    let this = move || doc.with(|d| d["spec"]["http"][i]["match"][k].clone());
+    let kind = move || {
+        let m = this();
+        ["prefix", "exact", "regex"].into_iter().find(|x| m["uri"][*x].is_string()).unwrap_or("prefix")
+    };
+    let value = move || this()["uri"][kind()].as_str().unwrap_or("").to_string();
+    let set_uri = move |uri_kind: String, uri: String| {
+        update_match(doc, i, k, |m| set_path(m, &["uri"], (!uri.is_empty()).then(|| json!({ uri_kind: uri }))));
+    };
+    let remove = move |_| {
+        doc.update(|d| {
+            let route = &mut d["spec"]["http"][i];
+            if let Some(list) = route["match"].as_array_mut()
+                && k < list.len()
             {
-                o.remove("match");
+                list.remove(k);
             }
-        });
+            if route["match"].as_array().is_some_and(Vec::is_empty) {
+                set_path(route, &["match"], None);
+            }
+        })
     };
     let (kind_id, path_id, method_id) =
-        (format!("match-kind-{i}"), format!("match-path-{i}"), format!("match-method-{i}"));
+        (format!("match-kind-{i}-{k}"), format!("match-path-{i}-{k}"), format!("match-method-{i}-{k}"));
     view! {
-        <div class="row">
-            <div class="field">
-                <label for=kind_id.clone()>"Match path by"</label>
-                <select id=kind_id disabled=!can_edit on:change=move |ev| write(&event_target_value(&ev), value(), None)>
-                    {["prefix", "exact", "regex"].into_iter().map(|k| view! { <option value=k selected=move || kind() == k>{k}</option> }).collect_view()}
-                </select>
+        <div class="match" id=format!("match-{i}-{k}")>
+            <div class="row">
+                <strong>{if k == 0 { "Match".to_string() } else { format!("or match {}", k + 1) }}</strong>
+                {can_edit.then(|| view! {
+                    <button type="button" class="danger" id=format!("remove-match-{i}-{k}") on:click=remove>"Remove this match"</button>
+                })}
             </div>
-            <div class="field">
-                <label for=path_id.clone()>"Path (empty: any)"</label>
-                <input id=path_id disabled=!can_edit prop:value=value on:change=move |ev| write(kind(), event_target_value(&ev).trim().to_string(), None)/>
+            <div class="row">
+                <div class="field">
+                    <label for=kind_id.clone()>"Path by"</label>
+                    <select id=kind_id disabled=!can_edit on:change=move |ev| set_uri(event_target_value(&ev), value())>
+                        {["prefix", "exact", "regex"].into_iter().map(|x| view! { <option value=x selected=move || kind() == x>{x}</option> }).collect_view()}
+                    </select>
+                </div>
+                <div class="field">
+                    <label for=path_id.clone()>"Path (empty: any)"</label>
+                    <input id=path_id disabled=!can_edit prop:value=value
+                        on:change=move |ev| set_uri(kind().to_string(), event_target_value(&ev).trim().to_string())/>
+                </div>
+                <div class="field">
+                    <label for=method_id.clone()>"Method (empty: any)"</label>
+                    <input id=method_id disabled=!can_edit
+                        prop:value=move || this()["method"]["exact"].as_str().unwrap_or("").to_string()
+                        on:change=move |ev| {
+                            let method = event_target_value(&ev).trim().to_uppercase();
+                            update_match(doc, i, k, |m| set_path(m, &["method"], (!method.is_empty()).then(|| json!({"exact": method}))));
+                        }/>
+                </div>
             </div>
-            <div class="field">
-                <label for=method_id.clone()>"Method (empty: any)"</label>
-                <input id=method_id disabled=!can_edit
-                    prop:value=move || first()["method"]["exact"].as_str().unwrap_or("").to_string()
-                    on:change=move |ev| write(kind(), value(), Some(event_target_value(&ev).trim().to_uppercase()))/>
-            </div>
+            {CONDITIONS.into_iter().map(|(field, what)| view! { <Conditions doc=doc i=i k=k field=field what=what can_edit=can_edit/> }).collect_view()}
+            {can_edit.then(|| view! { <AddCondition doc=doc i=i k=k/> })}
         </div>
     }
+}
+
+/// Sets (or, with `None`, removes) the condition on `name` under `field` of
+/// match `k` of HTTP route `i`.
+fn set_condition(doc: RwSignal<Value>, i: usize, k: usize, field: &str, name: String, cond: Option<Value>) {
+    update_match(doc, i, k, |m| {
+        let mut map = m[field].as_object().cloned().unwrap_or_default();
+        match cond {
+            Some(c) => {
+                map.insert(name, c);
+            }
+            None => {
+                map.remove(&name);
+            }
+        }
+        set_path(m, &[field], (!map.is_empty()).then_some(Value::Object(map)));
+    })
+}
+
+/// What a match can test besides the path and method, as (field, what the form calls it).
+const CONDITIONS: [(&str, &str); 3] =
+    [("headers", "Header"), ("queryParams", "Query parameter"), ("withoutHeaders", "Unless header")];
+
+/// A row that adds a condition (header, query parameter, or header that
+/// must not match) to match `k` of HTTP route `i`.
+#[component]
+fn AddCondition(doc: RwSignal<Value>, i: usize, k: usize) -> impl IntoView {
+    let field = RwSignal::new("headers".to_string());
+    let (name, kind, value) =
+        (RwSignal::new(String::new()), RwSignal::new("exact".to_string()), RwSignal::new(String::new()));
+    let add = move |_| {
+        let n = name.get_untracked().trim().to_string();
+        if n.is_empty() {
+            return;
+        }
+        let f = field.get_untracked();
+        set_condition(doc, i, k, &f, n, Some(make_string_match(&kind.get_untracked(), value.get_untracked().trim())));
+        name.set(String::new());
+        value.set(String::new());
+    };
+    let id = move |part: &str| format!("cond-{part}-{i}-{k}");
+    view! {
+        <div class="row cond add">
+            <select id=id("field") aria-label="New condition: on what" on:change=move |ev| field.set(event_target_value(&ev))>
+                {CONDITIONS.into_iter().map(|(f, what)| view! { <option value=f selected=move || field.get() == f>{what}</option> }).collect_view()}
+            </select>
+            <input id=id("name") placeholder="name" aria-label="New condition: name"
+                prop:value=move || name.get() on:input=move |ev| name.set(event_target_value(&ev))/>
+            <select id=id("kind") aria-label="New condition: how it matches" on:change=move |ev| kind.set(event_target_value(&ev))>
+                {MATCH_KINDS.into_iter().map(|x| view! { <option value=x selected=move || kind.get() == x>{x}</option> }).collect_view()}
+            </select>
+            <input id=id("value") placeholder="value" aria-label="New condition: value" disabled=move || kind.get() == "present"
+                prop:value=move || value.get() on:input=move |ev| value.set(event_target_value(&ev))/>
+            <button type="button" id=id("add") on:click=add>"Add condition"</button>
+        </div>
+    }
+}
+
+/// The conditions under `field` (`headers`, `queryParams`, `withoutHeaders`)
+/// of match `k` of HTTP route `i`: a row for each name.
+#[component]
+fn Conditions(
+    doc: RwSignal<Value>,
+    i: usize,
+    k: usize,
+    field: &'static str,
+    what: &'static str,
+    can_edit: bool,
+) -> impl IntoView {
+    let names = Memo::new(move |_| {
+        doc.with(|d| d["spec"]["http"][i]["match"][k][field].as_object().map(|m| m.keys().cloned().collect::<Vec<_>>()))
+            .unwrap_or_default()
+    });
+    let set = move |name: String, cond: Option<Value>| set_condition(doc, i, k, field, name, cond);
+    let rows = move || {
+        names
+            .get()
+            .into_iter()
+            .enumerate()
+            .map(|(n, name)| {
+                let cond = {
+                    let name = name.clone();
+                    move || doc.with(|d| string_match(&d["spec"]["http"][i]["match"][k][field][&name]))
+                };
+                let (kind_id, value_id, remove_id) =
+                    (format!("{field}-kind-{i}-{k}-{n}"), format!("{field}-value-{i}-{k}-{n}"), format!("{field}-remove-{i}-{k}-{n}"));
+                let (n1, n2, n3) = (name.clone(), name.clone(), name.clone());
+                let (c1, c2, c3, c4) = (cond.clone(), cond.clone(), cond.clone(), cond.clone());
+                view! {
+                    <div class="row cond">
+                        <span class="cond-what">{what}" "<code>{name.clone()}</code></span>
+                        <select id=kind_id aria-label=format!("{what} {name}: how it matches") disabled=!can_edit
+                            on:change=move |ev| set(n1.clone(), Some(make_string_match(&event_target_value(&ev), &c1().1)))>
+                            {MATCH_KINDS.into_iter().map(|x| { let c = c2.clone(); view! { <option value=x selected=move || c().0 == x>{x}</option> } }).collect_view()}
+                        </select>
+                        <input id=value_id aria-label=format!("{what} {name}: value") disabled=move || !can_edit || c4().0 == "present"
+                            prop:value=move || c3().1
+                            on:change=move |ev| set(n2.clone(), Some(make_string_match(cond().0, event_target_value(&ev).trim())))/>
+                        {can_edit.then(|| view! {
+                            <button type="button" id=remove_id aria-label=format!("Remove {what} {n3}") on:click=move |_| set(n3.clone(), None)>"Remove"</button>
+                        })}
+                    </div>
+                }
+            })
+            .collect_view()
+    };
+    view! { {rows} }
 }
 
 /// Which proxies run the new revision, until all do.

@@ -10,7 +10,7 @@ use leptos::prelude::*;
 use leptos_router::hooks::use_params_map;
 use serde_json::Value;
 
-use crate::{api, every, fetch_into, loaded, rate, text};
+use crate::{api, every, fetch_into, loaded, rate, text, when_loaded};
 
 #[component]
 pub fn ServiceList() -> impl IntoView {
@@ -214,28 +214,33 @@ pub fn ServiceView() -> impl IntoView {
             .collect_view()
             .into_any()
     };
+    let page = move || {
+        view! {
+            <section class="panel">
+                <h2 style="margin-top:0">"Instances"</h2>
+                {instances.clone()}
+            </section>
+            <section class="panel">
+                <div class="row" style="justify-content:space-between">
+                    <h2 style="margin:0">"Per version"</h2>
+                    <div class="field"><label for="window">"Window"</label>
+                        <select id="window" on:change=pick.clone()>
+                            <option value="5m">"5 minutes"</option>
+                            <option value="15m" selected>"15 minutes"</option>
+                            <option value="1h">"1 hour"</option>
+                        </select></div>
+                </div>
+                {loaded(stats, |s| view! { <Versions stats=s/> })}
+            </section>
+            <section class="panel">
+                <h2 style="margin-top:0">"Routes and policies"</h2>
+                <ul>{routes.clone()}</ul>
+            </section>
+        }
+    };
     view! {
         <h1>{format!("Service {ns}/{name}")}</h1>
-        <section class="panel">
-            <h2 style="margin-top:0">"Instances"</h2>
-            {instances}
-        </section>
-        <section class="panel">
-            <div class="row" style="justify-content:space-between">
-                <h2 style="margin:0">"Per version"</h2>
-                <div class="field"><label for="window">"Window"</label>
-                    <select id="window" on:change=pick>
-                        <option value="5m">"5 minutes"</option>
-                        <option value="15m" selected>"15 minutes"</option>
-                        <option value="1h">"1 hour"</option>
-                    </select></div>
-            </div>
-            {loaded(stats, |s| view! { <Versions stats=s/> })}
-        </section>
-        <section class="panel">
-            <h2 style="margin-top:0">"Routes and policies"</h2>
-            <ul>{routes}</ul>
-        </section>
+        {when_loaded(vec![stats, entries, proxies, certs, vss, drs, authz], page)}
     }
 }
 
