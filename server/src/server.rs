@@ -285,7 +285,7 @@ async fn renew_gateway_identity(hub: Arc<control::Hub>, ca: Arc<crate::ca::Ca>) 
 /// `DATA_DIR/admin-ca.pem`, where the CLI finds them.
 fn admin_tls(
     config: &Config,
-    ca: &crate::ca::Ca,
+    ca: &Arc<crate::ca::Ca>,
     bound: std::net::SocketAddr,
 ) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
     use rustls_pki_types::pem::PemObject as _;
@@ -314,20 +314,106 @@ fn admin_tls(
             if !bound.ip().is_unspecified() && !bound.ip().is_loopback() {
                 names.push(bound.ip().to_string());
             }
-            let me = crate::ca::SpiffeId::control_plane(ca.trust_domain());
-            let (issued, key) = ca.issue_own(&me, &names, crate::ca::MAX_TTL)?;
-            std::fs::write(&ca_file, ca.roots_pem()).with_context(|| format!("writing {}", ca_file.display()))?;
-            (issued.chain, key)
+            let cert = Arc::new(AdminCert {
+                ca: ca.clone(),
+                names,
+                ca_file,
+                current: arc_swap::ArcSwapOption::empty(),
+                roots: std::sync::Mutex::new(String::new()),
+            });
+            cert.issue()?;
+            tokio::spawn(renew_admin_cert(cert.clone()));
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            return admin_acceptor(
+                rustls::ServerConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()?
+                    .with_no_client_auth()
+                    .with_cert_resolver(cert),
+            )
+            .map(Some);
         }
     };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+    let server = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(chain, key)
         .map_err(|e| anyhow::anyhow!("the admin address's certificate and key: {e}"))?;
+    admin_acceptor(server).map(Some)
+}
+
+fn admin_acceptor(mut server: rustls::ServerConfig) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Some(tokio_rustls::TlsAcceptor::from(Arc::new(server))))
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(server)))
+}
+
+/// The admin address's certificate from meshgate's CA (`--admin-tls`):
+/// short-lived like the mesh's, re-issued at half its lifetime and as soon
+/// as the CA's roots change (a rotation signs it with the new root, a
+/// retirement drops the old), with `admin-ca.pem` rewritten to match.
+struct AdminCert {
+    ca: Arc<crate::ca::Ca>,
+    names: Vec<String>,
+    ca_file: std::path::PathBuf,
+    current: arc_swap::ArcSwapOption<rustls::sign::CertifiedKey>,
+    /// The roots the current certificate was issued under.
+    roots: std::sync::Mutex<String>,
+}
+
+impl std::fmt::Debug for AdminCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminCert")
+    }
+}
+
+impl rustls::server::ResolvesServerCert for AdminCert {
+    fn resolve(&self, _: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.current.load_full()
+    }
+}
+
+impl AdminCert {
+    fn issue(&self) -> anyhow::Result<()> {
+        let roots = self.ca.roots_pem();
+        let me = crate::ca::SpiffeId::control_plane(self.ca.trust_domain());
+        let (issued, key) = self.ca.issue_own(&me, &self.names, crate::ca::DEFAULT_TTL)?;
+        let signing = rustls::crypto::ring::sign::any_supported_type(&key)
+            .map_err(|e| anyhow::anyhow!("the admin address's key: {e}"))?;
+        // The roots first (written whole, then renamed): a client reading
+        // them must never find the new certificate with only the old roots.
+        let partial = self.ca_file.with_extension("pem.new");
+        std::fs::write(&partial, &roots).with_context(|| format!("writing {}", partial.display()))?;
+        std::fs::rename(&partial, &self.ca_file).with_context(|| format!("writing {}", self.ca_file.display()))?;
+        self.current.store(Some(Arc::new(rustls::sign::CertifiedKey::new(issued.chain, signing))));
+        *self.roots.lock().unwrap_or_else(|e| e.into_inner()) = roots;
+        Ok(())
+    }
+
+    fn roots_changed(&self) -> bool {
+        *self.roots.lock().unwrap_or_else(|e| e.into_inner()) != self.ca.roots_pem()
+    }
+}
+
+/// Keeps the admin certificate fresh: checks the CA's roots every 2 s and
+/// re-issues when they changed or half the certificate's life is gone.
+async fn renew_admin_cert(cert: Arc<AdminCert>) {
+    let mut issued = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        let roots_changed = cert.roots_changed();
+        if !roots_changed && issued.elapsed() < crate::ca::DEFAULT_TTL / 2 {
+            continue;
+        }
+        match cert.issue() {
+            Ok(()) => {
+                issued = tokio::time::Instant::now();
+                tracing::info!(roots_changed, "renewed the admin address's certificate");
+            }
+            // Tried again at the next tick; the current certificate still serves.
+            Err(e) => tracing::error!(error = %e, "cannot renew the admin address's certificate"),
+        }
+    }
 }
 
 /// The admin router over HTTPS: accepts until `stop`, each connection on a task of its own.

@@ -419,4 +419,36 @@ fn the_admin_address_speaks_https_with_a_certificate_from_the_mesh_ca() {
     assert!(format!("{err:?}").to_lowercase().contains("certificate"), "{err:?}");
     let plain = server.url("/healthz").replace("https://", "http://");
     assert!(untrusting.get(plain).send().is_err());
+
+    // A root rotation, then the old root retired: the admin certificate is
+    // re-issued under the new root and admin-ca.pem rewritten, so a client
+    // that trusts only the roots meshgate now has still connects.
+    let ca_file = server.data_dir.join("admin-ca.pem");
+    let before = std::fs::read_to_string(&ca_file).unwrap();
+    server.ok(&["ca", "rotate"]);
+    server.ok(&["ca", "retire", "--force"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let last = loop {
+        let roots = std::fs::read_to_string(&ca_file).unwrap();
+        let tried = (roots != before).then(|| {
+            let mut client = reqwest::blocking::Client::builder().timeout(std::time::Duration::from_secs(10));
+            for cert in reqwest::Certificate::from_pem_bundle(roots.as_bytes()).unwrap() {
+                client = client.add_root_certificate(cert);
+            }
+            client.build().unwrap().get(server.url("/healthz")).send().map(|r| r.status().as_u16())
+        });
+        match tried {
+            Some(Ok(200)) => break None,
+            other => {
+                if std::time::Instant::now() > deadline {
+                    break Some(format!("{other:?}"));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        }
+    };
+    assert_eq!(last, None, "the admin certificate never moved to the new root");
+    let roots = std::fs::read_to_string(&ca_file).unwrap();
+    assert_eq!(roots.matches("BEGIN CERTIFICATE").count(), 1, "only the new root is left: {roots}");
+    assert!(server.ok(&["get", "vs"]).contains("users"), "the CLI follows the rewritten roots");
 }
