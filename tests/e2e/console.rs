@@ -179,11 +179,20 @@ impl Browser {
         got.as_f64().unwrap_or_else(|| panic!("layout shift: {got}"))
     }
 
-    /// The page, once its data is shown, did not move while it loaded.
+    /// The page, once its data is shown, did not move while it loaded, and
+    /// every control on it has a label (a `<label for>`, `aria-label`, or
+    /// a button's own text).
     fn assert_steady(&self, page: &str) {
         let cls = self.layout_shift();
         eprintln!("layout shift of {page}: {cls:.4}");
         assert!(cls <= MAX_LAYOUT_SHIFT, "{page} moved while it loaded: layout shift {cls:.3}");
+        let unlabelled = self.eval_async(
+            "return [...document.querySelectorAll('input, select, textarea, button')] \
+               .filter(el => el.type !== 'hidden' && !el.getAttribute('aria-label') && !el.getAttribute('aria-labelledby') \
+                 && !(el.labels && el.labels.length) && !(el.tagName === 'BUTTON' && el.textContent.trim())) \
+               .map(el => el.outerHTML.slice(0, 120));",
+        );
+        assert_eq!(unlabelled, json!([]), "controls without a label on {page}");
     }
 
     fn screenshot(&self, name: &str) {
