@@ -728,7 +728,8 @@ async fn forward(
             let endpoint = &cluster.endpoints[index];
             info.workload = Some(endpoint.workload.clone());
             if l.logging().is_some() {
-                info.upstream = Some(endpoint.address.clone());
+                // The parsed authority: a reference-counted clone, no copy.
+                info.upstream = Some(endpoint.authority.clone());
             }
             let body = match (&replay, streamed.take()) {
                 (Some(bytes), _) => ProxyBody::full(bytes.clone()),
@@ -956,7 +957,7 @@ fn hash_of<B>(key: &super::upstream::HashKey, req: &Request<B>, peer: SocketAddr
 
 /// 16 random bytes in hex: request ids and generated hash cookies.
 pub(crate) fn hex_id() -> [u8; 32] {
-    let id: [u8; 16] = rand::random();
+    let id: [u8; 16] = crate::telemetry::trace::fast_random();
     let mut text = [0u8; 32];
     for (pair, byte) in text.chunks_exact_mut(2).zip(id) {
         pair[0] = b"0123456789abcdef"[usize::from(byte >> 4)];

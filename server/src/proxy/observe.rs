@@ -31,7 +31,7 @@ pub struct Info {
     pub denied: Option<&'static str>,
     // For the access log only (left empty when there is none):
     pub route: Option<Arc<str>>,
-    pub upstream: Option<String>,
+    pub upstream: Option<http::uri::Authority>,
     pub consumer: Option<Arc<super::keyauth::Consumer>>,
     pub client_ip: Option<std::net::IpAddr>,
     /// The request's trace (when this proxy traces).
@@ -242,7 +242,7 @@ struct Logged {
     scheme: &'static str,
     line: RequestLine,
     route: Option<Arc<str>>,
-    upstream: Option<String>,
+    upstream: Option<http::uri::Authority>,
     consumer: Option<String>,
     client_ip: Option<std::net::IpAddr>,
     peer: Option<String>,
@@ -374,7 +374,7 @@ impl Pending {
             put("upstream_cluster", Value::Str(h.to_string()));
         }
         if let Some(u) = &log.upstream {
-            put("upstream_address", Value::Str(u.clone()));
+            put("upstream_address", Value::Str(u.as_str().to_string()));
         }
         if let Some(ip) = log.client_ip {
             put("peer.address", Value::Str(ip.to_string()));
@@ -539,13 +539,25 @@ fn write_line(
         out.extend_from_slice(b",\"duration\":");
         num(out, duration.as_millis());
         out.extend_from_slice(b",\"upstream_host\":");
-        opt(out, log.upstream.as_deref().map(str::as_bytes));
+        opt(out, log.upstream.as_ref().map(|u| u.as_str().as_bytes()));
         out.extend_from_slice(b",\"upstream_cluster\":");
         opt(out, p.service.as_ref().map(|s| s.value.host.as_bytes()));
         out.extend_from_slice(b",\"route_name\":");
         opt(out, log.route.as_deref().map(str::as_bytes));
         out.extend_from_slice(b",\"downstream_remote_address\":");
         match log.client_ip {
+            // IPv4 by hand: `Display` goes through `fmt`, a tenth of the line's cost.
+            Some(std::net::IpAddr::V4(v4)) => {
+                let mut digits = itoa::Buffer::new();
+                out.push(b'"');
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(b'.');
+                    }
+                    out.extend_from_slice(digits.format(octet).as_bytes());
+                }
+                out.push(b'"');
+            }
             Some(ip) => {
                 let _ = write!(out, "\"{ip}\"");
             }

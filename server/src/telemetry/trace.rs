@@ -190,9 +190,31 @@ pub fn hex16(id: &SpanId) -> String {
     hex::encode(id)
 }
 
+/// Random bytes for ids (trace, span, `x-request-id`) and sampling: a
+/// per-thread wyrand generator seeded from `rand`'s OS-seeded generator.
+/// On the request path it costs a fraction of `rand::random` (ChaCha12);
+/// these ids must be unique and evenly spread, not secret.
+pub fn fast_random<const N: usize>() -> [u8; N] {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(rand::random());
+    }
+    let mut out = [0u8; N];
+    STATE.with(|state| {
+        for chunk in out.chunks_mut(8) {
+            let x = state.get().wrapping_add(0xa076_1d64_78bd_642f);
+            state.set(x);
+            let t = u128::from(x) * u128::from(x ^ 0xe703_7ed1_a0b4_28db);
+            let r = ((t >> 64) as u64) ^ (t as u64);
+            chunk.copy_from_slice(&r.to_le_bytes()[..chunk.len()]);
+        }
+    });
+    out
+}
+
 pub fn new_trace_id() -> TraceId {
     loop {
-        let id: TraceId = rand::random();
+        let id: TraceId = fast_random();
         if id != [0; 16] {
             return id;
         }
@@ -201,7 +223,7 @@ pub fn new_trace_id() -> TraceId {
 
 pub fn new_span_id() -> SpanId {
     loop {
-        let id: SpanId = rand::random();
+        let id: SpanId = fast_random();
         if id != [0; 8] {
             return id;
         }
@@ -229,7 +251,9 @@ pub async fn next_batch<T>(
 
 /// Whether a trace the caller did not decide on is sampled at `percent`.
 pub fn sample(percent: f64) -> bool {
-    percent >= 100.0 || (percent > 0.0 && rand::random::<f64>() * 100.0 < percent)
+    // 53 random bits as a fraction in [0, 1).
+    let unit = (u64::from_le_bytes(fast_random()) >> 11) as f64 / (1u64 << 53) as f64;
+    percent >= 100.0 || (percent > 0.0 && unit * 100.0 < percent)
 }
 
 pub fn unix_nanos(t: SystemTime) -> u64 {
@@ -365,6 +389,26 @@ impl Tracer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_are_distinct_and_evenly_spread_and_sampling_keeps_its_rate() {
+        let ids: Vec<TraceId> = (0..20_000).map(|_| new_trace_id()).collect();
+        let distinct: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len());
+        // Every one of the 128 bits is set in about half of the ids.
+        for bit in 0..128 {
+            let set = ids.iter().filter(|id| id[bit / 8] >> (bit % 8) & 1 == 1).count();
+            assert!((9_400..=10_600).contains(&set), "bit {bit} set in {set} of 20000");
+        }
+        // Another thread draws another sequence.
+        let there = std::thread::spawn(new_span_id).join().unwrap();
+        let here: Vec<SpanId> = (0..1000).map(|_| new_span_id()).collect();
+        assert!(!here.contains(&there));
+        let kept = (0..200_000).filter(|_| sample(1.0)).count();
+        assert!((1_700..=2_300).contains(&kept), "1% of 200000 sampled: {kept}");
+        assert_eq!((0..1000).filter(|_| sample(0.0)).count(), 0);
+        assert_eq!((0..1000).filter(|_| sample(100.0)).count(), 1000);
+    }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
