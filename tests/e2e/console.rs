@@ -202,6 +202,29 @@ impl Browser {
         std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
     }
 
+    /// Types `keys` as a keyboard does, into whatever has the focus
+    /// (`\u{e004}` is Tab, `\u{e007}` Enter).
+    fn keys(&self, keys: &str) {
+        use fantoccini::actions::{InputSource as _, KeyAction, KeyActions};
+        let mut typed = KeyActions::new("keyboard".into());
+        for k in keys.chars() {
+            typed = typed.then(KeyAction::Down { value: k }).then(KeyAction::Up { value: k });
+        }
+        self.rt.block_on(self.c().perform_actions(typed)).unwrap_or_else(|e| panic!("typing {keys:?}: {e}"));
+    }
+
+    /// Presses Tab until `css` has the focus: it can be reached from the keyboard.
+    fn tab_to(&self, css: &str) {
+        for _ in 0..60 {
+            let js = "return !!document.activeElement && document.activeElement.matches(arguments[0]);";
+            if self.rt.block_on(self.c().execute(js, vec![json!(css)])).unwrap() == json!(true) {
+                return;
+            }
+            self.keys("\u{e004}");
+        }
+        panic!("{css} cannot be reached with Tab");
+    }
+
     fn login(&self, user: &str, password: &str) {
         self.goto("/");
         self.fill("#username", user);
@@ -347,7 +370,15 @@ fn console_viewer_sees_no_write_controls_and_is_refused() {
         .send()
         .unwrap();
     assert_eq!(made.status(), 201);
-    b.login("vic", "viewer-password");
+    // By keyboard alone: log in, then open Routes from the navigation.
+    b.goto("/");
+    b.text("#username");
+    b.tab_to("#username");
+    b.keys("vic\u{e004}viewer-password\u{e007}");
+    b.wait_text("#whoami", "vic");
+    b.tab_to(".nav a[href='/routes']");
+    b.keys("\u{e007}");
+    b.wait_text("#routes", "users");
     b.goto("/routes");
     b.wait_text("#routes", "users");
     assert!(!b.exists("#new-route"), "a viewer sees no New route button");
