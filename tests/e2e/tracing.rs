@@ -250,12 +250,29 @@ fn one_trace_follows_a_request_through_the_gateway_and_two_sidecars() {
             ..Default::default()
         }],
     };
-    let r = c
-        .post(server.url("/v1/traces"))
-        .header("content-type", "application/x-protobuf")
-        .body(own.encode_to_vec())
-        .send()
-        .unwrap();
+    // Sent gzip-compressed, as an OpenTelemetry collector sends by default.
+    let gzipped = {
+        use std::io::Write as _;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&own.encode_to_vec()).unwrap();
+        gz.finish().unwrap()
+    };
+    let post = |encoding: &str, body: Vec<u8>| {
+        c.post(server.url("/v1/traces"))
+            .header("content-type", "application/x-protobuf")
+            .header("content-encoding", encoding)
+            .body(body)
+            .send()
+            .unwrap()
+    };
+    let r = post("br", gzipped.clone());
+    assert_eq!(r.status(), 415);
+    let said = r.text().unwrap();
+    assert!(said.contains("Content-Encoding") && said.contains("br"), "{said}");
+    let r = post("gzip", own.encode_to_vec());
+    assert_eq!(r.status(), 400, "an uncompressed body labelled gzip");
+    assert!(r.text().unwrap().contains("not gzip"));
+    let r = post("gzip", gzipped);
     assert_eq!(r.status(), 200);
     let t = wait_trace(&server, trace2, 5);
     assert_eq!(find(&t, "orders-app", "CLIENT")["name"], "SELECT orders");

@@ -40,16 +40,26 @@ pub fn receive(hub: Option<&Arc<TraceHub>>, source: &str, headers: &HeaderMap, b
             .into_response();
         }
     };
-    if let Some(enc) = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok())
-        && enc != "identity"
-    {
-        return ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            format!("Content-Encoding {enc:?} is not accepted; send spans uncompressed"),
-        )
-        .into_response();
-    }
+    // OpenTelemetry collectors compress their OTLP/HTTP exports with gzip by default.
+    let unpacked;
+    let body = match headers.get(header::CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("?").trim()) {
+        None | Some("identity" | "") => body,
+        Some(enc) if enc.eq_ignore_ascii_case("gzip") => match gunzip(body, MAX_UNPACKED) {
+            Ok(b) => {
+                unpacked = b;
+                &unpacked[..]
+            }
+            Err(e) => return e.into_response(),
+        },
+        Some(enc) => {
+            return ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!("Content-Encoding {enc:?} is not accepted: send gzip or uncompressed spans"),
+            )
+            .into_response();
+        }
+    };
     match crate::telemetry::otlp::decode(body, json) {
         Ok(spans) => {
             hub.metrics.received.with_label_values(&[source]).inc_by(spans.len() as u64);
@@ -62,6 +72,24 @@ pub fn receive(hub: Option<&Arc<TraceHub>>, source: &str, headers: &HeaderMap, b
             }
         }
         Err(e) => ApiError::bad_request(e).into_response(),
+    }
+}
+
+/// How large an OTLP request may unpack to (the compressed body is held to
+/// the API's 2 MiB): a bound for gzip bombs, far above a real batch.
+const MAX_UNPACKED: u64 = 32 << 20;
+
+fn gunzip(body: &[u8], limit: u64) -> Result<Vec<u8>, ApiError> {
+    use std::io::Read as _;
+    let mut out = Vec::with_capacity(body.len().saturating_mul(4));
+    match flate2::read::GzDecoder::new(body).take(limit + 1).read_to_end(&mut out) {
+        Ok(_) if out.len() as u64 > limit => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the gzip body unpacks to more than {} MiB", limit >> 20),
+        )),
+        Ok(_) => Ok(out),
+        Err(e) => Err(ApiError::bad_request(format!("Content-Encoding gzip: the body is not gzip ({e})"))),
     }
 }
 
