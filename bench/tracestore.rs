@@ -52,6 +52,7 @@ fn span(trace: [u8; 16], parent: Option<[u8; 8]>, service: &Arc<str>, kind: Kind
             ("peer.principal".into(), s("spiffe://cluster.local/ns/default/sa/orders".into())),
             ("meshgate.route".into(), s("default/users/0".into())),
         ],
+        providers: None,
     }
 }
 

@@ -44,11 +44,6 @@ const UNSUPPORTED: &[(Kind, &str, &str)] = &[
     (Kind::WorkloadEntry, "spec.network", "multi-network gateways are not built"),
     (Kind::AuthorizationPolicy, "spec.provider", "external authorization (action CUSTOM) is not built"),
     (Kind::Telemetry, "spec.metrics", "metric overrides are not built; every proxy reports Istio's standard metrics"),
-    (
-        Kind::Telemetry,
-        "spec.tracing[*].providers",
-        "spans go to the built-in store and to the mesh config's default providers (meshConfig.defaultProviders.tracing)",
-    ),
     (Kind::Telemetry, "spec.tracing[*].match", "client/server modes are not told apart: every hop records its span"),
     (Kind::Telemetry, "spec.tracing[*].useRequestIdForTraceSampling", "sampling does not use the request id"),
     (Kind::Telemetry, "spec.tracing[*].enableIstioTags", "Istio's tags are always added"),

@@ -405,6 +405,7 @@ impl Config {
                         ),
                         headers: h.headers.iter().map(|h| (h.name.clone(), h.value.clone())).collect(),
                         timeout: timeout(h.timeout.as_ref(), &format!("{at}.opentelemetry.http"))?,
+                        default: false,
                     },
                     None => Provider {
                         name: p.name.clone(),
@@ -420,6 +421,7 @@ impl Config {
                             o.grpc.as_ref().and_then(|g| g.timeout.as_ref()),
                             &format!("{at}.opentelemetry.grpc"),
                         )?,
+                        default: false,
                     },
                 },
                 (None, Some(z)) => Provider {
@@ -433,6 +435,7 @@ impl Config {
                     ),
                     headers: Default::default(),
                     timeout: std::time::Duration::from_secs(5),
+                    default: false,
                 },
                 _ => {
                     return Err(format!(
@@ -443,8 +446,8 @@ impl Config {
             known.push(provider);
         }
         for (i, name) in m.default_providers.iter().flat_map(|d| &d.tracing).enumerate() {
-            match known.iter().find(|p| &p.name == name) {
-                Some(p) => self.trace_providers.push(p.clone()),
+            match known.iter_mut().find(|p| &p.name == name) {
+                Some(p) => p.default = true,
                 None => {
                     let names: Vec<&str> = known.iter().map(|p| p.name.as_str()).collect();
                     return Err(format!(
@@ -454,6 +457,9 @@ impl Config {
                 }
             }
         }
+        // Every provider gets an exporter: the defaults take the spans of
+        // workloads whose Telemetry names none, the others those that name them.
+        self.trace_providers.extend(known);
         if let Some(z) = m.default_config.and_then(|d| d.tracing).and_then(|t| t.zipkin) {
             self.trace_providers.push(Provider {
                 name: "zipkin".into(),
@@ -461,6 +467,7 @@ impl Config {
                 endpoint: format!("http://{}/api/v2/spans", z.address),
                 headers: Default::default(),
                 timeout: std::time::Duration::from_secs(5),
+                default: true,
             });
         }
         Ok(())

@@ -506,6 +506,9 @@ fn spans_are_exported_to_otlp_and_zipkin_collectors_and_a_dead_one_costs_nothing
     let (otlp_http, zipkin, grpc) =
         (Arc::<Received>::default(), Arc::<Received>::default(), Arc::<Received>::default());
     let http_addr = http_collector(&runtime, otlp_http.clone());
+    // A provider outside the defaults: only workloads whose Telemetry names it use it.
+    let chosen = Arc::<Received>::default();
+    let chosen_addr = http_collector(&runtime, chosen.clone());
     let zipkin_addr = http_collector(&runtime, zipkin.clone());
     let grpc_listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let grpc_addr = grpc_listener.local_addr().unwrap();
@@ -532,10 +535,11 @@ fn spans_are_exported_to_otlp_and_zipkin_collectors_and_a_dead_one_costs_nothing
     std::fs::write(
         &config,
         format!(
-            "meshConfig:\n  extensionProviders:\n  - name: otel-http\n    opentelemetry: {{service: 127.0.0.1, port: {}, http: {{path: /v1/traces, timeout: 2s}}}}\n  - name: otel-grpc\n    opentelemetry: {{service: 127.0.0.1, port: {}}}\n  - name: dead\n    opentelemetry: {{service: 127.0.0.1, port: {}, http: {{timeout: 1s}}}}\n  defaultProviders: {{tracing: [otel-http, otel-grpc, dead]}}\n  defaultConfig:\n    tracing: {{zipkin: {{address: '127.0.0.1:{}'}}}}\n",
+            "meshConfig:\n  extensionProviders:\n  - name: otel-http\n    opentelemetry: {{service: 127.0.0.1, port: {}, http: {{path: /v1/traces, timeout: 2s}}}}\n  - name: otel-grpc\n    opentelemetry: {{service: 127.0.0.1, port: {}}}\n  - name: dead\n    opentelemetry: {{service: 127.0.0.1, port: {}, http: {{timeout: 1s}}}}\n  - name: chosen\n    opentelemetry: {{service: 127.0.0.1, port: {}, http: {{}}}}\n  defaultProviders: {{tracing: [otel-http, otel-grpc, dead]}}\n  defaultConfig:\n    tracing: {{zipkin: {{address: '127.0.0.1:{}'}}}}\n",
             http_addr.port(),
             grpc_addr.port(),
             dead_addr.port(),
+            chosen_addr.port(),
             zipkin_addr.port()
         ),
     )
@@ -586,6 +590,23 @@ fn spans_are_exported_to_otlp_and_zipkin_collectors_and_a_dead_one_costs_nothing
         assert!(Instant::now() < deadline, "no drops counted for the dead collector:\n{metrics}");
         std::thread::sleep(Duration::from_millis(200));
     }
+    assert_eq!(chosen.count(service), 0, "a provider outside the defaults gets nothing unasked");
+
+    // A Telemetry for the gateway naming `chosen`: its spans go there (and
+    // to the built-in store), no longer to the defaults.
+    server.apply("apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: gateway, namespace: istio-system}\nspec:\n  selector: {matchLabels: {istio: ingressgateway}}\n  tracing: [{providers: [{name: chosen}]}]\n");
+    for _ in 0..10 {
+        assert_eq!(server.gateway(&c, "api.example.com", "/chosen").send().unwrap().status(), 200);
+    }
+    let deadline = Instant::now() + WAIT;
+    while chosen.count(service) < 10 {
+        assert!(Instant::now() < deadline, "the chosen provider got {}", chosen.count(service));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The defaults export in batches as quickly: a second later they still have only the first 40.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!((otlp_http.count(service), grpc.count(service), zipkin.count(service)), (40, 40, 40));
+    assert_eq!(traces_of(&server, "").len(), 50, "the built-in store keeps every trace");
     drop(server);
     drop(runtime);
 }

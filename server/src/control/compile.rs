@@ -1043,6 +1043,9 @@ fn apply_telemetry(p: &mut crate::proxy::config::TelemetryPolicy, spec: &meshgat
         if let Some(d) = t.disable_span_reporting {
             p.report = !d;
         }
+        if !t.providers.is_empty() {
+            p.providers = Some(t.providers.iter().map(|r| r.name.clone()).collect());
+        }
         for (name, tag) in &t.custom_tags {
             if let Some(h) = &tag.header {
                 // The model checked the name; one that is still not a header name is skipped.

@@ -143,6 +143,9 @@ pub struct TelemetryPolicy {
     pub tags: Vec<(String, crate::telemetry::trace::Value)>,
     /// `customTags` from request headers: (tag, header, default when absent).
     pub header_tags: Vec<(String, http::HeaderName, Option<String>)>,
+    /// `tracing[].providers`: where this workload's spans are exported
+    /// (besides the built-in store); `None`: the mesh's default providers.
+    pub providers: Option<std::sync::Arc<[String]>>,
     pub log: LogPolicy,
 }
 
@@ -153,6 +156,7 @@ impl Default for TelemetryPolicy {
             report: true,
             tags: Vec::new(),
             header_tags: Vec::new(),
+            providers: None,
             log: LogPolicy::default(),
         }
     }

@@ -406,6 +406,7 @@ impl Pending {
             end_unix_nanos: start + duration.as_nanos().min(u128::from(u64::MAX)) as u64,
             error,
             attributes: a,
+            providers: self.telemetry.as_ref().and_then(|p| p.providers.clone()),
         }
     }
 }

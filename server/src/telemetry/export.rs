@@ -41,15 +41,28 @@ pub struct Provider {
     pub endpoint: String,
     pub headers: HashMap<String, String>,
     pub timeout: Duration,
+    /// One of `meshConfig.defaultProviders.tracing`: it gets the spans of
+    /// workloads whose Telemetry names no providers.
+    pub default: bool,
 }
 
 /// A provider's queue.
 pub struct Queue {
     name: String,
+    default: bool,
     tx: tokio::sync::mpsc::Sender<Arc<Span>>,
 }
 
 impl Queue {
+    /// Whether `span` goes to this provider: the one its workload's
+    /// Telemetry named, or a default one when it named none.
+    pub fn wants(&self, span: &Span) -> bool {
+        match &span.providers {
+            None => self.default,
+            Some(chosen) => chosen.contains(&self.name),
+        }
+    }
+
     pub fn offer(&self, spans: &[Arc<Span>], metrics: &TraceMetrics) {
         for s in spans {
             if self.tx.try_send(s.clone()).is_err() {
@@ -62,9 +75,9 @@ impl Queue {
 /// Starts a provider's export task (on the current runtime).
 pub fn start(provider: Provider, metrics: TraceMetrics) -> Queue {
     let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
-    let name = provider.name.clone();
+    let (name, default) = (provider.name.clone(), provider.default);
     tokio::spawn(run(provider, rx, metrics));
-    Queue { name, tx }
+    Queue { name, default, tx }
 }
 
 async fn run(provider: Provider, mut rx: tokio::sync::mpsc::Receiver<Arc<Span>>, metrics: TraceMetrics) {

@@ -10,7 +10,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Status, status::StatusCode};
 use prost::Message as _;
 
-use super::trace::{Kind, Span, Value};
+use super::trace::{Kind, PROVIDERS_ATTRIBUTE, Span, Value};
 
 /// Most spans one request may carry.
 pub const MAX_SPANS: usize = 10_000;
@@ -51,6 +51,15 @@ pub fn decode(body: &[u8], json: bool) -> Result<Vec<Span>, String> {
                     _ => return Err(format!("{}: parentSpanId must be 8 bytes or empty", at())),
                 };
                 let error = s.status.as_ref().is_some_and(|st| st.code == StatusCode::Error as i32);
+                let mut attributes: Vec<(String, Value)> =
+                    s.attributes.into_iter().filter_map(|kv| Some((kv.key, value(kv.value.as_ref()?)))).collect();
+                let providers = attributes.iter().position(|(k, _)| k == PROVIDERS_ATTRIBUTE).map(|i| {
+                    let names = match attributes.remove(i).1 {
+                        Value::Str(s) => s,
+                        _ => String::new(),
+                    };
+                    names.split(',').map(str::trim).filter(|n| !n.is_empty()).map(str::to_string).collect()
+                });
                 out.push(Span {
                     trace_id,
                     span_id,
@@ -61,11 +70,8 @@ pub fn decode(body: &[u8], json: bool) -> Result<Vec<Span>, String> {
                     start_unix_nanos: s.start_time_unix_nano,
                     end_unix_nanos: s.end_time_unix_nano.max(s.start_time_unix_nano),
                     error,
-                    attributes: s
-                        .attributes
-                        .into_iter()
-                        .filter_map(|kv| Some((kv.key, value(kv.value.as_ref()?))))
-                        .collect(),
+                    attributes,
+                    providers,
                 });
             }
         }
@@ -139,7 +145,12 @@ pub fn encode(spans: &[Span]) -> Vec<u8> {
                             kind: s.kind.otlp(),
                             start_time_unix_nano: s.start_unix_nanos,
                             end_time_unix_nano: s.end_unix_nanos,
-                            attributes: s.attributes.iter().map(|(k, v)| kv(k, v)).collect(),
+                            attributes: s
+                                .attributes
+                                .iter()
+                                .map(|(k, v)| kv(k, v))
+                                .chain(s.providers.as_ref().map(|p| kv(PROVIDERS_ATTRIBUTE, &Value::Str(p.join(",")))))
+                                .collect(),
                             status: s.error.then(|| Status { code: StatusCode::Error as i32, ..Default::default() }),
                             ..Default::default()
                         })
@@ -173,9 +184,14 @@ mod tests {
                 ("http.status_code".into(), Value::Int(503)),
                 ("upstream_cluster".into(), Value::Str("x".into())),
             ],
+            providers: None,
         };
         let back = decode(&encode(std::slice::from_ref(&span)), false).unwrap();
-        assert_eq!(back, vec![span]);
+        assert_eq!(back, vec![span.clone()]);
+        // The providers a Telemetry chose travel with the span, not as an attribute.
+        let chosen = Span { providers: Some(Arc::from(vec!["otel".to_string(), "zipkin-b".to_string()])), ..span };
+        let back = decode(&encode(std::slice::from_ref(&chosen)), false).unwrap();
+        assert_eq!(back, vec![chosen]);
         assert!(decode(b"\x0a\x03abc", false).is_err());
     }
 }

@@ -337,7 +337,15 @@ pub struct Span {
     pub end_unix_nanos: u64,
     pub error: bool,
     pub attributes: Vec<(String, Value)>,
+    /// The tracing providers a Telemetry resource chose for this
+    /// workload's spans (`tracing[].providers`); `None`: the mesh's
+    /// defaults (`meshConfig.defaultProviders.tracing`).
+    pub providers: Option<Arc<[String]>>,
 }
+
+/// The span attribute that carries [`Span::providers`] from an agent to
+/// the appliance (taken off again there, never exported).
+pub const PROVIDERS_ATTRIBUTE: &str = "meshgate.providers";
 
 impl Span {
     pub fn duration_nanos(&self) -> u64 {

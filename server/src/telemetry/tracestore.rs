@@ -532,7 +532,12 @@ impl TraceHub {
         }
         let spans: Vec<Arc<Span>> = spans.into_iter().map(Arc::new).collect();
         for e in &self.exporters {
-            e.offer(&spans, &self.metrics);
+            if spans.iter().all(|s| e.wants(s)) {
+                e.offer(&spans, &self.metrics);
+            } else {
+                let wanted: Vec<Arc<Span>> = spans.iter().filter(|s| e.wants(s)).cloned().collect();
+                e.offer(&wanted, &self.metrics);
+            }
         }
     }
 
@@ -571,6 +576,7 @@ mod tests {
                 ("error".into(), Value::Bool(error)),
                 ("ratio".into(), Value::Float(0.5)),
             ],
+            providers: None,
         }
     }
 
