@@ -1396,6 +1396,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn telemetry_providers_follow_the_selector() {
+        let yaml = "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: mesh, namespace: istio-system}\nspec:\n  tracing: [{randomSamplingPercentage: 5}]\n---\napiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: orders, namespace: default}\nspec:\n  selector: {matchLabels: {app: orders}}\n  tracing: [{providers: [{name: otel-b}, {name: zipkin}]}]\n";
+        let resources = meshgate_model::decode("t", yaml, "default").unwrap();
+        let labels = |app: &str| BTreeMap::from([("app".to_string(), app.to_string())]);
+        let orders = proxy_telemetry(&resources, Some(("default", &labels("orders")))).unwrap();
+        assert_eq!(orders.providers.as_deref(), Some(&["otel-b".to_string(), "zipkin".to_string()][..]));
+        assert_eq!(orders.sampling, 5.0, "the mesh-wide level still applies");
+        let users = proxy_telemetry(&resources, Some(("default", &labels("users")))).unwrap();
+        assert_eq!(users.providers, None, "unselected workloads use the defaults");
+        assert_eq!(proxy_telemetry(&resources, None).unwrap().providers, None, "nor does the gateway");
+    }
+
+    #[test]
     fn first_match_wins_in_declaration_order() {
         let yaml = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: [\"*\"]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: vs}\nspec:\n  hosts: [h.example.com]\n  gateways: [gw]\n  http:\n  - name: header\n    match: [{uri: {prefix: /a}, headers: {x-canary: {exact: \"1\"}}}]\n    route: [{destination: {host: s0}}]\n  - name: prefix-ab\n    match: [{uri: {prefix: /a/b}}]\n    route: [{destination: {host: s1}}]\n  - name: exact-abc\n    match: [{uri: {exact: /a/b/c}}]\n    route: [{destination: {host: s2}}]\n  - name: regex\n    match: [{uri: {regex: \"/z/[0-9]+\"}}]\n    route: [{destination: {host: s3}}]\n  - name: rest\n    route: [{destination: {host: s4}}]\n";
         let resources = meshgate_model::decode("t", yaml, "default").unwrap();
