@@ -397,17 +397,19 @@ impl AdminCert {
 /// Keeps the admin certificate fresh: checks the CA's roots every 2 s and
 /// re-issues when they changed or half the certificate's life is gone.
 async fn renew_admin_cert(cert: Arc<AdminCert>) {
-    let mut issued = tokio::time::Instant::now();
+    // The wall clock, not a monotonic one: after the host slept, the
+    // certificate's age is what the clients' clocks say it is.
+    let mut issued = std::time::SystemTime::now();
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
     loop {
         tick.tick().await;
         let roots_changed = cert.roots_changed();
-        if !roots_changed && issued.elapsed() < crate::ca::DEFAULT_TTL / 2 {
+        if !roots_changed && issued.elapsed().unwrap_or_default() < crate::ca::DEFAULT_TTL / 2 {
             continue;
         }
         match cert.issue() {
             Ok(()) => {
-                issued = tokio::time::Instant::now();
+                issued = std::time::SystemTime::now();
                 tracing::info!(roots_changed, "renewed the admin address's certificate");
             }
             // Tried again at the next tick; the current certificate still serves.

@@ -607,6 +607,23 @@ fn spans_are_exported_to_otlp_and_zipkin_collectors_and_a_dead_one_costs_nothing
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!((otlp_http.count(service), grpc.count(service), zipkin.count(service)), (40, 40, 40));
     assert_eq!(traces_of(&server, "").len(), 50, "the built-in store keeps every trace");
+
+    // A provider the mesh config does not have: its spans are counted as dropped, not lost silently.
+    server.apply(&"apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: gateway, namespace: istio-system}\nspec:\n  selector: {matchLabels: {istio: ingressgateway}}\n  tracing: [{providers: [{name: chosen}]}]\n".replace("chosen", "nowhere"));
+    assert_eq!(server.gateway(&c, "api.example.com", "/nowhere").send().unwrap().status(), 200);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let metrics = c.get(server.url("/metrics")).send().unwrap().text().unwrap();
+        if metrics.lines().any(|l| {
+            l.starts_with("meshgate_trace_spans_dropped_total{")
+                && l.contains("provider=\"nowhere\"")
+                && l.contains("reason=\"unknown_provider\"")
+        }) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no drop counted for the unknown provider:\n{metrics}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     drop(server);
     drop(runtime);
 }

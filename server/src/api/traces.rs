@@ -60,7 +60,9 @@ pub fn receive(hub: Option<&Arc<TraceHub>>, source: &str, headers: &HeaderMap, b
             .into_response();
         }
     };
-    match crate::telemetry::otlp::decode(body, json) {
+    // Only agents say which providers their spans go to: an app's spans
+    // go where the mesh's defaults send them, whatever attributes they carry.
+    match crate::telemetry::otlp::decode(body, json, source == "agent") {
         Ok(spans) => {
             hub.metrics.received.with_label_values(&[source]).inc_by(spans.len() as u64);
             hub.accept(spans);
@@ -76,8 +78,9 @@ pub fn receive(hub: Option<&Arc<TraceHub>>, source: &str, headers: &HeaderMap, b
 }
 
 /// How large an OTLP request may unpack to (the compressed body is held to
-/// the API's 2 MiB): a bound for gzip bombs, far above a real batch.
-const MAX_UNPACKED: u64 = 32 << 20;
+/// the API's 2 MiB): a bound for gzip bombs (the endpoint takes no token),
+/// well above a real batch (an SDK's default batch is 512 spans).
+const MAX_UNPACKED: u64 = 8 << 20;
 
 fn gunzip(body: &[u8], limit: u64) -> Result<Vec<u8>, ApiError> {
     use std::io::Read as _;

@@ -54,6 +54,10 @@ pub struct Queue {
 }
 
 impl Queue {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Whether `span` goes to this provider: the one its workload's
     /// Telemetry named, or a default one when it named none.
     pub fn wants(&self, span: &Span) -> bool {

@@ -15,7 +15,10 @@ use super::trace::{Kind, PROVIDERS_ATTRIBUTE, Span, Value};
 /// Most spans one request may carry.
 pub const MAX_SPANS: usize = 10_000;
 
-pub fn decode(body: &[u8], json: bool) -> Result<Vec<Span>, String> {
+/// Spans from an OTLP request; `from_agent`: the sender is one of the
+/// mesh's agents, whose [`PROVIDERS_ATTRIBUTE`] is read (from anyone else
+/// it stays an ordinary attribute).
+pub fn decode(body: &[u8], json: bool, from_agent: bool) -> Result<Vec<Span>, String> {
     let req: ExportTraceServiceRequest = if json {
         serde_json::from_slice(body).map_err(|e| format!("not an OTLP/JSON ExportTraceServiceRequest: {e}"))?
     } else {
@@ -53,7 +56,7 @@ pub fn decode(body: &[u8], json: bool) -> Result<Vec<Span>, String> {
                 let error = s.status.as_ref().is_some_and(|st| st.code == StatusCode::Error as i32);
                 let mut attributes: Vec<(String, Value)> =
                     s.attributes.into_iter().filter_map(|kv| Some((kv.key, value(kv.value.as_ref()?)))).collect();
-                let providers = attributes.iter().position(|(k, _)| k == PROVIDERS_ATTRIBUTE).map(|i| {
+                let providers = attributes.iter().position(|(k, _)| from_agent && k == PROVIDERS_ATTRIBUTE).map(|i| {
                     let names = match attributes.remove(i).1 {
                         Value::Str(s) => s,
                         _ => String::new(),
@@ -186,12 +189,16 @@ mod tests {
             ],
             providers: None,
         };
-        let back = decode(&encode(std::slice::from_ref(&span)), false).unwrap();
+        let back = decode(&encode(std::slice::from_ref(&span)), false, true).unwrap();
         assert_eq!(back, vec![span.clone()]);
         // The providers a Telemetry chose travel with the span, not as an attribute.
         let chosen = Span { providers: Some(Arc::from(vec!["otel".to_string(), "zipkin-b".to_string()])), ..span };
-        let back = decode(&encode(std::slice::from_ref(&chosen)), false).unwrap();
-        assert_eq!(back, vec![chosen]);
-        assert!(decode(b"\x0a\x03abc", false).is_err());
+        let back = decode(&encode(std::slice::from_ref(&chosen)), false, true).unwrap();
+        assert_eq!(back, vec![chosen.clone()]);
+        // From anyone but an agent the attribute is an attribute: an app cannot pick providers.
+        let back = decode(&encode(std::slice::from_ref(&chosen)), false, false).unwrap();
+        assert_eq!(back[0].providers, None);
+        assert!(back[0].attributes.iter().any(|(k, _)| k == PROVIDERS_ATTRIBUTE));
+        assert!(decode(b"\x0a\x03abc", false, true).is_err());
     }
 }

@@ -193,7 +193,8 @@ pub fn hex16(id: &SpanId) -> String {
 /// Random bytes for ids (trace, span, `x-request-id`) and sampling: a
 /// per-thread wyrand generator seeded from `rand`'s OS-seeded generator.
 /// On the request path it costs a fraction of `rand::random` (ChaCha12);
-/// these ids must be unique and evenly spread, not secret.
+/// these ids must be unique and evenly spread, not secret (wyrand is
+/// predictable from its outputs: nothing here may serve as a credential).
 pub fn fast_random<const N: usize>() -> [u8; N] {
     use std::cell::Cell;
     thread_local! {
@@ -408,10 +409,10 @@ mod tests {
             let set = ids.iter().filter(|id| id[bit / 8] >> (bit % 8) & 1 == 1).count();
             assert!((9_400..=10_600).contains(&set), "bit {bit} set in {set} of 20000");
         }
-        // Another thread draws another sequence.
-        let there = std::thread::spawn(new_span_id).join().unwrap();
-        let here: Vec<SpanId> = (0..1000).map(|_| new_span_id()).collect();
-        assert!(!here.contains(&there));
+        // Each thread is seeded apart: two fresh threads draw different sequences.
+        let fresh = || std::thread::spawn(|| (0..100).map(|_| new_span_id()).collect::<Vec<_>>()).join().unwrap();
+        let (a, b) = (fresh(), fresh());
+        assert!(a.iter().all(|id| !b.contains(id)), "two threads drew the same ids");
         let kept = (0..200_000).filter(|_| sample(1.0)).count();
         assert!((1_700..=2_300).contains(&kept), "1% of 200000 sampled: {kept}");
         assert_eq!((0..1000).filter(|_| sample(0.0)).count(), 0);

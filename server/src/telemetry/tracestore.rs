@@ -527,6 +527,14 @@ impl TraceHub {
             self.metrics.store_spans.set(store.spans() as i64);
             self.metrics.store_bytes.set(store.bytes() as i64);
         }
+        // A Telemetry naming a provider the mesh config lacks: counted, not silent.
+        for s in &spans {
+            for name in s.providers.iter().flat_map(|p| p.iter()) {
+                if !self.exporters.iter().any(|e| e.name() == name) {
+                    self.metrics.dropped.with_label_values(&["unknown_provider", name]).inc();
+                }
+            }
+        }
         if self.exporters.is_empty() {
             return;
         }
