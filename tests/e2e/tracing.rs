@@ -576,25 +576,33 @@ fn spans_are_exported_to_otlp_and_zipkin_collectors_and_a_dead_one_costs_nothing
         let got: std::collections::BTreeSet<String> = r.spans.lock().unwrap().iter().map(|(_, t)| t.clone()).collect();
         assert_eq!(got, stored);
     }
-    // The dead one's failures are counted.
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let metrics = c.get(server.url("/metrics")).send().unwrap().text().unwrap();
-        if metrics.lines().any(|l| {
-            l.starts_with("meshgate_trace_spans_dropped_total{")
-                && l.contains("provider=\"dead\"")
-                && !l.ends_with(" 0")
-        }) {
-            break;
+    // Waits until /metrics counts spans dropped for `provider` (with `reason`).
+    let dropped = |provider: &str, reason: &str| {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let metrics = c.get(server.url("/metrics")).send().unwrap().text().unwrap();
+            if metrics.lines().any(|l| {
+                l.starts_with("meshgate_trace_spans_dropped_total{")
+                    && l.contains(&format!("provider=\"{provider}\""))
+                    && l.contains(reason)
+                    && !l.ends_with(" 0")
+            }) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no drops counted for {provider}:\n{metrics}");
+            std::thread::sleep(Duration::from_millis(200));
         }
-        assert!(Instant::now() < deadline, "no drops counted for the dead collector:\n{metrics}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    };
+    // The dead one's failures are counted.
+    dropped("dead", "");
     assert_eq!(chosen.count(service), 0, "a provider outside the defaults gets nothing unasked");
 
     // A Telemetry for the gateway naming `chosen`: its spans go there (and
     // to the built-in store), no longer to the defaults.
-    server.apply("apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: gateway, namespace: istio-system}\nspec:\n  selector: {matchLabels: {istio: ingressgateway}}\n  tracing: [{providers: [{name: chosen}]}]\n");
+    let gateway_providers = |name: &str| {
+        server.apply(&format!("apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: gateway, namespace: istio-system}}\nspec:\n  selector: {{matchLabels: {{istio: ingressgateway}}}}\n  tracing: [{{providers: [{{name: {name}}}]}}]\n"));
+    };
+    gateway_providers("chosen");
     for _ in 0..10 {
         assert_eq!(server.gateway(&c, "api.example.com", "/chosen").send().unwrap().status(), 200);
     }
@@ -609,21 +617,9 @@ fn spans_are_exported_to_otlp_and_zipkin_collectors_and_a_dead_one_costs_nothing
     assert_eq!(traces_of(&server, "").len(), 50, "the built-in store keeps every trace");
 
     // A provider the mesh config does not have: its spans are counted as dropped, not lost silently.
-    server.apply(&"apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: gateway, namespace: istio-system}\nspec:\n  selector: {matchLabels: {istio: ingressgateway}}\n  tracing: [{providers: [{name: chosen}]}]\n".replace("chosen", "nowhere"));
+    gateway_providers("nowhere");
     assert_eq!(server.gateway(&c, "api.example.com", "/nowhere").send().unwrap().status(), 200);
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let metrics = c.get(server.url("/metrics")).send().unwrap().text().unwrap();
-        if metrics.lines().any(|l| {
-            l.starts_with("meshgate_trace_spans_dropped_total{")
-                && l.contains("provider=\"nowhere\"")
-                && l.contains("reason=\"unknown_provider\"")
-        }) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no drop counted for the unknown provider:\n{metrics}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    dropped("nowhere", "reason=\"unknown_provider\"");
     drop(server);
     drop(runtime);
 }
