@@ -69,9 +69,17 @@ pub async fn post_text(path: &str, text: &str) -> Result<Value> {
     call("POST", path, Some(text.to_string())).await
 }
 
+/// How long the console waits for an answer: a page shows its sections once
+/// each has one, so a hung request must end as an error, not "Loading…"
+/// forever. Writes get longer (an apply answers once the proxies have it).
+const READ_TIMEOUT_MS: u32 = 20_000;
+const WRITE_TIMEOUT_MS: u32 = 60_000;
+
 async fn call(method: &str, path: &str, body: Option<String>) -> Result<Value> {
     let init = web_sys::RequestInit::new();
     init.set_method(method);
+    let wait = if method == "GET" { READ_TIMEOUT_MS } else { WRITE_TIMEOUT_MS };
+    init.set_signal(Some(&web_sys::AbortSignal::timeout_with_u32(wait)));
     init.set_credentials(web_sys::RequestCredentials::SameOrigin);
     let headers = web_sys::Headers::new().map_err(Error::network)?;
     headers.set("accept", "application/json").map_err(Error::network)?;
@@ -88,10 +96,23 @@ async fn call(method: &str, path: &str, body: Option<String>) -> Result<Value> {
     init.set_headers(&headers);
     let request = web_sys::Request::new_with_str_and_init(path, &init).map_err(Error::network)?;
     let window = web_sys::window().ok_or_else(|| Error::network("no window"))?;
+    let timed_out =
+        |e: &wasm_bindgen::JsValue| e.dyn_ref::<web_sys::DomException>().is_some_and(|d| d.name() == "TimeoutError");
+    let no_answer = |e: wasm_bindgen::JsValue| {
+        if timed_out(&e) {
+            Error {
+                status: 0,
+                message: format!("no answer from the server within {} s", wait / 1000),
+                details: Vec::new(),
+            }
+        } else {
+            Error::network(e)
+        }
+    };
     let resp: web_sys::Response =
-        JsFuture::from(window.fetch_with_request(&request)).await.map_err(Error::network)?.unchecked_into();
+        JsFuture::from(window.fetch_with_request(&request)).await.map_err(no_answer)?.unchecked_into();
     let status = resp.status();
-    let text = JsFuture::from(resp.text().map_err(Error::network)?).await.map_err(Error::network)?;
+    let text = JsFuture::from(resp.text().map_err(Error::network)?).await.map_err(no_answer)?;
     let text = text.as_string().unwrap_or_default();
     let value: Value =
         if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
