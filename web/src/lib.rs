@@ -197,7 +197,22 @@ pub fn every(every: Duration, load: impl Fn() + Clone + 'static) {
 }
 
 /// Loads `url` into `into` (an error stays an error to show).
-pub fn fetch_into(into: RwSignal<Option<api::Result<Value>>>, url: String) {
+/// Data a page shows: nothing yet, the API's error, or its answer.
+pub type Loaded = RwSignal<Option<api::Result<Value>>>;
+
+/// A page's data, not asked for yet.
+pub fn unloaded() -> Loaded {
+    RwSignal::new(None)
+}
+
+/// A page's data, asked for now from `url`.
+pub fn fetched(url: impl Into<String>) -> Loaded {
+    let data = unloaded();
+    fetch_into(data, url.into());
+    data
+}
+
+pub fn fetch_into(into: Loaded, url: String) {
     leptos::task::spawn_local(async move {
         let r = api::get(&url).await;
         into.try_set(Some(r));
@@ -209,7 +224,7 @@ pub fn fetch_into(into: RwSignal<Option<api::Result<Value>>>, url: String) {
 /// filled in one by one would push those below them down while the reader
 /// looks at them (layout shift). Later refreshes update in place.
 pub fn when_loaded<V: IntoView + 'static>(
-    data: Vec<RwSignal<Option<api::Result<Value>>>>,
+    data: Vec<Loaded>,
     page: impl Fn() -> V + Send + Sync + 'static,
 ) -> impl IntoView {
     let ready = Memo::new(move |_| data.iter().all(|d| d.with(Option::is_some)));
@@ -219,10 +234,7 @@ pub fn when_loaded<V: IntoView + 'static>(
 }
 
 /// The shape every page uses for loaded data: nothing yet, an error, or the value.
-pub fn loaded<V: IntoView + 'static>(
-    data: RwSignal<Option<api::Result<Value>>>,
-    show: impl Fn(Value) -> V + Send + Sync + 'static,
-) -> impl IntoView {
+pub fn loaded<V: IntoView + 'static>(data: Loaded, show: impl Fn(Value) -> V + Send + Sync + 'static) -> impl IntoView {
     move || match data.get() {
         None => view! { <p class="muted">"Loading…"</p> }.into_any(),
         Some(Err(e)) => view! { <p class="error" role="alert">{e.to_string()}</p> }.into_any(),

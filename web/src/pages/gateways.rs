@@ -4,22 +4,16 @@
 use leptos::prelude::*;
 use serde_json::{Value, json};
 
-use crate::{api, fetch_into, items, loaded, me, text, when_loaded};
+use crate::{api, fetch_into, fetched, items, loaded, me, text, when_loaded};
 
 #[component]
 pub fn Gateways() -> impl IntoView {
-    let gateways = RwSignal::new(None::<api::Result<Value>>);
-    let status = RwSignal::new(None::<api::Result<Value>>);
-    let consumers = RwSignal::new(None::<api::Result<Value>>);
-    let keys = RwSignal::new(None::<api::Result<Value>>);
-    let limits = RwSignal::new(None::<api::Result<Value>>);
-    let jwt = RwSignal::new(None::<api::Result<Value>>);
-    fetch_into(gateways, "/api/v1/gateways".into());
-    fetch_into(status, "/api/v1/proxy-status".into());
-    fetch_into(consumers, "/api/v1/consumers".into());
-    fetch_into(keys, "/api/v1/apikeys".into());
-    fetch_into(limits, "/api/v1/ratelimitpolicies".into());
-    fetch_into(jwt, "/api/v1/requestauthentications".into());
+    let gateways = fetched("/api/v1/gateways");
+    let status = fetched("/api/v1/proxy-status");
+    let consumers = fetched("/api/v1/consumers");
+    let keys = fetched("/api/v1/apikeys");
+    let limits = fetched("/api/v1/ratelimitpolicies");
+    let jwt = fetched("/api/v1/requestauthentications");
     let can_edit = me().can_edit();
     let new_key = RwSignal::new(None::<Result<Value, api::Error>>);
     let make_key = move |ns: String, consumer: String| {

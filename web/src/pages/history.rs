@@ -3,11 +3,11 @@
 use leptos::prelude::*;
 use serde_json::Value;
 
-use crate::{api, fetch_into, loaded, me, text};
+use crate::{api, fetch_into, loaded, me, text, unloaded};
 
 #[component]
 pub fn History() -> impl IntoView {
-    let data = RwSignal::new(None::<api::Result<Value>>);
+    let data = unloaded();
     let reload = move || fetch_into(data, "/api/v1/history?limit=200&objects=true".into());
     reload();
     let open = RwSignal::new(None::<i64>);

@@ -6,12 +6,12 @@ use std::time::Duration;
 use leptos::prelude::*;
 use serde_json::Value;
 
-use crate::{api, every, fetch_into, loaded, rate, when_loaded};
+use crate::{every, fetch_into, loaded, rate, unloaded, when_loaded};
 
 #[component]
 pub fn Overview() -> impl IntoView {
-    let graph = RwSignal::new(None::<api::Result<Value>>);
-    let series = RwSignal::new(None::<api::Result<Value>>);
+    let graph = unloaded();
+    let series = unloaded();
     every(Duration::from_secs(5), move || {
         fetch_into(graph, "/api/v1/graph?window=5m".into());
         fetch_into(series, "/api/v1/stats/services?window=15m".into());

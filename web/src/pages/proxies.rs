@@ -5,13 +5,13 @@ use std::time::Duration;
 use leptos::prelude::*;
 use serde_json::Value;
 
-use crate::{api, every, fetch_into, loaded, text};
+use crate::{api, every, fetch_into, loaded, text, unloaded};
 
 #[component]
 pub fn Proxies() -> impl IntoView {
-    let data = RwSignal::new(None::<api::Result<Value>>);
+    let data = unloaded();
     every(Duration::from_secs(3), move || fetch_into(data, "/api/v1/proxy-status".into()));
-    let config = RwSignal::new(None::<api::Result<Value>>);
+    let config = unloaded();
     let open = RwSignal::new(None::<String>);
     view! {
         <h1>"Proxies"</h1>

@@ -8,12 +8,11 @@ use leptos::prelude::*;
 use leptos_router::hooks::{use_navigate, use_params_map};
 use serde_json::{Value, json};
 
-use crate::{api, fetch_into, loaded, me, text};
+use crate::{api, fetch_into, fetched, loaded, me, text, unloaded};
 
 #[component]
 pub fn RouteList() -> impl IntoView {
-    let data = RwSignal::new(None::<api::Result<Value>>);
-    fetch_into(data, "/api/v1/virtualservices".into());
+    let data = fetched("/api/v1/virtualservices");
     let can_edit = me().can_edit();
     view! {
         <div class="row" style="justify-content:space-between">
@@ -156,8 +155,7 @@ pub fn RouteEditor() -> impl IntoView {
     let ns = params.read_untracked().get("ns").unwrap_or_default();
     let name = params.read_untracked().get("name").unwrap_or_default();
     let url = format!("/api/v1/namespaces/{ns}/virtualservices/{name}");
-    let loaded_doc = RwSignal::new(None::<api::Result<Value>>);
-    fetch_into(loaded_doc, url.clone());
+    let loaded_doc = fetched(url.clone());
     view! {
         <h1>{format!("Route {ns}/{name}")}</h1>
         {loaded(loaded_doc, move |doc| view! { <Editor url=url.clone() original=doc/> })}
@@ -294,10 +292,9 @@ fn RouteForm(doc: RwSignal<Value>, can_edit: bool) -> impl IntoView {
     // A memo: the routes are rebuilt when one is added or removed, not at
     // every edit (which would swap the slider out from under the pointer).
     let routes = Memo::new(move |_| doc.with(|d| d["spec"]["http"].as_array().map_or(0, Vec::len)));
-    let routes = move || routes.get();
     view! {
-        {move || (routes() == 0).then(|| view! { <p class="empty">"This VirtualService has no HTTP routes (tcp and tls routes are edited as YAML)."</p> })}
-        {move || (0..routes()).map(|i| view! { <HttpRoute doc=doc i=i can_edit=can_edit/> }).collect_view()}
+        {move || (routes.get() == 0).then(|| view! { <p class="empty">"This VirtualService has no HTTP routes (tcp and tls routes are edited as YAML)."</p> })}
+        {move || (0..routes.get()).map(|i| view! { <HttpRoute doc=doc i=i can_edit=can_edit/> }).collect_view()}
     }
 }
 
@@ -762,7 +759,7 @@ fn Conditions(
 /// Which proxies run the new revision, until all do.
 #[component]
 fn Propagation(revision: i64) -> impl IntoView {
-    let status = RwSignal::new(None::<api::Result<Value>>);
+    let status = unloaded();
     crate::every(Duration::from_secs(1), move || fetch_into(status, "/api/v1/proxy-status".into()));
     view! {
         <section class="panel" id="propagation" aria-live="polite">

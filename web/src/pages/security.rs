@@ -4,20 +4,15 @@
 use leptos::prelude::*;
 use serde_json::{Value, json};
 
-use crate::{api, fetch_into, items, loaded, me, text, when_loaded};
+use crate::{api, fetch_into, fetched, items, loaded, me, text, when_loaded};
 
 #[component]
 pub fn Security() -> impl IntoView {
-    let peer = RwSignal::new(None::<api::Result<Value>>);
-    let authz = RwSignal::new(None::<api::Result<Value>>);
-    let ca = RwSignal::new(None::<api::Result<Value>>);
-    let certs = RwSignal::new(None::<api::Result<Value>>);
-    let tokens = RwSignal::new(None::<api::Result<Value>>);
-    fetch_into(peer, "/api/v1/peerauthentications".into());
-    fetch_into(authz, "/api/v1/authorizationpolicies".into());
-    fetch_into(ca, "/api/v1/ca".into());
-    fetch_into(certs, "/api/v1/certificates".into());
-    fetch_into(tokens, "/api/v1/tokens".into());
+    let peer = fetched("/api/v1/peerauthentications");
+    let authz = fetched("/api/v1/authorizationpolicies");
+    let ca = fetched("/api/v1/ca");
+    let certs = fetched("/api/v1/certificates");
+    let tokens = fetched("/api/v1/tokens");
     let can_edit = me().can_edit();
 
     // Namespace-wide mTLS: the PeerAuthentication named `default` there, as Istio's docs write it.

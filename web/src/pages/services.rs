@@ -10,14 +10,12 @@ use leptos::prelude::*;
 use leptos_router::hooks::use_params_map;
 use serde_json::Value;
 
-use crate::{api, every, fetch_into, loaded, rate, text, when_loaded};
+use crate::{api, every, fetch_into, fetched, loaded, rate, text, unloaded, when_loaded};
 
 #[component]
 pub fn ServiceList() -> impl IntoView {
-    let entries = RwSignal::new(None::<api::Result<Value>>);
-    let proxies = RwSignal::new(None::<api::Result<Value>>);
-    fetch_into(entries, "/api/v1/serviceentries".into());
-    fetch_into(proxies, "/api/v1/proxy-status".into());
+    let entries = fetched("/api/v1/serviceentries");
+    let proxies = fetched("/api/v1/proxy-status");
     view! {
         <h1>"Services"</h1>
         {loaded(entries, move |e| {
@@ -66,19 +64,14 @@ pub fn ServiceView() -> impl IntoView {
     let ns = params.read_untracked().get("ns").unwrap_or_default();
     let name = params.read_untracked().get("name").unwrap_or_default();
     let window = RwSignal::new("15m".to_string());
-    let stats = RwSignal::new(None::<api::Result<Value>>);
-    let entries = RwSignal::new(None::<api::Result<Value>>);
-    let proxies = RwSignal::new(None::<api::Result<Value>>);
-    let certs = RwSignal::new(None::<api::Result<Value>>);
-    let vss = RwSignal::new(None::<api::Result<Value>>);
-    let drs = RwSignal::new(None::<api::Result<Value>>);
-    let authz = RwSignal::new(None::<api::Result<Value>>);
     let n = api::escape(&ns);
-    fetch_into(entries, format!("/api/v1/namespaces/{n}/workloadentries"));
-    fetch_into(certs, "/api/v1/certificates".into());
-    fetch_into(vss, "/api/v1/virtualservices".into());
-    fetch_into(drs, "/api/v1/destinationrules".into());
-    fetch_into(authz, format!("/api/v1/namespaces/{n}/authorizationpolicies"));
+    let stats = unloaded();
+    let entries = fetched(format!("/api/v1/namespaces/{n}/workloadentries"));
+    let proxies = unloaded();
+    let certs = fetched("/api/v1/certificates");
+    let vss = fetched("/api/v1/virtualservices");
+    let drs = fetched("/api/v1/destinationrules");
+    let authz = fetched(format!("/api/v1/namespaces/{n}/authorizationpolicies"));
     let name2 = name.clone();
     every(Duration::from_secs(5), move || {
         fetch_into(proxies, "/api/v1/proxy-status".into());

@@ -6,7 +6,7 @@ use leptos::prelude::*;
 use leptos_router::hooks::{use_params_map, use_query_map};
 use serde_json::Value;
 
-use crate::{api, fetch_into, loaded, micros, text};
+use crate::{api, fetch_into, fetched, loaded, micros, text, unloaded};
 
 #[component]
 pub fn TraceSearch() -> impl IntoView {
@@ -18,7 +18,7 @@ pub fn TraceSearch() -> impl IntoView {
     let min = RwSignal::new(given("minDuration"));
     let lookback = RwSignal::new("1h".to_string());
     let range = RwSignal::new((!given("start").is_empty()).then(|| (given("start"), given("end"))));
-    let data = RwSignal::new(None::<api::Result<Value>>);
+    let data = unloaded();
     let search = move || {
         let mut q = match range.get_untracked() {
             Some((start, end)) => {
@@ -97,8 +97,7 @@ pub fn TraceSearch() -> impl IntoView {
 pub fn TraceView() -> impl IntoView {
     let params = use_params_map();
     let id = params.read_untracked().get("id").unwrap_or_default();
-    let data = RwSignal::new(None::<api::Result<Value>>);
-    fetch_into(data, format!("/api/v1/traces/{}", api::escape(&id)));
+    let data = fetched(format!("/api/v1/traces/{}", api::escape(&id)));
     view! {
         <h1>"Trace "<code>{id.clone()}</code></h1>
         {loaded(data, |t| view! { <Waterfall trace=t/> })}

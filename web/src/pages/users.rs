@@ -1,14 +1,14 @@
 //! Users and their roles (admins only), and API tokens.
 
 use leptos::prelude::*;
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::{api, fetch_into, loaded, text, when_loaded};
+use crate::{api, fetch_into, loaded, text, unloaded, when_loaded};
 
 #[component]
 pub fn Users() -> impl IntoView {
-    let users = RwSignal::new(None::<api::Result<Value>>);
-    let tokens = RwSignal::new(None::<api::Result<Value>>);
+    let users = unloaded();
+    let tokens = unloaded();
     let reload = move || {
         fetch_into(users, "/api/v1/users".into());
         fetch_into(tokens, "/api/v1/api-tokens".into());
