@@ -1,7 +1,7 @@
 # Shared by the benchmarks (sourced): start_meshgate runs `meshgate up`
 # ($BIN) on loopback with its data in $W/data (the gateway's --http on
 # $HTTP_ADDR, port 0 unless set; more flags in $UP_ARGS), appends its pid to
-# PIDS and sets MESHGATE_PID, ADMIN, MESH and FP (the CA root's
+# PIDS and sets MESHGATE_PID, ADMIN, MESH, GATEWAY (its --http) and FP (the CA root's
 # fingerprint), and exports MESHGATE_SERVER and MESHGATE_TOKEN for the CLI.
 start_meshgate() {
   mkfifo "$W/up"
@@ -17,6 +17,7 @@ start_meshgate() {
       "meshgate ready "*)
         ADMIN=$(sed -E 's/.*admin=([^ ]+).*/\1/' <<<"$line")
         MESH=$(sed -E 's/.* mesh=([^ ]+).*/\1/' <<<"$line")
+        GATEWAY=$(sed -E 's/.* http=([^ ]+).*/\1/' <<<"$line")
         break;;
     esac
   done <"$W/up"

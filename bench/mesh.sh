@@ -11,7 +11,7 @@
 # and after the load. Needs: nginx wrk.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN=target/release/meshgate
+BIN=${BIN:-target/release/meshgate}
 [ -x "$BIN" ] || cargo build --release -p meshgate
 SECS=${SECS:-20}
 W=$(mktemp -d)
@@ -55,7 +55,7 @@ agent() { # name, extra args...; the ready line goes to $W/NAME.ready
 agent user-service --app 127.0.0.1:18080
 agent orders
 OUT=$(sed -E 's/.* outbound=([^ ]+).*/\1/' "$W/orders.ready")
-rss() { awk '/VmRSS/{printf "%.1f MiB", $2/1024}' "/proc/$1/status"; }
+rss() { awk '/^Rss:/{r=$2} /^Pss:/{p=$2} /^Anonymous:/{a=$2} END{printf "%.1f MiB (anonymous %.1f, PSS %.1f)", r/1024, a/1024, p/1024}' "/proc/$1/smaps_rollup"; }
 echo "idle RSS: user-service agent $(rss "$user_service_PID"), orders agent $(rss "$orders_PID")"
 
 cat >"$W/paced.lua" <<'LUA'
