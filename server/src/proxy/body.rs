@@ -22,7 +22,9 @@ pub enum ProxyBody {
     /// A client's HTTP/1 request body, read by its connection's task.
     Downstream(h1::server::RequestBody),
     /// An upstream's HTTP/1 response body, read straight from its connection.
-    Upstream(h1::client::ResponseBody),
+    /// Boxed: it holds the connection (184 bytes), and every request and
+    /// response moves its body a few times; small bodies come as `Full`.
+    Upstream(Box<h1::client::ResponseBody>),
     /// A gRPC answer made gRPC-Web (its trailers as a last message).
     GrpcWeb(Box<super::grpcweb::WebBody>),
     /// A gRPC server stream transcoded to JSON lines.
@@ -87,5 +89,17 @@ impl Body for ProxyBody {
             ProxyBody::Metered(b) => b.size_hint(),
             ProxyBody::Counted(b) => b.inner.size_hint(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Requests and responses move their body several times on the way
+    /// through the proxy (each move a copy); a large variant makes every one
+    /// of them pay. Box it instead.
+    #[test]
+    fn a_body_stays_small() {
+        assert!(std::mem::size_of::<super::ProxyBody>() <= 48, "{}", std::mem::size_of::<super::ProxyBody>());
+        assert!(std::mem::size_of::<http::Response<super::ProxyBody>>() <= 160);
     }
 }

@@ -211,6 +211,8 @@ pub struct ProxyMetrics {
     own_service: arc_swap::ArcSwapOption<Labelled<Service>>,
     series: Vec<Mutex<HashMap<Key, Arc<Series>>>>,
     count: std::sync::atomic::AtomicUsize,
+    /// Tells this registry's series from another's in the per-thread caches.
+    id: u64,
 }
 
 impl ProxyMetrics {
@@ -287,6 +289,10 @@ impl ProxyMetrics {
             own_service: arc_swap::ArcSwapOption::empty(),
             series: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             count: Default::default(),
+            id: {
+                static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            },
         }
     }
 
@@ -305,8 +311,13 @@ impl ProxyMetrics {
 
     /// The gateway's per-route counts (route `-`: none matched).
     pub fn record_edge(&self, route: &str, consumer: &str, code: u16, limited: bool, denied: Option<&str>) {
-        let mut text = itoa::Buffer::new();
-        self.edge_requests.with_label_values(&[route, consumer, text.format(code)]).inc();
+        EDGE_REQUESTS.with_borrow_mut(|last| {
+            let series = last.get(self, route, consumer, code, || {
+                let mut text = itoa::Buffer::new();
+                self.edge_requests.with_label_values(&[route, consumer, text.format(code)])
+            });
+            series.inc();
+        });
         if limited {
             self.edge_limited.with_label_values(&[route, consumer]).inc();
         }
@@ -317,8 +328,13 @@ impl ProxyMetrics {
 
     /// A gateway request's duration per route (for the built-in time series).
     pub fn record_route_duration(&self, route: &str, code: u16, duration: Duration) {
-        let mut text = itoa::Buffer::new();
-        self.edge_duration.with_label_values(&[route, text.format(code)]).observe(duration.as_secs_f64() * 1000.0);
+        EDGE_DURATION_SERIES.with_borrow_mut(|last| {
+            let series = last.get(self, route, "", code, || {
+                let mut text = itoa::Buffer::new();
+                self.edge_duration.with_label_values(&[route, text.format(code)])
+            });
+            series.observe(duration.as_secs_f64() * 1000.0);
+        });
     }
 
     /// What this proxy served since the last call, per (reporter, caller,
@@ -499,6 +515,38 @@ pub fn caller_with_metadata(by_certificate: &Workload, metadata: &[u8]) -> Workl
         }
     }
     w
+}
+
+thread_local! {
+    /// The series the gateway's last request on this thread counted in:
+    /// under load nearly every request repeats its route and status, and
+    /// finding a series by its label values hashes them and takes a lock.
+    static EDGE_REQUESTS: std::cell::RefCell<LastSeries<IntCounter>> = const { std::cell::RefCell::new(LastSeries::new()) };
+    static EDGE_DURATION_SERIES: std::cell::RefCell<LastSeries<Histogram>> = const { std::cell::RefCell::new(LastSeries::new()) };
+}
+
+/// One remembered series of a metric vector, by the registry it belongs to
+/// (tests run several), route, consumer and status. Series
+/// are never removed from these vectors, so a remembered one stays counted.
+struct LastSeries<M> {
+    hit: Option<(u64, String, String, u16, M)>,
+}
+
+impl<M: Clone> LastSeries<M> {
+    const fn new() -> Self {
+        LastSeries { hit: None }
+    }
+
+    fn get(&mut self, owner: &ProxyMetrics, route: &str, consumer: &str, code: u16, find: impl FnOnce() -> M) -> &M {
+        let same = self
+            .hit
+            .as_ref()
+            .is_some_and(|(o, r, c, s, _)| *o == owner.id && *s == code && r == route && c == consumer);
+        if !same {
+            self.hit = Some((owner.id, route.to_owned(), consumer.to_owned(), code, find()));
+        }
+        &self.hit.as_ref().expect("set above").4
+    }
 }
 
 #[cfg(test)]

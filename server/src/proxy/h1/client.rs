@@ -557,7 +557,7 @@ fn finish(health: &Arc<Health>, fingerprint: u64, ex: Exchanged) -> Response<Pro
             }
             ProxyBody::full(body)
         }
-        Some(decoder) => ProxyBody::Upstream(ResponseBody {
+        Some(decoder) => ProxyBody::Upstream(Box::new(ResponseBody {
             stream: Some(stream),
             buf,
             decoder,
@@ -565,7 +565,7 @@ fn finish(health: &Arc<Health>, fingerprint: u64, ex: Exchanged) -> Response<Pro
             keep_alive,
             health: health.clone(),
             fingerprint,
-        }),
+        })),
     };
     response.map(|()| body)
 }
