@@ -22,7 +22,7 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 
 /// The header carrying Envoy-style response flags on locally made errors.
-pub const RESPONSE_FLAGS: &str = "x-meshgate-response-flags";
+pub const RESPONSE_FLAGS: HeaderName = HeaderName::from_static("x-meshgate-response-flags");
 
 /// The longest a buffered request body may take to arrive.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -91,7 +91,7 @@ pub async fn handle(l: &Listener, peer: SocketAddr, mut req: Request<ProxyBody>)
         };
     }
     let mut resp = route(l, peer, req, &mut info).await;
-    if grpc && resp.status() != StatusCode::OK && resp.headers().contains_key(RESPONSE_FLAGS) {
+    if grpc && resp.status() != StatusCode::OK && resp.headers().contains_key(&RESPONSE_FLAGS) {
         resp = grpc_error(resp);
     }
     let resp = match web {
@@ -116,7 +116,7 @@ fn grpc_error(resp: Response<ProxyBody>) -> Response<ProxyBody> {
     let message = format!(
         "meshgate: HTTP {} ({})",
         resp.status().as_u16(),
-        resp.headers()[RESPONSE_FLAGS].to_str().unwrap_or("")
+        resp.headers()[&RESPONSE_FLAGS].to_str().unwrap_or("")
     );
     let mut out = Response::new(ProxyBody::empty());
     let h = out.headers_mut();
@@ -125,7 +125,7 @@ fn grpc_error(resp: Response<ProxyBody>) -> Response<ProxyBody> {
     if let Ok(v) = HeaderValue::from_str(&message) {
         h.insert("grpc-message", v);
     }
-    if let Some(flags) = resp.headers().get(RESPONSE_FLAGS) {
+    if let Some(flags) = resp.headers().get(&RESPONSE_FLAGS) {
         h.insert(RESPONSE_FLAGS, flags.clone());
     }
     out

@@ -50,7 +50,9 @@ pub fn query_value<'a>(query: &'a str, key: &str) -> Option<&'a str> {
 
 /// A gRPC status code (`grpc-status`) in headers or trailers.
 pub fn grpc_status(h: &http::HeaderMap) -> Option<u32> {
-    h.get("grpc-status")?.to_str().ok()?.trim().parse().ok()
+    // A name made once: looking up by `&str` parses and lowercases it each time.
+    const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+    h.get(&GRPC_STATUS)?.to_str().ok()?.trim().parse().ok()
 }
 
 /// The value of cookie `name` in the request's `Cookie` headers.

@@ -166,7 +166,7 @@ pub fn finish(l: &Listener, started: Started, mut info: Info, resp: Response<Pro
         }
         _ => None,
     };
-    let flags = resp.headers().get(super::handler::RESPONSE_FLAGS).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let flags = resp.headers().get(&super::handler::RESPONSE_FLAGS).and_then(|v| v.to_str().ok()).unwrap_or("");
     let grpc_status = grpc_status(resp.headers());
     // The caller: the peer's certificate at a sidecar's inbound port.
     let caller = match l.reporter {

@@ -170,7 +170,7 @@ impl Transcoder {
     /// The gRPC answer as JSON. Answers made here (no route, no upstream)
     /// and non-gRPC answers pass as they are.
     pub async fn response(&self, call: &Call<'_>, resp: Response<ProxyBody>) -> Response<ProxyBody> {
-        let local = resp.headers().contains_key(super::handler::RESPONSE_FLAGS);
+        let local = resp.headers().contains_key(&super::handler::RESPONSE_FLAGS);
         let grpc = resp
             .headers()
             .get(header::CONTENT_TYPE)
