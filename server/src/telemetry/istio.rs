@@ -419,23 +419,42 @@ impl ProxyMetrics {
             grpc: call.grpc,
             mtls: call.mtls,
         };
+        LAST_SERIES.with_borrow_mut(|last| {
+            // Under load most requests repeat the last one's key: no hash, no lock.
+            let series = match last {
+                Some((id, k, series)) if *id == self.id && *k == key => series,
+                _ => {
+                    let Some(series) = self.find_series(key, call, &own.value, service) else {
+                        return self.dropped.inc();
+                    };
+                    &last.insert((self.id, key, series)).2
+                }
+            };
+            series.requests.inc();
+            series.duration.observe(call.duration.as_secs_f64() * 1000.0);
+            series.request_bytes.observe(call.request_bytes as f64);
+            series.response_bytes.observe(call.response_bytes as f64);
+        });
+    }
+
+    fn find_series(
+        &self,
+        key: Key,
+        call: &Call<'_>,
+        own: &Workload,
+        service: Option<&Labelled<Service>>,
+    ) -> Option<Arc<Series>> {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         key.hash(&mut h);
         let shard = &self.series[h.finish() as usize % SHARDS];
-        let series = {
-            let found = shard.lock().unwrap_or_else(|e| e.into_inner()).get(&key).cloned();
-            match found {
-                Some(s) => s,
-                None => match self.make_series(call, &own.value, service) {
-                    Some(s) => shard.lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_insert(s).clone(),
-                    None => return self.dropped.inc(),
-                },
+        let found = shard.lock().unwrap_or_else(|e| e.into_inner()).get(&key).cloned();
+        match found {
+            Some(s) => Some(s),
+            None => {
+                let s = self.make_series(call, own, service)?;
+                Some(shard.lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_insert(s).clone())
             }
-        };
-        series.requests.inc();
-        series.duration.observe(call.duration.as_secs_f64() * 1000.0);
-        series.request_bytes.observe(call.request_bytes as f64);
-        series.response_bytes.observe(call.response_bytes as f64);
+        }
     }
 
     fn make_series(&self, call: &Call<'_>, own: &Workload, service: Option<&Labelled<Service>>) -> Option<Arc<Series>> {
@@ -523,6 +542,8 @@ thread_local! {
     /// finding a series by its label values hashes them and takes a lock.
     static EDGE_REQUESTS: std::cell::RefCell<LastSeries<IntCounter>> = const { std::cell::RefCell::new(LastSeries::new()) };
     static EDGE_DURATION_SERIES: std::cell::RefCell<LastSeries<Histogram>> = const { std::cell::RefCell::new(LastSeries::new()) };
+    /// The Istio series of this thread's last request, by registry and key.
+    static LAST_SERIES: std::cell::RefCell<Option<(u64, Key, Arc<Series>)>> = const { std::cell::RefCell::new(None) };
 }
 
 /// One remembered series of a metric vector, by the registry it belongs to
