@@ -65,3 +65,19 @@ YAML
   done
   printf '  - match: [{uri: {prefix: /}}]\n    route: [{destination: {host: upstream}}]\n'
 }
+
+# The mesh benchmarks' service, on stdout: `user-service` (port 80, HTTP),
+# its instances the agents that register with `app: user-service`.
+user_service_yaml() {
+  cat <<'YAML'
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: user-service}
+spec:
+  hosts: [user-service]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  workloadSelector: {labels: {app: user-service}}
+YAML
+}

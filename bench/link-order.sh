@@ -51,17 +51,7 @@ chmod +x "$W/vg"
 BIN=$W/vg MG_ROLE=up start_meshgate
 UP_PID=$MESHGATE_PID
 BIN=$REAL
-"$BIN" apply -f - >/dev/null <<YAML
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: user-service}
-spec:
-  hosts: [user-service]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{number: 80, name: http, protocol: HTTP}]
-  workloadSelector: {labels: {app: user-service}}
-YAML
+user_service_yaml | "$BIN" apply -f - >/dev/null
 bench_gateway_yaml 100 | sed "s/18080/$APP_PORT/" | "$BIN" apply -f - >/dev/null
 
 agent() { # role, service, extra args...; sets ${role}_PID and ${role}_OUT (its outbound address)

@@ -30,17 +30,7 @@ nginx -c "$W/app.conf" -p "$W" & PIDS+=($!)
 
 . bench/lib.sh
 start_meshgate
-"$BIN" apply -f - >/dev/null <<'YAML'
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: user-service}
-spec:
-  hosts: [user-service]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{number: 80, name: http, protocol: HTTP}]
-  workloadSelector: {labels: {app: user-service}}
-YAML
+user_service_yaml | "$BIN" apply -f - >/dev/null
 
 agent() { # name, extra args...; the ready line goes to $W/NAME.ready
   local svc=$1; shift
