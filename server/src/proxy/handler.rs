@@ -975,28 +975,40 @@ fn wants_upgrade(headers: &HeaderMap) -> bool {
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Usually there are none: one pass over the (few) names beats a lookup per name.
-    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+    // Usually none is there, or only `connection`: one pass over the (few)
+    // names finds which are, and only those are looked up again to go.
+    let mut present = 0u8;
+    for k in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return;
     }
     // Fields the Connection header names go too; the usual `keep-alive` and
     // `close` are hop-by-hop already, so naming them costs nothing here.
-    // (A cheap clone per value, so the map can change while its names are read.)
-    let mut nth = 0;
-    while let Some(named) = headers.get_all(header::CONNECTION).iter().nth(nth).cloned() {
-        nth += 1;
-        for name in named.as_bytes().split(|b| *b == b',').map(super::h1::trim_ows) {
-            let hop_by_hop = HOP_BY_HOP.iter().any(|h| h.as_str().as_bytes().eq_ignore_ascii_case(name));
-            if name.is_empty() || hop_by_hop || name.eq_ignore_ascii_case(b"close") {
-                continue;
-            }
-            if let Ok(n) = HeaderName::from_bytes(name) {
-                headers.remove(n);
+    if present & 1 != 0 {
+        let mut named = Vec::new();
+        for value in headers.get_all(header::CONNECTION) {
+            for name in value.as_bytes().split(|b| *b == b',').map(super::h1::trim_ows) {
+                let hop_by_hop = HOP_BY_HOP.iter().any(|h| h.as_str().as_bytes().eq_ignore_ascii_case(name));
+                if name.is_empty() || hop_by_hop || name.eq_ignore_ascii_case(b"close") {
+                    continue;
+                }
+                if let Ok(n) = HeaderName::from_bytes(name) {
+                    named.push(n);
+                }
             }
         }
+        for n in named {
+            headers.remove(n);
+        }
     }
-    for h in &HOP_BY_HOP {
-        headers.remove(h);
+    for (i, h) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(h);
+        }
     }
 }
 

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# User-space instructions per gateway request, counted by valgrind's
+# callgrind: exact and free of this machine's noise, unlike requests/s.
+#   bench/gateway-instructions.sh [REQUESTS]      (run by hand; needs valgrind nginx curl)
+# meshgate (release, --workers 1) runs under callgrind with the benchmarks'
+# gateway configuration (100 routes, the last one matches) in front of
+# nginx answering 64 bytes; after 100 warm-up requests the counters are
+# zeroed, REQUESTS (default 1000) requests go through one keep-alive
+# connection, and the script prints instructions per request and the
+# functions that execute them (self cost), and calls per request of
+# malloc, memcpy and header-map hashing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-1000}
+for t in valgrind callgrind_control nginx curl python3; do
+  command -v $t >/dev/null || { echo "missing $t (apt-get install -y valgrind nginx curl)" >&2; exit 2; }
+done
+cargo build --release -p meshgate
+REAL=$PWD/target/release/meshgate
+W=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$W"; }
+trap cleanup EXIT
+APP_PORT=${APP_PORT:-18088}
+cat >"$W/app.conf" <<NG
+daemon off; worker_processes 1; pid $W/app.pid; error_log $W/app.err;
+events { worker_connections 1024; }
+http { access_log off; keepalive_requests 1000000;
+  server { listen 127.0.0.1:$APP_PORT; location / { return 200 "0123456789012345678901234567890123456789012345678901234567890123"; } } }
+NG
+nginx -c "$W/app.conf" -p "$W" & PIDS+=($!)
+cat >"$W/vg" <<SH
+#!/bin/sh
+exec valgrind --tool=callgrind --quiet --callgrind-out-file=$W/cg.%p "$REAL" "\$@"
+SH
+chmod +x "$W/vg"
+. bench/lib.sh
+BIN=$W/vg UP_ARGS="--workers 1" start_meshgate
+BIN=$REAL
+bench_gateway_yaml 100 | sed "s/18080/$APP_PORT/" | "$BIN" apply -f - >/dev/null
+urls() { for _ in $(seq 1 "$1"); do printf 'http://%s/ ' "$GATEWAY"; done; }
+# shellcheck disable=SC2046 # one URL per word: curl reuses its connection
+curl -fsS $(urls 100) >/dev/null
+callgrind_control -z "$MESHGATE_PID" >/dev/null 2>&1
+# shellcheck disable=SC2046
+curl -fsS $(urls "$N") >/dev/null
+callgrind_control -d "$MESHGATE_PID" >/dev/null 2>&1
+echo "meshgate $(git rev-parse --short HEAD), $N requests"
+python3 - "$W/cg.$MESHGATE_PID.1" "$N" <<'PY'
+import collections, re, sys
+names, own, calls = {}, collections.Counter(), collections.Counter()
+fn, callee, after_call = None, None, False
+def name(tok):
+    m = re.match(r'\((\d+)\)(?: (.*))?', tok)
+    if not m:
+        return tok
+    i, n = m.groups()
+    if n:
+        names[i] = n
+    return names.get(i, i)
+for line in open(sys.argv[1]):
+    line = line.rstrip('\n')
+    if line.startswith('fn='):
+        fn = name(line[3:])
+    elif line.startswith('cfn='):
+        callee = name(line[4:])
+    elif line.startswith('calls='):
+        calls[callee] += int(line[6:].split()[0])
+        after_call = True
+    elif line[:1].isdigit() or line[:1] in '+-*':
+        parts = line.split()
+        if len(parts) >= 2:
+            if after_call:
+                after_call = False  # the inclusive cost of that call, not this function's own
+            else:
+                own[fn] += int(parts[1])
+n = int(sys.argv[2])
+total = sum(own.values())
+print(f"user-space instructions per request: {total / n:,.0f}")
+for f in ('malloc', 'http::header::map::hash_elem_using'):
+    print(f"calls per request: {f}: {calls[f] / n:.1f}")
+print(f"calls per request: memcpy: {sum(c for f, c in calls.items() if 'memcpy' in f) / n:.1f}")
+print("top functions (own instructions per request):")
+for f, c in own.most_common(25):
+    print(f"  {c / n:7,.0f}  {100 * c / total:4.1f}%  {f[:100]}")
+PY
