@@ -1050,23 +1050,35 @@ fn prepare_headers(headers: &mut HeaderMap, peer: SocketAddr, scheme: &'static s
     if let Some(xfcc) = client_cert {
         headers.insert(X_FORWARDED_CLIENT_CERT, xfcc.clone());
     }
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) => HeaderValue::from_maybe_shared(Bytes::from(format!("{prev}, {}", peer.ip()))).ok(),
-        None => Some(ip_value(peer.ip())),
-    };
-    if let Some(v) = xff {
-        headers.insert(X_FORWARDED_FOR, v);
+    // Each field found or added with one lookup (an entry), not two.
+    use http::header::Entry;
+    match headers.entry(X_FORWARDED_FOR) {
+        Entry::Occupied(mut e) => {
+            let appended = e.get().to_str().ok().map(|prev| format!("{prev}, {}", peer.ip()));
+            match appended.and_then(|v| HeaderValue::from_maybe_shared(Bytes::from(v)).ok()) {
+                Some(v) => {
+                    e.insert(v);
+                }
+                None => {
+                    e.insert(ip_value(peer.ip()));
+                }
+            }
+        }
+        Entry::Vacant(e) => {
+            e.insert(ip_value(peer.ip()));
+        }
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
-    if !headers.contains_key(&X_FORWARDED_HOST)
-        && let Some(host) = headers.get(header::HOST).cloned()
+    let host = headers.get(header::HOST).cloned();
+    if let Some(host) = host
+        && let Entry::Vacant(e) = headers.entry(X_FORWARDED_HOST)
     {
-        headers.insert(X_FORWARDED_HOST, host);
+        e.insert(host);
     }
-    if !headers.contains_key(&X_REQUEST_ID)
+    if let Entry::Vacant(e) = headers.entry(X_REQUEST_ID)
         && let Ok(v) = HeaderValue::from_bytes(&hex_id())
     {
-        headers.insert(X_REQUEST_ID, v);
+        e.insert(v);
     }
 }
 
