@@ -22,22 +22,12 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$W"; }
 trap cleanup EXIT
 APP_PORT=${APP_PORT:-18088}
-cat >"$W/app.conf" <<NG
-daemon off; worker_processes 1; pid $W/app.pid; error_log $W/app.err;
-events { worker_connections 1024; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:$APP_PORT; location / { return 200 "0123456789012345678901234567890123456789012345678901234567890123"; } } }
-NG
-nginx -c "$W/app.conf" -p "$W" & PIDS+=($!)
-cat >"$W/vg" <<SH
-#!/bin/sh
-exec valgrind --tool=callgrind --quiet --callgrind-out-file=$W/cg.%p "$REAL" "\$@"
-SH
-chmod +x "$W/vg"
 . bench/lib.sh
+start_app "$APP_PORT"
+callgrind_wrapper
 BIN=$W/vg UP_ARGS="--workers 1" start_meshgate
 BIN=$REAL
-bench_gateway_yaml 100 | sed "s/18080/$APP_PORT/" | "$BIN" apply -f - >/dev/null
+bench_gateway_yaml 100 "$APP_PORT" | "$BIN" apply -f - >/dev/null
 urls() { for _ in $(seq 1 "$1"); do printf 'http://%s/ ' "$GATEWAY"; done; }
 # shellcheck disable=SC2046 # one URL per word: curl reuses its connection
 curl -fsS $(urls 100) >/dev/null
@@ -46,7 +36,7 @@ callgrind_control -z "$MESHGATE_PID" >/dev/null 2>&1
 curl -fsS $(urls "$N") >/dev/null
 callgrind_control -d "$MESHGATE_PID" >/dev/null 2>&1
 echo "meshgate $(git rev-parse --short HEAD), $N requests"
-python3 - "$W/cg.$MESHGATE_PID.1" "$N" <<'PY'
+python3 - "$W/cg.run.$MESHGATE_PID.1" "$N" <<'PY'
 import collections, re, sys
 names, own, calls = {}, collections.Counter(), collections.Counter()
 fn, callee, after_call = None, None, False

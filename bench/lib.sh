@@ -28,11 +28,11 @@ start_meshgate() {
 }
 
 # The benchmarks' gateway configuration, on stdout: a Gateway on port 80
-# (hosts `*`), the yardstick's upstream (127.0.0.1:18080) as `upstream`,
+# (hosts `*`), the yardstick's upstream (127.0.0.1:${2:-18080}) as `upstream`,
 # and one VirtualService of ${1:-1} routes whose last one (`prefix: /`) is
 # the one that matches.
 bench_gateway_yaml() {
-  cat <<'YAML'
+  cat <<YAML
 apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata: {name: bench}
@@ -49,7 +49,7 @@ spec:
   hosts: [upstream]
   resolution: STATIC
   ports: [{number: 80, name: http, protocol: HTTP}]
-  endpoints: [{address: 127.0.0.1, ports: {http: 18080}}]
+  endpoints: [{address: 127.0.0.1, ports: {http: ${2:-18080}}}]
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -80,4 +80,27 @@ spec:
   ports: [{number: 80, name: http, protocol: HTTP}]
   workloadSelector: {labels: {app: user-service}}
 YAML
+}
+
+# The app behind the benchmarks: nginx answering 64 bytes on 127.0.0.1:$1
+# (its files in $W), its pid appended to PIDS.
+start_app() {
+  cat >"$W/app.conf" <<NG
+daemon off; worker_processes 1; pid $W/app.pid; error_log $W/app.err;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  server { listen 127.0.0.1:$1; location / { return 200 "0123456789012345678901234567890123456789012345678901234567890123"; } } }
+NG
+  nginx -c "$W/app.conf" -p "$W" & PIDS+=($!)
+}
+
+# Writes $W/vg, which runs $REAL under valgrind's callgrind with the extra
+# valgrind flags given here; each process writes $W/cg.$MG_ROLE.PID (MG_ROLE
+# from its environment, `run` unless set).
+callgrind_wrapper() {
+  cat >"$W/vg" <<SH
+#!/bin/sh
+exec valgrind --tool=callgrind --quiet $* --callgrind-out-file=$W/cg.\${MG_ROLE:-run}.%p "$REAL" "\$@"
+SH
+  chmod +x "$W/vg"
 }

@@ -27,32 +27,18 @@ W=$(mktemp -d)
 PIDS=()
 cleanup() { for ((i=${#PIDS[@]}-1; i>=0; i--)); do kill "${PIDS[$i]}" 2>/dev/null || true; sleep 0.5; done; wait 2>/dev/null || true; rm -rf "$W"; }
 trap cleanup EXIT
-
-# The app: nginx answering 64 bytes.
 APP_PORT=${APP_PORT:-18088}
-cat >"$W/app.conf" <<NG
-daemon off; worker_processes 1; pid $W/app.pid; error_log $W/app.err;
-events { worker_connections 1024; }
-http { access_log off;
-  server { listen 127.0.0.1:$APP_PORT; location / { return 200 "0123456789012345678901234567890123456789012345678901234567890123"; } } }
-NG
-nginx -c "$W/app.conf" -p "$W" & PIDS+=($!)
 
 # Everything meshgate runs here runs under callgrind, which records each
 # function executed (mangled names, as the linker knows them).
-cat >"$W/vg" <<SH
-#!/bin/sh
-exec valgrind --tool=callgrind --quiet --dump-instr=no --compress-strings=no --compress-pos=no --demangle=no \
-  --callgrind-out-file=$W/cg.\$MG_ROLE.%p "$REAL" "\$@"
-SH
-chmod +x "$W/vg"
-
 . bench/lib.sh
+start_app "$APP_PORT"
+callgrind_wrapper --dump-instr=no --compress-strings=no --compress-pos=no --demangle=no
 BIN=$W/vg MG_ROLE=up start_meshgate
 UP_PID=$MESHGATE_PID
 BIN=$REAL
 user_service_yaml | "$BIN" apply -f - >/dev/null
-bench_gateway_yaml 100 | sed "s/18080/$APP_PORT/" | "$BIN" apply -f - >/dev/null
+bench_gateway_yaml 100 "$APP_PORT" | "$BIN" apply -f - >/dev/null
 
 agent() { # role, service, extra args...; sets ${role}_PID and ${role}_OUT (its outbound address)
   local role=$1 svc=$2; shift 2

@@ -20,15 +20,9 @@ PIDS=()
 cleanup() { for ((i=${#PIDS[@]}-1; i>=0; i--)); do kill "${PIDS[$i]}" 2>/dev/null || true; sleep 0.2; done; wait 2>/dev/null || true; rm -rf "$W"; }
 trap cleanup EXIT
 
-cat >"$W/app.conf" <<NG
-daemon off; worker_processes 1; pid $W/app.pid; error_log $W/app.err;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:18080; location / { return 200 "0123456789012345678901234567890123456789012345678901234567890123"; } } }
-NG
-nginx -c "$W/app.conf" -p "$W" & PIDS+=($!)
 
 . bench/lib.sh
+start_app 18080
 start_meshgate
 user_service_yaml | "$BIN" apply -f - >/dev/null
 

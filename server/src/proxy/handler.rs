@@ -1055,14 +1055,8 @@ fn prepare_headers(headers: &mut HeaderMap, peer: SocketAddr, scheme: &'static s
     match headers.entry(X_FORWARDED_FOR) {
         Entry::Occupied(mut e) => {
             let appended = e.get().to_str().ok().map(|prev| format!("{prev}, {}", peer.ip()));
-            match appended.and_then(|v| HeaderValue::from_maybe_shared(Bytes::from(v)).ok()) {
-                Some(v) => {
-                    e.insert(v);
-                }
-                None => {
-                    e.insert(ip_value(peer.ip()));
-                }
-            }
+            let value = appended.and_then(|v| HeaderValue::from_maybe_shared(Bytes::from(v)).ok());
+            e.insert(value.unwrap_or_else(|| ip_value(peer.ip())));
         }
         Entry::Vacant(e) => {
             e.insert(ip_value(peer.ip()));

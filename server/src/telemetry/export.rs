@@ -67,8 +67,9 @@ impl Queue {
         }
     }
 
+    /// Queues the spans this provider wants (see [`Queue::wants`]).
     pub fn offer(&self, spans: &[Arc<Span>], metrics: &TraceMetrics) {
-        for s in spans {
+        for s in spans.iter().filter(|s| self.wants(s)) {
             if self.tx.try_send(s.clone()).is_err() {
                 metrics.dropped.with_label_values(&["queue_full", &self.name]).inc();
             }

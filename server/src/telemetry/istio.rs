@@ -312,11 +312,13 @@ impl ProxyMetrics {
     /// The gateway's per-route counts (route `-`: none matched).
     pub fn record_edge(&self, route: &str, consumer: &str, code: u16, limited: bool, denied: Option<&str>) {
         EDGE_REQUESTS.with_borrow_mut(|last| {
-            let series = last.get(self, route, consumer, code, || {
+            let same = |(r, c, s): &(String, String, u16)| *s == code && r == route && c == consumer;
+            let series = last.get(self.id, same, || {
                 let mut text = itoa::Buffer::new();
-                self.edge_requests.with_label_values(&[route, consumer, text.format(code)])
+                let series = self.edge_requests.with_label_values(&[route, consumer, text.format(code)]);
+                Some(((route.to_owned(), consumer.to_owned(), code), series))
             });
-            series.inc();
+            series.inspect(|s| s.inc());
         });
         if limited {
             self.edge_limited.with_label_values(&[route, consumer]).inc();
@@ -329,11 +331,15 @@ impl ProxyMetrics {
     /// A gateway request's duration per route (for the built-in time series).
     pub fn record_route_duration(&self, route: &str, code: u16, duration: Duration) {
         EDGE_DURATION_SERIES.with_borrow_mut(|last| {
-            let series = last.get(self, route, "", code, || {
-                let mut text = itoa::Buffer::new();
-                self.edge_duration.with_label_values(&[route, text.format(code)])
-            });
-            series.observe(duration.as_secs_f64() * 1000.0);
+            let series = last.get(
+                self.id,
+                |(r, s): &(String, u16)| *s == code && r == route,
+                || {
+                    let mut text = itoa::Buffer::new();
+                    Some(((route.to_owned(), code), self.edge_duration.with_label_values(&[route, text.format(code)])))
+                },
+            );
+            series.inspect(|s| s.observe(duration.as_secs_f64() * 1000.0));
         });
     }
 
@@ -421,14 +427,10 @@ impl ProxyMetrics {
         };
         LAST_SERIES.with_borrow_mut(|last| {
             // Under load most requests repeat the last one's key: no hash, no lock.
-            let series = match last {
-                Some((id, k, series)) if *id == self.id && *k == key => series,
-                _ => {
-                    let Some(series) = self.find_series(key, call, &own.value, service) else {
-                        return self.dropped.inc();
-                    };
-                    &last.insert((self.id, key, series)).2
-                }
+            let found =
+                last.get(self.id, |k| *k == key, || Some((key, self.find_series(key, call, &own.value, service)?)));
+            let Some(series) = found else {
+                return self.dropped.inc();
             };
             series.requests.inc();
             series.duration.observe(call.duration.as_secs_f64() * 1000.0);
@@ -540,33 +542,32 @@ thread_local! {
     /// The series the gateway's last request on this thread counted in:
     /// under load nearly every request repeats its route and status, and
     /// finding a series by its label values hashes them and takes a lock.
-    static EDGE_REQUESTS: std::cell::RefCell<LastSeries<IntCounter>> = const { std::cell::RefCell::new(LastSeries::new()) };
-    static EDGE_DURATION_SERIES: std::cell::RefCell<LastSeries<Histogram>> = const { std::cell::RefCell::new(LastSeries::new()) };
-    /// The Istio series of this thread's last request, by registry and key.
-    static LAST_SERIES: std::cell::RefCell<Option<(u64, Key, Arc<Series>)>> = const { std::cell::RefCell::new(None) };
+    static EDGE_REQUESTS: std::cell::RefCell<LastSeries<(String, String, u16), IntCounter>> = const { std::cell::RefCell::new(LastSeries::new()) };
+    static EDGE_DURATION_SERIES: std::cell::RefCell<LastSeries<(String, u16), Histogram>> = const { std::cell::RefCell::new(LastSeries::new()) };
+    /// The Istio series of this thread's last request.
+    static LAST_SERIES: std::cell::RefCell<LastSeries<Key, Arc<Series>>> = const { std::cell::RefCell::new(LastSeries::new()) };
 }
 
-/// One remembered series of a metric vector, by the registry it belongs to
-/// (tests run several), route, consumer and status. Series
-/// are never removed from these vectors, so a remembered one stays counted.
-struct LastSeries<M> {
-    hit: Option<(u64, String, String, u16, M)>,
+/// One remembered series, by the registry it belongs to (tests run
+/// several) and its key (route, consumer, status; or Istio's ids). Series
+/// are never removed from their vectors, so a remembered one stays counted.
+struct LastSeries<K, M> {
+    hit: Option<(u64, K, M)>,
 }
 
-impl<M: Clone> LastSeries<M> {
+impl<K, M> LastSeries<K, M> {
     const fn new() -> Self {
         LastSeries { hit: None }
     }
 
-    fn get(&mut self, owner: &ProxyMetrics, route: &str, consumer: &str, code: u16, find: impl FnOnce() -> M) -> &M {
-        let same = self
-            .hit
-            .as_ref()
-            .is_some_and(|(o, r, c, s, _)| *o == owner.id && *s == code && r == route && c == consumer);
-        if !same {
-            self.hit = Some((owner.id, route.to_owned(), consumer.to_owned(), code, find()));
+    /// The remembered series if `same` says its key is this one's, else the
+    /// one `find` gives (remembered in its place); `None` when there is none.
+    fn get(&mut self, owner: u64, same: impl FnOnce(&K) -> bool, find: impl FnOnce() -> Option<(K, M)>) -> Option<&M> {
+        let hit = matches!(&self.hit, Some((o, k, _)) if *o == owner && same(k));
+        if !hit {
+            self.hit = find().map(|(k, m)| (owner, k, m));
         }
-        &self.hit.as_ref().expect("set above").4
+        self.hit.as_ref().map(|(_, _, m)| m)
     }
 }
 

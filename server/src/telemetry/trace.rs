@@ -40,24 +40,22 @@ const B3_SPAN: HeaderName = HeaderName::from_static("x-b3-spanid");
 const B3_PARENT: HeaderName = HeaderName::from_static("x-b3-parentspanid");
 const B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
 const B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
+/// Every header [`Context::extract`] reads.
+const CONTEXT_HEADERS: [HeaderName; 6] = [TRACEPARENT, B3, B3_TRACE, B3_SPAN, B3_SAMPLED, B3_FLAGS];
 
 impl Context {
     /// The request's trace, or a new one. W3C first, then B3 single, then B3 multi-header.
     pub fn extract(h: &HeaderMap) -> Context {
         // Most requests bring no context: one pass over the (few) names
-        // tells, where six lookups by name would hash each of them.
-        let any = h.keys().any(|k| {
-            let k = k.as_str();
-            k == TRACEPARENT.as_str() || k == B3.as_str() || k.starts_with("x-b3-")
-        });
-        let incoming = any
-            .then(|| {
-                h.get(&TRACEPARENT)
-                    .and_then(|v| parse_traceparent(v.as_bytes()))
-                    .or_else(|| h.get(&B3).and_then(|v| parse_b3_single(v.as_bytes())))
-                    .or_else(|| parse_b3_multi(h))
-            })
-            .flatten();
+        // tells, where a lookup per context header would hash each of them.
+        let incoming = if h.keys().any(|k| CONTEXT_HEADERS.contains(k)) {
+            h.get(&TRACEPARENT)
+                .and_then(|v| parse_traceparent(v.as_bytes()))
+                .or_else(|| h.get(&B3).and_then(|v| parse_b3_single(v.as_bytes())))
+                .or_else(|| parse_b3_multi(h))
+        } else {
+            None
+        };
         let came = incoming.is_some();
         let (trace_id, parent, sampled) = match incoming {
             Some(Incoming { ids: Some((t, p)), sampled }) => (t, Some(p), sampled),

@@ -540,12 +540,7 @@ impl TraceHub {
         }
         let spans: Vec<Arc<Span>> = spans.into_iter().map(Arc::new).collect();
         for e in &self.exporters {
-            if spans.iter().all(|s| e.wants(s)) {
-                e.offer(&spans, &self.metrics);
-            } else {
-                let wanted: Vec<Arc<Span>> = spans.iter().filter(|s| e.wants(s)).cloned().collect();
-                e.offer(&wanted, &self.metrics);
-            }
+            e.offer(&spans, &self.metrics);
         }
     }
 
