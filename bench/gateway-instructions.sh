@@ -8,7 +8,7 @@
 # zeroed, REQUESTS (default 1000) requests go through one keep-alive
 # connection, and the script prints instructions per request and the
 # functions that execute them (self cost), and calls per request of
-# malloc, memcpy and header-map hashing.
+# malloc, memcpy and header-map hashing. CALLGRIND_OUT=FILE keeps the profile.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-1000}
@@ -36,6 +36,8 @@ callgrind_control -z "$MESHGATE_PID" >/dev/null 2>&1
 curl -fsS $(urls "$N") >/dev/null
 callgrind_control -d "$MESHGATE_PID" >/dev/null 2>&1
 echo "meshgate $(git rev-parse --short HEAD), $N requests"
+# CALLGRIND_OUT=FILE keeps the profile (callgrind_annotate --tree=caller FILE).
+[ -n "${CALLGRIND_OUT:-}" ] && cp "$W/cg.run.$MESHGATE_PID.1" "$CALLGRIND_OUT"
 python3 - "$W/cg.run.$MESHGATE_PID.1" "$N" <<'PY'
 import collections, re, sys
 names, own, calls = {}, collections.Counter(), collections.Counter()

@@ -627,30 +627,33 @@ fn http1_keeps_upstream_connections_and_streams_bodies_both_ways() {
         s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
         s
     };
-    let read_response = |s: &mut std::net::TcpStream| -> String {
-        // Until the head and a body of Content-Length are in.
-        let mut got = Vec::new();
+    // One response off the connection: its head and a body of Content-Length.
+    // Bytes past it (the next pipelined response, when both came in one
+    // read) stay in `pending` for the next call.
+    let read_response = |s: &mut std::net::TcpStream, pending: &mut Vec<u8>| -> String {
         let mut chunk = [0u8; 4096];
         loop {
-            let text = String::from_utf8_lossy(&got).into_owned();
-            if let Some(end) = text.find("\r\n\r\n") {
-                let length = text[..end]
+            if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&pending[..end]).into_owned();
+                let length = head
                     .lines()
                     .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(|v| v.trim().to_string()))
                     .and_then(|v| v.parse::<usize>().ok())
                     .unwrap_or(0);
-                if got.len() >= end + 4 + length {
-                    return text;
+                if pending.len() >= end + 4 + length {
+                    let response: Vec<u8> = pending.drain(..end + 4 + length).collect();
+                    return String::from_utf8_lossy(&response).into_owned();
                 }
             }
             let n = s.read(&mut chunk).unwrap();
-            assert!(n > 0, "connection closed early: {}", String::from_utf8_lossy(&got));
-            got.extend_from_slice(&chunk[..n]);
+            assert!(n > 0, "connection closed early: {}", String::from_utf8_lossy(pending));
+            pending.extend_from_slice(&chunk[..n]);
         }
     };
 
     // Expect: 100-continue is answered before the body is sent.
     let mut s = connect();
+    let mut pending = Vec::new();
     s.write_all(
         format!("POST /echo HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n").as_bytes(),
     )
@@ -659,29 +662,32 @@ fn http1_keeps_upstream_connections_and_streams_bodies_both_ways() {
     s.read_exact(&mut interim).unwrap();
     assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
     s.write_all(b"hello").unwrap();
-    let answer = read_response(&mut s);
+    let answer = read_response(&mut s, &mut pending);
     assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("hello"), "{answer}");
 
     // HTTP/1.0 with keep-alive: two requests on one connection.
     let mut s = connect();
+    let mut pending = Vec::new();
     for _ in 0..2 {
         s.write_all(format!("GET / HTTP/1.0\r\nHost: {HOST}\r\nConnection: keep-alive\r\n\r\n").as_bytes()).unwrap();
-        let answer = read_response(&mut s);
+        let answer = read_response(&mut s, &mut pending);
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         assert!(answer.to_ascii_lowercase().contains("connection: keep-alive"), "{answer}");
         assert!(answer.ends_with("v1"), "{answer}");
     }
     // Pipelined requests are answered in order.
     let mut s = connect();
+    let mut pending = Vec::new();
     s.write_all(format!("GET /a HTTP/1.1\r\nHost: {HOST}\r\n\r\nGET /b HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
         .unwrap();
-    assert!(read_response(&mut s).starts_with("HTTP/1.1 200"));
-    assert!(read_response(&mut s).starts_with("HTTP/1.1 200"));
+    assert!(read_response(&mut s, &mut pending).starts_with("HTTP/1.1 200"));
+    assert!(read_response(&mut s, &mut pending).starts_with("HTTP/1.1 200"));
     assert_eq!(up.last().path, "/b");
     // No Host in HTTP/1.1: 400.
     let mut s = connect();
+    let mut pending = Vec::new();
     s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
-    let answer = read_response(&mut s);
+    let answer = read_response(&mut s, &mut pending);
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
 }
 

@@ -91,6 +91,10 @@ pub async fn handle(l: &Listener, peer: SocketAddr, mut req: Request<ProxyBody>)
         };
     }
     let mut resp = route(l, peer, req, &mut info).await;
+    if grpc {
+        // gRPC answers are read below and by the metrics (`grpc-status`).
+        super::h1::materialize(&mut resp);
+    }
     if grpc && resp.status() != StatusCode::OK && resp.headers().contains_key(&RESPONSE_FLAGS) {
         resp = grpc_error(resp);
     }
@@ -324,15 +328,16 @@ async fn route(
             return resp;
         }
     }
-    let mut lowercased = String::new();
-    let host = request_host(&req, &mut lowercased);
     let mut resp = match route.action.as_ref() {
         Action::Direct { status, body } => {
             let mut r = Response::new(ProxyBody::full(body.clone()));
             *r.status_mut() = *status;
             r
         }
-        Action::Redirect(redirect) => redirect_response(redirect, &req, l.scheme, host),
+        Action::Redirect(redirect) => {
+            let mut lowercased = String::new();
+            redirect_response(redirect, &req, l.scheme, request_host(&req, &mut lowercased))
+        }
         Action::Forward(targets) if connect => tunnel(targets, &req, info).await,
         Action::Forward(targets) => match route.transcoder.as_deref().and_then(|t| Some((t, t.find(&req)?))) {
             // GrpcTranscoder: REST+JSON in, a gRPC call upstream, JSON back.
@@ -346,7 +351,7 @@ async fn route(
     if let (Some(cors), Some(origin)) = (&route.cors, origin)
         && origin.to_str().is_ok_and(|o| cors.allows(o))
     {
-        let h = resp.headers_mut();
+        let h = headers_mut(&mut resp);
         h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
         if cors.allow_credentials {
             h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
@@ -356,10 +361,19 @@ async fn route(
         }
     }
     if let Some((d, limiter)) = &quota {
-        super::ratelimit::headers(resp.headers_mut(), d, limiter);
+        super::ratelimit::headers(headers_mut(&mut resp), d, limiter);
     }
-    route.response_headers.apply(resp.headers_mut());
+    if !route.response_headers.is_empty() {
+        route.response_headers.apply(headers_mut(&mut resp));
+    }
     resp
+}
+
+/// A response's headers to read or change, with an upstream's fields that
+/// were to pass as they came ([`super::h1::RawFields`]) among them.
+fn headers_mut(resp: &mut Response<ProxyBody>) -> &mut HeaderMap {
+    super::h1::materialize(resp);
+    resp.headers_mut()
 }
 
 /// AuthorizationPolicy for a sidecar's inbound request.
@@ -512,7 +526,13 @@ fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         return host.split_once(']').map_or(host, |(h, _)| &h[1..]);
     }
-    host.rsplit_once(':').filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit())).map_or(host, |(h, _)| h)
+    // `name:digits` (or `name:`) loses the port; bytes, not chars: this runs on every request.
+    let b = host.as_bytes();
+    let digits = b.iter().rev().take_while(|c| c.is_ascii_digit()).count();
+    match b.len().checked_sub(digits + 1) {
+        Some(colon) if b[colon] == b':' => &host[..colon],
+        _ => host,
+    }
 }
 
 fn redirect_response<B>(r: &Redirect, req: &Request<B>, scheme: &str, host: &str) -> Response<ProxyBody> {
@@ -775,13 +795,16 @@ async fn forward(
                         resp
                     }
                     Ok(mut resp) => {
+                        // (Fields kept raw are never hop-by-hop ones.)
                         strip_hop_by_hop(resp.headers_mut());
-                        target.response_headers.apply(resp.headers_mut());
+                        if !target.response_headers.is_empty() {
+                            target.response_headers.apply(headers_mut(&mut resp));
+                        }
                         if let Some(cookie) = &set_cookie {
-                            resp.headers_mut().append(header::SET_COOKIE, cookie.clone());
+                            headers_mut(&mut resp).append(header::SET_COOKIE, cookie.clone());
                         }
                         if attempt > 1 && retriable {
-                            resp.headers_mut().insert(RESPONSE_FLAGS, HeaderValue::from_static("URX"));
+                            headers_mut(&mut resp).insert(RESPONSE_FLAGS, HeaderValue::from_static("URX"));
                         }
                         resp
                     }
@@ -1079,6 +1102,24 @@ fn prepare_headers(headers: &mut HeaderMap, peer: SocketAddr, scheme: &'static s
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_port_comes_off_a_host() {
+        for (host, name) in [
+            ("api.example.com:8080", "api.example.com"),
+            ("api.example.com", "api.example.com"),
+            ("api.example.com:", "api.example.com"),
+            ("a:b:80", "a:b"),
+            ("host:8x", "host:8x"),
+            ("[::1]:80", "::1"),
+            ("[::1]", "::1"),
+            ("8080", "8080"),
+            (":80", ""),
+            ("", ""),
+        ] {
+            assert_eq!(strip_port(host), name, "{host}");
+        }
+    }
 
     #[test]
     fn paths_are_normalized_like_envoy() {

@@ -238,13 +238,23 @@ pub(crate) async fn h2_prior_knowledge(stream: &TcpStream) -> bool {
     false
 }
 
+/// A response as HTTP/2 sends it: every field in the header map.
+fn h2_response(mut resp: http::Response<ProxyBody>) -> http::Response<ProxyBody> {
+    h1::materialize(&mut resp);
+    resp
+}
+
 async fn serve_h2<I>(io: I, state: Arc<Listener>, peer: SocketAddr, watcher: hyper_util::server::graceful::Watcher)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
         let state = Arc::clone(&state);
-        async move { Ok::<_, std::convert::Infallible>(handler::handle(&state, peer, req.map(ProxyBody::Hyper)).await) }
+        async move {
+            Ok::<_, std::convert::Infallible>(h2_response(
+                handler::handle(&state, peer, req.map(ProxyBody::Hyper)).await,
+            ))
+        }
     });
     if let Err(e) = watcher.watch(h2_builder().serve_connection(io, service)).await {
         tracing::debug!(error = %e, %peer, "HTTP/2 connection ended with an error");
@@ -264,7 +274,11 @@ pub(crate) async fn serve_h2_until<I>(
 {
     let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
         let state = Arc::clone(&state);
-        async move { Ok::<_, std::convert::Infallible>(handler::handle(&state, peer, req.map(ProxyBody::Hyper)).await) }
+        async move {
+            Ok::<_, std::convert::Infallible>(h2_response(
+                handler::handle(&state, peer, req.map(ProxyBody::Hyper)).await,
+            ))
+        }
     });
     let mut conn = std::pin::pin!(h2_builder().serve_connection(io, service));
     let ended = tokio::select! {

@@ -169,7 +169,8 @@ impl Transcoder {
 
     /// The gRPC answer as JSON. Answers made here (no route, no upstream)
     /// and non-gRPC answers pass as they are.
-    pub async fn response(&self, call: &Call<'_>, resp: Response<ProxyBody>) -> Response<ProxyBody> {
+    pub async fn response(&self, call: &Call<'_>, mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
+        super::h1::materialize(&mut resp);
         let local = resp.headers().contains_key(&super::handler::RESPONSE_FLAGS);
         let grpc = resp
             .headers()

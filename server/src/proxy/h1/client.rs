@@ -21,7 +21,7 @@ use hyper::body::{Body as _, Frame, SizeHint};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
-use super::{Chunk, Decoded, Decoder, FieldAt, MAX_HEAD, MAX_HEADERS};
+use super::{Chunk, Decoded, Decoder, FieldAt, Kind, MAX_HEAD, MAX_HEADERS, RawRuns, Special};
 use crate::proxy::ProxyBody;
 use crate::proxy::tls::UpstreamTls;
 use crate::proxy::upstream::Health;
@@ -226,7 +226,7 @@ pub async fn connect_through(mut stream: Stream, authority: &str, limit: Duratio
             if stream.read_buf(&mut buf).await? == 0 {
                 return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the peer closed the tunnel"));
             }
-            if let Some(response) = parse_head(&mut buf)? {
+            if let Some((response, _)) = parse_head(&mut buf, false)? {
                 return Ok(response.status());
             }
             if buf.len() >= MAX_HEAD {
@@ -406,18 +406,12 @@ async fn exchange(
             Err(e) => return Err((e, buf.is_empty())),
         }
         // 1xx interim responses (other than 101) are skipped.
-        while let Some(response) = parse_head(&mut buf).map_err(|e| (e, false))? {
+        while let Some((response, special)) = parse_head(&mut buf, head_request).map_err(|e| (e, false))? {
             if response.status().is_informational() && response.status() != StatusCode::SWITCHING_PROTOCOLS {
                 continue;
             }
-            let decoder = response_framing(&response, head_request).map_err(|e| (e, false))?;
-            let version_ok = response.version() == Version::HTTP_11;
-            let headers = response.headers();
-            let keep_alive = if version_ok {
-                !super::connection_has(headers, "close")
-            } else {
-                super::connection_has(headers, "keep-alive")
-            };
+            let decoder = response_framing(&response, &special, head_request).map_err(|e| (e, false))?;
+            let keep_alive = if response.version() == Version::HTTP_11 { !special.close } else { special.keep_alive };
             let keep_alive = keep_alive && !matches!(decoder, Some(Decoder::Close));
             return Ok(Exchanged { stream, buf, response, decoder, keep_alive });
         }
@@ -458,8 +452,13 @@ async fn write_body(stream: &mut Stream, body: &mut ProxyBody, chunked: bool) ->
     Ok(())
 }
 
-/// A response head taken off the front of `buf`, once it is all there.
-fn parse_head(buf: &mut BytesMut) -> io::Result<Option<Response<()>>> {
+/// A response head taken off the front of `buf`, once it is all there,
+/// with what this layer reads from its fields. An ordinary response (HTTP/1.1,
+/// with a body, nothing in it the proxy reads or must rewrite) keeps its
+/// fields as the bytes that came, in [`super::RawFields`], for the response
+/// writer to copy: no header map is built for it unless someone asks
+/// ([`super::materialize`]).
+fn parse_head(buf: &mut BytesMut, head_request: bool) -> io::Result<Option<(Response<()>, Special)>> {
     let invalid = |why: &'static str| io::Error::new(io::ErrorKind::InvalidData, why);
     let mut fields = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
     let mut at = [FieldAt::default(); MAX_HEADERS];
@@ -477,21 +476,46 @@ fn parse_head(buf: &mut BytesMut) -> io::Result<Option<Response<()>>> {
         return Err(invalid("malformed upstream response head"));
     };
     let status = StatusCode::from_u16(code).map_err(|_| invalid("invalid upstream status code"))?;
-    let count = parsed.headers.len();
+    let mut special = Special::default();
+    let mut raw = RawRuns::default();
     for (slot, f) in at.iter_mut().zip(parsed.headers.iter()) {
+        let kind = Kind::of(f.name.as_bytes());
+        if kind != Kind::Plain {
+            special.add(kind, f.value);
+        }
         *slot = FieldAt { name: super::offset(buf, f.name.as_bytes()), value: super::offset(buf, f.value) };
+        raw.field(buf, slot.name.0, kind.passes());
     }
+    let count = parsed.headers.len();
+    let plain = minor == 1
+        && !head_request
+        && !status.is_informational()
+        && status != StatusCode::NO_CONTENT
+        && status != StatusCode::NOT_MODIFIED
+        && !special.signal
+        && !special.names_others;
     // Frozen: header values share these bytes; what follows stays in `buf`.
     let head = buf.split_to(len).freeze();
-    let headers = super::header_map(&head, &at[..count]).map_err(|()| invalid("invalid upstream header field"))?;
     let mut response = Response::new(());
     *response.status_mut() = status;
     *response.version_mut() = if minor == 1 { Version::HTTP_11 } else { Version::HTTP_10 };
-    *response.headers_mut() = headers;
-    Ok(Some(response))
+    let head = if plain {
+        match raw.finish(head, special.date) {
+            Ok(raw) => {
+                response.extensions_mut().insert(raw);
+                return Ok(Some((response, special)));
+            }
+            Err(head) => head,
+        }
+    } else {
+        head
+    };
+    *response.headers_mut() =
+        super::header_map(&head, &at[..count]).map_err(|()| invalid("invalid upstream header field"))?;
+    Ok(Some((response, special)))
 }
 
-fn response_framing(response: &Response<()>, head_request: bool) -> io::Result<Option<Decoder>> {
+fn response_framing(response: &Response<()>, special: &Special, head_request: bool) -> io::Result<Option<Decoder>> {
     let status = response.status();
     if head_request
         || status.is_informational()
@@ -500,33 +524,14 @@ fn response_framing(response: &Response<()>, head_request: bool) -> io::Result<O
     {
         return Ok(None);
     }
-    let headers = response.headers();
-    if let Some(last) = headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .map(super::trim_ows)
-        .next_back()
-    {
+    if special.codings > 0 {
         // A response whose last coding is not chunked runs to the close.
-        return Ok(Some(if last.eq_ignore_ascii_case(b"chunked") {
-            Decoder::Chunked(Chunk::Size)
-        } else {
-            Decoder::Close
-        }));
+        return Ok(Some(if special.last_chunked { Decoder::Chunked(Chunk::Size) } else { Decoder::Close }));
     }
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        let n: u64 = std::str::from_utf8(value.as_bytes())
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "invalid upstream Content-Length"))?;
-        if length.is_some_and(|l| l != n) {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "conflicting upstream Content-Length"));
-        }
-        length = Some(n);
+    if let Some(why) = special.bad_length {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("upstream: {}", why.trim_end())));
     }
-    Ok(Some(match length {
+    Ok(Some(match special.length {
         Some(n) => Decoder::Length(n),
         None => Decoder::Close,
     }))
@@ -638,5 +643,59 @@ impl ResponseBody {
             Some(n) => SizeHint::with_exact(n),
             None => SizeHint::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(text: &str, head_request: bool) -> (Response<()>, Special) {
+        let mut buf = BytesMut::from(text.as_bytes());
+        parse_head(&mut buf, head_request).unwrap().unwrap()
+    }
+
+    #[test]
+    fn an_ordinary_response_keeps_its_fields_as_they_came() {
+        let text = "HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Fri\r\nContent-Length: 2\r\nX-A:  b \r\n\
+                    Connection: keep-alive\r\nKeep-Alive: timeout=5\r\nX-C: d\r\n\r\nhi";
+        let (mut resp, special) = head(text, false);
+        assert_eq!(special.length, Some(2));
+        assert!(resp.headers().is_empty());
+        let raw = resp.extensions().get::<super::super::RawFields>().expect("raw fields");
+        let mut out = Vec::new();
+        raw.write(&mut out);
+        assert_eq!(String::from_utf8(out).unwrap(), "Server: nginx\r\nDate: Fri\r\nX-A:  b \r\nX-C: d\r\n");
+        assert!(raw.has_date());
+        // Read or changed, they are the fields a header map would have held, without the hop-by-hop ones.
+        super::super::materialize(&mut resp);
+        assert!(resp.extensions().get::<super::super::RawFields>().is_none());
+        let fields: Vec<_> = resp.headers().iter().map(|(n, v)| (n.as_str(), v.to_str().unwrap())).collect();
+        assert_eq!(fields, [("server", "nginx"), ("date", "Fri"), ("x-a", "b"), ("x-c", "d")]);
+    }
+
+    #[test]
+    fn responses_the_proxy_reads_or_must_rewrite_get_a_header_map() {
+        for text in [
+            // A field the proxy reads from responses.
+            "HTTP/1.1 200 OK\r\ngrpc-status: 0\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.1 503 Service Unavailable\r\nx-meshgate-response-flags: UF\r\nContent-Length: 0\r\n\r\n",
+            // Connection names a field that must go.
+            "HTTP/1.1 200 OK\r\nConnection: X-Secret\r\nX-Secret: 1\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.0 200 OK\r\nX-A: b\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.1 204 No Content\r\nX-A: b\r\n\r\n",
+            // Lines not ended by CRLF.
+            "HTTP/1.1 200 OK\nX-A: b\nContent-Length: 0\n\n",
+            // Five runs of passing lines.
+            "HTTP/1.1 200 OK\r\nA: 1\r\nConnection: keep-alive\r\nB: 1\r\nKeep-Alive: x\r\nC: 1\r\nTE: x\r\nD: 1\r\n\
+             Trailer: x\r\nE: 1\r\nContent-Length: 0\r\n\r\n",
+        ] {
+            let (resp, _) = head(text, false);
+            assert!(resp.extensions().get::<super::super::RawFields>().is_none(), "{text:?}");
+            assert!(!resp.headers().is_empty(), "{text:?}");
+        }
+        // The answer to HEAD: its Content-Length must reach the client.
+        let (resp, _) = head("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true);
+        assert_eq!(resp.headers()["content-length"], "5");
     }
 }

@@ -219,12 +219,224 @@ pub fn write_chunk_header(out: &mut Vec<u8>, len: usize) {
     let _ = write!(out, "{len:x}\r\n");
 }
 
-/// Whether a `Connection` header lists `token`.
-pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .any(|v| v.as_bytes().split(|b| *b == b',').any(|t| trim_ows(t).eq_ignore_ascii_case(token.as_bytes())))
+/// What a field means to the HTTP/1 layer itself.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Kind {
+    /// Passed on as it is.
+    Plain,
+    Host,
+    Date,
+    Expect,
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    /// `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`, `Upgrade`.
+    HopByHop,
+    /// Read by the proxy from responses (`x-meshgate-response-flags`, `grpc-status`).
+    Signal,
+}
+
+impl Kind {
+    /// By the name's length first, so most names are told apart without a comparison.
+    pub(crate) fn of(name: &[u8]) -> Kind {
+        let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+        match name.len() {
+            2 if is("te") => Kind::HopByHop,
+            4 if is("host") => Kind::Host,
+            4 if is("date") => Kind::Date,
+            6 if is("expect") => Kind::Expect,
+            7 if is("upgrade") || is("trailer") => Kind::HopByHop,
+            10 if is("connection") => Kind::Connection,
+            10 if is("keep-alive") => Kind::HopByHop,
+            11 if is("grpc-status") => Kind::Signal,
+            14 if is("content-length") => Kind::ContentLength,
+            16 if is("proxy-connection") => Kind::HopByHop,
+            17 if is("transfer-encoding") => Kind::TransferEncoding,
+            25 if is("x-meshgate-response-flags") => Kind::Signal,
+            _ => Kind::Plain,
+        }
+    }
+
+    /// Whether a response field goes on to the client as it came (framing
+    /// and hop-by-hop fields are this layer's own).
+    pub(crate) fn passes(self) -> bool {
+        matches!(self, Kind::Plain | Kind::Host | Kind::Date | Kind::Expect)
+    }
+}
+
+/// What the HTTP/1 layer reads from a head (framing, persistence, `Host`,
+/// `Expect`), gathered in one pass over the parsed fields instead of by
+/// header-map lookups.
+#[derive(Default, Debug)]
+pub(crate) struct Special {
+    pub hosts: u32,
+    /// The `Content-Length` all fields (and list members) agree on.
+    pub length: Option<u64>,
+    /// Why the `Content-Length` fields are unusable, if they are.
+    pub bad_length: Option<&'static str>,
+    /// `Transfer-Encoding` codings: how many, and whether the first and the last are `chunked`.
+    pub codings: u32,
+    pub first_chunked: bool,
+    pub last_chunked: bool,
+    /// `Connection` tokens: `close`, `keep-alive`, and whether it names anything else.
+    pub close: bool,
+    pub keep_alive: bool,
+    pub names_others: bool,
+    /// `Expect`: whether there is one, and whether it is `100-continue`.
+    pub expect: Option<bool>,
+    pub date: bool,
+    /// Some field is one the proxy reads from responses.
+    pub signal: bool,
+}
+
+impl Special {
+    pub(crate) fn add(&mut self, kind: Kind, value: &[u8]) {
+        match kind {
+            Kind::Plain | Kind::HopByHop => {}
+            Kind::Host => self.hosts += 1,
+            Kind::Date => self.date = true,
+            Kind::Expect => {
+                self.expect = Some(value.eq_ignore_ascii_case(b"100-continue") && self.expect != Some(false))
+            }
+            Kind::ContentLength => {
+                for part in value.split(|b| *b == b',').map(trim_ows) {
+                    let n = (!part.is_empty() && part.len() <= 19 && part.iter().all(u8::is_ascii_digit))
+                        .then(|| part.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')));
+                    match n {
+                        None => self.bad_length = Some("invalid Content-Length\n"),
+                        Some(n) if self.length.is_some_and(|l| l != n) => {
+                            self.bad_length = self.bad_length.or(Some("conflicting Content-Length headers\n"));
+                        }
+                        Some(n) => self.length = Some(n),
+                    }
+                }
+            }
+            Kind::TransferEncoding => {
+                for token in value.split(|b| *b == b',').map(trim_ows) {
+                    let chunked = token.eq_ignore_ascii_case(b"chunked");
+                    if self.codings == 0 {
+                        self.first_chunked = chunked;
+                    }
+                    self.codings += 1;
+                    self.last_chunked = chunked;
+                }
+            }
+            Kind::Connection => {
+                for token in value.split(|b| *b == b',').map(trim_ows) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        self.close = true;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        self.keep_alive = true;
+                    } else if !token.is_empty() {
+                        self.names_others = true;
+                    }
+                }
+            }
+            Kind::Signal => self.signal = true,
+        }
+    }
+}
+
+/// Ordinary responses keep their passing fields in one or two runs of
+/// lines (what goes is usually `Content-Length` and `Connection`); more
+/// runs than this and the response takes a header map instead.
+const MAX_RUNS: usize = 4;
+
+/// The fields of an upstream's response head that go on to the client
+/// unchanged, as runs of lines in the head's own bytes: the response writer
+/// copies them, and no header map is built for them. A response extension,
+/// so it goes wherever the response goes; whoever reads or changes the
+/// response's headers calls [`materialize`] first.
+#[derive(Clone)]
+pub struct RawFields {
+    head: Bytes,
+    runs: [(u32, u32); MAX_RUNS],
+    count: u8,
+    date: bool,
+}
+
+impl RawFields {
+    /// Appends the fields, as they came (`name: value\r\n` lines).
+    pub fn write(&self, out: &mut Vec<u8>) {
+        for &(start, end) in &self.runs[..self.count as usize] {
+            out.extend_from_slice(&self.head[start as usize..end as usize]);
+        }
+    }
+
+    pub fn has_date(&self) -> bool {
+        self.date
+    }
+}
+
+/// Collects [`RawFields`]' runs while a head's fields are classified.
+#[derive(Default)]
+pub(crate) struct RawRuns {
+    runs: [(u32, u32); MAX_RUNS],
+    count: usize,
+    /// The line being collected: where it starts, and whether it passes.
+    open: Option<(u32, bool)>,
+    unusable: bool,
+}
+
+impl RawRuns {
+    /// The next field's line starts at `start` (its name), ending the one before.
+    pub(crate) fn field(&mut self, head: &[u8], start: u32, passes: bool) {
+        self.close(head, start);
+        self.open = Some((start, passes));
+    }
+
+    fn close(&mut self, head: &[u8], end: u32) {
+        let Some((start, passes)) = self.open.take() else { return };
+        if !passes {
+            return;
+        }
+        // Only lines ended by CRLF are copied as they are.
+        if end < start + 2 || head.get(end as usize - 2..end as usize) != Some(b"\r\n".as_slice()) {
+            self.unusable = true;
+            return;
+        }
+        match self.runs[..self.count].last_mut() {
+            Some(run) if run.1 == start => run.1 = end,
+            _ if self.count == MAX_RUNS => self.unusable = true,
+            _ => {
+                self.runs[self.count] = (start, end);
+                self.count += 1;
+            }
+        }
+    }
+
+    /// The runs over `head` (the whole head, ended by its empty line), or
+    /// `head` back when they cannot be copied as they are.
+    pub(crate) fn finish(mut self, head: Bytes, date: bool) -> Result<RawFields, Bytes> {
+        if !head.ends_with(b"\r\n\r\n") {
+            return Err(head);
+        }
+        self.close(&head, head.len() as u32 - 2);
+        if self.unusable {
+            return Err(head);
+        }
+        Ok(RawFields { head, runs: self.runs, count: self.count as u8, date })
+    }
+}
+
+/// Turns a response's [`RawFields`], if it has them, into header-map
+/// entries, so that its headers can be read or changed.
+pub fn materialize<B>(resp: &mut http::Response<B>) {
+    let Some(raw) = resp.extensions_mut().remove::<RawFields>() else { return };
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut fields);
+    // It parsed when it came; the fields that passed go into the map.
+    if !matches!(parsed.parse(&raw.head), Ok(httparse::Status::Complete(_))) {
+        return;
+    }
+    let map = resp.headers_mut();
+    for f in parsed.headers.iter().filter(|f| Kind::of(f.name.as_bytes()).passes()) {
+        if let (Ok(name), Ok(value)) =
+            (HeaderName::from_bytes(f.name.as_bytes()), HeaderValue::from_maybe_shared(raw.head.slice_ref(f.value)))
+        {
+            map.append(name, value);
+        }
+    }
 }
 
 /// Where header `name` and `value` sit in a head buffer, found while
@@ -327,6 +539,50 @@ mod tests {
         let mut d = Decoder::Chunked(Chunk::Size);
         assert!(matches!(d.decode(&mut buf, true), Ok(Decoded::Data(_))));
         assert!(matches!(d.decode(&mut buf, true), Err(FramingError::Truncated)));
+    }
+
+    #[test]
+    fn fields_are_told_apart_in_one_pass() {
+        let mut s = Special::default();
+        for (name, value) in [
+            ("Host", "a"),
+            ("content-length", "5, 5"),
+            ("Connection", "close, Upgrade"),
+            ("Expect", "100-continue"),
+            ("DATE", "x"),
+            ("x-custom", "y"),
+        ] {
+            s.add(Kind::of(name.as_bytes()), value.as_bytes());
+        }
+        assert_eq!((s.hosts, s.length, s.bad_length), (1, Some(5), None));
+        assert!(s.close && s.names_others && !s.keep_alive && s.date && !s.signal);
+        assert_eq!(s.expect, Some(true));
+
+        let mut s = Special::default();
+        s.add(Kind::ContentLength, b"5");
+        s.add(Kind::ContentLength, b"6");
+        assert_eq!(s.bad_length, Some("conflicting Content-Length headers\n"));
+        s.add(Kind::ContentLength, b"-1");
+        assert_eq!(s.bad_length, Some("invalid Content-Length\n"));
+
+        let mut s = Special::default();
+        s.add(Kind::of(b"Transfer-Encoding"), b"gzip, chunked");
+        s.add(Kind::of(b"Expect"), b"something-else");
+        assert_eq!((s.codings, s.first_chunked, s.last_chunked), (2, false, true));
+        assert_eq!(s.expect, Some(false));
+
+        for (name, kind) in [
+            (&b"X-Meshgate-Response-Flags"[..], Kind::Signal),
+            (b"grpc-status", Kind::Signal),
+            (b"Keep-Alive", Kind::HopByHop),
+            (b"Proxy-Connection", Kind::HopByHop),
+            (b"te", Kind::HopByHop),
+            (b"Upgrade", Kind::HopByHop),
+            (b"tes", Kind::Plain),
+            (b"content-type", Kind::Plain),
+        ] {
+            assert_eq!(Kind::of(name), kind, "{}", String::from_utf8_lossy(name));
+        }
     }
 
     #[test]

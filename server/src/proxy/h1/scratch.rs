@@ -80,7 +80,8 @@ pub fn map(fields: usize) -> HeaderMap {
 /// share), for the next [`map`].
 pub fn give_map(mut map: HeaderMap) {
     map.clear();
-    if map.capacity() <= MAX_FIELDS {
+    // A map that never held anything (a response whose fields stayed raw) has no room worth keeping.
+    if map.capacity() > 0 && map.capacity() <= MAX_FIELDS {
         give(&MAPS, map);
     }
 }

@@ -25,7 +25,7 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::{Chunk, Decoded, Decoder, FieldAt, MAX_HEAD, MAX_HEADERS};
+use super::{Chunk, Decoded, Decoder, FieldAt, Kind, MAX_HEAD, MAX_HEADERS, Special};
 use crate::proxy::{Listener, ProxyBody, handler};
 
 /// How long a client may take to send a request head, and how long an idle
@@ -81,10 +81,13 @@ pub async fn serve<R: ClientRead, W: AsyncWrite + Unpin + Send>(
         let head = {
             let mut reading = std::pin::pin!(read_head(&mut r, &mut buf));
             loop {
+                // The head first: when it is there, the shutdown signal and
+                // the timer are not polled at all (shutdown still ends the
+                // connection after this request: the writer reads it).
                 tokio::select! {
                     biased;
-                    _ = &mut stop => return,
                     head = &mut reading => break Ok(head),
+                    _ = &mut stop => return,
                     () = &mut timer => {
                         if Instant::now() >= deadline {
                             break Err(());
@@ -307,9 +310,20 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<RequestHead>, HeadError> {
     };
     let method = Method::from_bytes(method.as_bytes()).map_err(|_| bad("invalid method\n"))?;
     let path_at = super::offset(buf, path.as_bytes());
-    let count = parsed.headers.len();
-    for (slot, f) in at.iter_mut().zip(parsed.headers.iter()) {
-        *slot = FieldAt { name: super::offset(buf, f.name.as_bytes()), value: super::offset(buf, f.value) };
+    // One pass tells what this layer needs (framing, persistence, Host,
+    // Expect) without a header-map lookup; `Expect` is answered here and
+    // goes no further.
+    let mut special = Special::default();
+    let mut count = 0;
+    for f in parsed.headers.iter() {
+        let kind = Kind::of(f.name.as_bytes());
+        if kind != Kind::Plain {
+            special.add(kind, f.value);
+        }
+        if kind != Kind::Expect {
+            at[count] = FieldAt { name: super::offset(buf, f.name.as_bytes()), value: super::offset(buf, f.value) };
+            count += 1;
+        }
     }
     let head = buf.split_to(len).freeze();
     let headers = super::header_map(&head, &at[..count]).map_err(|()| bad("invalid header field\n"))?;
@@ -317,66 +331,48 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<RequestHead>, HeadError> {
         .map_err(|_| bad("invalid request target\n"))?;
     let version = if minor == 1 { Version::HTTP_11 } else { Version::HTTP_10 };
 
-    let hosts = headers.get_all(header::HOST).iter().count();
-    if hosts > 1 || (hosts == 0 && version == Version::HTTP_11) {
+    if special.hosts > 1 || (special.hosts == 0 && version == Version::HTTP_11) {
         return Err(bad("exactly one Host header is required\n"));
     }
-    let decoder = framing(&headers, version)?;
+    let decoder = framing(&special, version)?;
     let keep_alive = match version {
-        Version::HTTP_11 => !super::connection_has(&headers, "close"),
-        _ => super::connection_has(&headers, "keep-alive"),
+        Version::HTTP_11 => !special.close,
+        _ => special.keep_alive,
     };
-    let mut expect_continue = false;
-    if let Some(expect) = headers.get(header::EXPECT) {
-        if !expect.as_bytes().eq_ignore_ascii_case(b"100-continue") {
+    let expect_continue = match special.expect {
+        None => false,
+        Some(true) => true,
+        Some(false) => {
             return Err(HeadError::Refused(StatusCode::EXPECTATION_FAILED, "unsupported expectation\n"));
         }
-        expect_continue = true;
-    }
+    };
     let mut request = Request::new(());
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.version_mut() = version;
     *request.headers_mut() = headers;
-    // Answered here (100 Continue); the upstream must not wait for it again.
-    request.headers_mut().remove(header::EXPECT);
     Ok(Some(RequestHead { request, decoder, keep_alive, expect_continue }))
 }
 
 /// How the request body is delimited (RFC 9112 section 6.3), refusing every
 /// ambiguity a smuggling attempt relies on.
-fn framing(headers: &HeaderMap, version: Version) -> Result<Option<Decoder>, HeadError> {
-    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter().peekable();
-    if codings.peek().is_some() {
-        if headers.contains_key(header::CONTENT_LENGTH) {
+fn framing(special: &Special, version: Version) -> Result<Option<Decoder>, HeadError> {
+    if special.codings > 0 {
+        if special.length.is_some() || special.bad_length.is_some() {
             return Err(bad("both Content-Length and Transfer-Encoding\n"));
         }
         if version != Version::HTTP_11 {
             return Err(bad("Transfer-Encoding in an HTTP/1.0 request\n"));
         }
-        let mut tokens = codings.flat_map(|v| v.as_bytes().split(|b| *b == b',')).map(super::trim_ows);
-        let only_chunked = tokens.next().is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")) && tokens.next().is_none();
-        if !only_chunked {
+        if !(special.codings == 1 && special.first_chunked) {
             return Err(HeadError::Refused(StatusCode::NOT_IMPLEMENTED, "unsupported transfer coding\n"));
         }
         return Ok(Some(Decoder::Chunked(Chunk::Size)));
     }
-    let mut length: Option<u64> = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|b| *b == b',') {
-            let part = super::trim_ows(part);
-            if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
-                return Err(bad("invalid Content-Length\n"));
-            }
-            let n: u64 =
-                std::str::from_utf8(part).ok().and_then(|s| s.parse().ok()).ok_or(bad("invalid Content-Length\n"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(bad("conflicting Content-Length headers\n"));
-            }
-            length = Some(n);
-        }
+    if let Some(why) = special.bad_length {
+        return Err(bad(why));
     }
-    Ok(length.filter(|n| *n > 0).map(Decoder::Length))
+    Ok(special.length.filter(|n| *n > 0).map(Decoder::Length))
 }
 
 enum Item {
@@ -537,6 +533,11 @@ async fn write_response<W: AsyncWrite + Unpin + Send>(
         // HTTP/1.0 client, unknown length: the end of the body is the end of the connection.
         keep_alive = false;
     }
+    // An upstream's fields that pass as they came.
+    let raw = resp.extensions_mut().remove::<super::RawFields>();
+    if let Some(raw) = &raw {
+        raw.write(&mut out);
+    }
     let headers = resp.headers();
     if upgraded.is_some() {
         super::write_fields(&mut out, headers, |_| false);
@@ -555,7 +556,7 @@ async fn write_response<W: AsyncWrite + Unpin + Send>(
             out.extend_from_slice(b"connection: keep-alive\r\n");
         }
     }
-    if !headers.contains_key(header::DATE) {
+    if !raw.as_ref().is_some_and(super::RawFields::has_date) && !headers.contains_key(header::DATE) {
         super::write_field(&mut out, "date", super::date().as_bytes());
     }
     out.extend_from_slice(b"\r\n");
