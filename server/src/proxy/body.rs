@@ -31,11 +31,42 @@ pub enum ProxyBody {
     Json(Box<super::transcode::JsonLines>),
     /// A streamed response, counted for the request metrics.
     Metered(Box<super::observe::Metered>),
+    /// An upstream's HTTP/1 response body, with the response's fields that
+    /// go to the client as they came ([`h1::RawFields`]). They ride with the
+    /// body (one allocation) rather than in the response's extensions (a
+    /// map and two allocations); whoever reads or changes the response's
+    /// headers takes them into its header map first ([`h1::materialize`]).
+    Passed(Box<Passed>),
     /// A request body of unknown length, counted as it goes upstream.
     Counted(Box<super::observe::Counted>),
 }
 
+pub struct Passed {
+    pub fields: h1::RawFields,
+    pub body: ProxyBody,
+}
+
 impl ProxyBody {
+    /// Takes out the fields that were to pass as they came, if this body
+    /// (or the body it wraps) carries them.
+    pub fn take_fields(&mut self) -> Option<h1::RawFields> {
+        match self {
+            ProxyBody::Passed(_) => match std::mem::replace(self, ProxyBody::empty()) {
+                ProxyBody::Passed(passed) => {
+                    let Passed { fields, body } = *passed;
+                    *self = body;
+                    Some(fields)
+                }
+                other => {
+                    *self = other;
+                    None
+                }
+            },
+            ProxyBody::Metered(m) => m.inner.take_fields(),
+            _ => None,
+        }
+    }
+
     pub fn empty() -> ProxyBody {
         ProxyBody::Full(None)
     }
@@ -63,6 +94,7 @@ impl Body for ProxyBody {
             ProxyBody::Json(b) => b.poll_frame(cx),
             ProxyBody::Metered(b) => b.poll_frame(cx),
             ProxyBody::Counted(b) => b.poll_frame(cx),
+            ProxyBody::Passed(b) => Pin::new(&mut b.body).poll_frame(cx),
         }
     }
 
@@ -76,6 +108,7 @@ impl Body for ProxyBody {
             ProxyBody::Json(b) => b.is_end_stream(),
             ProxyBody::Metered(b) => b.is_end_stream(),
             ProxyBody::Counted(b) => b.inner.is_end_stream(),
+            ProxyBody::Passed(b) => b.body.is_end_stream(),
         }
     }
 
@@ -88,6 +121,7 @@ impl Body for ProxyBody {
             ProxyBody::GrpcWeb(_) | ProxyBody::Json(_) => SizeHint::default(),
             ProxyBody::Metered(b) => b.size_hint(),
             ProxyBody::Counted(b) => b.inner.size_hint(),
+            ProxyBody::Passed(b) => b.body.size_hint(),
         }
     }
 }

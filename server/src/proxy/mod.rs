@@ -32,7 +32,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 
-pub use body::ProxyBody;
+pub use body::{Passed, ProxyBody};
 use h1::server::HEAD_TIMEOUT;
 
 use crate::control::Hub;

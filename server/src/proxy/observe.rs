@@ -441,7 +441,7 @@ impl Counted {
 /// A streamed response body, counted; the request is recorded when it
 /// ends (or is dropped: the client went away).
 pub struct Metered {
-    inner: ProxyBody,
+    pub(super) inner: ProxyBody,
     bytes: u64,
     grpc_status: Option<u16>,
     pending: Option<Pending>,

@@ -21,10 +21,10 @@ use hyper::body::{Body as _, Frame, SizeHint};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
-use super::{Chunk, Decoded, Decoder, FieldAt, Kind, MAX_HEAD, MAX_HEADERS, RawRuns, Special};
-use crate::proxy::ProxyBody;
+use super::{Chunk, Decoded, Decoder, FieldAt, Kind, MAX_HEAD, MAX_HEADERS, RawFields, RawRuns, Special};
 use crate::proxy::tls::UpstreamTls;
 use crate::proxy::upstream::Health;
+use crate::proxy::{Passed, ProxyBody};
 
 /// Idle connections kept per endpoint.
 const MAX_IDLE: usize = 1024;
@@ -226,7 +226,7 @@ pub async fn connect_through(mut stream: Stream, authority: &str, limit: Duratio
             if stream.read_buf(&mut buf).await? == 0 {
                 return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the peer closed the tunnel"));
             }
-            if let Some((response, _)) = parse_head(&mut buf, false)? {
+            if let Some((response, ..)) = parse_head(&mut buf, false)? {
                 return Ok(response.status());
             }
             if buf.len() >= MAX_HEAD {
@@ -374,6 +374,8 @@ struct Exchanged {
     stream: Stream,
     buf: BytesMut,
     response: Response<()>,
+    /// The fields that pass to the client as they came.
+    raw: Option<RawFields>,
     decoder: Option<Decoder>,
     keep_alive: bool,
 }
@@ -406,14 +408,14 @@ async fn exchange(
             Err(e) => return Err((e, buf.is_empty())),
         }
         // 1xx interim responses (other than 101) are skipped.
-        while let Some((response, special)) = parse_head(&mut buf, head_request).map_err(|e| (e, false))? {
+        while let Some((response, special, raw)) = parse_head(&mut buf, head_request).map_err(|e| (e, false))? {
             if response.status().is_informational() && response.status() != StatusCode::SWITCHING_PROTOCOLS {
                 continue;
             }
             let decoder = response_framing(&response, &special, head_request).map_err(|e| (e, false))?;
             let keep_alive = if response.version() == Version::HTTP_11 { !special.close } else { special.keep_alive };
             let keep_alive = keep_alive && !matches!(decoder, Some(Decoder::Close));
-            return Ok(Exchanged { stream, buf, response, decoder, keep_alive });
+            return Ok(Exchanged { stream, buf, response, raw, decoder, keep_alive });
         }
     }
 }
@@ -452,13 +454,17 @@ async fn write_body(stream: &mut Stream, body: &mut ProxyBody, chunked: bool) ->
     Ok(())
 }
 
+/// A response head, what this layer read from its fields, and the fields
+/// that pass to the client as they came (when they can).
+type Parsed = (Response<()>, Special, Option<RawFields>);
+
 /// A response head taken off the front of `buf`, once it is all there,
 /// with what this layer reads from its fields. An ordinary response (HTTP/1.1,
 /// with a body, nothing in it the proxy reads or must rewrite) keeps its
-/// fields as the bytes that came, in [`super::RawFields`], for the response
+/// fields as the bytes that came, in [`RawFields`], for the response
 /// writer to copy: no header map is built for it unless someone asks
 /// ([`super::materialize`]).
-fn parse_head(buf: &mut BytesMut, head_request: bool) -> io::Result<Option<(Response<()>, Special)>> {
+fn parse_head(buf: &mut BytesMut, head_request: bool) -> io::Result<Option<Parsed>> {
     let invalid = |why: &'static str| io::Error::new(io::ErrorKind::InvalidData, why);
     let mut fields = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
     let mut at = [FieldAt::default(); MAX_HEADERS];
@@ -501,10 +507,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> io::Result<Option<(Resp
     *response.version_mut() = if minor == 1 { Version::HTTP_11 } else { Version::HTTP_10 };
     let head = if plain {
         match raw.finish(head, special.date) {
-            Ok(raw) => {
-                response.extensions_mut().insert(raw);
-                return Ok(Some((response, special)));
-            }
+            Ok(raw) => return Ok(Some((response, special, Some(raw)))),
             Err(head) => head,
         }
     } else {
@@ -512,7 +515,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> io::Result<Option<(Resp
     };
     *response.headers_mut() =
         super::header_map(&head, &at[..count]).map_err(|()| invalid("invalid upstream header field"))?;
-    Ok(Some((response, special)))
+    Ok(Some((response, special, None)))
 }
 
 fn response_framing(response: &Response<()>, special: &Special, head_request: bool) -> io::Result<Option<Decoder>> {
@@ -539,7 +542,7 @@ fn response_framing(response: &Response<()>, special: &Special, head_request: bo
 
 /// Turns an exchange into the response the handler sees.
 fn finish(health: &Arc<Health>, fingerprint: u64, ex: Exchanged) -> Response<ProxyBody> {
-    let Exchanged { mut stream, mut buf, response, decoder, keep_alive } = ex;
+    let Exchanged { mut stream, mut buf, response, raw, decoder, keep_alive } = ex;
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         let mut resp = response.map(|()| ProxyBody::empty());
         resp.extensions_mut().insert(Upgraded(Arc::new(Mutex::new(Some((stream, buf.freeze()))))));
@@ -571,6 +574,10 @@ fn finish(health: &Arc<Health>, fingerprint: u64, ex: Exchanged) -> Response<Pro
             health: health.clone(),
             fingerprint,
         })),
+    };
+    let body = match raw {
+        Some(fields) => ProxyBody::Passed(Box::new(Passed { fields, body })),
+        None => body,
     };
     response.map(|()| body)
 }
@@ -650,7 +657,7 @@ impl ResponseBody {
 mod tests {
     use super::*;
 
-    fn head(text: &str, head_request: bool) -> (Response<()>, Special) {
+    fn head(text: &str, head_request: bool) -> (Response<()>, Special, Option<RawFields>) {
         let mut buf = BytesMut::from(text.as_bytes());
         parse_head(&mut buf, head_request).unwrap().unwrap()
     }
@@ -659,17 +666,20 @@ mod tests {
     fn an_ordinary_response_keeps_its_fields_as_they_came() {
         let text = "HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Fri\r\nContent-Length: 2\r\nX-A:  b \r\n\
                     Connection: keep-alive\r\nKeep-Alive: timeout=5\r\nX-C: d\r\n\r\nhi";
-        let (mut resp, special) = head(text, false);
+        let (resp, special, raw) = head(text, false);
         assert_eq!(special.length, Some(2));
         assert!(resp.headers().is_empty());
-        let raw = resp.extensions().get::<super::super::RawFields>().expect("raw fields");
+        let fields = raw.expect("raw fields");
         let mut out = Vec::new();
-        raw.write(&mut out);
+        fields.write(&mut out);
         assert_eq!(String::from_utf8(out).unwrap(), "Server: nginx\r\nDate: Fri\r\nX-A:  b \r\nX-C: d\r\n");
-        assert!(raw.has_date());
+        assert!(fields.has_date());
         // Read or changed, they are the fields a header map would have held, without the hop-by-hop ones.
+        let body = ProxyBody::from_static("hi");
+        let mut resp = resp.map(|()| ProxyBody::Passed(Box::new(Passed { fields, body })));
         super::super::materialize(&mut resp);
-        assert!(resp.extensions().get::<super::super::RawFields>().is_none());
+        assert!(resp.body_mut().take_fields().is_none());
+        assert!(matches!(resp.body(), ProxyBody::Full(Some(b)) if b == "hi"));
         let fields: Vec<_> = resp.headers().iter().map(|(n, v)| (n.as_str(), v.to_str().unwrap())).collect();
         assert_eq!(fields, [("server", "nginx"), ("date", "Fri"), ("x-a", "b"), ("x-c", "d")]);
     }
@@ -690,12 +700,13 @@ mod tests {
             "HTTP/1.1 200 OK\r\nA: 1\r\nConnection: keep-alive\r\nB: 1\r\nKeep-Alive: x\r\nC: 1\r\nTE: x\r\nD: 1\r\n\
              Trailer: x\r\nE: 1\r\nContent-Length: 0\r\n\r\n",
         ] {
-            let (resp, _) = head(text, false);
-            assert!(resp.extensions().get::<super::super::RawFields>().is_none(), "{text:?}");
+            let (resp, _, raw) = head(text, false);
+            assert!(raw.is_none(), "{text:?}");
             assert!(!resp.headers().is_empty(), "{text:?}");
         }
         // The answer to HEAD: its Content-Length must reach the client.
-        let (resp, _) = head("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true);
+        let (resp, _, raw) = head("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true);
+        assert!(raw.is_none());
         assert_eq!(resp.headers()["content-length"], "5");
     }
 }

@@ -344,10 +344,9 @@ const MAX_RUNS: usize = 4;
 
 /// The fields of an upstream's response head that go on to the client
 /// unchanged, as runs of lines in the head's own bytes: the response writer
-/// copies them, and no header map is built for them. A response extension,
-/// so it goes wherever the response goes; whoever reads or changes the
+/// copies them, and no header map is built for them. They ride with the
+/// response's body ([`crate::proxy::Passed`]); whoever reads or changes the
 /// response's headers calls [`materialize`] first.
-#[derive(Clone)]
 pub struct RawFields {
     head: Bytes,
     runs: [(u32, u32); MAX_RUNS],
@@ -421,8 +420,8 @@ impl RawRuns {
 
 /// Turns a response's [`RawFields`], if it has them, into header-map
 /// entries, so that its headers can be read or changed.
-pub fn materialize<B>(resp: &mut http::Response<B>) {
-    let Some(raw) = resp.extensions_mut().remove::<RawFields>() else { return };
+pub fn materialize(resp: &mut http::Response<crate::proxy::ProxyBody>) {
+    let Some(raw) = resp.body_mut().take_fields() else { return };
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut fields);
     // It parsed when it came; the fields that passed go into the map.

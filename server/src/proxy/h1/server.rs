@@ -517,6 +517,7 @@ async fn write_response<W: AsyncWrite + Unpin + Send>(
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
+    let raw = resp.body_mut().take_fields();
     let small = match resp.body() {
         ProxyBody::Full(Some(b)) if b.len() <= 16 * 1024 => b.len(),
         _ => 0,
@@ -534,7 +535,6 @@ async fn write_response<W: AsyncWrite + Unpin + Send>(
         keep_alive = false;
     }
     // An upstream's fields that pass as they came.
-    let raw = resp.extensions_mut().remove::<super::RawFields>();
     if let Some(raw) = &raw {
         raw.write(&mut out);
     }
