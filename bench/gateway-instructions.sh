@@ -9,14 +9,13 @@
 # connection, and the script prints instructions per request and the
 # functions that execute them (self cost), and calls per request of
 # malloc, memcpy and header-map hashing. CALLGRIND_OUT=FILE keeps the profile.
+# PROXY=nginx counts the yardstick's nginx proxy the same way instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-1000}
 for t in valgrind callgrind_control nginx curl python3; do
   command -v $t >/dev/null || { echo "missing $t (apt-get install -y valgrind nginx curl)" >&2; exit 2; }
 done
-cargo build --release -p meshgate
-REAL=$PWD/target/release/meshgate
 W=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$W"; }
@@ -24,21 +23,42 @@ trap cleanup EXIT
 APP_PORT=${APP_PORT:-18088}
 . bench/lib.sh
 start_app "$APP_PORT"
-callgrind_wrapper
-BIN=$W/vg UP_ARGS="--workers 1" start_meshgate
-BIN=$REAL
-bench_gateway_yaml 100 "$APP_PORT" | "$BIN" apply -f - >/dev/null
+if [ "${PROXY:-meshgate}" = nginx ]; then
+  # The yardstick's nginx proxy (one worker, upstream keepalive), counted the same way.
+  GATEWAY=127.0.0.1:${NGINX_PORT:-18089}
+  cat >"$W/px.conf" <<NG
+daemon off; master_process off; worker_processes 1; pid $W/px.pid; error_log $W/px.err;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  upstream up { server 127.0.0.1:$APP_PORT; keepalive 128; }
+  server { listen $GATEWAY; location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+NG
+  valgrind --tool=callgrind --quiet --callgrind-out-file="$W/cg.run.%p" nginx -c "$W/px.conf" -p "$W" &
+  PID=$!
+  PIDS+=("$PID")
+  for _ in $(seq 1 100); do curl -fsS -o /dev/null "http://$GATEWAY/" 2>/dev/null && break; sleep 0.2; done
+  WHAT="nginx $(nginx -v 2>&1 | sed 's/.*nginx\///')"
+else
+  cargo build --release -p meshgate
+  REAL=$PWD/target/release/meshgate
+  callgrind_wrapper
+  BIN=$W/vg UP_ARGS="--workers 1" start_meshgate
+  BIN=$REAL
+  bench_gateway_yaml 100 "$APP_PORT" | "$BIN" apply -f - >/dev/null
+  PID=$MESHGATE_PID
+  WHAT="meshgate $(git rev-parse --short HEAD)"
+fi
 urls() { for _ in $(seq 1 "$1"); do printf 'http://%s/ ' "$GATEWAY"; done; }
 # shellcheck disable=SC2046 # one URL per word: curl reuses its connection
 curl -fsS $(urls 100) >/dev/null
-callgrind_control -z "$MESHGATE_PID" >/dev/null 2>&1
+callgrind_control -z "$PID" >/dev/null 2>&1
 # shellcheck disable=SC2046
 curl -fsS $(urls "$N") >/dev/null
-callgrind_control -d "$MESHGATE_PID" >/dev/null 2>&1
-echo "meshgate $(git rev-parse --short HEAD), $N requests"
+callgrind_control -d "$PID" >/dev/null 2>&1
+echo "$WHAT, $N requests"
 # CALLGRIND_OUT=FILE keeps the profile (callgrind_annotate --tree=caller FILE).
-[ -n "${CALLGRIND_OUT:-}" ] && cp "$W/cg.run.$MESHGATE_PID.1" "$CALLGRIND_OUT"
-python3 - "$W/cg.run.$MESHGATE_PID.1" "$N" <<'PY'
+[ -n "${CALLGRIND_OUT:-}" ] && cp "$W/cg.run.$PID.1" "$CALLGRIND_OUT"
+python3 - "$W/cg.run.$PID.1" "$N" <<'PY'
 import collections, re, sys
 names, own, calls = {}, collections.Counter(), collections.Counter()
 fn, callee, after_call = None, None, False

@@ -467,7 +467,7 @@ type Parsed = (Response<()>, Special, Option<RawFields>);
 fn parse_head(buf: &mut BytesMut, head_request: bool) -> io::Result<Option<Parsed>> {
     let invalid = |why: &'static str| io::Error::new(io::ErrorKind::InvalidData, why);
     let mut fields = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
-    let mut at = [FieldAt::default(); MAX_HEADERS];
+    let mut at = super::Places::new();
     let mut parsed = httparse::Response::new(&mut []);
     let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, buf, &mut fields)
     {
@@ -484,15 +484,15 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> io::Result<Option<Parse
     let status = StatusCode::from_u16(code).map_err(|_| invalid("invalid upstream status code"))?;
     let mut special = Special::default();
     let mut raw = RawRuns::default();
-    for (slot, f) in at.iter_mut().zip(parsed.headers.iter()) {
+    for f in parsed.headers.iter() {
         let kind = Kind::of(f.name.as_bytes());
         if kind != Kind::Plain {
             special.add(kind, f.value);
         }
-        *slot = FieldAt { name: super::offset(buf, f.name.as_bytes()), value: super::offset(buf, f.value) };
-        raw.field(buf, slot.name.0, kind.passes());
+        let place = FieldAt { name: super::offset(buf, f.name.as_bytes()), value: super::offset(buf, f.value) };
+        raw.field(buf, place.name.0, kind.passes());
+        at.push(place);
     }
-    let count = parsed.headers.len();
     let plain = minor == 1
         && !head_request
         && !status.is_informational()
@@ -513,8 +513,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> io::Result<Option<Parse
     } else {
         head
     };
-    *response.headers_mut() =
-        super::header_map(&head, &at[..count]).map_err(|()| invalid("invalid upstream header field"))?;
+    *response.headers_mut() = super::header_map(&head, &at).map_err(|()| invalid("invalid upstream header field"))?;
     Ok(Some((response, special, None)))
 }
 

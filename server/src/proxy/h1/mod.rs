@@ -446,6 +446,10 @@ struct FieldAt {
     value: (u32, u32),
 }
 
+/// A head's fields' places, kept on the stack for ordinary heads (a
+/// `[FieldAt; MAX_HEADERS]` would be zeroed, 1.6 KB, on every parse).
+type Places = smallvec::SmallVec<[FieldAt; 32]>;
+
 /// Where `part` sits in `base` (heads are at most [`MAX_HEAD`] bytes).
 fn offset(base: &[u8], part: &[u8]) -> (u32, u32) {
     let start = part.as_ptr() as usize - base.as_ptr() as usize;

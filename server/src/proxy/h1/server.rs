@@ -191,14 +191,16 @@ struct Reply {
 }
 
 impl Reply {
-    async fn write<W: AsyncWrite + Unpin + Send>(
+    /// Not an `async fn` of its own: the response (and its writer's state)
+    /// is moved once less.
+    fn write<'a, W: AsyncWrite + Unpin + Send>(
         self,
-        w: &mut W,
+        w: &'a mut W,
         resp: Response<ProxyBody>,
         shutdown: &watch::Receiver<bool>,
-    ) -> io::Result<(Option<super::client::Upgraded>, bool)> {
+    ) -> impl Future<Output = io::Result<(Option<super::client::Upgraded>, bool)>> + Send + 'a {
         let keep_alive = self.keep_alive && !*shutdown.borrow();
-        write_response(w, resp, self.head_request, self.connect, self.version, keep_alive).await
+        write_response(w, resp, self.head_request, self.connect, self.version, keep_alive)
     }
 }
 
@@ -290,7 +292,7 @@ async fn read_head<R: ClientRead>(r: &mut R, buf: &mut BytesMut) -> Result<Optio
 fn parse_head(buf: &mut BytesMut) -> Result<Option<RequestHead>, HeadError> {
     // Uninitialized: zeroing 100 slots per request costs more than parsing a small head.
     let mut fields = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
-    let mut at = [FieldAt::default(); MAX_HEADERS];
+    let mut at = super::Places::new();
     let mut parsed = httparse::Request::new(&mut []);
     let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut parsed, buf, &mut fields) {
         Ok(httparse::Status::Complete(len)) => len,
@@ -314,19 +316,17 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<RequestHead>, HeadError> {
     // Expect) without a header-map lookup; `Expect` is answered here and
     // goes no further.
     let mut special = Special::default();
-    let mut count = 0;
     for f in parsed.headers.iter() {
         let kind = Kind::of(f.name.as_bytes());
         if kind != Kind::Plain {
             special.add(kind, f.value);
         }
         if kind != Kind::Expect {
-            at[count] = FieldAt { name: super::offset(buf, f.name.as_bytes()), value: super::offset(buf, f.value) };
-            count += 1;
+            at.push(FieldAt { name: super::offset(buf, f.name.as_bytes()), value: super::offset(buf, f.value) });
         }
     }
     let head = buf.split_to(len).freeze();
-    let headers = super::header_map(&head, &at[..count]).map_err(|()| bad("invalid header field\n"))?;
+    let headers = super::header_map(&head, &at).map_err(|()| bad("invalid header field\n"))?;
     let uri = Uri::from_maybe_shared(head.slice(path_at.0 as usize..path_at.1 as usize))
         .map_err(|_| bad("invalid request target\n"))?;
     let version = if minor == 1 { Version::HTTP_11 } else { Version::HTTP_10 };
