@@ -5,12 +5,12 @@
 # YARDSTICK defaults to ../shared/bench/proxy-yardstick.sh.
 # meshgate (release) serves a Gateway and one VirtualService of 100 routes
 # where the matched route is the last, to the yardstick's upstream
-# 127.0.0.1:18080. Needs: apt-get install -y nginx haproxy wrk
+# 127.0.0.1:18080 (BIN=path measures another build). Needs: apt-get install -y nginx haproxy wrk
 set -euo pipefail
 cd "$(dirname "$0")/.."
 YARDSTICK=${1:-../shared/bench/proxy-yardstick.sh}
 shift || true
-BIN=target/release/meshgate
+BIN=${BIN:-target/release/meshgate}
 [ -x "$BIN" ] || cargo build --release -p meshgate
 W=$(mktemp -d)
 PIDS=()
