@@ -82,8 +82,8 @@ pub async fn serve<R: ClientRead, W: AsyncWrite + Unpin + Send>(
             let mut reading = std::pin::pin!(read_head(&mut r, &mut buf));
             loop {
                 // The head first: when it is there, the shutdown signal and
-                // the timer are not polled at all (shutdown still ends the
-                // connection after this request: the writer reads it).
+                // the timer are not polled at all; the signal is checked
+                // below instead (an atomic load).
                 tokio::select! {
                     biased;
                     head = &mut reading => break Ok(head),
@@ -97,6 +97,11 @@ pub async fn serve<R: ClientRead, W: AsyncWrite + Unpin + Send>(
                 }
             }
         };
+        // Shut down (or, at a sidecar's plaintext inbound, turned STRICT)
+        // while the head arrived: it is not served, as before it was read.
+        if closing.has_changed().unwrap_or(true) {
+            return;
+        }
         let head = match head {
             Ok(Ok(Some(head))) => head,
             Ok(Ok(None)) => return,
