@@ -18,12 +18,9 @@ YARDSTICK=${1:-../shared/bench/proxy-yardstick.sh}
 ROUNDS=${2:-3}
 BIN=target/release/meshgate
 [ -x "$BIN" ] || cargo build --release -p meshgate
-W=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$W"; }
-trap cleanup EXIT
-PORT=${GW_PORT:-18090}
 . bench/lib.sh
+bench_workdir
+PORT=${GW_PORT:-18090}
 HTTP_ADDR=127.0.0.1:$PORT UP_ARGS="--workers ${WORKERS:-1}" start_meshgate
 PID=$MESHGATE_PID
 

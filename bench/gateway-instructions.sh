@@ -16,12 +16,9 @@ N=${1:-1000}
 for t in valgrind callgrind_control nginx curl python3; do
   command -v $t >/dev/null || { echo "missing $t (apt-get install -y valgrind nginx curl)" >&2; exit 2; }
 done
-W=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$W"; }
-trap cleanup EXIT
-APP_PORT=${APP_PORT:-18088}
 . bench/lib.sh
+bench_workdir
+APP_PORT=${APP_PORT:-18088}
 start_app "$APP_PORT"
 if [ "${PROXY:-meshgate}" = nginx ]; then
   # The yardstick's nginx proxy (one worker, upstream keepalive), counted the same way.

@@ -12,13 +12,10 @@ YARDSTICK=${1:-../shared/bench/proxy-yardstick.sh}
 shift || true
 BIN=${BIN:-target/release/meshgate}
 [ -x "$BIN" ] || cargo build --release -p meshgate
-W=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$W"; }
-trap cleanup EXIT
+. bench/lib.sh
+bench_workdir
 
 GW_PORT=${GW_PORT:-18090}
-. bench/lib.sh
 HTTP_ADDR=127.0.0.1:$GW_PORT UP_ARGS=${GW_ARGS:-} start_meshgate
 PID=$MESHGATE_PID
 

@@ -1,4 +1,24 @@
-# Shared by the benchmarks (sourced): start_meshgate runs `meshgate up`
+# Shared by the benchmarks (sourced).
+#
+# bench_workdir [PAUSE]: a work dir $W and the list PIDS of what the
+# benchmark starts; on exit they are stopped newest first (PAUSE seconds
+# apart: agents deregister before the control plane goes) and $W removed.
+bench_workdir() {
+  W=$(mktemp -d)
+  PIDS=()
+  STOP_PAUSE=${1:-0}
+  trap bench_cleanup EXIT
+}
+bench_cleanup() {
+  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+    kill "${PIDS[$i]}" 2>/dev/null || true
+    [ "$STOP_PAUSE" = 0 ] || sleep "$STOP_PAUSE"
+  done
+  wait 2>/dev/null || true
+  rm -rf "$W"
+}
+
+# start_meshgate runs `meshgate up`
 # ($BIN) on loopback with its data in $W/data (the gateway's --http on
 # $HTTP_ADDR, port 0 unless set; more flags in $UP_ARGS), appends its pid to
 # PIDS and sets MESHGATE_PID, ADMIN, MESH, GATEWAY (its --http) and FP (the CA root's

@@ -23,15 +23,12 @@ done
 P=${PROFILE:-release}
 cargo build --profile "$P" -p meshgate
 REAL=$PWD/target/$P/meshgate
-W=$(mktemp -d)
-PIDS=()
-cleanup() { for ((i=${#PIDS[@]}-1; i>=0; i--)); do kill "${PIDS[$i]}" 2>/dev/null || true; sleep 0.5; done; wait 2>/dev/null || true; rm -rf "$W"; }
-trap cleanup EXIT
+. bench/lib.sh
+bench_workdir 0.5
 APP_PORT=${APP_PORT:-18088}
 
 # Everything meshgate runs here runs under callgrind, which records each
 # function executed (mangled names, as the linker knows them).
-. bench/lib.sh
 start_app "$APP_PORT"
 callgrind_wrapper --dump-instr=no --compress-strings=no --compress-pos=no --demangle=no
 BIN=$W/vg MG_ROLE=up start_meshgate

@@ -11,11 +11,8 @@ cd "$(dirname "$0")/.."
 BIN=target/release/meshgate
 [ -x "$BIN" ] || cargo build --release -p meshgate
 N=${1:-50}; APPLIES=${2:-20}
-W=$(mktemp -d)
-PIDS=()
-cleanup() { for ((i=${#PIDS[@]}-1; i>=0; i--)); do kill "${PIDS[$i]}" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$W"; }
-trap cleanup EXIT
 . bench/lib.sh
+bench_workdir
 start_meshgate
 for i in $(seq 1 "$N"); do
   tok=$("$BIN" token create --service "svc-$i" 2>/dev/null)

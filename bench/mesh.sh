@@ -14,14 +14,11 @@ cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release/meshgate}
 [ -x "$BIN" ] || cargo build --release -p meshgate
 SECS=${SECS:-20}
-W=$(mktemp -d)
-PIDS=()
-# Agents first (they deregister from the control plane), then the rest.
-cleanup() { for ((i=${#PIDS[@]}-1; i>=0; i--)); do kill "${PIDS[$i]}" 2>/dev/null || true; sleep 0.2; done; wait 2>/dev/null || true; rm -rf "$W"; }
-trap cleanup EXIT
-
-
 . bench/lib.sh
+# Agents first (they deregister from the control plane), then the rest.
+bench_workdir 0.2
+
+
 start_app 18080
 start_meshgate
 user_service_yaml | "$BIN" apply -f - >/dev/null

@@ -412,7 +412,7 @@ async fn exchange(
             if response.status().is_informational() && response.status() != StatusCode::SWITCHING_PROTOCOLS {
                 continue;
             }
-            let decoder = response_framing(&response, &special, head_request).map_err(|e| (e, false))?;
+            let decoder = response_framing(response.status(), &special, head_request).map_err(|e| (e, false))?;
             let keep_alive = if response.version() == Version::HTTP_11 { !special.close } else { special.keep_alive };
             let keep_alive = keep_alive && !matches!(decoder, Some(Decoder::Close));
             return Ok(Exchanged { stream, buf, response, raw, decoder, keep_alive });
@@ -493,13 +493,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> io::Result<Option<Parse
         raw.field(buf, place.name.0, kind.passes());
         at.push(place);
     }
-    let plain = minor == 1
-        && !head_request
-        && !status.is_informational()
-        && status != StatusCode::NO_CONTENT
-        && status != StatusCode::NOT_MODIFIED
-        && !special.signal
-        && !special.names_others;
+    let plain = minor == 1 && !bodiless(status, head_request) && !special.signal && !special.names_others;
     // Frozen: header values share these bytes; what follows stays in `buf`.
     let head = buf.split_to(len).freeze();
     let mut response = Response::new(());
@@ -517,13 +511,13 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> io::Result<Option<Parse
     Ok(Some((response, special, None)))
 }
 
-fn response_framing(response: &Response<()>, special: &Special, head_request: bool) -> io::Result<Option<Decoder>> {
-    let status = response.status();
-    if head_request
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
+/// Whether a response to this request has no body, whatever its fields say.
+fn bodiless(status: StatusCode, head_request: bool) -> bool {
+    head_request || status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED
+}
+
+fn response_framing(status: StatusCode, special: &Special, head_request: bool) -> io::Result<Option<Decoder>> {
+    if bodiless(status, head_request) {
         return Ok(None);
     }
     if special.codings > 0 {

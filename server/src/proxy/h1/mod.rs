@@ -428,13 +428,17 @@ pub fn materialize(resp: &mut http::Response<crate::proxy::ProxyBody>) {
     if !matches!(parsed.parse(&raw.head), Ok(httparse::Status::Complete(_))) {
         return;
     }
-    let map = resp.headers_mut();
-    for f in parsed.headers.iter().filter(|f| Kind::of(f.name.as_bytes()).passes()) {
-        if let (Ok(name), Ok(value)) =
-            (HeaderName::from_bytes(f.name.as_bytes()), HeaderValue::from_maybe_shared(raw.head.slice_ref(f.value)))
-        {
-            map.append(name, value);
-        }
+    let places: Places = parsed
+        .headers
+        .iter()
+        .filter(|f| Kind::of(f.name.as_bytes()).passes())
+        .map(|f| FieldAt { name: offset(&raw.head, f.name.as_bytes()), value: offset(&raw.head, f.value) })
+        .collect();
+    let Ok(upstream) = header_map(&raw.head, &places) else { return };
+    // Nothing should have been set before; if something was, it stays, after the upstream's fields.
+    let set = std::mem::replace(resp.headers_mut(), upstream);
+    for (name, value) in &set {
+        resp.headers_mut().append(name, value.clone());
     }
 }
 
