@@ -30,7 +30,8 @@ const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Request bodies up to this size are kept so that retries can resend them.
 const REPLAYABLE_BODY: u64 = 64 * 1024;
 
-const HOP_BY_HOP: [HeaderName; 7] = [
+// Statics, not consts: a const array of names is built (and dropped) at every use.
+static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -674,20 +675,21 @@ async fn forward(
     {
         parts.headers.insert(header::HOST, v);
     }
-    prepare_headers(&mut parts.headers, peer, l.scheme, l.client_cert.as_ref());
-    // Mesh peers learn this workload's app and version; nobody else does.
-    if cluster.tls.as_ref().is_some_and(|t| t.mode == "ISTIO_MUTUAL") {
-        parts.headers.insert(crate::telemetry::istio::PEER_METADATA, l.metrics.exchange());
-    } else {
-        parts.headers.remove(&crate::telemetry::istio::PEER_METADATA);
-    }
-    info.inject_trace(&mut parts.headers);
+    let exchange = cluster.tls.as_ref().is_some_and(|t| t.mode == "ISTIO_MUTUAL").then(|| l.metrics.exchange());
+    let mut added = prepare_headers(&mut parts.headers, peer, l.scheme, l.client_cert.as_ref(), exchange);
+    info.inject_trace(&mut parts.headers, |name, value| added.push((name, value)));
     if let Some(protocol) = &upgrade {
         parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(header::UPGRADE, protocol.clone());
     }
-    route.request_headers.apply(&mut parts.headers);
-    target.request_headers.apply(&mut parts.headers);
+    if !route.request_headers.is_empty() || !target.request_headers.is_empty() {
+        // The route's header operations see (and may change) the fields added here.
+        for (name, value) in added.drain(..) {
+            parts.headers.append(name, value);
+        }
+        route.request_headers.apply(&mut parts.headers);
+        target.request_headers.apply(&mut parts.headers);
+    }
     let mut path = parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     if let Some(rw) = &route.rewrite {
         match rewrite_path(rw, path.as_str()).parse() {
@@ -728,7 +730,7 @@ async fn forward(
     if let Some(body) = &replay {
         for (mirror, pct) in &route.mirrors {
             if chance(*pct) {
-                send_mirror(l, mirror.clone(), &parts, &path, body.clone(), hash);
+                send_mirror(l, mirror.clone(), &parts, &path, &added, body.clone(), hash);
             }
         }
     }
@@ -757,13 +759,20 @@ async fn forward(
                 (None, None) => ProxyBody::empty(),
             };
             // Every attempt sends the same prepared head; HTTP/1 writes it from here without a copy.
-            let attempt_count = (attempt > 1).then(|| HeaderValue::from(attempt));
-            let extra: &[(&str, HeaderValue)] = match &attempt_count {
-                Some(v) => &[("x-envoy-attempt-count", v.clone())],
-                None => &[],
+            if attempt > 1 {
+                let count = HeaderValue::from(attempt);
+                match added.last_mut() {
+                    Some((ATTEMPT_COUNT, v)) => *v = count,
+                    _ => added.push((ATTEMPT_COUNT, count)),
+                }
+            }
+            let outgoing = Outgoing {
+                method: &parts.method,
+                version: parts.version,
+                path: &path,
+                headers: &parts.headers,
+                extra: &added,
             };
-            let outgoing =
-                Outgoing { method: &parts.method, version: parts.version, path: &path, headers: &parts.headers, extra };
             // Counted down on drop, also when a timeout or the client cancels the attempt.
             let active = super::upstream::Active::enter(&endpoint.health);
             let sent = std::pin::pin!(send(&l.clients, cluster, index, &outgoing, body));
@@ -847,7 +856,7 @@ struct Outgoing<'a> {
     version: http::Version,
     path: &'a http::uri::PathAndQuery,
     headers: &'a HeaderMap,
-    /// Fields added for this attempt only.
+    /// Fields this proxy adds, written after `headers`.
     extra: &'a [(&'static str, HeaderValue)],
 }
 
@@ -925,11 +934,15 @@ fn send_mirror(
     cluster: std::sync::Arc<Cluster>,
     parts: &http::request::Parts,
     path: &http::uri::PathAndQuery,
+    added: &Added,
     body: Bytes,
     hash: Option<u64>,
 ) {
     let Some(index) = cluster.pick(None, hash) else { return };
     let mut headers = parts.headers.clone();
+    for (name, value) in added {
+        headers.append(*name, value.clone());
+    }
     if let Some(host) = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
         let shadow = match host.rsplit_once(':') {
             Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => format!("{h}-shadow:{port}"),
@@ -982,10 +995,7 @@ fn hash_of<B>(key: &super::upstream::HashKey, req: &Request<B>, peer: SocketAddr
 pub(crate) fn hex_id() -> [u8; 32] {
     let id: [u8; 16] = crate::telemetry::trace::fast_random();
     let mut text = [0u8; 32];
-    for (pair, byte) in text.chunks_exact_mut(2).zip(id) {
-        pair[0] = b"0123456789abcdef"[usize::from(byte >> 4)];
-        pair[1] = b"0123456789abcdef"[usize::from(byte & 15)];
-    }
+    crate::telemetry::trace::hex_into(&id, &mut text);
     text
 }
 
@@ -997,15 +1007,25 @@ fn wants_upgrade(headers: &HeaderMap) -> bool {
         .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
 }
 
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Usually none is there, or only `connection`: one pass over the (few)
-    // names finds which are, and only those are looked up again to go.
+/// Which of [`HOP_BY_HOP`] are present (bit `i` for entry `i`), from
+/// one pass over the (few) names.
+fn hop_by_hop_present(headers: &HeaderMap) -> u8 {
     let mut present = 0u8;
     for k in headers.keys() {
         if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
             present |= 1 << i;
         }
     }
+    present
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    strip_present(headers, hop_by_hop_present(headers));
+}
+
+/// Removes the hop-by-hop fields `present` says are there (usually none,
+/// or only `connection`), and those their `Connection` names.
+fn strip_present(headers: &mut HeaderMap, present: u8) {
     if present == 0 {
         return;
     }
@@ -1059,44 +1079,102 @@ fn ip_value(ip: std::net::IpAddr) -> HeaderValue {
     .unwrap_or_else(|_| make())
 }
 
-fn prepare_headers(headers: &mut HeaderMap, peer: SocketAddr, scheme: &'static str, client_cert: Option<&HeaderValue>) {
+/// Fields this proxy adds to a request that the client did not send:
+/// written after the request's own fields (by the HTTP/1 client, or into
+/// the HTTP/2 request's copy of the map) rather than inserted into its
+/// header map, which would cost a lookup and an insert each.
+type Added = smallvec::SmallVec<[(&'static str, HeaderValue); 7]>;
+
+/// What [`prepare_headers`] looks for, besides the hop-by-hop fields.
+static FORWARDED: [HeaderName; 6] = [
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
+    X_REQUEST_ID,
+    X_FORWARDED_CLIENT_CERT,
+    crate::telemetry::istio::PEER_METADATA,
+];
+const ATTEMPT_COUNT: &str = "x-envoy-attempt-count";
+
+/// Readies a request's fields for an upstream, as Envoy does: hop-by-hop
+/// fields go (but `te: trailers` stays, for gRPC), `X-Forwarded-For` gets
+/// the peer, `X-Forwarded-Proto` the scheme, `X-Forwarded-Host` the host,
+/// `X-Request-Id` one when there is none, `X-Forwarded-Client-Cert` only
+/// this proxy's, and the metadata exchange only a mesh peer's (`exchange`).
+/// The fields the request lacks come back to be written after its own.
+fn prepare_headers(
+    headers: &mut HeaderMap,
+    peer: SocketAddr,
+    scheme: &'static str,
+    client_cert: Option<&HeaderValue>,
+    exchange: Option<HeaderValue>,
+) -> Added {
+    // One pass over the names tells which of the fields handled here are
+    // present; only those are looked up again.
+    let (mut hop, mut seen) = (0u8, 0u8);
+    let mut host = None;
+    for (k, v) in headers.iter() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
+            hop |= 1 << i;
+        } else if let Some(i) = FORWARDED.iter().position(|h| h == k) {
+            seen |= 1 << i;
+        } else if k == header::HOST && host.is_none() {
+            host = Some(v.clone());
+        }
+    }
+    let has = |i: usize| seen & (1 << i) != 0;
     // `te: trailers` is hop-by-hop but gRPC needs it end to end, as Envoy keeps it.
-    let trailers = headers.get(header::TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    strip_hop_by_hop(headers);
+    let te = 1 << HOP_BY_HOP.iter().position(|h| h == header::TE).unwrap_or(0);
+    let trailers =
+        hop & te != 0 && headers.get(header::TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    strip_present(headers, hop);
     if trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
-    // Client-certificate details come only from the gateway, never from the client (Envoy's SANITIZE).
-    if headers.contains_key(&X_FORWARDED_CLIENT_CERT) {
-        headers.remove(&X_FORWARDED_CLIENT_CERT);
-    }
-    if let Some(xfcc) = client_cert {
-        headers.insert(X_FORWARDED_CLIENT_CERT, xfcc.clone());
-    }
-    // Each field found or added with one lookup (an entry), not two.
-    use http::header::Entry;
-    match headers.entry(X_FORWARDED_FOR) {
-        Entry::Occupied(mut e) => {
+    let mut added = Added::new();
+    if has(0) {
+        use http::header::Entry;
+        if let Entry::Occupied(mut e) = headers.entry(X_FORWARDED_FOR) {
             let appended = e.get().to_str().ok().map(|prev| format!("{prev}, {}", peer.ip()));
             let value = appended.and_then(|v| HeaderValue::from_maybe_shared(Bytes::from(v)).ok());
             e.insert(value.unwrap_or_else(|| ip_value(peer.ip())));
         }
-        Entry::Vacant(e) => {
-            e.insert(ip_value(peer.ip()));
-        }
+    } else {
+        added.push(("x-forwarded-for", ip_value(peer.ip())));
     }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
-    let host = headers.get(header::HOST).cloned();
-    if let Some(host) = host
-        && let Entry::Vacant(e) = headers.entry(X_FORWARDED_HOST)
+    if has(1) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
+    } else {
+        added.push(("x-forwarded-proto", HeaderValue::from_static(scheme)));
+    }
+    if !has(2)
+        && let Some(host) = host
     {
-        e.insert(host);
+        added.push(("x-forwarded-host", host));
     }
-    if let Entry::Vacant(e) = headers.entry(X_REQUEST_ID)
-        && let Ok(v) = HeaderValue::from_bytes(&hex_id())
-    {
-        e.insert(v);
+    if !has(3) {
+        added.push(("x-request-id", request_id()));
     }
+    // Client-certificate details come only from the gateway, never from the client (Envoy's SANITIZE).
+    if has(4) {
+        headers.remove(&X_FORWARDED_CLIENT_CERT);
+    }
+    if let Some(xfcc) = client_cert {
+        added.push(("x-forwarded-client-cert", xfcc.clone()));
+    }
+    // Mesh peers learn this workload's app and version; nobody else does.
+    if has(5) {
+        headers.remove(&crate::telemetry::istio::PEER_METADATA);
+    }
+    if let Some(exchange) = exchange {
+        added.push(("x-meshgate-peer-metadata", exchange));
+    }
+    added
+}
+
+/// A fresh `X-Request-Id`: 32 hex digits.
+pub(crate) fn request_id() -> HeaderValue {
+    super::h1::scratch::value(&hex_id())
 }
 
 #[cfg(test)]
@@ -1153,20 +1231,74 @@ mod tests {
         assert_eq!(left, ["x-kept"]);
     }
 
+    /// The request's fields as an upstream gets them: its map, then what was added.
+    fn prepared(h: &mut HeaderMap, peer: &str, scheme: &'static str, cert: Option<&HeaderValue>, mesh: bool) {
+        let exchange = mesh.then(|| HeaderValue::from_static("meta"));
+        let added = prepare_headers(h, peer.parse().unwrap(), scheme, cert, exchange);
+        for (name, value) in added {
+            assert!(!h.contains_key(name), "{name} both in the map and added");
+            h.append(name, value);
+        }
+    }
+
     #[test]
     fn forwarded_for_appends_the_peer() {
-        let peer: SocketAddr = "10.1.2.3:5555".parse().unwrap();
         let mut h = HeaderMap::new();
-        prepare_headers(&mut h, peer, "http", None);
+        prepared(&mut h, "10.1.2.3:5555", "http", None, false);
         assert_eq!(h[&X_FORWARDED_FOR], "10.1.2.3");
         let mut h = HeaderMap::new();
         h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("192.0.2.1"));
-        prepare_headers(&mut h, peer, "https", None);
+        prepared(&mut h, "10.1.2.3:5555", "https", None, false);
         assert_eq!(h[&X_FORWARDED_FOR], "192.0.2.1, 10.1.2.3");
+        assert_eq!(h.get_all(&X_FORWARDED_FOR).iter().count(), 1);
         assert_eq!(h[&X_FORWARDED_PROTO], "https");
         // The cached value is per address.
         let mut h = HeaderMap::new();
-        prepare_headers(&mut h, "10.9.9.9:1".parse().unwrap(), "http", None);
+        prepared(&mut h, "10.9.9.9:1", "http", None, false);
         assert_eq!(h[&X_FORWARDED_FOR], "10.9.9.9");
+    }
+
+    #[test]
+    fn forwarded_fields_are_added_replaced_or_kept_like_envoy() {
+        // A client's own values: proto replaced, host and request id kept,
+        // client-certificate details and mesh metadata dropped, hop-by-hop gone.
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("api.example.com"));
+        h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        h.insert(&X_FORWARDED_HOST, HeaderValue::from_static("front.example.com"));
+        h.insert(&X_REQUEST_ID, HeaderValue::from_static("abc"));
+        h.insert(&X_FORWARDED_CLIENT_CERT, HeaderValue::from_static("By=spiffe://forged"));
+        h.insert(crate::telemetry::istio::PEER_METADATA, HeaderValue::from_static("forged"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        prepared(&mut h, "10.1.2.3:5555", "http", None, false);
+        assert_eq!(h[&X_FORWARDED_PROTO], "http");
+        assert_eq!(h[&X_FORWARDED_HOST], "front.example.com");
+        assert_eq!(h[&X_REQUEST_ID], "abc");
+        assert_eq!(h[header::TE], "trailers", "te: trailers goes on for gRPC");
+        for gone in [X_FORWARDED_CLIENT_CERT.as_str(), "x-meshgate-peer-metadata", "connection", "x-secret"] {
+            assert!(!h.contains_key(gone), "{gone} was passed on");
+        }
+        assert_eq!(h.len(), 6, "{h:?}");
+
+        // None of them sent: each added once; the gateway's own certificate
+        // details and a mesh peer's metadata exchange.
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("api.example.com"));
+        h.insert(header::TE, HeaderValue::from_static("gzip"));
+        let cert = HeaderValue::from_static("By=spiffe://gateway");
+        prepared(&mut h, "10.1.2.3:5555", "https", Some(&cert), true);
+        assert_eq!(h[&X_FORWARDED_HOST], "api.example.com");
+        assert_eq!(h[&X_FORWARDED_PROTO], "https");
+        assert_eq!(h[&X_FORWARDED_CLIENT_CERT], "By=spiffe://gateway");
+        assert_eq!(h[crate::telemetry::istio::PEER_METADATA], "meta");
+        assert!(!h.contains_key(header::TE), "other TE values are hop-by-hop");
+        let id = h[&X_REQUEST_ID].to_str().unwrap().to_owned();
+        assert!(id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+        // Ids are cut from a shared block: each one its own.
+        let ids: std::collections::HashSet<_> = (0..300).map(|_| request_id()).collect();
+        assert_eq!(ids.len(), 300);
+        assert!(ids.iter().all(|v| v.len() == 32));
     }
 }

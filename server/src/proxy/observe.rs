@@ -66,12 +66,17 @@ impl Info {
         }
     }
 
-    /// Tells the upstream request which trace it is part of.
-    pub fn inject_trace(&mut self, headers: &mut HeaderMap) {
+    /// Tells the upstream request which trace it is part of: in its
+    /// `headers`, or as a field `add`ed after them when there is nothing
+    /// there to replace.
+    pub fn inject_trace(&mut self, headers: &mut HeaderMap, add: impl FnOnce(&'static str, http::HeaderValue)) {
         if self.trace.is_some() {
             let sampled = self.sampled();
             if let Some(t) = &self.trace {
-                t.cx.inject(sampled, headers);
+                match t.cx.traceparent_alone(sampled) {
+                    Some(value) => add("traceparent", value),
+                    None => t.cx.inject(sampled, headers),
+                }
             }
         }
     }
@@ -104,19 +109,34 @@ impl RequestLine {
     /// Read from the request; a request without `x-request-id` gets one
     /// here, so the log and the upstream see the same id.
     pub fn of(req: &mut http::Request<ProxyBody>) -> RequestLine {
-        const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
-        let request_id = match req.headers().get(&X_REQUEST_ID) {
-            Some(id) => id.clone(),
+        static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+        // One pass over the (few) fields rather than three lookups.
+        let (mut id, mut host, mut user_agent) = (None, None, None);
+        for (name, value) in req.headers() {
+            let slot = if *name == http::header::HOST {
+                &mut host
+            } else if *name == http::header::USER_AGENT {
+                &mut user_agent
+            } else if *name == X_REQUEST_ID {
+                &mut id
+            } else {
+                continue;
+            };
+            if slot.is_none() {
+                *slot = Some(value.clone());
+            }
+        }
+        let request_id = match id {
+            Some(id) => id,
             None => {
-                let id = http::HeaderValue::from_bytes(&super::handler::hex_id())
-                    .unwrap_or(http::HeaderValue::from_static("-"));
-                req.headers_mut().insert(X_REQUEST_ID, id.clone());
+                let id = super::handler::request_id();
+                req.headers_mut().insert(&X_REQUEST_ID, id.clone());
                 id
             }
         };
         let authority = match req.uri().authority() {
             Some(a) => http::HeaderValue::from_str(a.as_str()).ok(),
-            None => req.headers().get(http::header::HOST).cloned(),
+            None => host,
         };
         RequestLine {
             method: req.method().clone(),
@@ -127,7 +147,7 @@ impl RequestLine {
                 http::Version::HTTP_10 => "HTTP/1.0",
                 _ => "HTTP/1.1",
             },
-            user_agent: req.headers().get(http::header::USER_AGENT).cloned(),
+            user_agent,
             request_id,
             start: std::time::SystemTime::now(),
         }

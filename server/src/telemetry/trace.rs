@@ -30,6 +30,8 @@ pub struct Context {
     pub sampled: Option<bool>,
     /// The request came with a trace context (W3C or B3).
     pub incoming: bool,
+    /// The request had none of the context headers, not even a malformed one.
+    pub bare: bool,
 }
 
 // Names made once: inserting a `&str` name allocates it every time.
@@ -41,14 +43,16 @@ const B3_PARENT: HeaderName = HeaderName::from_static("x-b3-parentspanid");
 const B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
 const B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
 /// Every header [`Context::extract`] reads.
-const CONTEXT_HEADERS: [HeaderName; 6] = [TRACEPARENT, B3, B3_TRACE, B3_SPAN, B3_SAMPLED, B3_FLAGS];
+// A static, not a const: a const array of names is built (and dropped) at every use.
+static CONTEXT_HEADERS: [HeaderName; 6] = [TRACEPARENT, B3, B3_TRACE, B3_SPAN, B3_SAMPLED, B3_FLAGS];
 
 impl Context {
     /// The request's trace, or a new one. W3C first, then B3 single, then B3 multi-header.
     pub fn extract(h: &HeaderMap) -> Context {
         // Most requests bring no context: one pass over the (few) names
         // tells, where a lookup per context header would hash each of them.
-        let incoming = if h.keys().any(|k| CONTEXT_HEADERS.contains(k)) {
+        let bare = !h.keys().any(|k| CONTEXT_HEADERS.contains(k));
+        let incoming = if !bare {
             h.get(&TRACEPARENT)
                 .and_then(|v| parse_traceparent(v.as_bytes()))
                 .or_else(|| h.get(&B3).and_then(|v| parse_b3_single(v.as_bytes())))
@@ -62,7 +66,7 @@ impl Context {
             Some(Incoming { ids: None, sampled }) => (new_trace_id(), None, sampled),
             None => (new_trace_id(), None, None),
         };
-        Context { trace_id, parent, span_id: new_span_id(), sampled, incoming: came }
+        Context { trace_id, parent, span_id: new_span_id(), sampled, incoming: came, bare }
     }
 
     /// Tells the next hop that its parent is this hop's span: `traceparent`
@@ -73,18 +77,9 @@ impl Context {
     /// (as Envoy's OpenTelemetry tracer does), which the next sidecar
     /// passes on in both.
     pub fn inject(&self, sampled: bool, h: &mut HeaderMap) {
-        // Hex written into stack buffers: one allocation per header value.
-        let mut trace = [0u8; 32];
-        let mut span = [0u8; 16];
-        let _ = hex::encode_to_slice(self.trace_id, &mut trace);
-        let _ = hex::encode_to_slice(self.span_id, &mut span);
-        let mut tp = [0u8; 55];
-        tp[..3].copy_from_slice(b"00-");
-        tp[3..35].copy_from_slice(&trace);
-        tp[35] = b'-';
-        tp[36..52].copy_from_slice(&span);
-        tp[52..].copy_from_slice(if sampled { b"-01" } else { b"-00" });
-        let value = |b: &[u8]| HeaderValue::from_bytes(b).unwrap_or(HeaderValue::from_static("-"));
+        let (tp, trace, span) = self.traceparent_text(sampled);
+        // Cut from a per-thread block: no allocation per value.
+        let value = crate::proxy::h1::scratch::value;
         h.insert(TRACEPARENT, value(&tp));
         if !self.incoming {
             return;
@@ -96,7 +91,7 @@ impl Context {
         match self.parent {
             Some(p) => {
                 let mut parent = [0u8; 16];
-                let _ = hex::encode_to_slice(p, &mut parent);
+                hex_into(&p, &mut parent);
                 h.insert(B3_PARENT, value(&parent));
             }
             None => {
@@ -104,6 +99,29 @@ impl Context {
             }
         }
         h.insert(B3_SAMPLED, HeaderValue::from_static(if sampled { "1" } else { "0" }));
+    }
+
+    /// `traceparent` alone, when the request had no context header that
+    /// [`Context::inject`] would replace or remove: the caller writes it
+    /// after the request's fields, with no header-map insert. `None`:
+    /// use `inject`.
+    pub fn traceparent_alone(&self, sampled: bool) -> Option<HeaderValue> {
+        self.bare.then(|| crate::proxy::h1::scratch::value(&self.traceparent_text(sampled).0))
+    }
+
+    /// `traceparent`'s text, and the trace and span ids in hex.
+    fn traceparent_text(&self, sampled: bool) -> ([u8; 55], [u8; 32], [u8; 16]) {
+        let mut trace = [0u8; 32];
+        let mut span = [0u8; 16];
+        hex_into(&self.trace_id, &mut trace);
+        hex_into(&self.span_id, &mut span);
+        let mut tp = [0u8; 55];
+        tp[..3].copy_from_slice(b"00-");
+        tp[3..35].copy_from_slice(&trace);
+        tp[35] = b'-';
+        tp[36..52].copy_from_slice(&span);
+        tp[52..].copy_from_slice(if sampled { b"-01" } else { b"-00" });
+        (tp, trace, span)
     }
 
     pub fn trace_hex(&self) -> String {
@@ -187,6 +205,25 @@ fn parse_b3_multi(h: &HeaderMap) -> Option<Incoming> {
 fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
     let mut out = [0u8; N];
     (s.len() == 2 * N && hex::decode_to_slice(s, &mut out).is_ok()).then_some(out)
+}
+
+/// Lower-case hex of `bytes` into `out` (twice as long; the rest of `out`
+/// is left as it is): one table look-up per byte, for the ids made on
+/// every request.
+pub fn hex_into(bytes: &[u8], out: &mut [u8]) {
+    static TABLE: [[u8; 2]; 256] = {
+        let digits = b"0123456789abcdef";
+        let mut t = [[0u8; 2]; 256];
+        let mut i = 0;
+        while i < 256 {
+            t[i] = [digits[i >> 4], digits[i & 15]];
+            i += 1;
+        }
+        t
+    };
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair.copy_from_slice(&TABLE[usize::from(*b)]);
+    }
 }
 
 pub fn hex32(id: &TraceId) -> String {
@@ -457,6 +494,14 @@ mod tests {
     }
 
     #[test]
+    fn hex_is_lower_case_and_whole() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        let mut out = vec![0u8; 512];
+        hex_into(&bytes, &mut out);
+        assert_eq!(std::str::from_utf8(&out).unwrap(), hex::encode(&bytes));
+    }
+
+    #[test]
     fn a_trace_started_here_goes_on_in_w3c_form() {
         let cx = Context::extract(&HeaderMap::new());
         assert!(!cx.incoming);
@@ -464,6 +509,17 @@ mod tests {
         cx.inject(false, &mut out);
         assert!(out["traceparent"].to_str().unwrap().ends_with("-00"));
         assert_eq!(out.len(), 1);
+        // With no context header in the request, the value alone is the same.
+        assert_eq!(cx.traceparent_alone(false).as_ref(), Some(&out["traceparent"]));
+        // A malformed one is replaced in the map, never added beside it.
+        let bad = headers(&[("traceparent", "nonsense")]);
+        let cx = Context::extract(&bad);
+        assert!(!cx.incoming);
+        assert_eq!(cx.traceparent_alone(true), None);
+        let mut out = bad.clone();
+        cx.inject(true, &mut out);
+        assert_eq!(out.get_all("traceparent").iter().count(), 1);
+        assert!(out["traceparent"].to_str().unwrap().ends_with("-01"));
     }
 
     #[test]
