@@ -647,8 +647,6 @@ async fn forward(
     info: &mut super::observe::Info,
 ) -> Response<ProxyBody> {
     let target = targets.pick();
-    // WebSocket and other upgrades: after a 101 the HTTP/1 server splices the two connections.
-    let upgrade = req.headers().get(header::UPGRADE).cloned().filter(|_| wants_upgrade(req.headers()));
     let cluster = &target.cluster;
     info.service = Some(cluster.service.clone());
     if cluster.endpoints.is_empty() {
@@ -669,14 +667,15 @@ async fn forward(
     };
     let (mut parts, body) = req.into_parts();
     // HTTP/2 carries the host in :authority; upstreams and X-Forwarded-Host want a Host header.
-    if !parts.headers.contains_key(header::HOST)
-        && let Some(a) = parts.uri.authority()
+    if let Some(a) = parts.uri.authority()
+        && !parts.headers.contains_key(header::HOST)
         && let Ok(v) = HeaderValue::from_str(a.as_str())
     {
         parts.headers.insert(header::HOST, v);
     }
     let exchange = cluster.tls.as_ref().is_some_and(|t| t.mode == "ISTIO_MUTUAL").then(|| l.metrics.exchange());
-    let mut added = prepare_headers(&mut parts.headers, peer, l.scheme, l.client_cert.as_ref(), exchange);
+    // WebSocket and other upgrades: after a 101 the HTTP/1 server splices the two connections.
+    let (mut added, upgrade) = prepare_headers(&mut parts.headers, peer, l.scheme, l.client_cert.as_ref(), exchange);
     info.inject_trace(&mut parts.headers, |name, value| added.push((name, value)));
     if let Some(protocol) = &upgrade {
         parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -1101,27 +1100,33 @@ const ATTEMPT_COUNT: &str = "x-envoy-attempt-count";
 /// the peer, `X-Forwarded-Proto` the scheme, `X-Forwarded-Host` the host,
 /// `X-Request-Id` one when there is none, `X-Forwarded-Client-Cert` only
 /// this proxy's, and the metadata exchange only a mesh peer's (`exchange`).
-/// The fields the request lacks come back to be written after its own.
+/// The fields the request lacks come back to be written after its own,
+/// with the protocol it asks to upgrade to (`Upgrade`, when its
+/// `Connection` says `upgrade`).
 fn prepare_headers(
     headers: &mut HeaderMap,
     peer: SocketAddr,
     scheme: &'static str,
     client_cert: Option<&HeaderValue>,
     exchange: Option<HeaderValue>,
-) -> Added {
+) -> (Added, Option<HeaderValue>) {
     // One pass over the names tells which of the fields handled here are
     // present; only those are looked up again.
     let (mut hop, mut seen) = (0u8, 0u8);
-    let mut host = None;
+    let (mut host, mut upgrade) = (None, None);
     for (k, v) in headers.iter() {
         if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
             hop |= 1 << i;
+            if k == header::UPGRADE && upgrade.is_none() {
+                upgrade = Some(v.clone());
+            }
         } else if let Some(i) = FORWARDED.iter().position(|h| h == k) {
             seen |= 1 << i;
         } else if k == header::HOST && host.is_none() {
             host = Some(v.clone());
         }
     }
+    let upgrade = upgrade.filter(|_| wants_upgrade(headers));
     let has = |i: usize| seen & (1 << i) != 0;
     // `te: trailers` is hop-by-hop but gRPC needs it end to end, as Envoy keeps it.
     let te = 1 << HOP_BY_HOP.iter().position(|h| h == header::TE).unwrap_or(0);
@@ -1169,7 +1174,7 @@ fn prepare_headers(
     if let Some(exchange) = exchange {
         added.push(("x-meshgate-peer-metadata", exchange));
     }
-    added
+    (added, upgrade)
 }
 
 /// A fresh `X-Request-Id`: 32 hex digits.
@@ -1234,7 +1239,7 @@ mod tests {
     /// The request's fields as an upstream gets them: its map, then what was added.
     fn prepared(h: &mut HeaderMap, peer: &str, scheme: &'static str, cert: Option<&HeaderValue>, mesh: bool) {
         let exchange = mesh.then(|| HeaderValue::from_static("meta"));
-        let added = prepare_headers(h, peer.parse().unwrap(), scheme, cert, exchange);
+        let (added, _) = prepare_headers(h, peer.parse().unwrap(), scheme, cert, exchange);
         for (name, value) in added {
             assert!(!h.contains_key(name), "{name} both in the map and added");
             h.append(name, value);
@@ -1281,6 +1286,16 @@ mod tests {
             assert!(!h.contains_key(gone), "{gone} was passed on");
         }
         assert_eq!(h.len(), 6, "{h:?}");
+
+        // An upgrade is reported only when Connection asks for it.
+        for (connection, asked) in [("Upgrade", true), ("keep-alive, upgrade", true), ("keep-alive", false)] {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONNECTION, HeaderValue::from_static(connection));
+            h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            let (_, upgrade) = prepare_headers(&mut h, "10.1.2.3:5555".parse().unwrap(), "http", None, None);
+            assert_eq!(upgrade.is_some(), asked, "{connection}");
+            assert!(!h.contains_key(header::UPGRADE) && !h.contains_key(header::CONNECTION));
+        }
 
         // None of them sent: each added once; the gateway's own certificate
         // details and a mesh peer's metadata exchange.

@@ -230,8 +230,10 @@ pub(crate) enum Kind {
     ContentLength,
     TransferEncoding,
     Connection,
-    /// `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`, `Upgrade`.
+    /// `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`.
     HopByHop,
+    /// Hop-by-hop too; the server notes that a request asks for one.
+    Upgrade,
     /// Read by the proxy from responses (`x-meshgate-response-flags`, `grpc-status`).
     Signal,
 }
@@ -245,7 +247,8 @@ impl Kind {
             4 if is("host") => Kind::Host,
             4 if is("date") => Kind::Date,
             6 if is("expect") => Kind::Expect,
-            7 if is("upgrade") || is("trailer") => Kind::HopByHop,
+            7 if is("upgrade") => Kind::Upgrade,
+            7 if is("trailer") => Kind::HopByHop,
             10 if is("connection") => Kind::Connection,
             10 if is("keep-alive") => Kind::HopByHop,
             11 if is("grpc-status") => Kind::Signal,
@@ -287,16 +290,28 @@ pub(crate) struct Special {
     pub date: bool,
     /// Some field is one the proxy reads from responses.
     pub signal: bool,
+    pub upgrade: bool,
 }
 
 impl Special {
     pub(crate) fn add(&mut self, kind: Kind, value: &[u8]) {
         match kind {
             Kind::Plain | Kind::HopByHop => {}
+            Kind::Upgrade => self.upgrade = true,
             Kind::Host => self.hosts += 1,
             Kind::Date => self.date = true,
             Kind::Expect => {
                 self.expect = Some(value.eq_ignore_ascii_case(b"100-continue") && self.expect != Some(false))
+            }
+            // The usual single number first, then lists (`5, 5`) and errors.
+            Kind::ContentLength if !value.is_empty() && value.len() <= 19 && value.iter().all(u8::is_ascii_digit) => {
+                let n = value.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+                match self.length {
+                    Some(l) if l != n => {
+                        self.bad_length = self.bad_length.or(Some("conflicting Content-Length headers\n"));
+                    }
+                    _ => self.length = Some(n),
+                }
             }
             Kind::ContentLength => {
                 for part in value.split(|b| *b == b',').map(trim_ows) {
@@ -321,6 +336,9 @@ impl Special {
                     self.last_chunked = chunked;
                 }
             }
+            // The usual single token first.
+            Kind::Connection if value.eq_ignore_ascii_case(b"keep-alive") => self.keep_alive = true,
+            Kind::Connection if value.eq_ignore_ascii_case(b"close") => self.close = true,
             Kind::Connection => {
                 for token in value.split(|b| *b == b',').map(trim_ows) {
                     if token.eq_ignore_ascii_case(b"close") {
@@ -584,7 +602,7 @@ mod tests {
             (b"Keep-Alive", Kind::HopByHop),
             (b"Proxy-Connection", Kind::HopByHop),
             (b"te", Kind::HopByHop),
-            (b"Upgrade", Kind::HopByHop),
+            (b"Upgrade", Kind::Upgrade),
             (b"tes", Kind::Plain),
             (b"content-type", Kind::Plain),
         ] {

@@ -119,7 +119,7 @@ pub async fn serve<R: ClientRead, W: AsyncWrite + Unpin + Send>(
             return Box::pin(refuse(&mut w, StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported here\n")).await;
         }
         // After a 101, or a 2xx to CONNECT, the connection carries bytes both ways.
-        let wants_upgrade = connect || head.request.headers().contains_key(header::UPGRADE);
+        let wants_upgrade = connect || head.upgrade;
         // Boxed: the request's state (handler, body pump, response writer)
         // lives on the heap for the request only; an idle connection's task
         // stays small.
@@ -154,7 +154,7 @@ async fn exchange<R: ClientRead, W: AsyncWrite + Unpin + Send>(
     head: RequestHead,
     shutdown: &watch::Receiver<bool>,
 ) -> io::Result<(Option<super::client::Upgraded>, bool)> {
-    let RequestHead { request, decoder, keep_alive, expect_continue } = head;
+    let RequestHead { request, decoder, keep_alive, expect_continue, .. } = head;
     let head_request = request.method() == Method::HEAD;
     let connect = request.method() == Method::CONNECT;
     let version = request.version();
@@ -255,6 +255,8 @@ async fn refuse<W: AsyncWrite + Unpin + Send>(w: &mut W, status: StatusCode, why
 
 struct RequestHead {
     request: Request<()>,
+    /// It has an `Upgrade` field.
+    upgrade: bool,
     decoder: Option<Decoder>,
     keep_alive: bool,
     expect_continue: bool,
@@ -356,7 +358,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<RequestHead>, HeadError> {
     *request.uri_mut() = uri;
     *request.version_mut() = version;
     *request.headers_mut() = headers;
-    Ok(Some(RequestHead { request, decoder, keep_alive, expect_continue }))
+    Ok(Some(RequestHead { request, upgrade: special.upgrade, decoder, keep_alive, expect_continue }))
 }
 
 /// How the request body is delimited (RFC 9112 section 6.3), refusing every
