@@ -247,16 +247,21 @@ fn the_gateway_writes_one_json_access_log_line_per_request() {
     assert_eq!(r.bytes().unwrap().len(), 3000);
     // The id the upstream saw is the one logged.
     assert_eq!(v1.last().headers["x-request-id"], "abc-123");
+    // Without one, the id made here goes upstream and into the log alike.
+    assert_eq!(server.gateway(&c, "api.example.com", "/users").send().unwrap().status(), 200);
+    let made = v1.last().headers["x-request-id"].to_str().unwrap().to_string();
 
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let lines: Vec<serde_json::Value> = loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.lines().count() >= 3 || std::time::Instant::now() > deadline {
+        if text.lines().count() >= 4 || std::time::Instant::now() > deadline {
             break text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
-    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert_eq!(lines[3]["request_id"].as_str(), Some(made.as_str()), "{made}");
+    assert_eq!(made.len(), 32);
     assert_eq!((lines[2]["bytes_received"].as_u64(), lines[2]["bytes_sent"].as_u64()), (Some(3000), Some(3000)));
     let ok = &lines[0];
     for (k, v) in [

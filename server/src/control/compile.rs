@@ -353,7 +353,7 @@ impl Compiler<'_> {
             listeners,
             binds: bind_ips,
             l4: l4.into_iter().map(|(p, r)| (p, Arc::new(r))).collect(),
-            ports: HashMap::new(),
+            ports: Default::default(),
             certificates: certificates
                 .into_iter()
                 .map(|(port, mut c)| {

@@ -12,6 +12,7 @@ use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt as _;
 
 use super::config::{Action, Redirect, Rewrite, Route, WeightedClusters};
+use super::h1::Value;
 use super::upstream::Cluster;
 use super::{Clients, Listener, ProxyBody};
 
@@ -72,9 +73,13 @@ pub async fn handle(l: &Listener, peer: SocketAddr, mut req: Request<ProxyBody>)
         grpc,
         request_bytes: length.unwrap_or(0),
         counted,
-        line: (l.logging().is_some() || trace.is_some()).then(|| super::observe::RequestLine::of(&mut req)),
+        line: (l.logging().is_some() || trace.is_some()).then(|| super::observe::RequestLine::of(&req)),
     };
-    let mut info = super::observe::Info { trace: trace.map(super::observe::Tracing::new), ..Default::default() };
+    let mut info = super::observe::Info {
+        trace: trace.map(super::observe::Tracing::new),
+        request_id: started.line.as_ref().and_then(|l| l.made_id()),
+        ..Default::default()
+    };
     // Metadata exchange: a mesh peer's app and version, believed only over mTLS.
     if l.reporter == crate::telemetry::istio::Reporter::Destination
         && let Some(meta) = req.headers_mut().remove(&crate::telemetry::istio::PEER_METADATA)
@@ -675,7 +680,8 @@ async fn forward(
     }
     let exchange = cluster.tls.as_ref().is_some_and(|t| t.mode == "ISTIO_MUTUAL").then(|| l.metrics.exchange());
     // WebSocket and other upgrades: after a 101 the HTTP/1 server splices the two connections.
-    let (mut added, upgrade) = prepare_headers(&mut parts.headers, peer, l.scheme, l.client_cert.as_ref(), exchange);
+    let (mut added, upgrade) =
+        prepare_headers(&mut parts.headers, peer, l.scheme, l.client_cert.as_ref(), exchange, info.request_id.take());
     info.inject_trace(&mut parts.headers, |name, value| added.push((name, value)));
     if let Some(protocol) = &upgrade {
         parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -684,7 +690,7 @@ async fn forward(
     if !route.request_headers.is_empty() || !target.request_headers.is_empty() {
         // The route's header operations see (and may change) the fields added here.
         for (name, value) in added.drain(..) {
-            parts.headers.append(name, value);
+            parts.headers.append(name, value.to_header());
         }
         route.request_headers.apply(&mut parts.headers);
         target.request_headers.apply(&mut parts.headers);
@@ -759,7 +765,7 @@ async fn forward(
             };
             // Every attempt sends the same prepared head; HTTP/1 writes it from here without a copy.
             if attempt > 1 {
-                let count = HeaderValue::from(attempt);
+                let count = Value::Header(HeaderValue::from(attempt));
                 match added.last_mut() {
                     Some((ATTEMPT_COUNT, v)) => *v = count,
                     _ => added.push((ATTEMPT_COUNT, count)),
@@ -856,7 +862,7 @@ struct Outgoing<'a> {
     path: &'a http::uri::PathAndQuery,
     headers: &'a HeaderMap,
     /// Fields this proxy adds, written after `headers`.
-    extra: &'a [(&'static str, HeaderValue)],
+    extra: &'a [(&'static str, Value)],
 }
 
 /// One attempt to one endpoint of `cluster`: HTTP/1 through the
@@ -896,7 +902,7 @@ async fn send(
     *req.version_mut() = http::Version::HTTP_2;
     *req.headers_mut() = out.headers.clone();
     for (name, value) in out.extra {
-        req.headers_mut().insert(*name, value.clone());
+        req.headers_mut().insert(*name, value.to_header());
     }
     if let Some(tls) = cluster.tls.as_deref() {
         let sent = async {
@@ -940,7 +946,7 @@ fn send_mirror(
     let Some(index) = cluster.pick(None, hash) else { return };
     let mut headers = parts.headers.clone();
     for (name, value) in added {
-        headers.append(*name, value.clone());
+        headers.append(*name, value.to_header());
     }
     if let Some(host) = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
         let shadow = match host.rsplit_once(':') {
@@ -1082,7 +1088,7 @@ fn ip_value(ip: std::net::IpAddr) -> HeaderValue {
 /// written after the request's own fields (by the HTTP/1 client, or into
 /// the HTTP/2 request's copy of the map) rather than inserted into its
 /// header map, which would cost a lookup and an insert each.
-type Added = smallvec::SmallVec<[(&'static str, HeaderValue); 7]>;
+type Added = smallvec::SmallVec<[(&'static str, Value); 7]>;
 
 /// What [`prepare_headers`] looks for, besides the hop-by-hop fields.
 static FORWARDED: [HeaderName; 6] = [
@@ -1109,6 +1115,7 @@ fn prepare_headers(
     scheme: &'static str,
     client_cert: Option<&HeaderValue>,
     exchange: Option<HeaderValue>,
+    request_id: Option<Bytes>,
 ) -> (Added, Option<HeaderValue>) {
     // One pass over the names tells which of the fields handled here are
     // present; only those are looked up again.
@@ -1145,41 +1152,41 @@ fn prepare_headers(
             e.insert(value.unwrap_or_else(|| ip_value(peer.ip())));
         }
     } else {
-        added.push(("x-forwarded-for", ip_value(peer.ip())));
+        added.push(("x-forwarded-for", Value::Header(ip_value(peer.ip()))));
     }
     if has(1) {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
     } else {
-        added.push(("x-forwarded-proto", HeaderValue::from_static(scheme)));
+        added.push(("x-forwarded-proto", Value::Header(HeaderValue::from_static(scheme))));
     }
     if !has(2)
         && let Some(host) = host
     {
-        added.push(("x-forwarded-host", host));
+        added.push(("x-forwarded-host", Value::Header(host)));
     }
     if !has(3) {
-        added.push(("x-request-id", request_id()));
+        added.push(("x-request-id", Value::Made(request_id.unwrap_or_else(self::request_id))));
     }
     // Client-certificate details come only from the gateway, never from the client (Envoy's SANITIZE).
     if has(4) {
         headers.remove(&X_FORWARDED_CLIENT_CERT);
     }
     if let Some(xfcc) = client_cert {
-        added.push(("x-forwarded-client-cert", xfcc.clone()));
+        added.push(("x-forwarded-client-cert", Value::Header(xfcc.clone())));
     }
     // Mesh peers learn this workload's app and version; nobody else does.
     if has(5) {
         headers.remove(&crate::telemetry::istio::PEER_METADATA);
     }
     if let Some(exchange) = exchange {
-        added.push(("x-meshgate-peer-metadata", exchange));
+        added.push(("x-meshgate-peer-metadata", Value::Header(exchange)));
     }
     (added, upgrade)
 }
 
 /// A fresh `X-Request-Id`: 32 hex digits.
-pub(crate) fn request_id() -> HeaderValue {
-    super::h1::scratch::value(&hex_id())
+pub(crate) fn request_id() -> Bytes {
+    super::h1::scratch::made(&hex_id())
 }
 
 #[cfg(test)]
@@ -1239,10 +1246,10 @@ mod tests {
     /// The request's fields as an upstream gets them: its map, then what was added.
     fn prepared(h: &mut HeaderMap, peer: &str, scheme: &'static str, cert: Option<&HeaderValue>, mesh: bool) {
         let exchange = mesh.then(|| HeaderValue::from_static("meta"));
-        let (added, _) = prepare_headers(h, peer.parse().unwrap(), scheme, cert, exchange);
+        let (added, _) = prepare_headers(h, peer.parse().unwrap(), scheme, cert, exchange, None);
         for (name, value) in added {
             assert!(!h.contains_key(name), "{name} both in the map and added");
-            h.append(name, value);
+            h.append(name, value.to_header());
         }
     }
 
@@ -1292,7 +1299,7 @@ mod tests {
             let mut h = HeaderMap::new();
             h.insert(header::CONNECTION, HeaderValue::from_static(connection));
             h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-            let (_, upgrade) = prepare_headers(&mut h, "10.1.2.3:5555".parse().unwrap(), "http", None, None);
+            let (_, upgrade) = prepare_headers(&mut h, "10.1.2.3:5555".parse().unwrap(), "http", None, None, None);
             assert_eq!(upgrade.is_some(), asked, "{connection}");
             assert!(!h.contains_key(header::UPGRADE) && !h.contains_key(header::CONNECTION));
         }
@@ -1315,5 +1322,11 @@ mod tests {
         let ids: std::collections::HashSet<_> = (0..300).map(|_| request_id()).collect();
         assert_eq!(ids.len(), 300);
         assert!(ids.iter().all(|v| v.len() == 32));
+        // The id made for the access log and the trace is the one that goes upstream.
+        let mut h = HeaderMap::new();
+        let made = Bytes::from_static(b"0123456789abcdef0123456789abcdef");
+        let (added, _) = prepare_headers(&mut h, "10.1.2.3:5555".parse().unwrap(), "http", None, None, Some(made));
+        let id = added.iter().find(|(n, _)| *n == "x-request-id").map(|(_, v)| v.to_header());
+        assert_eq!(id.unwrap(), "0123456789abcdef0123456789abcdef");
     }
 }

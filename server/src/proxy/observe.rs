@@ -40,6 +40,8 @@ pub struct Info {
     pub telemetry: Option<Arc<super::config::TelemetryPolicy>>,
     /// Span tags taken from the request's headers (`customTags.*.header`).
     pub tags: Vec<(String, crate::telemetry::trace::Value)>,
+    /// The `x-request-id` made for the access log and trace, which the upstream gets too.
+    pub request_id: Option<bytes::Bytes>,
 }
 
 /// A request's place in its trace, and whether the trace is sampled.
@@ -69,12 +71,12 @@ impl Info {
     /// Tells the upstream request which trace it is part of: in its
     /// `headers`, or as a field `add`ed after them when there is nothing
     /// there to replace.
-    pub fn inject_trace(&mut self, headers: &mut HeaderMap, add: impl FnOnce(&'static str, http::HeaderValue)) {
+    pub fn inject_trace(&mut self, headers: &mut HeaderMap, add: impl FnOnce(&'static str, super::h1::Value)) {
         if self.trace.is_some() {
             let sampled = self.sampled();
             if let Some(t) = &self.trace {
                 match t.cx.traceparent_alone(sampled) {
-                    Some(value) => add("traceparent", value),
+                    Some(value) => add("traceparent", super::h1::Value::Made(value)),
                     None => t.cx.inject(sampled, headers),
                 }
             }
@@ -101,14 +103,13 @@ pub struct RequestLine {
     path: Option<http::uri::PathAndQuery>,
     protocol: &'static str,
     user_agent: Option<http::HeaderValue>,
-    request_id: http::HeaderValue,
-    start: std::time::SystemTime,
+    request_id: super::h1::Value,
 }
 
 impl RequestLine {
     /// Read from the request; a request without `x-request-id` gets one
-    /// here, so the log and the upstream see the same id.
-    pub fn of(req: &mut http::Request<ProxyBody>) -> RequestLine {
+    /// here ([`RequestLine::made_id`]), for the log and the upstream alike.
+    pub fn of(req: &http::Request<ProxyBody>) -> RequestLine {
         static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
         // One pass over the (few) fields rather than three lookups.
         let (mut id, mut host, mut user_agent) = (None, None, None);
@@ -127,12 +128,8 @@ impl RequestLine {
             }
         }
         let request_id = match id {
-            Some(id) => id,
-            None => {
-                let id = super::handler::request_id();
-                req.headers_mut().insert(&X_REQUEST_ID, id.clone());
-                id
-            }
+            Some(id) => super::h1::Value::Header(id),
+            None => super::h1::Value::Made(super::handler::request_id()),
         };
         let authority = match req.uri().authority() {
             Some(a) => http::HeaderValue::from_str(a.as_str()).ok(),
@@ -149,7 +146,22 @@ impl RequestLine {
             },
             user_agent,
             request_id,
-            start: std::time::SystemTime::now(),
+        }
+    }
+}
+
+/// When a request that took `duration` started, by the wall clock: read
+/// only for a log line or a span, not on every request.
+fn wall_start(duration: std::time::Duration) -> std::time::SystemTime {
+    std::time::SystemTime::now().checked_sub(duration).unwrap_or(std::time::UNIX_EPOCH)
+}
+
+impl RequestLine {
+    /// The id made here for a request that came without one: the upstream gets it too.
+    pub fn made_id(&self) -> Option<bytes::Bytes> {
+        match &self.request_id {
+            super::h1::Value::Made(id) => Some(id.clone()),
+            super::h1::Value::Header(_) => None,
         }
     }
 }
@@ -199,7 +211,13 @@ pub fn finish(l: &Listener, started: Started, mut info: Info, resp: Response<Pro
     if !l.tunnels {
         let route = info.route.as_deref().unwrap_or("-");
         let consumer = info.consumer.as_ref().map_or("-", |c| c.name.as_str());
-        l.metrics.record_edge(route, consumer, code, flags.split(',').any(|f| f == "RL"), info.denied);
+        l.metrics.record_edge(
+            route,
+            consumer,
+            code,
+            !flags.is_empty() && flags.split(',').any(|f| f == "RL"),
+            info.denied,
+        );
     }
     let info_route = if l.tunnels { None } else { info.route.clone() };
     let log = match started.line {
@@ -219,7 +237,7 @@ pub fn finish(l: &Listener, started: Started, mut info: Info, resp: Response<Pro
         (Reporter::Source, true) => crate::telemetry::trace::Kind::Client,
         _ => crate::telemetry::trace::Kind::Server,
     };
-    let pending = Pending {
+    let mut pending = Pending {
         edge_route: (!l.tunnels).then(|| info_route.unwrap_or_else(|| Arc::from("-"))),
         log,
         trace,
@@ -291,7 +309,8 @@ struct Pending {
 }
 
 impl Pending {
-    fn record(mut self, response_bytes: u64, grpc_status: Option<u16>) {
+    /// Borrowed, not taken: the record is large, and moving it in would copy it.
+    fn record(&mut self, response_bytes: u64, grpc_status: Option<u16>) {
         let duration = self.at.elapsed();
         if let Some(c) = &self.counted {
             self.request_bytes = c.load(std::sync::atomic::Ordering::Relaxed);
@@ -302,7 +321,7 @@ impl Pending {
             if let Some(out) = &log.out
                 && policy.is_none_or(|p| p.log.wants(&self.facts(log, grpc_status, duration)))
             {
-                write_line(out, log, &self, trace, response_bytes, grpc_status, duration);
+                write_line(out, log, self, trace, response_bytes, grpc_status, duration);
             }
             if let Some((tracer, cx, sampled)) = &self.trace {
                 let error = self.code >= 500 || grpc_status.is_some_and(|s| s != 0);
@@ -363,7 +382,7 @@ impl Pending {
     ) -> crate::telemetry::trace::Span {
         use crate::telemetry::trace::Value;
         let r = &log.line;
-        let start = crate::telemetry::trace::unix_nanos(r.start);
+        let start = crate::telemetry::trace::unix_nanos(wall_start(duration));
         let authority = r.authority.as_ref().and_then(|a| a.to_str().ok()).unwrap_or("-");
         let host = self.service.as_ref().map(|s| s.value.host.as_str());
         let text = |v: &http::HeaderValue| Value::Str(String::from_utf8_lossy(v.as_bytes()).into_owned());
@@ -373,7 +392,7 @@ impl Pending {
         put("component", Value::Str("proxy".into()));
         put("istio.namespace", Value::Str(tracer.namespace.to_string()));
         put("istio.canonical_service", Value::Str(tracer.service.split('.').next().unwrap_or_default().to_string()));
-        put("guid:x-request-id", text(&r.request_id));
+        put("guid:x-request-id", Value::Str(String::from_utf8_lossy(r.request_id.as_bytes()).into_owned()));
         put("http.method", Value::Str(r.method.to_string()));
         put(
             "http.url",
@@ -495,7 +514,7 @@ impl Metered {
     }
 
     fn done(&mut self) {
-        if let Some(p) = self.pending.take() {
+        if let Some(mut p) = self.pending.take() {
             p.record(self.bytes, self.grpc_status);
         }
     }
@@ -535,7 +554,7 @@ fn write_line(
         let r = &log.line;
         let opt = |out: &mut Vec<u8>, v: Option<&[u8]>| json_str(out, v.unwrap_or(b"-"));
         out.extend_from_slice(b"{\"start_time\":\"");
-        timestamp(out, r.start);
+        timestamp(out, wall_start(duration));
         out.extend_from_slice(b"\",\"method\":");
         json_str(out, r.method.as_str().as_bytes());
         out.extend_from_slice(b",\"authority\":");

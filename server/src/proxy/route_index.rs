@@ -3,13 +3,11 @@
 //! and a hash map; the rest are tried in order, but only those listed
 //! before the best indexed match. The cost stays flat as routes grow.
 
-use std::collections::HashMap;
-
 use super::config::{Route, StrMatch};
 
 #[derive(Default)]
 pub struct RouteIndex {
-    exact: HashMap<Box<str>, u32>,
+    exact: super::config::FastMap<Box<str>, u32>,
     trie: Vec<Node>,
     /// Routes with other conditions, in order.
     general: Vec<u32>,

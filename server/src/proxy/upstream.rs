@@ -223,6 +223,13 @@ impl Health {
         self.ejected_until.load(Ordering::Relaxed) > now
     }
 
+    /// As [`Health::ejected_at`], reading the clock (`now`) only for an
+    /// endpoint that was ever ejected.
+    fn ejected_by(&self, now: impl Fn() -> u64) -> bool {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until != 0 && until > now()
+    }
+
     /// The kept HTTP/2 connection, if it was made under these TLS settings.
     pub fn h2(&self, fingerprint: u64) -> Option<super::h2::Sender> {
         let kept = self.h2.lock().ok()?;
@@ -324,16 +331,17 @@ impl Cluster {
     /// `beyond` when one has a healthy endpoint (`retryRemoteLocalities`).
     pub fn pick_beyond(&self, avoid: Option<usize>, hash: Option<u64>, beyond: Option<u8>) -> Option<usize> {
         let n = self.endpoints.len();
-        // One clock read per pick, not one per endpoint and pass.
-        let now = now_ms();
+        // At most one clock read per pick, and none while no endpoint was ever ejected.
+        let clock = std::cell::OnceCell::new();
+        let now = || *clock.get_or_init(now_ms);
         // Panic mode (`minHealthPercent`): too few healthy endpoints, so use them all.
         let panic = self.outlier.as_ref().is_some_and(|o| {
             o.min_health_percent > 0 && {
-                let up = self.endpoints.iter().filter(|e| !e.health.ejected_at(now)).count() as u32;
+                let up = self.endpoints.iter().filter(|e| !e.health.ejected_by(now)).count() as u32;
                 up * 100 < o.min_health_percent * n as u32
             }
         });
-        let healthy = |i: usize| panic || !self.endpoints[i].health.ejected_at(now);
+        let healthy = |i: usize| panic || !self.endpoints[i].health.ejected_by(now);
         match n {
             0 => return None,
             1 => return healthy(0).then_some(0),
@@ -380,7 +388,7 @@ impl Cluster {
         // to its weight, else another pick is made (a few times at most).
         let weight = |i: usize| {
             let born = self.endpoints[i].health.born;
-            warmup.weight(Duration::from_millis(now.saturating_sub(born)))
+            warmup.weight(Duration::from_millis(now().saturating_sub(born)))
         };
         let mut candidate = chosen;
         for _ in 0..4 {

@@ -79,7 +79,10 @@ impl Context {
     pub fn inject(&self, sampled: bool, h: &mut HeaderMap) {
         let (tp, trace, span) = self.traceparent_text(sampled);
         // Cut from a per-thread block: no allocation per value.
-        let value = crate::proxy::h1::scratch::value;
+        let value = |text: &[u8]| {
+            HeaderValue::from_maybe_shared(crate::proxy::h1::scratch::made(text))
+                .unwrap_or(HeaderValue::from_static("-"))
+        };
         h.insert(TRACEPARENT, value(&tp));
         if !self.incoming {
             return;
@@ -105,8 +108,8 @@ impl Context {
     /// [`Context::inject`] would replace or remove: the caller writes it
     /// after the request's fields, with no header-map insert. `None`:
     /// use `inject`.
-    pub fn traceparent_alone(&self, sampled: bool) -> Option<HeaderValue> {
-        self.bare.then(|| crate::proxy::h1::scratch::value(&self.traceparent_text(sampled).0))
+    pub fn traceparent_alone(&self, sampled: bool) -> Option<bytes::Bytes> {
+        self.bare.then(|| crate::proxy::h1::scratch::made(&self.traceparent_text(sampled).0))
     }
 
     /// `traceparent`'s text, and the trace and span ids in hex.
@@ -510,7 +513,7 @@ mod tests {
         assert!(out["traceparent"].to_str().unwrap().ends_with("-00"));
         assert_eq!(out.len(), 1);
         // With no context header in the request, the value alone is the same.
-        assert_eq!(cx.traceparent_alone(false).as_ref(), Some(&out["traceparent"]));
+        assert_eq!(cx.traceparent_alone(false).as_deref(), Some(out["traceparent"].as_bytes()));
         // A malformed one is replaced in the map, never added beside it.
         let bad = headers(&[("traceparent", "nonsense")]);
         let cx = Context::extract(&bad);

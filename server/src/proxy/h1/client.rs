@@ -297,7 +297,7 @@ pub struct Head<'a> {
     pub path: &'a str,
     pub headers: &'a HeaderMap,
     /// Fields for this attempt only, written after `headers`.
-    pub extra: &'a [(&'static str, http::HeaderValue)],
+    pub extra: &'a [(&'static str, super::Value)],
 }
 
 /// Sends a request to the endpoint at `address`, reusing a pooled connection

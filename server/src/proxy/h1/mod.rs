@@ -209,6 +209,32 @@ pub fn write_fields(out: &mut Vec<u8>, headers: &HeaderMap, skip: impl Fn(&Heade
     }
 }
 
+/// A field value this proxy writes: one from a header map, or one made here
+/// (ids and trace contexts, hex) that is checked as a header value only if
+/// it goes into a header map.
+#[derive(Clone, Debug)]
+pub enum Value {
+    Header(HeaderValue),
+    Made(Bytes),
+}
+
+impl Value {
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Value::Header(v) => v.as_bytes(),
+            Value::Made(b) => b,
+        }
+    }
+
+    /// As a header value (`-` for made text that is not a valid one).
+    pub fn to_header(&self) -> HeaderValue {
+        match self {
+            Value::Header(v) => v.clone(),
+            Value::Made(b) => HeaderValue::from_maybe_shared(b.clone()).unwrap_or(HeaderValue::from_static("-")),
+        }
+    }
+}
+
 /// Appends `content-length: n`.
 pub fn write_content_length(out: &mut Vec<u8>, n: u64) {
     write_field(out, "content-length", itoa::Buffer::new().format(n).as_bytes());

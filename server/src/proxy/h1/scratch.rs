@@ -11,7 +11,7 @@
 use std::cell::RefCell;
 
 use bytes::BytesMut;
-use http::{HeaderMap, HeaderValue};
+use http::HeaderMap;
 
 /// Kept per thread, per kind: enough for the requests one worker has in
 /// flight at a time in a burst, small next to the connections it holds.
@@ -29,13 +29,12 @@ thread_local! {
     static VALUES: RefCell<BytesMut> = RefCell::new(BytesMut::new());
 }
 
-/// Header values made here (request ids, trace contexts) are cut from one
+/// Field values made here (request ids, trace contexts) are cut from one
 /// per-thread block: an allocation per few dozen values, not one each.
 const VALUE_BLOCK: usize = 4096;
 
-/// A header value holding a copy of `text` (which must be visible ASCII:
-/// ids, hex); `-` if it is not.
-pub fn value(text: &[u8]) -> HeaderValue {
+/// A copy of `text` (a field value made here: ids, hex), as shared bytes.
+pub fn made(text: &[u8]) -> bytes::Bytes {
     let cut = |block: &mut BytesMut| {
         if block.capacity() - block.len() < text.len() {
             *block = BytesMut::with_capacity(VALUE_BLOCK.max(text.len()));
@@ -43,8 +42,7 @@ pub fn value(text: &[u8]) -> HeaderValue {
         block.extend_from_slice(text);
         block.split().freeze()
     };
-    let bytes = VALUES.try_with(|b| cut(&mut b.borrow_mut())).unwrap_or_else(|_| bytes::Bytes::copy_from_slice(text));
-    HeaderValue::from_maybe_shared(bytes).unwrap_or(HeaderValue::from_static("-"))
+    VALUES.try_with(|b| cut(&mut b.borrow_mut())).unwrap_or_else(|_| bytes::Bytes::copy_from_slice(text))
 }
 
 fn take<T>(list: &'static std::thread::LocalKey<RefCell<Vec<T>>>) -> Option<T> {

@@ -76,26 +76,15 @@ pub async fn serve<R: ClientRead, W: AsyncWrite + Unpin + Send>(
     // and the timer is reset only when it fires before it. No timer work per request.
     let mut deadline = Instant::now() + HEAD_TIMEOUT;
     let mut timer = std::pin::pin!(tokio::time::sleep_until(deadline));
+    // `stop` and `timer` stay registered with this task's waker between
+    // requests: they are polled again only when they may have fired (the
+    // signal changed, the timer elapsed), not for every request.
+    let mut registered = false;
     loop {
         deadline = Instant::now() + HEAD_TIMEOUT;
         let head = {
-            let mut reading = std::pin::pin!(read_head(&mut r, &mut buf));
-            loop {
-                // The head first: when it is there, the shutdown signal and
-                // the timer are not polled at all; the signal is checked
-                // below instead (an atomic load).
-                tokio::select! {
-                    biased;
-                    head = &mut reading => break Ok(head),
-                    _ = &mut stop => return,
-                    () = &mut timer => {
-                        if Instant::now() >= deadline {
-                            break Err(());
-                        }
-                        timer.as_mut().reset(deadline);
-                    }
-                }
-            }
+            let reading = std::pin::pin!(read_head(&mut r, &mut buf));
+            wait_head(reading, stop.as_mut(), timer.as_mut(), &closing, deadline, &mut registered).await
         };
         // Shut down (or, at a sidecar's plaintext inbound, turned STRICT)
         // while the head arrived: it is not served, as before it was read.
@@ -103,13 +92,13 @@ pub async fn serve<R: ClientRead, W: AsyncWrite + Unpin + Send>(
             return;
         }
         let head = match head {
-            Ok(Ok(Some(head))) => head,
-            Ok(Ok(None)) => return,
-            Ok(Err(HeadError::Io)) => return,
-            Ok(Err(HeadError::Refused(status, why))) => return Box::pin(refuse(&mut w, status, why)).await,
+            Wait::Head(Ok(Some(head))) => head,
+            Wait::Head(Ok(None)) | Wait::Stop => return,
+            Wait::Head(Err(HeadError::Io)) => return,
+            Wait::Head(Err(HeadError::Refused(status, why))) => return Box::pin(refuse(&mut w, status, why)).await,
             // Idle keep-alive connections just close; a half-sent head gets a 408.
-            Err(_) if buf.is_empty() => return,
-            Err(_) => {
+            Wait::Timeout if buf.is_empty() => return,
+            Wait::Timeout => {
                 let why = "request head not received in time\n";
                 return Box::pin(refuse(&mut w, StatusCode::REQUEST_TIMEOUT, why)).await;
             }
@@ -251,6 +240,54 @@ async fn with_body<R: ClientRead, W: AsyncWrite + Unpin + Send>(
 async fn refuse<W: AsyncWrite + Unpin + Send>(w: &mut W, status: StatusCode, why: &'static str) {
     let _ = write_response(w, handler::local(status, "DPE", why), false, false, Version::HTTP_11, false).await;
     let _ = w.shutdown().await;
+}
+
+/// How waiting for a request head ended.
+enum Wait<T> {
+    Head(T),
+    Stop,
+    Timeout,
+}
+
+/// Waits for a request head (`reading`), the shutdown signal (`stop`; that
+/// it may have come, `closing` tells) or the head timeout (`timer`, which
+/// may fire before `deadline`: then it is re-armed). `stop` and `timer`
+/// stay registered with the task's waker from one call to the next
+/// (`registered`), so they are polled again only when they may have fired,
+/// not once per request.
+async fn wait_head<T>(
+    mut reading: Pin<&mut impl Future<Output = T>>,
+    mut stop: Pin<&mut impl Future>,
+    mut timer: Pin<&mut tokio::time::Sleep>,
+    closing: &watch::Receiver<bool>,
+    deadline: Instant,
+    registered: &mut bool,
+) -> Wait<T> {
+    std::future::poll_fn(|cx| {
+        // The head first: when it is there, the shutdown signal and the
+        // timer are not polled at all; the signal is checked after the
+        // head instead (an atomic load).
+        if let Poll::Ready(head) = reading.as_mut().poll(cx) {
+            return Poll::Ready(Wait::Head(head));
+        }
+        while !*registered || closing.has_changed().unwrap_or(true) || timer.is_elapsed() {
+            if stop.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Wait::Stop);
+            }
+            if timer.as_mut().poll(cx).is_ready() {
+                if Instant::now() >= deadline {
+                    return Poll::Ready(Wait::Timeout);
+                }
+                // Re-armed, then polled again to register (firing took the waker).
+                timer.as_mut().reset(deadline);
+                *registered = false;
+                continue;
+            }
+            *registered = true;
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 struct RequestHead {
@@ -673,4 +710,53 @@ async fn splice<R: ClientRead, W: AsyncWrite + Unpin + Send>(
         let _ = w.shutdown().await;
     };
     tokio::join!(to_upstream, to_client);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The head timeout, re-armed when the deadline moved, and the shutdown
+    /// signal both end a wait although neither is polled on every request.
+    #[tokio::test(start_paused = true)]
+    async fn waiting_for_a_head_ends_at_the_deadline_or_the_signal() {
+        let (tx, mut rx) = watch::channel(false);
+        let closing = rx.clone();
+        let mut stop = std::pin::pin!(rx.changed());
+        let start = Instant::now();
+        let mut timer = std::pin::pin!(tokio::time::sleep_until(start + HEAD_TIMEOUT));
+        let mut registered = false;
+        let limit = Duration::from_secs(300);
+
+        // A head after 10 s: the timer and the signal get registered on the way.
+        let head = std::pin::pin!(tokio::time::sleep(Duration::from_secs(10)));
+        let w = wait_head(head, stop.as_mut(), timer.as_mut(), &closing, start + HEAD_TIMEOUT, &mut registered);
+        assert!(matches!(tokio::time::timeout(limit, w).await, Ok(Wait::Head(()))));
+        assert!(registered);
+
+        // No head: the timer fires at 30 s, before the moved deadline (40 s),
+        // is re-armed, and ends the wait then.
+        let deadline = Instant::now() + HEAD_TIMEOUT;
+        let none = std::pin::pin!(std::future::pending::<()>());
+        let w = wait_head(none, stop.as_mut(), timer.as_mut(), &closing, deadline, &mut registered);
+        assert!(matches!(tokio::time::timeout(limit, w).await, Ok(Wait::Timeout)));
+        assert_eq!(Instant::now() - start, Duration::from_secs(40));
+
+        // The signal, sent while a wait is pending, ends it at once.
+        let deadline = Instant::now() + HEAD_TIMEOUT;
+        timer.as_mut().reset(deadline);
+        let mut registered = false;
+        let head = std::pin::pin!(tokio::time::sleep(Duration::from_secs(1)));
+        let w = wait_head(head, stop.as_mut(), timer.as_mut(), &closing, deadline, &mut registered);
+        assert!(matches!(w.await, Wait::Head(())));
+        let sent = Instant::now() + Duration::from_secs(5);
+        tokio::spawn(async move {
+            tokio::time::sleep_until(sent).await;
+            let _ = tx.send(true);
+        });
+        let none = std::pin::pin!(std::future::pending::<()>());
+        let w = wait_head(none, stop.as_mut(), timer.as_mut(), &closing, deadline, &mut registered);
+        assert!(matches!(tokio::time::timeout(limit, w).await, Ok(Wait::Stop)));
+        assert_eq!(Instant::now(), sent);
+    }
 }
