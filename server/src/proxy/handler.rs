@@ -19,7 +19,7 @@ use super::{Clients, Listener, ProxyBody};
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 
 /// The header carrying Envoy-style response flags on locally made errors.
@@ -622,7 +622,7 @@ async fn tunnel(
             return local(StatusCode::SERVICE_UNAVAILABLE, "UF", "upstream connect error\n");
         }
     };
-    let mesh_peer = cluster.tls.as_ref().is_some_and(|t| t.mode == "ISTIO_MUTUAL");
+    let mesh_peer = cluster.tls.as_ref().is_some_and(|t| t.mesh_peer());
     let (stream, pending) = if mesh_peer {
         let authority = req.uri().authority().map_or("", |a| a.as_str());
         match connect_through(stream, authority, cluster.connections.connect_timeout).await {
@@ -678,7 +678,7 @@ async fn forward(
     {
         parts.headers.insert(header::HOST, v);
     }
-    let exchange = cluster.tls.as_ref().is_some_and(|t| t.mode == "ISTIO_MUTUAL").then(|| l.metrics.exchange());
+    let exchange = cluster.tls.as_ref().is_some_and(|t| t.mesh_peer()).then(|| l.metrics.exchange());
     // WebSocket and other upgrades: after a 101 the HTTP/1 server splices the two connections.
     let (mut added, upgrade) =
         prepare_headers(&mut parts.headers, peer, l.scheme, l.client_cert.as_ref(), exchange, info.request_id.take());
@@ -1090,7 +1090,8 @@ fn ip_value(ip: std::net::IpAddr) -> HeaderValue {
 /// header map, which would cost a lookup and an insert each.
 type Added = smallvec::SmallVec<[(&'static str, Value); 7]>;
 
-/// What [`prepare_headers`] looks for, besides the hop-by-hop fields.
+/// What [`prepare_headers`] looks for, besides the hop-by-hop fields; the
+/// consts after it are their places (bits of what the request has).
 static FORWARDED: [HeaderName; 6] = [
     X_FORWARDED_FOR,
     X_FORWARDED_PROTO,
@@ -1099,6 +1100,12 @@ static FORWARDED: [HeaderName; 6] = [
     X_FORWARDED_CLIENT_CERT,
     crate::telemetry::istio::PEER_METADATA,
 ];
+const HAS_FOR: u8 = 1;
+const HAS_PROTO: u8 = 1 << 1;
+const HAS_HOST: u8 = 1 << 2;
+const HAS_REQUEST_ID: u8 = 1 << 3;
+const HAS_CLIENT_CERT: u8 = 1 << 4;
+const HAS_PEER_METADATA: u8 = 1 << 5;
 const ATTEMPT_COUNT: &str = "x-envoy-attempt-count";
 
 /// Readies a request's fields for an upstream, as Envoy does: hop-by-hop
@@ -1120,12 +1127,14 @@ fn prepare_headers(
     // One pass over the names tells which of the fields handled here are
     // present; only those are looked up again.
     let (mut hop, mut seen) = (0u8, 0u8);
-    let (mut host, mut upgrade) = (None, None);
+    let (mut host, mut upgrade, mut te) = (None, None, None);
     for (k, v) in headers.iter() {
         if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
             hop |= 1 << i;
             if k == header::UPGRADE && upgrade.is_none() {
                 upgrade = Some(v.clone());
+            } else if k == header::TE && te.is_none() {
+                te = Some(v.as_bytes().eq_ignore_ascii_case(b"trailers"));
             }
         } else if let Some(i) = FORWARDED.iter().position(|h| h == k) {
             seen |= 1 << i;
@@ -1134,17 +1143,15 @@ fn prepare_headers(
         }
     }
     let upgrade = upgrade.filter(|_| wants_upgrade(headers));
-    let has = |i: usize| seen & (1 << i) != 0;
+    let has = |bit: u8| seen & bit != 0;
     // `te: trailers` is hop-by-hop but gRPC needs it end to end, as Envoy keeps it.
-    let te = 1 << HOP_BY_HOP.iter().position(|h| h == header::TE).unwrap_or(0);
-    let trailers =
-        hop & te != 0 && headers.get(header::TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    let trailers = te == Some(true);
     strip_present(headers, hop);
     if trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
     let mut added = Added::new();
-    if has(0) {
+    if has(HAS_FOR) {
         use http::header::Entry;
         if let Entry::Occupied(mut e) = headers.entry(X_FORWARDED_FOR) {
             let appended = e.get().to_str().ok().map(|prev| format!("{prev}, {}", peer.ip()));
@@ -1154,28 +1161,28 @@ fn prepare_headers(
     } else {
         added.push(("x-forwarded-for", Value::Header(ip_value(peer.ip()))));
     }
-    if has(1) {
+    if has(HAS_PROTO) {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
     } else {
         added.push(("x-forwarded-proto", Value::Header(HeaderValue::from_static(scheme))));
     }
-    if !has(2)
+    if !has(HAS_HOST)
         && let Some(host) = host
     {
         added.push(("x-forwarded-host", Value::Header(host)));
     }
-    if !has(3) {
+    if !has(HAS_REQUEST_ID) {
         added.push(("x-request-id", Value::Made(request_id.unwrap_or_else(self::request_id))));
     }
     // Client-certificate details come only from the gateway, never from the client (Envoy's SANITIZE).
-    if has(4) {
+    if has(HAS_CLIENT_CERT) {
         headers.remove(&X_FORWARDED_CLIENT_CERT);
     }
     if let Some(xfcc) = client_cert {
         added.push(("x-forwarded-client-cert", Value::Header(xfcc.clone())));
     }
     // Mesh peers learn this workload's app and version; nobody else does.
-    if has(5) {
+    if has(HAS_PEER_METADATA) {
         headers.remove(&crate::telemetry::istio::PEER_METADATA);
     }
     if let Some(exchange) = exchange {

@@ -110,7 +110,8 @@ impl RequestLine {
     /// Read from the request; a request without `x-request-id` gets one
     /// here ([`RequestLine::made_id`]), for the log and the upstream alike.
     pub fn of(req: &http::Request<ProxyBody>) -> RequestLine {
-        static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+        // A static: a const name would be built and dropped at each comparison.
+        static X_REQUEST_ID: http::HeaderName = super::handler::X_REQUEST_ID;
         // One pass over the (few) fields rather than three lookups.
         let (mut id, mut host, mut user_agent) = (None, None, None);
         for (name, value) in req.headers() {
@@ -148,15 +149,7 @@ impl RequestLine {
             request_id,
         }
     }
-}
 
-/// When a request that took `duration` started, by the wall clock: read
-/// only for a log line or a span, not on every request.
-fn wall_start(duration: std::time::Duration) -> std::time::SystemTime {
-    std::time::SystemTime::now().checked_sub(duration).unwrap_or(std::time::UNIX_EPOCH)
-}
-
-impl RequestLine {
     /// The id made here for a request that came without one: the upstream gets it too.
     pub fn made_id(&self) -> Option<bytes::Bytes> {
         match &self.request_id {
@@ -164,6 +157,12 @@ impl RequestLine {
             super::h1::Value::Header(_) => None,
         }
     }
+}
+
+/// When a request that took `duration` started, by the wall clock: read
+/// only for a log line or a span, not on every request.
+fn wall_start(duration: std::time::Duration) -> std::time::SystemTime {
+    std::time::SystemTime::now().checked_sub(duration).unwrap_or(std::time::UNIX_EPOCH)
 }
 
 /// RFC 3339 UTC with milliseconds; the part up to the seconds is made once

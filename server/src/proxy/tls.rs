@@ -221,6 +221,14 @@ pub struct UpstreamTls {
     pub mode: &'static str,
 }
 
+impl UpstreamTls {
+    /// Istio's mutual TLS to another workload of the mesh (its identity
+    /// and the metadata exchange go with each request).
+    pub fn mesh_peer(&self) -> bool {
+        self.mode == "ISTIO_MUTUAL"
+    }
+}
+
 /// What an upstream TLS configuration is made of, resolved from the
 /// DestinationRule (PEM bytes from a Secret or from files).
 pub struct UpstreamTlsSpec<'a> {

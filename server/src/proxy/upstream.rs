@@ -215,16 +215,11 @@ impl Health {
     }
 
     pub fn is_ejected(&self) -> bool {
-        self.ejected_at(now_ms())
+        self.ejected_by(now_ms)
     }
 
-    /// Like [`Health::is_ejected`] with the clock read once by the caller.
-    fn ejected_at(&self, now: u64) -> bool {
-        self.ejected_until.load(Ordering::Relaxed) > now
-    }
-
-    /// As [`Health::ejected_at`], reading the clock (`now`) only for an
-    /// endpoint that was ever ejected.
+    /// Like [`Health::is_ejected`] with the caller's clock (`now`), read
+    /// only for an endpoint that was ever ejected.
     fn ejected_by(&self, now: impl Fn() -> u64) -> bool {
         let until = self.ejected_until.load(Ordering::Relaxed);
         until != 0 && until > now()

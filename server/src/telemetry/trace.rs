@@ -79,10 +79,7 @@ impl Context {
     pub fn inject(&self, sampled: bool, h: &mut HeaderMap) {
         let (tp, trace, span) = self.traceparent_text(sampled);
         // Cut from a per-thread block: no allocation per value.
-        let value = |text: &[u8]| {
-            HeaderValue::from_maybe_shared(crate::proxy::h1::scratch::made(text))
-                .unwrap_or(HeaderValue::from_static("-"))
-        };
+        let value = |text: &[u8]| crate::proxy::h1::Value::Made(crate::proxy::h1::scratch::made(text)).to_header();
         h.insert(TRACEPARENT, value(&tp));
         if !self.incoming {
             return;

@@ -333,55 +333,46 @@ impl Special {
             Kind::Expect => {
                 self.expect = Some(value.eq_ignore_ascii_case(b"100-continue") && self.expect != Some(false))
             }
-            // The usual single number first, then lists (`5, 5`) and errors.
-            Kind::ContentLength if !value.is_empty() && value.len() <= 19 && value.iter().all(u8::is_ascii_digit) => {
-                let n = value.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
-                match self.length {
-                    Some(l) if l != n => {
+            Kind::ContentLength => members(value, |part| {
+                let n = (!part.is_empty() && part.len() <= 19 && part.iter().all(u8::is_ascii_digit))
+                    .then(|| part.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')));
+                match n {
+                    None => self.bad_length = Some("invalid Content-Length\n"),
+                    Some(n) if self.length.is_some_and(|l| l != n) => {
                         self.bad_length = self.bad_length.or(Some("conflicting Content-Length headers\n"));
                     }
-                    _ => self.length = Some(n),
+                    Some(n) => self.length = Some(n),
                 }
-            }
-            Kind::ContentLength => {
-                for part in value.split(|b| *b == b',').map(trim_ows) {
-                    let n = (!part.is_empty() && part.len() <= 19 && part.iter().all(u8::is_ascii_digit))
-                        .then(|| part.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')));
-                    match n {
-                        None => self.bad_length = Some("invalid Content-Length\n"),
-                        Some(n) if self.length.is_some_and(|l| l != n) => {
-                            self.bad_length = self.bad_length.or(Some("conflicting Content-Length headers\n"));
-                        }
-                        Some(n) => self.length = Some(n),
-                    }
+            }),
+            Kind::TransferEncoding => members(value, |token| {
+                let chunked = token.eq_ignore_ascii_case(b"chunked");
+                if self.codings == 0 {
+                    self.first_chunked = chunked;
                 }
-            }
-            Kind::TransferEncoding => {
-                for token in value.split(|b| *b == b',').map(trim_ows) {
-                    let chunked = token.eq_ignore_ascii_case(b"chunked");
-                    if self.codings == 0 {
-                        self.first_chunked = chunked;
-                    }
-                    self.codings += 1;
-                    self.last_chunked = chunked;
+                self.codings += 1;
+                self.last_chunked = chunked;
+            }),
+            Kind::Connection => members(value, |token| {
+                if token.eq_ignore_ascii_case(b"close") {
+                    self.close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    self.keep_alive = true;
+                } else if !token.is_empty() {
+                    self.names_others = true;
                 }
-            }
-            // The usual single token first.
-            Kind::Connection if value.eq_ignore_ascii_case(b"keep-alive") => self.keep_alive = true,
-            Kind::Connection if value.eq_ignore_ascii_case(b"close") => self.close = true,
-            Kind::Connection => {
-                for token in value.split(|b| *b == b',').map(trim_ows) {
-                    if token.eq_ignore_ascii_case(b"close") {
-                        self.close = true;
-                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                        self.keep_alive = true;
-                    } else if !token.is_empty() {
-                        self.names_others = true;
-                    }
-                }
-            }
+            }),
             Kind::Signal => self.signal = true,
         }
+    }
+}
+
+/// Each member of a comma-separated field value, trimmed. A value with no
+/// comma (nearly always) is its one member, without a split iterator.
+fn members(value: &[u8], mut each: impl FnMut(&[u8])) {
+    if value.contains(&b',') {
+        value.split(|b| *b == b',').for_each(|part| each(trim_ows(part)));
+    } else {
+        each(trim_ows(value));
     }
 }
 

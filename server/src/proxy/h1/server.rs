@@ -96,8 +96,7 @@ pub async fn serve<R: ClientRead, W: AsyncWrite + Unpin + Send>(
         }
         let head = match head {
             Wait::Head(Ok(Some(head))) => head,
-            Wait::Head(Ok(None)) | Wait::Stop => return,
-            Wait::Head(Err(HeadError::Io)) => return,
+            Wait::Head(Ok(None) | Err(HeadError::Io)) | Wait::Stop => return,
             Wait::Head(Err(HeadError::Refused(status, why))) => return Box::pin(refuse(&mut w, status, why)).await,
             // Idle keep-alive connections just close; a half-sent head gets a 408.
             Wait::Timeout if buf.is_empty() => return,
