@@ -10,6 +10,8 @@
 # functions that execute them (self cost), and calls per request of
 # malloc, memcpy and header-map hashing. CALLGRIND_OUT=FILE keeps the profile.
 # PROXY=nginx counts the yardstick's nginx proxy the same way instead.
+# PROFILE=profiling counts a build with line tables (for callgrind_annotate
+# --auto=yes on a kept profile); the same code as release.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-1000}
@@ -36,8 +38,8 @@ NG
   for _ in $(seq 1 100); do curl -fsS -o /dev/null "http://$GATEWAY/" 2>/dev/null && break; sleep 0.2; done
   WHAT="nginx $(nginx -v 2>&1 | sed 's/.*nginx\///')"
 else
-  cargo build --release -p meshgate
-  REAL=$PWD/target/release/meshgate
+  cargo build --profile "${PROFILE:-release}" -p meshgate
+  REAL=$PWD/target/${PROFILE:-release}/meshgate
   callgrind_wrapper
   BIN=$W/vg UP_ARGS="--workers 1" start_meshgate
   BIN=$REAL

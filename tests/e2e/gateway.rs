@@ -689,6 +689,18 @@ fn http1_keeps_upstream_connections_and_streams_bodies_both_ways() {
     s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
     let answer = read_response(&mut s, &mut pending);
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    // A request answered here (404) before its streamed body was read: the
+    // rest of the body is discarded and the connection serves the next request.
+    let mut s = connect();
+    let mut pending = Vec::new();
+    s.write_all(b"POST /x HTTP/1.1\r\nHost: nobody.example\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        .unwrap();
+    let answer = read_response(&mut s, &mut pending);
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    assert!(!answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+    s.write_all(format!("5\r\nworld\r\n0\r\n\r\nGET / HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes()).unwrap();
+    let answer = read_response(&mut s, &mut pending);
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("v1"), "{answer}");
 }
 
 #[test]

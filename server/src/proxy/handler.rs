@@ -52,7 +52,10 @@ pub(crate) fn local(status: StatusCode, flag: &'static str, body: &'static str) 
     resp
 }
 
-pub async fn handle(l: &Listener, peer: SocketAddr, mut req: Request<ProxyBody>) -> Response<ProxyBody> {
+/// The request is borrowed, not taken: it stays where the server built it
+/// (a request is a few hundred bytes, and each async layer it was moved
+/// into copied it).
+pub async fn handle(l: &Listener, peer: SocketAddr, req: &mut Request<ProxyBody>) -> Response<ProxyBody> {
     let grpc = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -66,14 +69,14 @@ pub async fn handle(l: &Listener, peer: SocketAddr, mut req: Request<ProxyBody>)
     };
     let counted = match length {
         Some(_) => None,
-        None => Some(super::observe::Counted::wrap(&mut req)),
+        None => Some(super::observe::Counted::wrap(req)),
     };
     let started = super::observe::Started {
         at: std::time::Instant::now(),
         grpc,
         request_bytes: length.unwrap_or(0),
         counted,
-        line: (l.logging().is_some() || trace.is_some()).then(|| super::observe::RequestLine::of(&req)),
+        line: (l.logging().is_some() || trace.is_some()).then(|| super::observe::RequestLine::of(req)),
     };
     let mut info = super::observe::Info {
         trace: trace.map(super::observe::Tracing::new),
@@ -91,12 +94,17 @@ pub async fn handle(l: &Listener, peer: SocketAddr, mut req: Request<ProxyBody>)
     // gRPC-Web from browsers goes upstream as gRPC, and comes back as gRPC-Web.
     let web = if grpc { super::grpcweb::kind(req.headers()) } else { None };
     if let Some(text) = web {
-        req = match super::grpcweb::request(req, text).await {
+        let taken = std::mem::replace(req, Request::new(ProxyBody::empty()));
+        *req = match super::grpcweb::request(taken, text).await {
             Ok(req) => req,
             Err(resp) => return super::observe::finish(l, started, info, resp),
         };
     }
     let mut resp = route(l, peer, req, &mut info).await;
+    // A body the route did not send on is let go now, as if the request had
+    // been consumed: the HTTP/1 server then discards the rest of it (a held
+    // body would stall its pump, and the connection would not be reused).
+    *req.body_mut() = ProxyBody::empty();
     if grpc {
         // gRPC answers are read below and by the metrics (`grpc-status`).
         super::h1::materialize(&mut resp);
@@ -144,7 +152,7 @@ fn grpc_error(resp: Response<ProxyBody>) -> Response<ProxyBody> {
 async fn route(
     l: &Listener,
     peer: SocketAddr,
-    mut req: Request<ProxyBody>,
+    req: &mut Request<ProxyBody>,
     info: &mut super::observe::Info,
 ) -> Response<ProxyBody> {
     // Request smuggling is refused by the HTTP/1 server before this point
@@ -192,12 +200,12 @@ async fn route(
     // consumer; a request with no route is refused by policy before it is 404.
     let routed = {
         let mut lowercased = String::new();
-        let host = request_host(&req, &mut lowercased);
+        let host = request_host(req, &mut lowercased);
         match snapshot.ports.get(&l.gateway_port) {
             None => Err("no route: no Gateway serves this port\n"),
             Some(port) => match port.find(host) {
                 None => Err("no route: no VirtualService serves this host\n"),
-                Some(vhost) => vhost.route_for(&req, l.scheme).ok_or("no route matched\n"),
+                Some(vhost) => vhost.route_for(req, l.scheme).ok_or("no route matched\n"),
             },
         }
     };
@@ -229,7 +237,7 @@ async fn route(
         info.client_ip = Some(remote_ip);
     }
     if let Some(authz) = &snapshot.authz
-        && let Err(why) = authorize(authz, l, peer, remote_ip, &req, identity.as_deref())
+        && let Err(why) = authorize(authz, l, peer, remote_ip, req, identity.as_deref())
     {
         tracing::debug!(%peer, reason = %why, "RBAC: access denied");
         info.denied = Some("rbac");
@@ -342,13 +350,13 @@ async fn route(
         }
         Action::Redirect(redirect) => {
             let mut lowercased = String::new();
-            redirect_response(redirect, &req, l.scheme, request_host(&req, &mut lowercased))
+            redirect_response(redirect, req, l.scheme, request_host(req, &mut lowercased))
         }
-        Action::Forward(targets) if connect => tunnel(targets, &req, info).await,
-        Action::Forward(targets) => match route.transcoder.as_deref().and_then(|t| Some((t, t.find(&req)?))) {
+        Action::Forward(targets) if connect => tunnel(targets, req, info).await,
+        Action::Forward(targets) => match route.transcoder.as_deref().and_then(|t| Some((t, t.find(req)?))) {
             // GrpcTranscoder: REST+JSON in, a gRPC call upstream, JSON back.
-            Some((t, call)) => match t.request(&call, req).await {
-                Ok(req) => t.response(&call, forward(l, peer, route, targets, req, info).await).await,
+            Some((t, call)) => match t.request(&call, std::mem::replace(req, Request::new(ProxyBody::empty()))).await {
+                Ok(mut req) => t.response(&call, forward(l, peer, route, targets, &mut req, info).await).await,
                 Err(resp) => resp,
             },
             None => forward(l, peer, route, targets, req, info).await,
@@ -648,7 +656,7 @@ async fn forward(
     peer: SocketAddr,
     route: &Route,
     targets: &WeightedClusters,
-    req: Request<ProxyBody>,
+    req: &mut Request<ProxyBody>,
     info: &mut super::observe::Info,
 ) -> Response<ProxyBody> {
     let target = targets.pick();
@@ -658,7 +666,7 @@ async fn forward(
         return local(StatusCode::SERVICE_UNAVAILABLE, "UH", "no healthy upstream\n");
     }
     let (hash, set_cookie) = match &cluster.lb {
-        super::upstream::Lb::Hash(key) => match (hash_of(key, &req, peer), key) {
+        super::upstream::Lb::Hash(key) => match (hash_of(key, req, peer), key) {
             (Some(h), _) => (Some(h), None),
             (None, super::upstream::HashKey::Cookie { name, generate: Some(attrs) }) => {
                 let value = hex_id();
@@ -670,39 +678,39 @@ async fn forward(
         },
         _ => (None, None),
     };
-    let (mut parts, body) = req.into_parts();
+    let body = std::mem::replace(req.body_mut(), ProxyBody::empty());
     // HTTP/2 carries the host in :authority; upstreams and X-Forwarded-Host want a Host header.
-    if let Some(a) = parts.uri.authority()
-        && !parts.headers.contains_key(header::HOST)
+    if let Some(a) = req.uri().authority()
+        && !req.headers().contains_key(header::HOST)
         && let Ok(v) = HeaderValue::from_str(a.as_str())
     {
-        parts.headers.insert(header::HOST, v);
+        req.headers_mut().insert(header::HOST, v);
     }
     let exchange = cluster.tls.as_ref().is_some_and(|t| t.mesh_peer()).then(|| l.metrics.exchange());
     // WebSocket and other upgrades: after a 101 the HTTP/1 server splices the two connections.
     let (mut added, upgrade) =
-        prepare_headers(&mut parts.headers, peer, l.scheme, l.client_cert.as_ref(), exchange, info.request_id.take());
-    info.inject_trace(&mut parts.headers, |name, value| added.push((name, value)));
+        prepare_headers(req.headers_mut(), peer, l.scheme, l.client_cert.as_ref(), exchange, info.request_id.take());
+    info.inject_trace(req.headers_mut(), |name, value| added.push((name, value)));
     if let Some(protocol) = &upgrade {
-        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        parts.headers.insert(header::UPGRADE, protocol.clone());
+        req.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        req.headers_mut().insert(header::UPGRADE, protocol.clone());
     }
     if !route.request_headers.is_empty() || !target.request_headers.is_empty() {
         // The route's header operations see (and may change) the fields added here.
         for (name, value) in added.drain(..) {
-            parts.headers.append(name, value.to_header());
+            req.headers_mut().append(name, value.to_header());
         }
-        route.request_headers.apply(&mut parts.headers);
-        target.request_headers.apply(&mut parts.headers);
+        route.request_headers.apply(req.headers_mut());
+        target.request_headers.apply(req.headers_mut());
     }
-    let mut path = parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    let mut path = req.uri().path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     if let Some(rw) = &route.rewrite {
         match rewrite_path(rw, path.as_str()).parse() {
             Ok(p) => path = p,
             Err(_) => return local(StatusCode::BAD_REQUEST, "DPE", "the rewritten path is not a valid URI path\n"),
         }
         if let Some(a) = &rw.authority {
-            parts.headers.insert(header::HOST, a.clone());
+            req.headers_mut().insert(header::HOST, a.clone());
         }
     }
 
@@ -735,7 +743,7 @@ async fn forward(
     if let Some(body) = &replay {
         for (mirror, pct) in &route.mirrors {
             if chance(*pct) {
-                send_mirror(l, mirror.clone(), &parts, &path, &added, body.clone(), hash);
+                send_mirror(l, mirror.clone(), req, &path, &added, body.clone(), hash);
             }
         }
     }
@@ -772,10 +780,10 @@ async fn forward(
                 }
             }
             let outgoing = Outgoing {
-                method: &parts.method,
-                version: parts.version,
+                method: req.method(),
+                version: req.version(),
                 path: &path,
-                headers: &parts.headers,
+                headers: req.headers(),
                 extra: &added,
             };
             // Counted down on drop, also when a timeout or the client cancels the attempt.
@@ -850,7 +858,7 @@ async fn forward(
             None => attempts.await,
         }
     };
-    super::h1::scratch::give_map(parts.headers);
+    super::h1::scratch::give_map(std::mem::take(req.headers_mut()));
     resp
 }
 
@@ -937,18 +945,18 @@ fn h2_failure(e: &dyn std::fmt::Debug) -> Failure {
 fn send_mirror(
     l: &Listener,
     cluster: std::sync::Arc<Cluster>,
-    parts: &http::request::Parts,
+    req: &Request<ProxyBody>,
     path: &http::uri::PathAndQuery,
     added: &Added,
     body: Bytes,
     hash: Option<u64>,
 ) {
     let Some(index) = cluster.pick(None, hash) else { return };
-    let mut headers = parts.headers.clone();
+    let mut headers = req.headers().clone();
     for (name, value) in added {
         headers.append(*name, value.to_header());
     }
-    if let Some(host) = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
+    if let Some(host) = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()) {
         let shadow = match host.rsplit_once(':') {
             Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => format!("{h}-shadow:{port}"),
             _ => format!("{host}-shadow"),
@@ -957,7 +965,7 @@ fn send_mirror(
             headers.insert(header::HOST, v);
         }
     }
-    let (method, version, path) = (parts.method.clone(), parts.version, path.clone());
+    let (method, version, path) = (req.method().clone(), req.version(), path.clone());
     // Mirrors are best effort: past this many copies in flight, new ones are dropped.
     static MIRRORS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1024);
     let Ok(slot) = MIRRORS.try_acquire() else {

@@ -251,9 +251,8 @@ where
     let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
         let state = Arc::clone(&state);
         async move {
-            Ok::<_, std::convert::Infallible>(h2_response(
-                handler::handle(&state, peer, req.map(ProxyBody::Hyper)).await,
-            ))
+            let mut req = req.map(ProxyBody::Hyper);
+            Ok::<_, std::convert::Infallible>(h2_response(handler::handle(&state, peer, &mut req).await))
         }
     });
     if let Err(e) = watcher.watch(h2_builder().serve_connection(io, service)).await {
@@ -275,9 +274,8 @@ pub(crate) async fn serve_h2_until<I>(
     let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
         let state = Arc::clone(&state);
         async move {
-            Ok::<_, std::convert::Infallible>(h2_response(
-                handler::handle(&state, peer, req.map(ProxyBody::Hyper)).await,
-            ))
+            let mut req = req.map(ProxyBody::Hyper);
+            Ok::<_, std::convert::Infallible>(h2_response(handler::handle(&state, peer, &mut req).await))
         }
     });
     let mut conn = std::pin::pin!(h2_builder().serve_connection(io, service));
@@ -382,7 +380,10 @@ pub async fn serve_workers(
         let spawned =
             std::thread::Builder::new().name(format!("gateway-{}-{i}", state.gateway_port)).spawn(move || {
                 WORKER.with(|w| w.set(i + 1));
-                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                // Sockets and timers only: a worker neither reaps child
+                // processes nor takes signals, and with `enable_all` every
+                // park (about two per request) would look for both.
+                let runtime = match tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build() {
                     Ok(r) => r,
                     Err(e) => return tracing::error!(error = %e, "cannot start a gateway worker"),
                 };

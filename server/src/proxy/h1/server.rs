@@ -145,7 +145,8 @@ async fn exchange<R: ClientRead, W: AsyncWrite + Unpin + Send>(
     head: RequestHead,
     shutdown: &watch::Receiver<bool>,
 ) -> io::Result<(Option<super::client::Upgraded>, bool)> {
-    let RequestHead { request, decoder, keep_alive, expect_continue, .. } = head;
+    // The request stays where it is (in this future's state), borrowed by the handler.
+    let RequestHead { mut request, decoder, keep_alive, expect_continue, .. } = head;
     let head_request = request.method() == Method::HEAD;
     let connect = request.method() == Method::CONNECT;
     let version = request.version();
@@ -164,8 +165,8 @@ async fn exchange<R: ClientRead, W: AsyncWrite + Unpin + Send>(
     if expect_continue && pump.is_some() {
         w.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
     }
-    let request = request.map(|()| body);
-    let handler = std::pin::pin!(handler::handle(l, peer, request));
+    *request.body_mut() = body;
+    let handler = std::pin::pin!(handler::handle(l, peer, &mut request));
     let reply = Reply { head_request, connect, version, keep_alive };
     let Some(pump) = pump else {
         let resp = handler.await;
@@ -293,7 +294,8 @@ async fn wait_head<T>(
 }
 
 struct RequestHead {
-    request: Request<()>,
+    /// With an empty body until [`exchange`] knows how it is framed.
+    request: Request<ProxyBody>,
     /// It has an `Upgrade` field.
     upgrade: bool,
     decoder: Option<Decoder>,
@@ -392,7 +394,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<RequestHead>, HeadError> {
             return Err(HeadError::Refused(StatusCode::EXPECTATION_FAILED, "unsupported expectation\n"));
         }
     };
-    let mut request = Request::new(());
+    let mut request = Request::new(ProxyBody::empty());
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.version_mut() = version;
