@@ -205,14 +205,20 @@ pub struct ProxyMetrics {
     edge_denied: IntCounterVec,
     edge_duration: HistogramVec,
     /// This proxy's own workload and (a sidecar's) service.
-    own: arc_swap::ArcSwap<Labelled<Workload>>,
+    /// One swap for both, so a request loads one.
+    own: arc_swap::ArcSwap<Own>,
     /// `x-meshgate-peer-metadata` for requests to mesh peers: this workload's app and version.
     exchange: arc_swap::ArcSwap<http::HeaderValue>,
-    own_service: arc_swap::ArcSwapOption<Labelled<Service>>,
     series: Vec<Mutex<HashMap<Key, Arc<Series>>>>,
     count: std::sync::atomic::AtomicUsize,
     /// Tells this registry's series from another's in the per-thread caches.
     id: u64,
+}
+
+/// This proxy's own workload and (a sidecar's) service.
+struct Own {
+    workload: Arc<Labelled<Workload>>,
+    service: Option<Arc<Labelled<Service>>>,
 }
 
 impl ProxyMetrics {
@@ -285,8 +291,7 @@ impl ProxyMetrics {
             edge_denied,
             edge_duration,
             exchange: arc_swap::ArcSwap::from_pointee(exchange_value(&own)),
-            own: arc_swap::ArcSwap::new(Labelled::new(own)),
-            own_service: arc_swap::ArcSwapOption::empty(),
+            own: arc_swap::ArcSwap::from_pointee(Own { workload: Labelled::new(own), service: None }),
             series: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             count: Default::default(),
             id: {
@@ -299,8 +304,7 @@ impl ProxyMetrics {
     /// Who this proxy is (an agent learns its principal when it joins).
     pub fn set_own(&self, own: Workload, service: Option<Service>) {
         self.exchange.store(Arc::new(exchange_value(&own)));
-        self.own.store(Labelled::new(own));
-        self.own_service.store(service.map(Labelled::new));
+        self.own.store(Arc::new(Own { workload: Labelled::new(own), service: service.map(Labelled::new) }));
     }
 
     /// What this proxy tells mesh peers about itself (Istio's metadata
@@ -410,14 +414,13 @@ impl ProxyMetrics {
 
     pub fn record(&self, call: &Call<'_>) {
         let own = self.own.load();
-        let own_service = self.own_service.load();
         let service = match call.reporter {
-            Reporter::Destination => own_service.as_deref().or(call.service),
+            Reporter::Destination => own.service.as_deref().or(call.service),
             Reporter::Source => call.service,
         };
         let key = Key {
             reporter: call.reporter,
-            peer: call.peer.map_or(0, |p| p.id) ^ own.id.rotate_left(1),
+            peer: call.peer.map_or(0, |p| p.id) ^ own.workload.id.rotate_left(1),
             service: service.map_or(0, |s| s.id),
             code: call.code,
             grpc_status: call.grpc_status.unwrap_or(u16::MAX),
@@ -428,7 +431,7 @@ impl ProxyMetrics {
         LAST_SERIES.with_borrow_mut(|last| {
             // Under load most requests repeat the last one's key: no hash, no lock.
             let found =
-                last.get(self.id, |k| *k == key, || Some((key, self.find_series(key, call, &own.value, service)?)));
+                last.get(self.id, |k| *k == key, || Some((key, self.find_series(key, call, &own.workload.value, service)?)));
             let Some(series) = found else {
                 return self.dropped.inc();
             };
