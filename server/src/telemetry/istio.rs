@@ -430,8 +430,11 @@ impl ProxyMetrics {
         };
         LAST_SERIES.with_borrow_mut(|last| {
             // Under load most requests repeat the last one's key: no hash, no lock.
-            let found =
-                last.get(self.id, |k| *k == key, || Some((key, self.find_series(key, call, &own.workload.value, service)?)));
+            let found = last.get(
+                self.id,
+                |k| *k == key,
+                || Some((key, self.find_series(key, call, &own.workload.value, service)?)),
+            );
             let Some(series) = found else {
                 return self.dropped.inc();
             };
