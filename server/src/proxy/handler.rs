@@ -97,7 +97,7 @@ pub async fn handle(l: &Listener, peer: SocketAddr, req: &mut Request<ProxyBody>
         let taken = std::mem::replace(req, Request::new(ProxyBody::empty()));
         *req = match super::grpcweb::request(taken, text).await {
             Ok(req) => req,
-            Err(resp) => return super::observe::finish(l, started, info, resp),
+            Err(resp) => return super::observe::finish(l, &started, &mut info, resp),
         };
     }
     let mut resp = route(l, peer, req, &mut info).await;
@@ -116,7 +116,7 @@ pub async fn handle(l: &Listener, peer: SocketAddr, req: &mut Request<ProxyBody>
         Some(text) if resp.status() == StatusCode::OK => super::grpcweb::response(resp, text),
         _ => resp,
     };
-    super::observe::finish(l, started, info, resp)
+    super::observe::finish(l, &started, &mut info, resp)
 }
 
 /// A gRPC client expects errors as a trailers-only response with a
@@ -688,8 +688,9 @@ async fn forward(
     }
     let exchange = cluster.tls.as_ref().is_some_and(|t| t.mesh_peer()).then(|| l.metrics.exchange());
     // WebSocket and other upgrades: after a 101 the HTTP/1 server splices the two connections.
-    let (mut added, upgrade) =
-        prepare_headers(req.headers_mut(), peer, l.scheme, l.client_cert.as_ref(), exchange, info.request_id.take());
+    let mut added = Added::new();
+    let (cert, id) = (l.client_cert.as_ref(), info.request_id.take());
+    let upgrade = prepare_headers(&mut added, req.headers_mut(), peer, l.scheme, cert, exchange, id);
     info.inject_trace(req.headers_mut(), |name, value| added.push((name, value)));
     if let Some(protocol) = &upgrade {
         req.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -1121,17 +1122,18 @@ const ATTEMPT_COUNT: &str = "x-envoy-attempt-count";
 /// the peer, `X-Forwarded-Proto` the scheme, `X-Forwarded-Host` the host,
 /// `X-Request-Id` one when there is none, `X-Forwarded-Client-Cert` only
 /// this proxy's, and the metadata exchange only a mesh peer's (`exchange`).
-/// The fields the request lacks come back to be written after its own,
-/// with the protocol it asks to upgrade to (`Upgrade`, when its
-/// `Connection` says `upgrade`).
+/// The fields the request lacks go to `added` (filled in place: it is a
+/// few hundred bytes), to be written after its own; returns the protocol
+/// it asks to upgrade to (`Upgrade`, when its `Connection` says `upgrade`).
 fn prepare_headers(
+    added: &mut Added,
     headers: &mut HeaderMap,
     peer: SocketAddr,
     scheme: &'static str,
     client_cert: Option<&HeaderValue>,
     exchange: Option<HeaderValue>,
     request_id: Option<Bytes>,
-) -> (Added, Option<HeaderValue>) {
+) -> Option<HeaderValue> {
     // One pass over the names tells which of the fields handled here are
     // present; only those are looked up again.
     let (mut hop, mut seen) = (0u8, 0u8);
@@ -1158,7 +1160,6 @@ fn prepare_headers(
     if trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
-    let mut added = Added::new();
     if has(HAS_FOR) {
         use http::header::Entry;
         if let Entry::Occupied(mut e) = headers.entry(X_FORWARDED_FOR) {
@@ -1196,7 +1197,7 @@ fn prepare_headers(
     if let Some(exchange) = exchange {
         added.push(("x-meshgate-peer-metadata", Value::Header(exchange)));
     }
-    (added, upgrade)
+    upgrade
 }
 
 /// A fresh `X-Request-Id`: 32 hex digits.
@@ -1261,7 +1262,8 @@ mod tests {
     /// The request's fields as an upstream gets them: its map, then what was added.
     fn prepared(h: &mut HeaderMap, peer: &str, scheme: &'static str, cert: Option<&HeaderValue>, mesh: bool) {
         let exchange = mesh.then(|| HeaderValue::from_static("meta"));
-        let (added, _) = prepare_headers(h, peer.parse().unwrap(), scheme, cert, exchange, None);
+        let mut added = Added::new();
+        prepare_headers(&mut added, h, peer.parse().unwrap(), scheme, cert, exchange, None);
         for (name, value) in added {
             assert!(!h.contains_key(name), "{name} both in the map and added");
             h.append(name, value.to_header());
@@ -1314,7 +1316,8 @@ mod tests {
             let mut h = HeaderMap::new();
             h.insert(header::CONNECTION, HeaderValue::from_static(connection));
             h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-            let (_, upgrade) = prepare_headers(&mut h, "10.1.2.3:5555".parse().unwrap(), "http", None, None, None);
+            let peer = "10.1.2.3:5555".parse().unwrap();
+            let upgrade = prepare_headers(&mut Added::new(), &mut h, peer, "http", None, None, None);
             assert_eq!(upgrade.is_some(), asked, "{connection}");
             assert!(!h.contains_key(header::UPGRADE) && !h.contains_key(header::CONNECTION));
         }
@@ -1340,7 +1343,8 @@ mod tests {
         // The id made for the access log and the trace is the one that goes upstream.
         let mut h = HeaderMap::new();
         let made = Bytes::from_static(b"0123456789abcdef0123456789abcdef");
-        let (added, _) = prepare_headers(&mut h, "10.1.2.3:5555".parse().unwrap(), "http", None, None, Some(made));
+        let mut added = Added::new();
+        prepare_headers(&mut added, &mut h, "10.1.2.3:5555".parse().unwrap(), "http", None, None, Some(made));
         let id = added.iter().find(|(n, _)| *n == "x-request-id").map(|(_, v)| v.to_header());
         assert_eq!(id.unwrap(), "0123456789abcdef0123456789abcdef");
     }

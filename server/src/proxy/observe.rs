@@ -85,6 +85,7 @@ impl Info {
 }
 
 /// The request's side of the record, taken before the request is handled.
+#[derive(Clone)]
 pub struct Started {
     pub at: Instant,
     pub grpc: bool,
@@ -97,6 +98,7 @@ pub struct Started {
 
 /// What the access log says of the request itself (cheap clones of the
 /// request's own buffers, taken only when there is an access log).
+#[derive(Clone)]
 pub struct RequestLine {
     method: http::Method,
     authority: Option<http::HeaderValue>,
@@ -186,8 +188,10 @@ fn timestamp(out: &mut Vec<u8>, at: std::time::SystemTime) {
     out.extend_from_slice(&[b'.', b'0' + (ms / 100) as u8, b'0' + (ms / 10 % 10) as u8, b'0' + (ms % 10) as u8, b'Z']);
 }
 
-/// Records the request, now or when the response body ends.
-pub fn finish(l: &Listener, started: Started, mut info: Info, resp: Response<ProxyBody>) -> Response<ProxyBody> {
+/// Records the request, now or when the response body ends (then from
+/// a copy of what the request left: borrowed, nothing is moved for the
+/// common case).
+pub fn finish(l: &Listener, started: &Started, info: &mut Info, resp: Response<ProxyBody>) -> Response<ProxyBody> {
     let code = resp.status().as_u16();
     let flags = resp.headers().get(&super::handler::RESPONSE_FLAGS).and_then(|v| v.to_str().ok()).unwrap_or("");
     let grpc_status = grpc_status(resp.headers());
@@ -204,7 +208,7 @@ pub fn finish(l: &Listener, started: Started, mut info: Info, resp: Response<Pro
         // Known length, and a gRPC status (if any) already in the headers:
         // recorded now, from what the request left, borrowed.
         Some(n) if !started.grpc || grpc_status.is_some() || resp.body().is_end_stream() => {
-            Record::of(l, &started, &info, sampled, code, flags).record(n, grpc_status);
+            Record::of(l, started, info, sampled, code, flags).record(n, grpc_status);
             resp
         }
         _ => {
@@ -217,8 +221,8 @@ pub fn finish(l: &Listener, started: Started, mut info: Info, resp: Response<Pro
                 scheme: l.scheme,
                 reporter: l.reporter,
                 tunnels: l.tunnels,
-                started,
-                info,
+                started: started.clone(),
+                info: std::mem::take(info),
                 sampled,
                 code,
                 flags: flags.to_string(),

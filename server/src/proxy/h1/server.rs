@@ -142,17 +142,18 @@ async fn exchange<R: ClientRead, W: AsyncWrite + Unpin + Send>(
     buf: &mut BytesMut,
     l: &Listener,
     peer: SocketAddr,
-    head: RequestHead,
+    mut head: RequestHead,
     shutdown: &watch::Receiver<bool>,
 ) -> io::Result<(Option<super::client::Upgraded>, bool)> {
-    // The request stays where it is (in this future's state), borrowed by the handler.
-    let RequestHead { mut request, decoder, keep_alive, expect_continue, .. } = head;
+    // The request stays where it is (in this future's state, not taken
+    // apart: that would copy it), borrowed by the handler.
+    let request = &mut head.request;
     let head_request = request.method() == Method::HEAD;
     let connect = request.method() == Method::CONNECT;
     let version = request.version();
 
     // The body: none, already read, or streamed by this task as the handler consumes it.
-    let (body, pump) = match decoder {
+    let (body, pump) = match head.decoder.take() {
         None => (ProxyBody::empty(), None),
         Some(Decoder::Length(n)) if buf.len() as u64 >= n => (ProxyBody::full(buf.split_to(n as usize).freeze()), None),
         Some(decoder) => {
@@ -162,12 +163,12 @@ async fn exchange<R: ClientRead, W: AsyncWrite + Unpin + Send>(
             (ProxyBody::Downstream(body), Some(Pump { decoder, tx: Some(tx), discarded: 0 }))
         }
     };
-    if expect_continue && pump.is_some() {
+    if head.expect_continue && pump.is_some() {
         w.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
     }
     *request.body_mut() = body;
-    let handler = std::pin::pin!(handler::handle(l, peer, &mut request));
-    let reply = Reply { head_request, connect, version, keep_alive };
+    let reply = Reply { head_request, connect, version, keep_alive: head.keep_alive };
+    let handler = std::pin::pin!(handler::handle(l, peer, &mut head.request));
     let Some(pump) = pump else {
         let resp = handler.await;
         return reply.write(w, resp, shutdown).await;
