@@ -10,6 +10,10 @@
 # functions that execute them (self cost), and calls per request of
 # malloc, memcpy and header-map hashing. CALLGRIND_OUT=FILE keeps the profile.
 # PROXY=nginx counts the yardstick's nginx proxy the same way instead.
+# BIN=path counts another build (no cargo build).
+# VG_ARGS=--cache-sim=yes adds simulated cache misses per request.
+# CONNS=64 [SECS=20] loads it with wrk over 64 connections instead of one
+# curl connection (needs wrk): per-request cost when requests come together.
 # PROFILE=profiling counts a build with line tables (for callgrind_annotate
 # --auto=yes on a kept profile); the same code as release.
 set -euo pipefail
@@ -32,15 +36,21 @@ http { access_log off; keepalive_requests 1000000;
   upstream up { server 127.0.0.1:$APP_PORT; keepalive 128; }
   server { listen $GATEWAY; location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
 NG
-  valgrind --tool=callgrind --quiet --callgrind-out-file="$W/cg.run.%p" nginx -c "$W/px.conf" -p "$W" &
+  # shellcheck disable=SC2086 # VG_ARGS is a list of flags
+  valgrind --tool=callgrind --quiet ${VG_ARGS:-} --callgrind-out-file="$W/cg.run.%p" nginx -c "$W/px.conf" -p "$W" &
   PID=$!
   PIDS+=("$PID")
   for _ in $(seq 1 100); do curl -fsS -o /dev/null "http://$GATEWAY/" 2>/dev/null && break; sleep 0.2; done
   WHAT="nginx $(nginx -v 2>&1 | sed 's/.*nginx\///')"
 else
-  cargo build --profile "${PROFILE:-release}" -p meshgate
-  REAL=$PWD/target/${PROFILE:-release}/meshgate
-  callgrind_wrapper
+  if [ -n "${BIN:-}" ]; then
+    REAL=$(realpath "$BIN")
+  else
+    cargo build --profile "${PROFILE:-release}" -p meshgate
+    REAL=$PWD/target/${PROFILE:-release}/meshgate
+  fi
+  # shellcheck disable=SC2086 # VG_ARGS is a list of flags
+  callgrind_wrapper ${VG_ARGS:-}
   BIN=$W/vg UP_ARGS="--workers 1" start_meshgate
   BIN=$REAL
   bench_gateway_yaml 100 "$APP_PORT" | "$BIN" apply -f - >/dev/null
@@ -51,8 +61,16 @@ urls() { for _ in $(seq 1 "$1"); do printf 'http://%s/ ' "$GATEWAY"; done; }
 # shellcheck disable=SC2046 # one URL per word: curl reuses its connection
 curl -fsS $(urls 100) >/dev/null
 callgrind_control -z "$PID" >/dev/null 2>&1
-# shellcheck disable=SC2046
-curl -fsS $(urls "$N") >/dev/null
+if [ -n "${CONNS:-}" ]; then
+  # Under load: wrk keeps CONNS connections busy for SECS seconds, so the
+  # runtime's per-wake-up work is shared by the requests ready together
+  # (as in the yardstick); N is what wrk completed.
+  N=$(wrk -t1 -c"$CONNS" -d"${SECS:-20}s" "http://$GATEWAY/" | awk '/requests in/ {print $1}')
+  WHAT="$WHAT, $CONNS connections"
+else
+  # shellcheck disable=SC2046
+  curl -fsS $(urls "$N") >/dev/null
+fi
 callgrind_control -d "$PID" >/dev/null 2>&1
 echo "$WHAT, $N requests"
 # CALLGRIND_OUT=FILE keeps the profile (callgrind_annotate --tree=caller FILE).
@@ -69,9 +87,14 @@ def name(tok):
     if n:
         names[i] = n
     return names.get(i, i)
+events, totals = [], []
 for line in open(sys.argv[1]):
     line = line.rstrip('\n')
-    if line.startswith('fn='):
+    if line.startswith('events:'):
+        events = line.split()[1:]
+    elif line.startswith('totals:') or line.startswith('summary:'):
+        totals = [int(x) for x in line.split()[1:]]
+    elif line.startswith('fn='):
         fn = name(line[3:])
     elif line.startswith('cfn='):
         callee = name(line[4:])
@@ -91,6 +114,10 @@ print(f"user-space instructions per request: {total / n:,.0f}")
 for f in ('malloc', 'http::header::map::hash_elem_using'):
     print(f"calls per request: {f}: {calls[f] / n:.1f}")
 print(f"calls per request: memcpy: {sum(c for f, c in calls.items() if 'memcpy' in f) / n:.1f}")
+# With --cache-sim=yes: simulated first-level and last-level cache misses.
+for e, t in zip(events, totals):
+    if e != 'Ir':
+        print(f"{e} per request: {t / n:,.1f}")
 print("top functions (own instructions per request):")
 for f, c in own.most_common(25):
     print(f"  {c / n:7,.0f}  {100 * c / total:4.1f}%  {f[:100]}")
