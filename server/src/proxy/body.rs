@@ -46,12 +46,19 @@ pub struct Passed {
     pub body: ProxyBody,
 }
 
+/// Empty, so a body (or a whole request) can be taken with `std::mem::take`.
+impl Default for ProxyBody {
+    fn default() -> ProxyBody {
+        ProxyBody::empty()
+    }
+}
+
 impl ProxyBody {
     /// Takes out the fields that were to pass as they came, if this body
     /// (or the body it wraps) carries them.
     pub fn take_fields(&mut self) -> Option<h1::RawFields> {
         match self {
-            ProxyBody::Passed(_) => match std::mem::replace(self, ProxyBody::empty()) {
+            ProxyBody::Passed(_) => match std::mem::take(self) {
                 ProxyBody::Passed(passed) => {
                     let Passed { fields, body } = *passed;
                     *self = body;

@@ -37,7 +37,7 @@ pub async fn request(mut req: Request<ProxyBody>, text: bool) -> Result<Request<
     h.remove("x-grpc-web");
     if text {
         h.remove(header::CONTENT_LENGTH);
-        let body = std::mem::replace(req.body_mut(), ProxyBody::empty());
+        let body = std::mem::take(req.body_mut());
         let bad = |why: &'static str| super::handler::local(http::StatusCode::BAD_REQUEST, "DPE", why);
         let bytes = match http_body_util::Limited::new(body, MAX_TEXT_BODY).collect().await {
             Ok(b) => b.to_bytes(),

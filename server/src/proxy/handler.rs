@@ -4,6 +4,7 @@
 //! body and a response flag (`NR`, `UH`, `UF`, `UT`, `URX`, `FI`, `DI`).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -55,7 +56,7 @@ pub(crate) fn local(status: StatusCode, flag: &'static str, body: &'static str) 
 /// The request is borrowed, not taken: it stays where the server built it
 /// (a request is a few hundred bytes, and each async layer it was moved
 /// into copied it).
-pub async fn handle(l: &Listener, peer: SocketAddr, req: &mut Request<ProxyBody>) -> Response<ProxyBody> {
+pub async fn handle(l: &Arc<Listener>, peer: SocketAddr, req: &mut Request<ProxyBody>) -> Response<ProxyBody> {
     let grpc = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -94,8 +95,7 @@ pub async fn handle(l: &Listener, peer: SocketAddr, req: &mut Request<ProxyBody>
     // gRPC-Web from browsers goes upstream as gRPC, and comes back as gRPC-Web.
     let web = if grpc { super::grpcweb::kind(req.headers()) } else { None };
     if let Some(text) = web {
-        let taken = std::mem::replace(req, Request::new(ProxyBody::empty()));
-        *req = match super::grpcweb::request(taken, text).await {
+        *req = match super::grpcweb::request(std::mem::take(req), text).await {
             Ok(req) => req,
             Err(resp) => return super::observe::finish(l, &started, &mut info, resp),
         };
@@ -268,7 +268,7 @@ async fn route(
             Some(n) if n > max => return too_large(),
             Some(_) => {}
             None => {
-                let body = std::mem::replace(req.body_mut(), ProxyBody::empty());
+                let body = std::mem::take(req.body_mut());
                 let limited = http_body_util::Limited::new(body, max.min(usize::MAX as u64) as usize);
                 match tokio::time::timeout(BODY_READ_TIMEOUT, limited.collect()).await {
                     Ok(Ok(b)) => *req.body_mut() = ProxyBody::full(b.to_bytes()),
@@ -355,7 +355,7 @@ async fn route(
         Action::Forward(targets) if connect => tunnel(targets, req, info).await,
         Action::Forward(targets) => match route.transcoder.as_deref().and_then(|t| Some((t, t.find(req)?))) {
             // GrpcTranscoder: REST+JSON in, a gRPC call upstream, JSON back.
-            Some((t, call)) => match t.request(&call, std::mem::replace(req, Request::new(ProxyBody::empty()))).await {
+            Some((t, call)) => match t.request(&call, std::mem::take(req)).await {
                 Ok(mut req) => t.response(&call, forward(l, peer, route, targets, &mut req, info).await).await,
                 Err(resp) => resp,
             },
@@ -678,7 +678,7 @@ async fn forward(
         },
         _ => (None, None),
     };
-    let body = std::mem::replace(req.body_mut(), ProxyBody::empty());
+    let body = std::mem::take(req.body_mut());
     // HTTP/2 carries the host in :authority; upstreams and X-Forwarded-Host want a Host header.
     if let Some(a) = req.uri().authority()
         && !req.headers().contains_key(header::HOST)

@@ -16,7 +16,7 @@ use hyper::body::{Body as _, Frame};
 
 use super::body::BoxError;
 use super::{Listener, ProxyBody};
-use crate::telemetry::istio::{Call, Labelled, ProxyMetrics, Reporter, Service, Workload};
+use crate::telemetry::istio::{Call, Labelled, Reporter, Service, Workload};
 
 /// Filled in along a request's way through the proxy.
 #[derive(Default)]
@@ -191,7 +191,7 @@ fn timestamp(out: &mut Vec<u8>, at: std::time::SystemTime) {
 /// Records the request, now or when the response body ends (then from
 /// a copy of what the request left: borrowed, nothing is moved for the
 /// common case).
-pub fn finish(l: &Listener, started: &Started, info: &mut Info, resp: Response<ProxyBody>) -> Response<ProxyBody> {
+pub fn finish(l: &Arc<Listener>, started: &Started, info: &mut Info, resp: Response<ProxyBody>) -> Response<ProxyBody> {
     let code = resp.status().as_u16();
     let flags = resp.headers().get(&super::handler::RESPONSE_FLAGS).and_then(|v| v.to_str().ok()).unwrap_or("");
     let grpc_status = grpc_status(resp.headers());
@@ -203,24 +203,17 @@ pub fn finish(l: &Listener, started: &Started, info: &mut Info, resp: Response<P
         l.metrics.record_edge(route, consumer, code, limited, info.denied);
     }
     // The trace's sampling decision, if the request's way did not make it.
-    let sampled = info.trace.is_some() && info.sampled();
+    let sampled = info.sampled();
     match resp.body().size_hint().exact() {
         // Known length, and a gRPC status (if any) already in the headers:
         // recorded now, from what the request left, borrowed.
         Some(n) if !started.grpc || grpc_status.is_some() || resp.body().is_end_stream() => {
-            Record::of(l, started, info, sampled, code, flags).record(n, grpc_status);
+            Record { l, started, info, sampled, code, flags }.record(n, grpc_status);
             resp
         }
         _ => {
             let pending = Pending {
-                metrics: l.metrics.clone(),
-                log: l.logging().cloned(),
-                tracer: l.tracer.clone(),
-                peer_workload: l.peer_workload.clone(),
-                peer_principal: l.peer_principal.clone(),
-                scheme: l.scheme,
-                reporter: l.reporter,
-                tunnels: l.tunnels,
+                listener: l.clone(),
                 started: started.clone(),
                 info: std::mem::take(info),
                 sampled,
@@ -239,16 +232,9 @@ fn grpc_status(h: &HeaderMap) -> Option<u16> {
 }
 
 /// A request's record, kept until its streamed response body ends: what
-/// [`Record`] borrows, owned.
+/// [`Record`] borrows, owned (the listener shared).
 struct Pending {
-    metrics: Arc<ProxyMetrics>,
-    log: Option<Arc<crate::telemetry::accesslog::AccessLog>>,
-    tracer: Option<Arc<crate::telemetry::trace::Tracer>>,
-    peer_workload: Option<Arc<Labelled<Workload>>>,
-    peer_principal: Option<Arc<str>>,
-    scheme: &'static str,
-    reporter: Reporter,
-    tunnels: bool,
+    listener: Arc<Listener>,
     started: Started,
     info: Info,
     sampled: bool,
@@ -258,40 +244,18 @@ struct Pending {
 
 impl Pending {
     fn record(&self, response_bytes: u64, grpc_status: Option<u16>) {
-        let record = Record {
-            metrics: &self.metrics,
-            log: self.log.as_deref(),
-            tracer: self.tracer.as_deref(),
-            peer_workload: self.peer_workload.as_deref(),
-            peer_principal: self.peer_principal.as_deref(),
-            scheme: self.scheme,
-            reporter: self.reporter,
-            tunnels: self.tunnels,
-            started: &self.started,
-            info: &self.info,
-            sampled: self.sampled,
-            code: self.code,
-            flags: &self.flags,
-        };
-        record.record(response_bytes, grpc_status);
+        let (l, started, info) = (&*self.listener, &self.started, &self.info);
+        Record { l, started, info, sampled: self.sampled, code: self.code, flags: &self.flags }
+            .record(response_bytes, grpc_status);
     }
 }
 
 /// A finished request as its metrics, access-log line and span see it:
-/// the listener's parts, what the request left ([`Started`], [`Info`]) and
-/// the response's status. Borrowed: a response of known length is recorded
+/// the listener, what the request left ([`Started`], [`Info`]) and the
+/// response's status. Borrowed: a response of known length is recorded
 /// without building or dropping a record of its own.
 struct Record<'a> {
-    metrics: &'a ProxyMetrics,
-    log: Option<&'a crate::telemetry::accesslog::AccessLog>,
-    tracer: Option<&'a crate::telemetry::trace::Tracer>,
-    /// A sidecar's inbound port: the caller's certificate, as a workload.
-    peer_workload: Option<&'a Labelled<Workload>>,
-    peer_principal: Option<&'a str>,
-    scheme: &'static str,
-    reporter: Reporter,
-    /// A sidecar's port, not the gateway's: no per-route metrics.
-    tunnels: bool,
+    l: &'a Listener,
     started: &'a Started,
     info: &'a Info,
     sampled: bool,
@@ -300,31 +264,6 @@ struct Record<'a> {
 }
 
 impl<'a> Record<'a> {
-    fn of(
-        l: &'a Listener,
-        started: &'a Started,
-        info: &'a Info,
-        sampled: bool,
-        code: u16,
-        flags: &'a str,
-    ) -> Record<'a> {
-        Record {
-            metrics: &l.metrics,
-            log: l.logging().map(|a| &**a),
-            tracer: l.tracer.as_deref(),
-            peer_workload: l.peer_workload.as_deref(),
-            peer_principal: l.peer_principal.as_deref(),
-            scheme: l.scheme,
-            reporter: l.reporter,
-            tunnels: l.tunnels,
-            started,
-            info,
-            sampled,
-            code,
-            flags,
-        }
-    }
-
     fn record(&self, response_bytes: u64, grpc_status: Option<u16>) {
         let (started, info) = (self.started, self.info);
         let duration = started.at.elapsed();
@@ -336,13 +275,13 @@ impl<'a> Record<'a> {
         if let Some(line) = &started.line {
             let policy = info.telemetry.as_deref();
             let trace = info.trace.as_ref().map(|t| &t.cx);
-            if let Some(out) = self.log
+            if let Some(out) = self.l.logging()
                 && policy.is_none_or(|p| p.log.wants(&self.facts(line, grpc_status, duration)))
             {
                 let sizes = (request_bytes, response_bytes);
                 write_line(out, self, line, trace, sizes, grpc_status, duration);
             }
-            if let (Some(tracer), Some(cx)) = (self.tracer, trace) {
+            if let (Some(tracer), Some(cx)) = (&self.l.tracer, trace) {
                 let error = self.code >= 500 || grpc_status.is_some_and(|s| s != 0);
                 if policy.is_none_or(|p| p.report) && (self.sampled || error) {
                     let sizes = (request_bytes, response_bytes);
@@ -350,25 +289,27 @@ impl<'a> Record<'a> {
                 }
             }
         }
-        if !self.tunnels {
-            self.metrics.record_route_duration(info.route.as_deref().unwrap_or("-"), self.code, duration);
+        if !self.l.tunnels {
+            self.l.metrics.record_route_duration(info.route.as_deref().unwrap_or("-"), self.code, duration);
         }
         // The other side: at a sidecar's inbound port the caller (with the
         // app and version its proxy sent, else its certificate's workload),
         // elsewhere the endpoint that answered.
-        let peer = match self.reporter {
-            Reporter::Destination => Some(info.caller.as_deref().or(self.peer_workload).unwrap_or_else(|| unknown())),
+        let peer = match self.l.reporter {
+            Reporter::Destination => {
+                Some(info.caller.as_deref().or(self.l.peer_workload.as_deref()).unwrap_or_else(|| unknown()))
+            }
             Reporter::Source => info.workload.as_deref(),
         };
-        self.metrics.record(&Call {
-            reporter: self.reporter,
+        self.l.metrics.record(&Call {
+            reporter: self.l.reporter,
             peer,
             service: info.service.as_deref(),
             grpc: started.grpc,
             code: self.code,
             grpc_status,
             flags: self.flags,
-            mtls: self.peer_principal.is_some(),
+            mtls: self.l.peer_principal.is_some(),
             duration,
             request_bytes,
             response_bytes,
@@ -394,7 +335,7 @@ impl<'a> Record<'a> {
 
     /// The caller's SPIFFE id, for the log line and the span.
     fn peer_id(&self) -> Option<String> {
-        self.peer_principal.map(|p| format!("spiffe://{p}"))
+        self.l.peer_principal.as_ref().map(|p| format!("spiffe://{p}"))
     }
 
     /// This hop's span, with Envoy's and Istio's attribute names.
@@ -425,7 +366,7 @@ impl<'a> Record<'a> {
         put("http.method", Value::Str(r.method.to_string()));
         put(
             "http.url",
-            Value::Str(format!("{}://{authority}{}", self.scheme, r.path.as_ref().map_or("/", |p| p.as_str()))),
+            Value::Str(format!("{}://{authority}{}", self.l.scheme, r.path.as_ref().map_or("/", |p| p.as_str()))),
         );
         put("http.protocol", Value::Str(r.protocol.into()));
         put("http.status_code", Value::Int(i64::from(self.code)));
@@ -463,7 +404,7 @@ impl<'a> Record<'a> {
             a.extend(p.tags.iter().cloned());
         }
         a.extend(info.tags.iter().cloned());
-        let kind = match (self.reporter, self.tunnels) {
+        let kind = match (self.l.reporter, self.l.tunnels) {
             (Reporter::Source, true) => crate::telemetry::trace::Kind::Client,
             _ => crate::telemetry::trace::Kind::Server,
         };
@@ -501,7 +442,7 @@ impl Counted {
     /// Wraps `req`'s body; the counter to read when the request is recorded.
     pub fn wrap(req: &mut http::Request<ProxyBody>) -> Arc<std::sync::atomic::AtomicU64> {
         let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let inner = std::mem::replace(req.body_mut(), ProxyBody::empty());
+        let inner = std::mem::take(req.body_mut());
         *req.body_mut() = ProxyBody::Counted(Box::new(Counted { inner, count: count.clone() }));
         count
     }

@@ -204,11 +204,9 @@ pub struct ProxyMetrics {
     edge_limited: IntCounterVec,
     edge_denied: IntCounterVec,
     edge_duration: HistogramVec,
-    /// This proxy's own workload and (a sidecar's) service.
-    /// One swap for both, so a request loads one.
+    /// Who this proxy is, in one swap: a request loads it once, and the
+    /// workload, its service and its metadata change together.
     own: arc_swap::ArcSwap<Own>,
-    /// `x-meshgate-peer-metadata` for requests to mesh peers: this workload's app and version.
-    exchange: arc_swap::ArcSwap<http::HeaderValue>,
     series: Vec<Mutex<HashMap<Key, Arc<Series>>>>,
     count: std::sync::atomic::AtomicUsize,
     /// Tells this registry's series from another's in the per-thread caches.
@@ -219,6 +217,15 @@ pub struct ProxyMetrics {
 struct Own {
     workload: Arc<Labelled<Workload>>,
     service: Option<Arc<Labelled<Service>>>,
+    /// `x-meshgate-peer-metadata` for requests to mesh peers: this workload's app and version.
+    exchange: http::HeaderValue,
+}
+
+impl Own {
+    fn new(own: Workload, service: Option<Service>) -> Arc<Own> {
+        let exchange = exchange_value(&own);
+        Arc::new(Own { workload: Labelled::new(own), service: service.map(Labelled::new), exchange })
+    }
 }
 
 impl ProxyMetrics {
@@ -290,8 +297,7 @@ impl ProxyMetrics {
             edge_limited,
             edge_denied,
             edge_duration,
-            exchange: arc_swap::ArcSwap::from_pointee(exchange_value(&own)),
-            own: arc_swap::ArcSwap::from_pointee(Own { workload: Labelled::new(own), service: None }),
+            own: arc_swap::ArcSwap::new(Own::new(own, None)),
             series: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             count: Default::default(),
             id: {
@@ -303,14 +309,13 @@ impl ProxyMetrics {
 
     /// Who this proxy is (an agent learns its principal when it joins).
     pub fn set_own(&self, own: Workload, service: Option<Service>) {
-        self.exchange.store(Arc::new(exchange_value(&own)));
-        self.own.store(Arc::new(Own { workload: Labelled::new(own), service: service.map(Labelled::new) }));
+        self.own.store(Own::new(own, service));
     }
 
     /// What this proxy tells mesh peers about itself (Istio's metadata
     /// exchange): the peer's metrics then name this workload's app and version.
     pub fn exchange(&self) -> http::HeaderValue {
-        (**self.exchange.load()).clone()
+        self.own.load().exchange.clone()
     }
 
     /// The gateway's per-route counts (route `-`: none matched).

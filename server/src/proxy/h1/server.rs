@@ -140,7 +140,7 @@ async fn exchange<R: ClientRead, W: AsyncWrite + Unpin + Send>(
     r: &mut R,
     w: &mut W,
     buf: &mut BytesMut,
-    l: &Listener,
+    l: &Arc<Listener>,
     peer: SocketAddr,
     mut head: RequestHead,
     shutdown: &watch::Receiver<bool>,
@@ -168,7 +168,7 @@ async fn exchange<R: ClientRead, W: AsyncWrite + Unpin + Send>(
     }
     *request.body_mut() = body;
     let reply = Reply { head_request, connect, version, keep_alive: head.keep_alive };
-    let handler = std::pin::pin!(handler::handle(l, peer, &mut head.request));
+    let handler = std::pin::pin!(handler::handle(l, peer, request));
     let Some(pump) = pump else {
         let resp = handler.await;
         return reply.write(w, resp, shutdown).await;
